@@ -1,0 +1,51 @@
+"""Consents: the current grant per channel and purpose, with its history length."""
+
+from __future__ import annotations
+
+import msgspec
+
+from profilestore.events import ConsentGiven, ConsentWithdrawn, Event, Timestamp
+from profilestore.projection import Projection
+
+
+class Consent(msgspec.Struct, frozen=True, kw_only=True):
+    channel: str
+    purpose: str
+    granted: bool
+    changed_at: Timestamp
+    source: str
+    changes: int = 1
+
+
+class Consents(msgspec.Struct, frozen=True, kw_only=True):
+    consents: tuple[Consent, ...] = ()
+
+
+def fold(section: Consents, event: Event) -> Consents:
+    if not isinstance(event, ConsentGiven | ConsentWithdrawn):
+        return section
+    granted = isinstance(event, ConsentGiven)
+    current = next(
+        (c for c in section.consents if c.channel == event.channel and c.purpose == event.purpose),
+        None,
+    )
+    entry = Consent(
+        channel=event.channel,
+        purpose=event.purpose,
+        granted=granted,
+        changed_at=event.occurred_at,
+        source=event.source,
+        changes=(current.changes + 1) if current else 1,
+    )
+    others = tuple(c for c in section.consents if c is not current)
+    return Consents(consents=(*others, entry))
+
+
+PROJECTION = Projection(
+    dataset="consents",
+    reads=(ConsentGiven, ConsentWithdrawn),
+    section=Consents,
+    fold=fold,
+    default_refresh="realtime",
+    retention="current state of every channel and purpose",
+)

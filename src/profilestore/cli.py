@@ -1,0 +1,345 @@
+"""The ``profilestore`` command: parse, call :class:`~profilestore.store.ProfileStore`, render.
+
+JSON goes to stdout, progress bars and summaries to stderr, so output can be piped.
+Exit codes: 0 success; 1 not found or some input rejected; 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import click
+import msgspec
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+
+from profilestore.config import load_settings
+from profilestore.errors import (
+    AmbiguousIdentifier,
+    ConfigError,
+    InvalidEvent,
+    NotFound,
+    ProfileStoreError,
+    UnknownDataset,
+)
+from profilestore.eventlog import event_json
+from profilestore.store import ProfileStore, open_store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+stderr = Console(stderr=True)
+_json = msgspec.json.Encoder(decimal_format="string")
+
+
+def _emit(value: Any, *, pretty: bool) -> None:
+    data = _json.encode(value)
+    if pretty:
+        data = msgspec.json.format(data, indent=2)
+    sys.stdout.buffer.write(data + b"\n")
+    sys.stdout.flush()
+
+
+class _Context:
+    def __init__(self, config: str | None, home: str | None) -> None:
+        self.config = config
+        self.home = home
+
+    def open(self) -> ProfileStore:
+        return open_store(load_settings(self.config, home=self.home))
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn profilestore errors into a message on stderr and an exit code."""
+    try:
+        yield
+    except (NotFound, AmbiguousIdentifier) as e:
+        stderr.print(f"[red]not found:[/red] {e}" if isinstance(e, NotFound) else str(e))
+        sys.exit(1)
+    except (ConfigError, UnknownDataset) as e:
+        stderr.print(f"[red]error:[/red] {e}")
+        sys.exit(2)
+    except ProfileStoreError as e:
+        stderr.print(f"[red]error:[/red] {e}")
+        sys.exit(1)
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Settings file (default: $PROFILESTORE_CONFIG or ./config/profilestore.toml).",
+)
+@click.option(
+    "--home",
+    default=None,
+    help="Data directory of the embedded stores (default: $PROFILESTORE_HOME or ./.profilestore).",
+)
+@click.pass_context
+def main(ctx: click.Context, config: str | None, home: str | None) -> None:
+    """An event-sourced customer-profile store."""
+    ctx.obj = _Context(config, home)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=False,
+    )
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@main.command()
+@click.argument("file", type=click.File("rb"))
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Events per all-or-nothing batch (default: projector.ingest_batch).",
+)
+@click.pass_obj
+def ingest(obj: _Context, file: IO[bytes], batch_size: int | None) -> None:
+    """Append events from FILE (JSON Lines; - for stdin).
+
+    Each batch is all or nothing: a bad line rejects its batch (reported with its line
+    number, field and reason) and ingestion goes on with the next batch. Fix the line
+    and ingest the file again: events already stored are counted as duplicates.
+    """
+    with _errors(), obj.open() as store:
+        size = batch_size or store.settings.projector.ingest_batch
+        total = _file_size(file)
+        appended = duplicates = rejected = 0
+        started = time.perf_counter()
+        with _progress_bytes() as progress:
+            task = progress.add_task("ingest", total=total)
+            for numbers, lines, consumed in _batches(file, size):
+                try:
+                    result = store.append(lines)
+                    appended += result.appended
+                    duplicates += result.duplicates
+                except InvalidEvent as e:
+                    rejected += len(lines)
+                    progress.console.print(
+                        f"[red]rejected[/red] the batch of lines {numbers[0]}-{numbers[-1]}: "
+                        f"line {numbers[e.index]} is invalid at `{e.path}`: {e.reason}"
+                    )
+                progress.advance(task, consumed)
+        elapsed = time.perf_counter() - started
+        stderr.print(
+            f"appended {appended}, duplicates {duplicates}, rejected {rejected} "
+            f"in {elapsed:.1f}s ({appended / elapsed if elapsed else 0:,.0f} events/s)"
+        )
+        if rejected:
+            sys.exit(1)
+
+
+def _progress_bytes() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+    )
+
+
+def _file_size(file: IO[bytes]) -> int | None:
+    try:
+        return Path(file.name).stat().st_size if file.name not in ("<stdin>", "-") else None
+    except (OSError, TypeError, AttributeError):
+        return None
+
+
+def _batches(file: IO[bytes], size: int) -> Iterator[tuple[list[int], list[bytes], int]]:
+    """Batches of non-blank lines: (their line numbers, the lines, bytes consumed)."""
+    numbers: list[int] = []
+    batch: list[bytes] = []
+    consumed = 0
+    for number, raw in enumerate(file, start=1):
+        consumed += len(raw)
+        line = raw.strip()
+        if not line:
+            continue
+        numbers.append(number)
+        batch.append(line)
+        if len(batch) >= size:
+            yield numbers, batch, consumed
+            numbers, batch, consumed = [], [], 0
+    if batch or consumed:
+        yield numbers, batch, consumed
+
+
+@main.command()
+@click.argument("datasets", nargs=-1)
+@click.pass_obj
+def refresh(obj: _Context, datasets: tuple[str, ...]) -> None:
+    """Fold new events into DATASETS (default: all) now."""
+    with _errors(), obj.open() as store:
+        names = store.datasets(list(datasets) or None)
+        with _progress() as progress:
+            task = progress.add_task("refresh", total=None)
+            report = store.refresh(
+                names,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        for name in report.skipped_locked:
+            stderr.print(f"[yellow]skipped[/yellow] {name}: another process is refreshing it")
+        _emit(
+            {
+                "high_water": report.high_water,
+                "events_read": report.events_read,
+                "events_applied": report.events_applied,
+                "sections_written": report.sections_written,
+                "skipped_locked": report.skipped_locked,
+            },
+            pretty=False,
+        )
+
+
+@main.command()
+@click.argument("datasets", nargs=-1)
+@click.pass_obj
+def rebuild(obj: _Context, datasets: tuple[str, ...]) -> None:
+    """Rebuild DATASETS (default: all) from the whole log, then swap them in.
+
+    Lookups keep answering from the current documents until the swap.
+    """
+    with _errors(), obj.open() as store:
+        names = store.datasets(list(datasets) or None)
+        started = time.perf_counter()
+        with _progress() as progress:
+            task = progress.add_task("rebuild", total=None)
+            report = store.rebuild(
+                names,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        elapsed = time.perf_counter() - started
+        stderr.print(
+            f"rebuilt {', '.join(names)} from {report.events_read} events in {elapsed:.1f}s"
+        )
+
+
+@main.command()
+@click.argument("customer_id")
+@click.option("--datasets", default=None, help="Comma-separated datasets (default: all).")
+@click.option("--pretty/--compact", default=True, help="Indent the JSON (default: pretty).")
+@click.pass_obj
+def profile(obj: _Context, customer_id: str, datasets: str | None, pretty: bool) -> None:
+    """Print the profile of CUSTOMER_ID as JSON."""
+    with _errors(), obj.open() as store:
+        _emit(store.profile(customer_id, _split(datasets)), pretty=pretty)
+
+
+@main.command()
+@click.option("--email", default=None)
+@click.option("--phone", default=None)
+@click.option("--handle", default=None, help="NETWORK:HANDLE, e.g. twitter:@ann")
+@click.option("--device", default=None)
+@click.option("--datasets", default=None, help="Comma-separated datasets (default: all).")
+@click.option("--pretty/--compact", default=True)
+@click.pass_obj
+def find(
+    obj: _Context,
+    email: str | None,
+    phone: str | None,
+    handle: str | None,
+    device: str | None,
+    datasets: str | None,
+    pretty: bool,
+) -> None:
+    """Print the profile holding an identifier as JSON."""
+    given = {
+        k: v
+        for k, v in {"email": email, "phone": phone, "handle": handle, "device": device}.items()
+        if v is not None
+    }
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --email, --phone, --handle, --device")
+    ((kind, value),) = given.items()
+    with _errors(), obj.open() as store:
+        _emit(store.find(kind, value, _split(datasets)), pretty=pretty)
+
+
+@main.command()
+@click.argument("customer_id")
+@click.pass_obj
+def history(obj: _Context, customer_id: str) -> None:
+    """Print every event of CUSTOMER_ID, oldest first, as JSON Lines."""
+    with _errors(), obj.open() as store:
+        events = store.history(customer_id)
+        if not events:
+            raise NotFoundHistory(customer_id)
+        out = sys.stdout.buffer
+        for event in events:
+            out.write(event_json(event) + b"\n")
+
+
+class NotFoundHistory(NotFound):
+    def __init__(self, customer_id: str) -> None:
+        super().__init__(f"no events for customer {customer_id!r}")
+
+
+@main.command("datasets")
+@click.pass_obj
+def list_datasets(obj: _Context) -> None:
+    """List the configured datasets with their cadence, retention and freshness."""
+    with _errors(), obj.open() as store:
+        rows = []
+        for name, projection in store.projections.items():
+            tracking = store.documents.tracking(name)
+            rows.append(
+                {
+                    "dataset": name,
+                    "projection": store.settings.datasets[name].projection,
+                    "refresh": store.settings.datasets[name].cadence,
+                    "retention": projection.retention,
+                    "position": tracking.position if tracking else 0,
+                    "refreshed_at": tracking.refreshed_at if tracking else None,
+                }
+            )
+        _emit(rows, pretty=True)
+
+
+@main.command()
+@click.option("--customers", type=click.IntRange(1), default=5000, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--events-per-customer", type=click.FloatRange(1), default=40.0, show_default=True)
+@click.pass_obj
+def demo(obj: _Context, customers: int, seed: int, events_per_customer: float) -> None:
+    """Generate a synthetic population, ingest it, refresh, and show a profile and figures."""
+    from profilestore.demo import run_demo
+
+    with _errors(), obj.open() as store:
+        run_demo(
+            store,
+            customers=customers,
+            seed=seed,
+            events_per_customer=events_per_customer,
+            console=stderr,
+            emit=lambda value: _emit(value, pretty=True),
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,194 @@
+"""Settings: a TOML file decoded strictly into Structs, with environment overrides.
+
+The file is found from ``--config``, else ``PROFILESTORE_CONFIG``, else
+``./config/profilestore.toml``; with none, the built-in defaults below apply (and
+``config/profilestore.toml`` in the repository states exactly these defaults, which a test
+checks). Any setting can be overridden by an environment variable: the path in upper case
+joined with double underscores, e.g. ``PROFILESTORE_DOCUMENTS__URL`` or
+``PROFILESTORE_DATASETS__CARTS__EVERY``; values are read as TOML where they parse
+(numbers, booleans) and as strings otherwise. ``PROFILESTORE_HOME`` sets the data
+directory that ``{home}`` in URLs refers to.
+
+Every error names the file (or variable) and the field path, e.g.
+``config/profilestore.toml: Expected `int` >= 1 at `projector.page_size```.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from profilestore.errors import ConfigError
+
+ENV_PREFIX = "PROFILESTORE_"
+DEFAULT_CONFIG = Path("config") / "profilestore.toml"
+_INTERVAL = re.compile(r"^(\d+)(s|m|h|d)$")
+
+
+class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class StoreSettings(Strict, frozen=True, kw_only=True):
+    home: str = ".profilestore"
+    """Data directory of the embedded stores; ``PROFILESTORE_HOME`` or ``--home`` override."""
+
+
+class EventLogSettings(Strict, frozen=True, kw_only=True):
+    url: str = "sqlite:///{home}/events.sqlite"
+    """``sqlite:///PATH`` or ``postgresql://user:password@host:port/dbname``."""
+    postgres_schema: str = ""
+    lock_timeout_s: Annotated[int, msgspec.Meta(ge=1)] = 30
+
+
+class DocumentSettings(Strict, frozen=True, kw_only=True):
+    url: str = "sqlite:///{home}/documents.sqlite"
+    """``sqlite:///PATH`` or ``mongodb://host:port/dbname``."""
+    collection: str = "profiles"
+
+
+class ProjectorSettings(Strict, frozen=True, kw_only=True):
+    page_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5000
+    cache_sections: Annotated[int, msgspec.Meta(ge=1)] = 50_000
+    ingest_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
+
+
+class DatasetSettings(Strict, frozen=True, kw_only=True):
+    projection: str
+    """Import path of the module defining ``PROJECTION``."""
+    refresh: str | None = None
+    """``"realtime"``; or use ``every`` or ``cron`` instead."""
+    every: str | None = None
+    """An interval such as ``"15m"`` (s, m, h, d)."""
+    cron: str | None = None
+    """A five-field cron expression; days of the week by name (``sun``)."""
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("refresh", "every", "cron") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of `refresh`, `every`, `cron`, not {given}")
+        if self.refresh is not None and self.refresh != "realtime":
+            raise ValueError(f'`refresh` must be "realtime", not {self.refresh!r}')
+        if self.every is not None and not _INTERVAL.match(self.every):
+            raise ValueError(f'`every` must look like "15m" (s, m, h, d), not {self.every!r}')
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError(f"`cron` must have five fields, not {self.cron!r}")
+
+    @property
+    def cadence(self) -> str:
+        if self.every is not None:
+            return f"every {self.every}"
+        if self.cron is not None:
+            return f"cron {self.cron}"
+        return self.refresh or "manual"
+
+
+def _default_datasets() -> dict[str, DatasetSettings]:
+    def dataset(name: str, **refresh: str) -> DatasetSettings:
+        return DatasetSettings(projection=f"projections.{name}", **refresh)
+
+    return {
+        "identities": dataset("identities", refresh="realtime"),
+        "attributes": dataset("attributes", refresh="realtime"),
+        "consents": dataset("consents", refresh="realtime"),
+        "carts": dataset("carts", refresh="realtime"),
+        "browsing": dataset("browsing", every="5m"),
+        "email": dataset("email", every="5m"),
+        "orders": dataset("orders", every="1h"),
+        "service": dataset("service", every="1h"),
+        "social": dataset("social", cron="0 3 * * sun"),
+    }
+
+
+class Settings(Strict, frozen=True, kw_only=True):
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    event_log: EventLogSettings = msgspec.field(default_factory=EventLogSettings)
+    documents: DocumentSettings = msgspec.field(default_factory=DocumentSettings)
+    projector: ProjectorSettings = msgspec.field(default_factory=ProjectorSettings)
+    datasets: dict[str, DatasetSettings] = msgspec.field(default_factory=_default_datasets)
+
+    @property
+    def home(self) -> Path:
+        return Path(self.store.home)
+
+    def url(self, template: str) -> str:
+        return template.replace("{home}", str(self.home))
+
+
+def _error_path(error: msgspec.ValidationError) -> tuple[str, str]:
+    message = str(error)
+    reason, sep, path = message.rpartition(" - at `")
+    if not sep:
+        return "", message
+    return path.rstrip("`").removeprefix("$").lstrip("."), reason
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[path[-1]] = value
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    home: str | Path | None = None,
+) -> Settings:
+    """Read the settings file (see the module docstring) and apply overrides."""
+    env = os.environ if environ is None else environ
+    chosen = path or env.get(f"{ENV_PREFIX}CONFIG")
+    source = str(chosen) if chosen else str(DEFAULT_CONFIG)
+    tree: dict[str, Any] = {}
+    file = Path(chosen) if chosen else DEFAULT_CONFIG
+    if file.exists():
+        try:
+            tree = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(source, "", f"not valid TOML: {e}") from None
+    elif chosen:
+        raise ConfigError(source, "", "the configuration file does not exist")
+    else:
+        source = "built-in defaults"
+    if not tree.get("datasets"):
+        tree["datasets"] = msgspec.to_builtins(_default_datasets())
+    overrides = []
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+            continue
+        if name.startswith(f"{ENV_PREFIX}TEST_") or name.startswith(f"{ENV_PREFIX}BENCH_"):
+            continue
+        if name == f"{ENV_PREFIX}HOME":
+            _set_path(tree, ["store", "home"], raw)
+        elif name == f"{ENV_PREFIX}PYTHON313":
+            continue
+        else:
+            parts = name.removeprefix(ENV_PREFIX).lower().split("__")
+            _set_path(tree, parts, _parse_env_value(raw))
+        overrides.append(name)
+    if home is not None:
+        _set_path(tree, ["store", "home"], str(home))
+    try:
+        return msgspec.convert(tree, Settings)
+    except msgspec.ValidationError as e:
+        field_path, reason = _error_path(e)
+        if overrides:
+            source = f"{source} (with environment overrides {', '.join(overrides)})"
+        raise ConfigError(source, field_path, reason) from None

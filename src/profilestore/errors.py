@@ -1,0 +1,98 @@
+"""The errors profilestore raises: one root, a few specific kinds.
+
+Each message says what failed, which id or field, and what to do. HTTP status codes and
+process exit codes are mapped from these at the edges only (the API and the CLI).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class ProfileStoreError(Exception):
+    """Root of every error profilestore raises on purpose."""
+
+
+class ConfigError(ProfileStoreError):
+    """A configuration file or environment override is invalid."""
+
+    def __init__(self, source: str, path: str, reason: str) -> None:
+        self.source = source
+        self.path = path
+        self.reason = reason
+        where = f" at `{path}`" if path else ""
+        super().__init__(f"{source}: {reason}{where}")
+
+
+class InvalidEvent(ProfileStoreError):
+    """An event of a batch is invalid; the whole batch was rejected and nothing appended."""
+
+    def __init__(self, index: int, path: str, reason: str, event_id: str | None = None) -> None:
+        self.index = index
+        self.path = path
+        self.reason = reason
+        self.event_id = event_id
+        ident = f" (event_id {event_id!r})" if event_id else ""
+        super().__init__(
+            f"event {index}{ident} is invalid at `{path}`: {reason}; "
+            "the batch was rejected and nothing of it was appended"
+        )
+
+    @property
+    def field(self) -> str:
+        """The path as the caller addresses it, e.g. ``events[3].quantity``."""
+        suffix = self.path[1:] if self.path.startswith("$") else f".{self.path}"
+        return f"events[{self.index}]{suffix}"
+
+
+class AppendConflict(ProfileStoreError):
+    """Concurrent writers kept conflicting; the batch was not appended (safe to retry)."""
+
+    def __init__(self, attempts: int) -> None:
+        super().__init__(
+            f"the batch conflicted with concurrent appends {attempts} times and was not "
+            "appended; retry it (appends are idempotent by event_id)"
+        )
+
+
+class NotFound(ProfileStoreError):
+    """No profile answers the request."""
+
+
+class CustomerNotFound(NotFound):
+    def __init__(self, customer_id: str) -> None:
+        self.customer_id = customer_id
+        super().__init__(f"no profile for customer {customer_id!r}")
+
+
+class IdentifierNotFound(NotFound):
+    def __init__(self, kind: str, value: str) -> None:
+        self.kind = kind
+        self.value = value
+        super().__init__(f"no profile has the {kind} {value!r}")
+
+
+class AmbiguousIdentifier(ProfileStoreError):
+    """Several customers hold the same identifier; the caller must choose."""
+
+    def __init__(self, kind: str, value: str, customer_ids: Sequence[str]) -> None:
+        self.kind = kind
+        self.value = value
+        self.customer_ids = list(customer_ids)
+        super().__init__(
+            f"the {kind} {value!r} belongs to {len(self.customer_ids)} customers "
+            f"({', '.join(self.customer_ids[:10])}); look them up by customer id"
+        )
+
+
+class UnknownDataset(ProfileStoreError):
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.name = name
+        super().__init__(f"unknown dataset {name!r}; known datasets: {', '.join(known)}")
+
+
+class LeaseHeld(ProfileStoreError):
+    """Another process is refreshing or rebuilding this dataset."""
+
+    def __init__(self, name: str, holder: str) -> None:
+        super().__init__(f"{name} is locked by {holder}; try again when it finishes")

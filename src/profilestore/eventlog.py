@@ -1,0 +1,356 @@
+"""The immutable event log: one ``eventsourcing`` stream per customer.
+
+Appends go through the library's application recorders (SQLite file or PostgreSQL), which
+give us gap-free stream versions (a unique ``(originator_id, originator_version)`` key), a
+notification log ordered by commit, and driver errors translated to the library's own
+error tree. The recorders are extended in one way only: the library's ``_insert_events``
+hook, which runs inside the insert transaction, also records each event's ``event_id`` in
+a table with a unique key, so a retried batch appends nothing twice.
+
+Concurrency is optimistic, as in the library: a batch reads each stream's head version
+(one query for the whole batch, never a replay), writes the next versions, and if another
+writer got there first the unique keys reject the transaction and the batch is planned
+again from fresh heads. Nothing of a rejected transaction is visible.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID, uuid5
+
+import msgspec
+from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
+from profilestore.errors import AppendConflict
+from profilestore.events import Event
+from profilestore.mapper import EventMapper
+
+STREAM_NAMESPACE = UUID("6f1f3c3e-8d0c-5b7e-9a43-3c1e6f0d2b71")
+"""Namespace of stream ids; changing it would orphan every stored stream."""
+
+EVENTS_TABLE = "profilestore_events"
+EVENT_IDS_TABLE = "profilestore_event_ids"
+MAX_APPEND_ATTEMPTS = 50
+
+
+def stream_id(customer_id: str) -> UUID:
+    """The stable stream id of a customer key: every writer derives it without a lookup."""
+    return uuid5(STREAM_NAMESPACE, customer_id)
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What an append did: how many events were new and which ids were already stored."""
+
+    appended: int
+    duplicates: int
+    duplicate_event_ids: list[str] = field(default_factory=list)
+    notification_ids: list[int] = field(default_factory=list)
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """An event as read back from the log, with its positions."""
+
+    notification_id: int
+    stream_id: UUID
+    version: int
+    topic: str
+    event: Event
+
+
+class EventRecorder(ABC):
+    """What the log needs from a recorder beyond the library's ApplicationRecorder."""
+
+    @abstractmethod
+    def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
+
+    @abstractmethod
+    def head_versions(self, originator_ids: Sequence[UUID]) -> dict[UUID, int]: ...
+
+    @abstractmethod
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None: ...
+
+    @abstractmethod
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Any]: ...
+
+    @abstractmethod
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]: ...
+
+    @abstractmethod
+    def max_notification_id(self) -> int | None: ...
+
+    @abstractmethod
+    def create_table(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+
+class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
+    """The library's SQLite application recorder plus the event-id table."""
+
+    def __init__(self, datastore: SQLiteDatastore) -> None:
+        super().__init__(datastore, events_table_name=EVENTS_TABLE)
+
+    def construct_create_table_statements(self) -> list[str]:
+        statements: list[str] = super().construct_create_table_statements()
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {EVENT_IDS_TABLE} ("
+            "event_id TEXT PRIMARY KEY, originator_id TEXT NOT NULL, "
+            "originator_version INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        return statements
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        # Same transaction as the events: a duplicate event_id rolls the whole batch back.
+        c.executemany(
+            f"INSERT INTO {EVENT_IDS_TABLE} VALUES (?,?,?)",
+            [(e, o.hex, v) for e, o, v in kwargs["event_ids"]],
+        )
+        ids: Sequence[int] | None = super()._insert_events(c, stored_events)
+        return ids
+
+    def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        with self.datastore.transaction(commit=False) as c:
+            for chunk in _chunks(event_ids, 500):
+                c.execute(
+                    f"SELECT event_id FROM {EVENT_IDS_TABLE} "
+                    f"WHERE event_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                found.update(row[0] for row in c.fetchall())
+        return found
+
+    def head_versions(self, originator_ids: Sequence[UUID]) -> dict[UUID, int]:
+        heads: dict[UUID, int] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for chunk in _chunks(originator_ids, 500):
+                c.execute(
+                    f"SELECT originator_id, MAX(originator_version) FROM {EVENTS_TABLE} "
+                    f"WHERE originator_id IN ({','.join('?' * len(chunk))}) "
+                    "GROUP BY originator_id",
+                    [o.hex for o in chunk],
+                )
+                heads.update((UUID(row[0]), row[1]) for row in c.fetchall())
+        return heads
+
+    def close(self) -> None:
+        self.datastore.close()
+
+
+class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
+    """The library's PostgreSQL application recorder plus the event-id table."""
+
+    def __init__(self, datastore: PostgresDatastore) -> None:
+        super().__init__(datastore, events_table_name=EVENTS_TABLE)
+        table = Identifier(self.datastore.schema), Identifier(EVENT_IDS_TABLE)
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0}.{1} (event_id text PRIMARY KEY, "
+                "originator_id uuid NOT NULL, originator_version bigint NOT NULL)"
+            ).format(*table)
+        )
+        self._insert_event_ids = SQL(
+            "INSERT INTO {0}.{1} (event_id, originator_id, originator_version) "
+            "SELECT * FROM unnest(%s::text[], %s::uuid[], %s::bigint[])"
+        ).format(*table)
+        self._select_event_ids = SQL(
+            "SELECT event_id FROM {0}.{1} WHERE event_id = ANY(%s::text[])"
+        ).format(*table)
+        self._select_heads = SQL(
+            "SELECT originator_id, MAX(originator_version) AS head FROM {0}.{1} "
+            "WHERE originator_id = ANY(%s::uuid[]) GROUP BY originator_id"
+        ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
+
+    def _insert_events(
+        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        # Runs in the library's insert transaction, before the events themselves.
+        event_ids = kwargs["event_ids"]
+        curs.execute(
+            self._insert_event_ids,
+            (
+                [e for e, _, _ in event_ids],
+                [o for _, o, _ in event_ids],
+                [v for _, _, v in event_ids],
+            ),
+        )
+
+    def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_event_ids, (list(event_ids),))
+            rows: list[DictRow] = curs.fetchall()
+            return {row["event_id"] for row in rows}
+
+    def head_versions(self, originator_ids: Sequence[UUID]) -> dict[UUID, int]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_heads, (list(originator_ids),))
+            rows: list[DictRow] = curs.fetchall()
+            return {row["originator_id"]: row["head"] for row in rows}
+
+    def close(self) -> None:
+        self.datastore.close()
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class EventLog:
+    """Appends validated events to customer streams and reads them back."""
+
+    def __init__(self, recorder: EventRecorder, mapper: EventMapper | None = None) -> None:
+        self.recorder = recorder
+        self.mapper = mapper or EventMapper()
+
+    def append(self, events: Sequence[Event]) -> AppendResult:
+        """Append validated events; events whose ``event_id`` is already stored are skipped.
+
+        The batch commits in one transaction or not at all. Events of one customer keep
+        their order in the batch; the first of several events sharing an ``event_id`` wins.
+        """
+        if not events:
+            return AppendResult(appended=0, duplicates=0)
+        for attempt in range(1, MAX_APPEND_ATTEMPTS + 1):
+            try:
+                return self._append_once(events, attempt)
+            except IntegrityError:
+                # Another writer took a version or an event id first: plan again.
+                time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+        raise AppendConflict(MAX_APPEND_ATTEMPTS)
+
+    def _append_once(self, events: Sequence[Event], attempt: int) -> AppendResult:
+        unique: dict[str, Event] = {}
+        in_batch_duplicates: list[str] = []
+        for event in events:
+            if event.event_id in unique:
+                in_batch_duplicates.append(event.event_id)
+            else:
+                unique[event.event_id] = event
+        stored_ids = self.recorder.existing_event_ids(list(unique))
+        new_events = [e for e in unique.values() if e.event_id not in stored_ids]
+        duplicates = [e for e in unique if e in stored_ids] + in_batch_duplicates
+        if not new_events:
+            return AppendResult(0, len(duplicates), duplicates, [], attempt)
+        streams = {e.customer_id: stream_id(e.customer_id) for e in new_events}
+        heads = self.recorder.head_versions(list(set(streams.values())))
+        stored_events: list[StoredEvent] = []
+        event_ids: list[tuple[str, UUID, int]] = []
+        for event in new_events:
+            originator_id = streams[event.customer_id]
+            version = heads.get(originator_id, 0) + 1
+            heads[originator_id] = version
+            stored_events.append(self.mapper.to_stored(originator_id, version, event))
+            event_ids.append((event.event_id, originator_id, version))
+        notification_ids = self.recorder.insert_events(stored_events, event_ids=event_ids)
+        return AppendResult(
+            appended=len(stored_events),
+            duplicates=len(duplicates),
+            duplicate_event_ids=duplicates,
+            notification_ids=list(notification_ids or []),
+            attempts=attempt,
+        )
+
+    def head(self) -> int:
+        """The notification id of the newest event (0 for an empty log)."""
+        return self.recorder.max_notification_id() or 0
+
+    def read(
+        self,
+        after: int,
+        limit: int,
+        *,
+        until: int | None = None,
+        topics: Sequence[str] = (),
+    ) -> list[LoggedEvent]:
+        """Events with notification ids in ``(after, until]``, oldest first."""
+        notifications = self.recorder.select_notifications(
+            after, limit, stop=until, topics=topics, inclusive_of_start=False
+        )
+        from_stored = self.mapper.from_stored
+        return [
+            LoggedEvent(
+                n.id, _as_uuid(n.originator_id), n.originator_version, n.topic, from_stored(n)
+            )
+            for n in notifications
+        ]
+
+    def stream(self, customer_id: str, *, after_version: int = 0) -> list[Event]:
+        """Every event of one customer, oldest first."""
+        stored = self.recorder.select_events(stream_id(customer_id), gt=after_version or None)
+        return [self.mapper.from_stored(s) for s in stored]
+
+    def close(self) -> None:
+        self.recorder.close()
+
+
+def _as_uuid(value: UUID | str) -> UUID:
+    return value if isinstance(value, UUID) else UUID(value)
+
+
+def open_sqlite_log(path: str, *, lock_timeout: int = 30) -> EventLog:
+    datastore = SQLiteDatastore(path, lock_timeout=lock_timeout, pool_size=4)
+    recorder = SQLiteEventRecorder(datastore)
+    recorder.create_table()
+    return EventLog(recorder)
+
+
+def open_postgres_log(url: str, *, schema: str = "", pool_size: int = 2) -> EventLog:
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(url)
+    datastore = PostgresDatastore(
+        dbname=str(params.get("dbname", "postgres")),
+        host=str(params.get("host", "127.0.0.1")),
+        port=str(params.get("port", 5432)),
+        user=str(params.get("user", "postgres")),
+        password=str(params.get("password", "")),
+        schema=schema,
+        pool_size=pool_size,
+        max_overflow=4,
+    )
+    recorder = PostgresEventRecorder(datastore)
+    recorder.create_table()
+    return EventLog(recorder)
+
+
+_EVENT_ENCODER = msgspec.json.Encoder(decimal_format="string")
+
+
+def event_json(event: Event) -> bytes:
+    """Canonical JSON of an event, as written to the log and printed by the CLI."""
+    return _EVENT_ENCODER.encode(event)

@@ -1,0 +1,413 @@
+"""The event catalogue: every customer interaction profilestore records.
+
+Events are data: frozen msgspec Structs in one tagged union, so a batch of JSON decodes
+straight into typed objects and a bad field comes back as ``$.field`` with the reason.
+All events share one envelope (the fields of :class:`Event`); each type adds its payload.
+
+Schema evolution: a new field always gets a default. A renamed or reshaped event bumps
+``class_version`` and gains an ``upcast_vN_vN1(state)`` static method, the convention of
+the ``eventsourcing`` library; stored history is never edited (see :mod:`profilestore.mapper`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import typing
+from decimal import Decimal
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+
+# --- shared field types -----------------------------------------------------------------
+
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+"""An identifier supplied by a client system (event id, customer id, order id, ...)."""
+
+Text = Annotated[str, msgspec.Meta(max_length=10_000)]
+ShortText = Annotated[str, msgspec.Meta(max_length=512)]
+Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+Quantity = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+Money = Decimal
+"""An amount; checked non-negative by the events that carry one (see ``_check_money``)."""
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Sentiment = Annotated[float, msgspec.Meta(ge=-1.0, le=1.0)]
+CountryCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")]
+
+IdentifierKind = Literal["email", "phone", "handle", "device"]
+ConsentChannel = Literal["email", "sms", "phone", "push", "post", "social", "web"]
+LifeEventKind = Literal[
+    "moved",
+    "new_job",
+    "engaged",
+    "married",
+    "new_baby",
+    "graduation",
+    "retirement",
+    "new_pet",
+    "bereavement",
+    "other",
+]
+TicketPriority = Literal["low", "normal", "high", "urgent"]
+
+
+def _check_money(owner: object, *names: str) -> None:
+    for name in names:
+        amount = getattr(owner, name)
+        if amount is not None and (not amount.is_finite() or amount < 0):
+            raise ValueError(f"`{name}` must be a finite amount >= 0, not {amount}")
+
+
+class Metadata(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Who and what caused an event, for tracing and audit."""
+
+    correlation_id: ShortText | None = None
+    causation_id: ShortText | None = None
+    actor: ShortText | None = None
+
+
+class Event(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="type",
+):
+    """The envelope every event carries.
+
+    ``event_id`` is the client's idempotency key: appending the same id twice stores it once.
+    ``customer_id`` is the customer's key in the client's systems; the log derives a stable
+    stream id from it. ``recorded_at`` is set by the store on append; a value sent by a
+    client is replaced.
+    """
+
+    class_version: ClassVar[int] = 1
+
+    event_id: Key
+    customer_id: Key
+    occurred_at: Timestamp
+    recorded_at: Timestamp | None = None
+    source: ShortText = "unknown"
+    metadata: Metadata | None = None
+
+    @property
+    def type_name(self) -> str:
+        tag = type(self).__struct_config__.tag
+        assert isinstance(tag, str)
+        return tag
+
+
+# --- identifiers ------------------------------------------------------------------------
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_PHONE_DIGITS = re.compile(r"\d")
+
+
+def normalise_identifier(kind: str, value: str, network: str | None = None) -> str:
+    """The canonical lookup key of an identifier, e.g. ``email:ann@example.com``.
+
+    Emails are trimmed and lower-cased; phones keep a leading ``+`` and their digits only;
+    handles are lower-cased, lose a leading ``@`` and are qualified by their network.
+    Raises ValueError naming what is wrong.
+    """
+    value = value.strip()
+    if kind == "email":
+        value = value.lower()
+        if not _EMAIL.match(value):
+            raise ValueError(f"`value` {value!r} is not an email address")
+        return f"email:{value}"
+    if kind == "phone":
+        digits = "".join(_PHONE_DIGITS.findall(value))
+        if not 6 <= len(digits) <= 15:
+            raise ValueError(f"`value` {value!r} is not a phone number (6 to 15 digits)")
+        return f"phone:{'+' if value.startswith('+') else ''}{digits}"
+    if kind == "handle":
+        if not network:
+            raise ValueError("`network` is required when `kind` is 'handle'")
+        handle = value.lstrip("@").lower()
+        if not handle:
+            raise ValueError("`value` is an empty handle")
+        return f"handle:{network.strip().lower()}:{handle}"
+    if kind == "device":
+        if not value:
+            raise ValueError("`value` is an empty device id")
+        return f"device:{value}"
+    raise ValueError(f"`kind` {kind!r} is not one of email, phone, handle, device")
+
+
+class _IdentifierEvent(Event, frozen=True, kw_only=True):
+    kind: IdentifierKind
+    value: Key
+    network: ShortText | None = None
+
+    def __post_init__(self) -> None:
+        normalise_identifier(self.kind, self.value, self.network)
+
+    @property
+    def lookup_key(self) -> str:
+        return normalise_identifier(self.kind, self.value, self.network)
+
+
+class IdentifierSeen(_IdentifierEvent, tag="identifier.seen", frozen=True, kw_only=True):
+    """An identifier observed in an interaction (a login, a form, an app session)."""
+
+
+class IdentifierLinked(_IdentifierEvent, tag="identifier.linked", frozen=True, kw_only=True):
+    """An identifier the customer or an operator asserted as theirs."""
+
+
+class IdentifierUnlinked(_IdentifierEvent, tag="identifier.unlinked", frozen=True, kw_only=True):
+    """An identifier no longer belonging to the customer."""
+
+
+# --- profile attributes -----------------------------------------------------------------
+
+
+class NameSet(Event, tag="profile.name_set", frozen=True, kw_only=True):
+    first_name: ShortText | None = None
+    last_name: ShortText | None = None
+
+
+class BirthdaySet(Event, tag="profile.birthday_set", frozen=True, kw_only=True):
+    birthday: dt.date
+
+
+class Location(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    city: ShortText | None = None
+    region: ShortText | None = None
+    country: CountryCode | None = None
+    postal_code: ShortText | None = None
+    latitude: Annotated[float, msgspec.Meta(ge=-90, le=90)] | None = None
+    longitude: Annotated[float, msgspec.Meta(ge=-180, le=180)] | None = None
+
+
+class LocationSet(Event, tag="profile.location_set", frozen=True, kw_only=True):
+    location: Location
+
+
+PreferenceValue = str | int | float | bool | None
+
+
+class PreferenceSet(Event, tag="profile.preference_set", frozen=True, kw_only=True):
+    key: ShortText
+    value: PreferenceValue
+
+
+# --- carts ------------------------------------------------------------------------------
+
+
+class CartItemAdded(Event, tag="cart.item_added", frozen=True, kw_only=True):
+    cart_id: Key
+    sku: Key
+    name: ShortText | None = None
+    quantity: Quantity = 1
+    unit_price: Money
+    currency: Currency
+
+    def __post_init__(self) -> None:
+        _check_money(self, "unit_price")
+
+
+class CartItemRemoved(Event, tag="cart.item_removed", frozen=True, kw_only=True):
+    """Removes ``quantity`` units of a line, or the whole line when quantity is absent."""
+
+    cart_id: Key
+    sku: Key
+    quantity: Quantity | None = None
+
+
+class CartCleared(Event, tag="cart.cleared", frozen=True, kw_only=True):
+    cart_id: Key
+
+
+class CheckoutStarted(Event, tag="cart.checkout_started", frozen=True, kw_only=True):
+    cart_id: Key
+
+
+# --- orders -----------------------------------------------------------------------------
+
+
+class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    sku: Key
+    name: ShortText | None = None
+    quantity: Quantity = 1
+    unit_price: Money
+
+    def __post_init__(self) -> None:
+        _check_money(self, "unit_price")
+
+
+class OrderPlaced(Event, tag="order.placed", frozen=True, kw_only=True):
+    order_id: Key
+    cart_id: Key | None = None
+    items: Annotated[tuple[OrderLine, ...], msgspec.Meta(min_length=1, max_length=1000)]
+    total: Money
+    currency: Currency
+    channel: ShortText | None = None
+
+    def __post_init__(self) -> None:
+        _check_money(self, "total")
+
+
+class OrderReturned(Event, tag="order.returned", frozen=True, kw_only=True):
+    order_id: Key
+    amount_refunded: Money = Decimal(0)
+    reason: ShortText | None = None
+
+    def __post_init__(self) -> None:
+        _check_money(self, "amount_refunded")
+
+
+class OrderCancelled(Event, tag="order.cancelled", frozen=True, kw_only=True):
+    order_id: Key
+    reason: ShortText | None = None
+
+
+# --- browsing ---------------------------------------------------------------------------
+
+
+class PageViewed(Event, tag="browse.page_viewed", frozen=True, kw_only=True):
+    url: Text
+    title: ShortText | None = None
+    referrer: Text | None = None
+    session_id: ShortText | None = None
+
+
+class ProductViewed(Event, tag="browse.product_viewed", frozen=True, kw_only=True):
+    sku: Key
+    name: ShortText | None = None
+    category: ShortText | None = None
+    price: Money | None = None
+    session_id: ShortText | None = None
+
+    def __post_init__(self) -> None:
+        _check_money(self, "price")
+
+
+class Searched(Event, tag="browse.searched", frozen=True, kw_only=True):
+    query: ShortText
+    results: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    session_id: ShortText | None = None
+
+
+# --- email ------------------------------------------------------------------------------
+
+
+class EmailSent(Event, tag="email.sent", frozen=True, kw_only=True):
+    message_id: Key
+    campaign: ShortText
+    subject: ShortText | None = None
+
+
+class EmailOpened(Event, tag="email.opened", frozen=True, kw_only=True):
+    message_id: Key
+
+
+class EmailClicked(Event, tag="email.clicked", frozen=True, kw_only=True):
+    message_id: Key
+    url: Text
+
+
+class EmailUnsubscribed(Event, tag="email.unsubscribed", frozen=True, kw_only=True):
+    message_id: Key | None = None
+    list_id: ShortText | None = None
+
+
+# --- social -----------------------------------------------------------------------------
+
+
+class SocialPostObserved(Event, tag="social.post_observed", frozen=True, kw_only=True):
+    network: ShortText
+    handle: ShortText
+    post_id: Key
+    text: Text
+    sentiment: Sentiment | None = None
+    url: Text | None = None
+
+
+class LifeEventDetected(Event, tag="social.life_event_detected", frozen=True, kw_only=True):
+    kind: LifeEventKind
+    detail: ShortText | None = None
+    confidence: Probability = 1.0
+    network: ShortText | None = None
+    post_id: Key | None = None
+
+
+# --- service ----------------------------------------------------------------------------
+
+
+class TicketOpened(Event, tag="service.ticket_opened", frozen=True, kw_only=True):
+    ticket_id: Key
+    subject: ShortText
+    channel: ShortText | None = None
+    priority: TicketPriority = "normal"
+
+
+class TicketResolved(Event, tag="service.ticket_resolved", frozen=True, kw_only=True):
+    ticket_id: Key
+    resolution: ShortText | None = None
+
+
+class SurveyAnswered(Event, tag="service.survey_answered", frozen=True, kw_only=True):
+    survey_id: Key
+    nps: Annotated[int, msgspec.Meta(ge=0, le=10)] | None = None
+    score: Annotated[float, msgspec.Meta(ge=0, le=100)] | None = None
+    comment: Text | None = None
+
+
+# --- consent ----------------------------------------------------------------------------
+
+
+class ConsentGiven(Event, tag="consent.given", frozen=True, kw_only=True):
+    channel: ConsentChannel
+    purpose: ShortText = "marketing"
+
+
+class ConsentWithdrawn(Event, tag="consent.withdrawn", frozen=True, kw_only=True):
+    channel: ConsentChannel
+    purpose: ShortText = "marketing"
+
+
+AnyEvent = (
+    IdentifierSeen
+    | IdentifierLinked
+    | IdentifierUnlinked
+    | NameSet
+    | BirthdaySet
+    | LocationSet
+    | PreferenceSet
+    | CartItemAdded
+    | CartItemRemoved
+    | CartCleared
+    | CheckoutStarted
+    | OrderPlaced
+    | OrderReturned
+    | OrderCancelled
+    | PageViewed
+    | ProductViewed
+    | Searched
+    | EmailSent
+    | EmailOpened
+    | EmailClicked
+    | EmailUnsubscribed
+    | SocialPostObserved
+    | LifeEventDetected
+    | TicketOpened
+    | TicketResolved
+    | SurveyAnswered
+    | ConsentGiven
+    | ConsentWithdrawn
+)
+"""The tagged union a client's event decodes into."""
+
+EVENT_CLASSES: tuple[type[Event], ...] = typing.get_args(AnyEvent)
+
+
+def event_type_name(cls: type[Event]) -> str:
+    tag = cls.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+EVENT_TYPES: dict[str, type[Event]] = {event_type_name(c): c for c in EVENT_CLASSES}

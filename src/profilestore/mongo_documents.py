@@ -1,0 +1,281 @@
+"""The production document store: one MongoDB document per customer, through pymongo.
+
+A document is ``{_id: customer_id, <dataset>: section, _meta: {<dataset>: {position,
+refreshed_at}}, _keys: {<dataset>: [lookup keys]}}``; sections are the same JSON shapes
+the embedded store keeps (msgspec builtins: datetimes and decimals as strings), so both
+stores hold equal documents. A multikey index on each keyed dataset's ``_keys`` path
+serves identifier lookups. ``_id`` is the customer id, the natural shard key when one
+server is not enough: every operation here addresses documents by ``_id``.
+
+Writes are guarded upserts: the filter matches the customer only while the stored
+position is older, so a replayed write matches nothing, tries to insert, and is rejected
+by the ``_id`` unique index (duplicate key, code 11000), which is ignored.
+
+Rebuilds write the ``_staging`` fields of the same documents (one collection holds every
+dataset, so a collection rename cannot swap one of them); lookups never read staging.
+Promotion first drops the live section of documents the rebuild did not produce, then
+renames the staging fields over the live ones. Each document changes atomically; the
+dataset as a whole changes within the two ``update_many`` calls, during which the
+dataset's lease keeps refreshes out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import msgspec
+from pymongo import MongoClient, ReturnDocument, UpdateOne
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from profilestore.documents import (
+    DatasetSchema,
+    DocumentStore,
+    Profile,
+    SectionMeta,
+    SectionWrite,
+    StoredSection,
+    Tracking,
+    utc,
+)
+
+DUPLICATE_KEY = 11000
+_CHUNK = 1000
+
+
+def _fields(dataset: str, staging: bool) -> tuple[str, str, str]:
+    """Paths of a dataset's section, meta and keys (live or staging)."""
+    if staging:
+        return f"_staging.{dataset}", f"_staging_meta.{dataset}", f"_staging_keys.{dataset}"
+    return dataset, f"_meta.{dataset}", f"_keys.{dataset}"
+
+
+class MongoDocumentStore(DocumentStore):
+    def __init__(
+        self,
+        database: Database[dict[str, Any]],
+        schemas: Mapping[str, DatasetSchema],
+        *,
+        collection: str = "profiles",
+        client: MongoClient[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(schemas)
+        self._client = client
+        self.profiles: Collection[dict[str, Any]] = database[collection]
+        self.tracking_records: Collection[dict[str, Any]] = database[f"{collection}_tracking"]
+        self.leases: Collection[dict[str, Any]] = database[f"{collection}_leases"]
+        for name, schema in self.schemas.items():
+            if schema.keyed:
+                self.profiles.create_index(f"_keys.{name}")
+
+    @classmethod
+    def connect(
+        cls, url: str, schemas: Mapping[str, DatasetSchema], *, collection: str = "profiles"
+    ) -> MongoDocumentStore:
+        client: MongoClient[dict[str, Any]] = MongoClient(url, tz_aware=True)
+        database = client.get_default_database("profilestore")
+        return cls(database, schemas, collection=collection, client=client)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    # --- codecs -------------------------------------------------------------------------
+
+    def _decode(self, dataset: str, value: Any) -> Any:
+        return msgspec.convert(value, self.schemas[dataset].section)
+
+    @staticmethod
+    def _encode(section: msgspec.Struct) -> Any:
+        return msgspec.to_builtins(section)
+
+    # --- reads --------------------------------------------------------------------------
+
+    def get(self, customer_id: str, datasets: Sequence[str] | None = None) -> Profile | None:
+        names = list(datasets) if datasets is not None else list(self.schemas)
+        for name in names:
+            self.check_dataset(name)
+        projection = {name: 1 for name in names} | {f"_meta.{name}": 1 for name in names}
+        document = self.profiles.find_one({"_id": customer_id}, projection)
+        if document is None:
+            return None
+        meta = document.get("_meta") or {}
+        present = [name for name in names if name in meta]
+        if not present:
+            return None
+        return Profile(
+            customer_id=customer_id,
+            sections={name: self._decode(name, document.get(name, {})) for name in present},
+            freshness={
+                name: SectionMeta(
+                    position=meta[name]["position"],
+                    refreshed_at=utc(meta[name]["refreshed_at"]),
+                )
+                for name in present
+            },
+        )
+
+    def find(self, lookup_key: str) -> list[str]:
+        keyed = [name for name, schema in self.schemas.items() if schema.keyed]
+        if not keyed:
+            return []
+        query = {"$or": [{f"_keys.{name}": lookup_key} for name in keyed]}
+        return sorted(str(d["_id"]) for d in self.profiles.find(query, {"_id": 1}))
+
+    def load(
+        self, dataset: str, customer_ids: Iterable[str], *, staging: bool = False
+    ) -> dict[str, StoredSection]:
+        self.check_dataset(dataset)
+        section_path, meta_path, _ = _fields(dataset, staging)
+        ids = list(customer_ids)
+        found: dict[str, StoredSection] = {}
+        for start in range(0, len(ids), _CHUNK):
+            cursor = self.profiles.find(
+                {"_id": {"$in": ids[start : start + _CHUNK]}, meta_path: {"$exists": True}},
+                {section_path: 1, meta_path: 1},
+            )
+            for document in cursor:
+                section = _dig(document, section_path)
+                meta = _dig(document, meta_path)
+                found[str(document["_id"])] = StoredSection(
+                    self._decode(dataset, section if section is not None else {}),
+                    meta["position"],
+                )
+        return found
+
+    def customer_ids(self, dataset: str) -> Iterator[str]:
+        self.check_dataset(dataset)
+        for document in self.profiles.find({f"_meta.{dataset}": {"$exists": True}}, {"_id": 1}):
+            yield str(document["_id"])
+
+    def tracking(self, dataset: str, *, staging: bool = False) -> Tracking | None:
+        record = self.tracking_records.find_one({"_id": _tracking_id(dataset, staging)})
+        if record is None:
+            return None
+        return Tracking(position=record["position"], refreshed_at=utc(record["refreshed_at"]))
+
+    # --- writes -------------------------------------------------------------------------
+
+    def write(
+        self,
+        dataset: str,
+        writes: Sequence[SectionWrite],
+        *,
+        refreshed_at: dt.datetime,
+        staging: bool = False,
+    ) -> int:
+        if not writes:
+            return 0
+        keyed = self.check_dataset(dataset).keyed
+        section_path, meta_path, keys_path = _fields(dataset, staging)
+        position_path = f"{meta_path}.position"
+        operations = []
+        for w in writes:
+            update: dict[str, Any] = {
+                section_path: self._encode(w.section),
+                meta_path: {"position": w.position, "refreshed_at": refreshed_at},
+            }
+            if keyed:
+                update[keys_path] = list(w.lookup_keys)
+            guard = {
+                "_id": w.customer_id,
+                "$or": [
+                    {position_path: {"$lt": w.position}},
+                    {position_path: {"$exists": False}},
+                ],
+            }
+            operations.append(UpdateOne(guard, {"$set": update}, upsert=True))
+        written = 0
+        for start in range(0, len(operations), _CHUNK):
+            chunk = operations[start : start + _CHUNK]
+            try:
+                result = self.profiles.bulk_write(chunk, ordered=False)
+                written += result.modified_count + result.upserted_count
+            except BulkWriteError as e:
+                # A duplicate key means the stored section is as new or newer: skip it.
+                errors = e.details.get("writeErrors", [])
+                if any(err.get("code") != DUPLICATE_KEY for err in errors):
+                    raise
+                written += e.details.get("nModified", 0) + e.details.get("nUpserted", 0)
+        return written
+
+    def advance(
+        self, dataset: str, position: int, *, refreshed_at: dt.datetime, staging: bool = False
+    ) -> None:
+        self.tracking_records.update_one(
+            {"_id": _tracking_id(dataset, staging)},
+            {"$max": {"position": position}, "$set": {"refreshed_at": refreshed_at}},
+            upsert=True,
+        )
+
+    def start_staging(self, dataset: str) -> None:
+        self.check_dataset(dataset)
+        section_path, meta_path, keys_path = _fields(dataset, staging=True)
+        self.profiles.update_many(
+            {meta_path: {"$exists": True}},
+            {"$unset": {section_path: "", meta_path: "", keys_path: ""}},
+        )
+        self.tracking_records.delete_one({"_id": _tracking_id(dataset, True)})
+
+    def promote_staging(self, dataset: str) -> None:
+        self.check_dataset(dataset)
+        staged = self.tracking_records.find_one({"_id": _tracking_id(dataset, True)})
+        if staged is None:
+            raise RuntimeError(f"no staging area to promote for dataset {dataset!r}")
+        live = _fields(dataset, staging=False)
+        staging = _fields(dataset, staging=True)
+        # Order matters: unset first, or the unset would remove what the rename brought in.
+        self.profiles.update_many(
+            {staging[1]: {"$exists": False}, live[1]: {"$exists": True}},
+            {"$unset": {live[0]: "", live[1]: "", live[2]: ""}},
+        )
+        renames = {staging[0]: live[0], staging[1]: live[1]}
+        if self.schemas[dataset].keyed:
+            renames[staging[2]] = live[2]
+        self.profiles.update_many({staging[1]: {"$exists": True}}, {"$rename": renames})
+        self.tracking_records.replace_one(
+            {"_id": _tracking_id(dataset, False)},
+            {"position": staged["position"], "refreshed_at": staged["refreshed_at"]},
+            upsert=True,
+        )
+        self.tracking_records.delete_one({"_id": _tracking_id(dataset, True)})
+
+    # --- leases -------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, ttl: dt.timedelta, now: dt.datetime) -> bool:
+        try:
+            self.leases.find_one_and_update(
+                {"_id": name, "$or": [{"expires_at": {"$lte": now}}, {"holder": holder}]},
+                {"$set": {"holder": holder, "expires_at": now + ttl}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError:
+            return False  # a live lease of another holder: the upsert could not insert
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self.leases.delete_one({"_id": name, "holder": holder})
+
+    def lease_holder(self, name: str, now: dt.datetime) -> str | None:
+        record = self.leases.find_one({"_id": name})
+        if record is None or utc(record["expires_at"]) <= now:
+            return None
+        holder: str = record["holder"]
+        return holder
+
+
+def _tracking_id(dataset: str, staging: bool) -> str:
+    return f"{dataset}:staging" if staging else dataset
+
+
+def _dig(document: Mapping[str, Any], path: str) -> Any:
+    node: Any = document
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node

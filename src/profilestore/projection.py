@@ -1,0 +1,96 @@
+"""What a dataset is: the events it reads, the section it owns, and a pure fold.
+
+A projection module (see ``projections/``) defines one :class:`Projection` named
+``PROJECTION``. The fold is a pure function ``(section, event) -> section`` over frozen
+Structs whose lists are tuples, so it cannot mutate what it was given and the same code
+builds live documents, rebuilds, and an auditor's view of the past.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from profilestore.errors import ConfigError
+from profilestore.events import Event
+from profilestore.mapper import topics_for
+
+S = TypeVar("S", bound=msgspec.Struct)
+T = TypeVar("T")
+
+DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+@dataclass(frozen=True)
+class Projection(Generic[S]):
+    """One dataset of the profile document."""
+
+    dataset: str
+    reads: tuple[type[Event], ...]
+    section: type[S]
+    fold: Callable[[S, Any], S]
+    default_refresh: str
+    retention: str
+    """Human-readable caps, e.g. 'last 100 page views'; shown by ``datasets`` listings."""
+    lookup_keys: Callable[[S], Iterable[str]] | None = None
+    """Identifier keys (``email:...``) under which the profile can be found."""
+    topics: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not DATASET_NAME.match(self.dataset):
+            raise ValueError(f"dataset name {self.dataset!r} must match {DATASET_NAME.pattern}")
+        topics = tuple(t for cls in self.reads for t in topics_for(cls))
+        object.__setattr__(self, "topics", topics)
+
+    def empty(self) -> S:
+        return self.section()
+
+    def fold_all(self, section: S, events: Iterable[Event]) -> S:
+        for event in events:
+            section = self.fold(section, event)
+        return section
+
+
+def keep_last(items: tuple[T, ...], item: T, cap: int) -> tuple[T, ...]:
+    """``items`` plus ``item`` at the end, keeping the newest ``cap``."""
+    if len(items) >= cap:
+        return (*items[len(items) - cap + 1 :], item)
+    return (*items, item)
+
+
+def replace_where(
+    items: tuple[T, ...], match: Callable[[T], bool], change: Callable[[T], T]
+) -> tuple[T, ...]:
+    """``items`` with ``change`` applied to those matching; the input is not modified."""
+    return tuple(change(x) if match(x) else x for x in items)
+
+
+def load_projection(module_path: str, *, source: str, path: str) -> Projection[Any]:
+    """Import ``module_path`` and return its ``PROJECTION``; errors name the config field."""
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError as e:
+        raise ConfigError(
+            source, path, f"cannot import projection module {module_path!r}: {e}"
+        ) from None
+    projection = getattr(module, "PROJECTION", None)
+    if not isinstance(projection, Projection):
+        raise ConfigError(
+            source, path, f"module {module_path!r} defines no PROJECTION = Projection(...)"
+        )
+    return projection
+
+
+def check_projections(projections: Mapping[str, Projection[Any]], *, source: str) -> None:
+    for name, projection in projections.items():
+        if projection.dataset != name:
+            raise ConfigError(
+                source,
+                f"datasets.{name}",
+                f"the module's PROJECTION is for dataset {projection.dataset!r}, not {name!r}",
+            )

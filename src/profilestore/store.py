@@ -1,0 +1,257 @@
+"""The application service and its composition root.
+
+:func:`open_store` reads nothing but the settings it is given, builds the event log, the
+document store and the projector, and returns a :class:`ProfileStore`: the one object the
+CLI, the HTTP API and Python callers use. Nothing connects to a database at import time.
+
+Batch semantics of :meth:`ProfileStore.append`: every event of the batch is validated
+first; if any is invalid, :class:`~profilestore.errors.InvalidEvent` names its index, the
+field path and the reason, and nothing of the batch is appended. A valid batch commits in
+one transaction; events already stored (same ``event_id``) are skipped and counted as
+duplicates, so retrying a batch is always safe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from profilestore.config import Settings
+from profilestore.documents import DatasetSchema, DocumentStore, Profile
+from profilestore.errors import (
+    AmbiguousIdentifier,
+    CustomerNotFound,
+    IdentifierNotFound,
+    InvalidEvent,
+    UnknownDataset,
+)
+from profilestore.eventlog import AppendResult, EventLog, open_postgres_log, open_sqlite_log
+from profilestore.events import AnyEvent, Event, normalise_identifier
+from profilestore.projection import Projection, check_projections, load_projection
+from profilestore.projector import Clock, PassReport, Progress, Projector, utcnow
+
+IDENTIFIER_KINDS = ("email", "phone", "handle", "device")
+_LEADING_FIELD = re.compile(r"^`(\w+)`")
+
+
+def _validation_error(index: int, item: Any, error: msgspec.ValidationError) -> InvalidEvent:
+    message = str(error)
+    reason, sep, path = message.rpartition(" - at `")
+    event_id = (
+        item.get("event_id") if isinstance(item, Mapping) else getattr(item, "event_id", None)
+    )
+    if not sep:
+        # Checks in __post_init__ carry no path; their messages start with the field name.
+        named = _LEADING_FIELD.match(message)
+        path = f"$.{named.group(1)}" if named else "$"
+        return InvalidEvent(index, path, message, event_id if isinstance(event_id, str) else None)
+    return InvalidEvent(
+        index, path.rstrip("`"), reason, event_id if isinstance(event_id, str) else None
+    )
+
+
+class EventValidator:
+    """Turns client input (dicts, JSON bytes or Structs) into validated events."""
+
+    def __init__(self) -> None:
+        self._json = msgspec.json.Decoder(AnyEvent)
+        self._encoder = msgspec.json.Encoder(decimal_format="string")
+        self._typed: dict[type[Event], msgspec.json.Decoder[Any]] = {}
+
+    def validate(self, items: Iterable[Any], recorded_at: dt.datetime) -> list[Event]:
+        events: list[Event] = []
+        for index, item in enumerate(items):
+            try:
+                event = self._one(item)
+            except msgspec.ValidationError as e:
+                raise _validation_error(index, item, e) from None
+            except msgspec.DecodeError as e:
+                raise InvalidEvent(index, "$", f"not valid JSON: {e}") from None
+            events.append(msgspec.structs.replace(event, recorded_at=recorded_at))
+        return events
+
+    def _one(self, item: Any) -> Event:
+        if isinstance(item, bytes | str):
+            event: Event = self._json.decode(item)
+            return event
+        if isinstance(item, Event):
+            # Struct constructors do not check constraints: a round trip through the
+            # decoder does, so Python callers get the same validation as JSON clients.
+            decoder = self._typed.get(type(item))
+            if decoder is None:
+                decoder = self._typed[type(item)] = msgspec.json.Decoder(type(item))
+            checked: Event = decoder.decode(self._encoder.encode(item))
+            return checked
+        if isinstance(item, Mapping):
+            converted: Event = msgspec.convert(item, AnyEvent)
+            return converted
+        raise msgspec.ValidationError(f"Expected an event object, got `{type(item).__name__}`")
+
+
+class ProfileStore:
+    """Append events, refresh and rebuild datasets, read profiles."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        log: EventLog,
+        documents: DocumentStore,
+        projections: Mapping[str, Projection[Any]],
+        *,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.log = log
+        self.documents = documents
+        self.projections = dict(projections)
+        self.clock = clock
+        self.validator = EventValidator()
+        self.projector = Projector(
+            log,
+            documents,
+            projections,
+            clock=clock,
+            page_size=settings.projector.page_size,
+            cache_sections=settings.projector.cache_sections,
+        )
+
+    # --- writing ----------------------------------------------------------------------
+
+    def append(self, events: Iterable[Any]) -> AppendResult:
+        """Validate and append a batch, all or nothing (see the module docstring)."""
+        validated = self.validator.validate(events, self.clock())
+        return self.log.append(validated)
+
+    # --- projections ------------------------------------------------------------------
+
+    def datasets(self, names: Sequence[str] | None = None) -> list[str]:
+        if names is None:
+            return list(self.projections)
+        for name in names:
+            if name not in self.projections:
+                raise UnknownDataset(name, list(self.projections))
+        return list(names)
+
+    def refresh(
+        self, datasets: Sequence[str] | None = None, *, progress: Progress | None = None
+    ) -> PassReport:
+        return self.projector.refresh(self.datasets(datasets), progress=progress)
+
+    def rebuild(
+        self, datasets: Sequence[str] | None = None, *, progress: Progress | None = None
+    ) -> PassReport:
+        names = self.datasets(datasets)
+        report = self.projector.rebuild(names, progress=progress)
+        self.projector.refresh(names)
+        return report
+
+    # --- reading ----------------------------------------------------------------------
+
+    def profile(self, customer_id: str, datasets: Sequence[str] | None = None) -> Profile:
+        names = None if datasets is None else self.datasets(datasets)
+        found = self.documents.get(customer_id, names)
+        if found is None:
+            raise CustomerNotFound(customer_id)
+        return found
+
+    def find(self, kind: str, value: str, datasets: Sequence[str] | None = None) -> Profile:
+        """The profile holding an identifier; kind is email, phone, handle or device.
+
+        A handle is given as ``network:handle`` (``twitter:@ann``). Values are normalised
+        as on ingest (emails lower-cased, phones reduced to digits).
+        """
+        if kind not in IDENTIFIER_KINDS:
+            raise IdentifierNotFound(kind, value)
+        network = None
+        handle = value
+        if kind == "handle":
+            network, sep, handle = value.partition(":")
+            if not sep:
+                raise IdentifierNotFound(kind, value)
+        try:
+            key = normalise_identifier(kind, handle, network)
+        except ValueError:
+            raise IdentifierNotFound(kind, value) from None
+        customer_ids = self.documents.find(key)
+        if not customer_ids:
+            raise IdentifierNotFound(kind, value)
+        if len(customer_ids) > 1:
+            raise AmbiguousIdentifier(kind, value, customer_ids)
+        return self.profile(customer_ids[0], datasets)
+
+    def history(self, customer_id: str) -> list[Event]:
+        return self.log.stream(customer_id)
+
+    def close(self) -> None:
+        self.documents.close()
+        self.log.close()
+
+    def __enter__(self) -> ProfileStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _sqlite_path(url: str, settings: Settings) -> str:
+    path = settings.url(url).removeprefix("sqlite:///").removeprefix("sqlite://")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_projections(settings: Settings, source: str = "config") -> dict[str, Projection[Any]]:
+    projections = {
+        name: load_projection(ds.projection, source=source, path=f"datasets.{name}.projection")
+        for name, ds in settings.datasets.items()
+    }
+    check_projections(projections, source=source)
+    return projections
+
+
+def open_documents(settings: Settings, projections: Mapping[str, Projection[Any]]) -> DocumentStore:
+    schemas = {
+        name: DatasetSchema(p.section, keyed=p.lookup_keys is not None)
+        for name, p in projections.items()
+    }
+    url = settings.url(settings.documents.url)
+    if url.startswith("sqlite:"):
+        from profilestore.sqlite_documents import SQLiteDocumentStore
+
+        return SQLiteDocumentStore(_sqlite_path(url, settings), schemas)
+    if url.startswith(("mongodb://", "mongodb+srv://")):
+        from profilestore.mongo_documents import MongoDocumentStore
+
+        return MongoDocumentStore.connect(url, schemas, collection=settings.documents.collection)
+    raise ValueError(f"documents.url {url!r}: expected sqlite:///PATH or mongodb://...")
+
+
+def open_log(settings: Settings) -> EventLog:
+    url = settings.url(settings.event_log.url)
+    if url.startswith("sqlite:"):
+        return open_sqlite_log(
+            _sqlite_path(url, settings), lock_timeout=settings.event_log.lock_timeout_s
+        )
+    if url.startswith(("postgresql://", "postgres://")):
+        return open_postgres_log(url, schema=settings.event_log.postgres_schema)
+    raise ValueError(f"event_log.url {url!r}: expected sqlite:///PATH or postgresql://...")
+
+
+def open_store(settings: Settings | None = None, *, clock: Clock = utcnow) -> ProfileStore:
+    """Build a ProfileStore from settings (default: :func:`load_settings` of the cwd)."""
+    if settings is None:
+        from profilestore.config import load_settings
+
+        settings = load_settings()
+    projections = load_projections(settings)
+    log = open_log(settings)
+    try:
+        documents = open_documents(settings, projections)
+    except BaseException:
+        log.close()
+        raise
+    return ProfileStore(settings, log, documents, projections, clock=clock)
