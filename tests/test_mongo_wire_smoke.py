@@ -1,41 +1,16 @@
-"""Smoke tests for the mongoeco wire-server fixture (real socket, real pymongo)."""
+"""Smoke tests for the wire-server fixture in conftest (real socket, real pymongo)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pymongo
 import pytest
-from mongo_wire import MongoWireUnavailable, run_mongoeco_server
 from pymongo.errors import DuplicateKeyError
 
 pytestmark = pytest.mark.mongo_wire
-
-
-@pytest.fixture(scope="session")
-def mongo_wire_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URI of a MongoDB-wire server: $PROFILESTORE_TEST_MONGO_URI, else mongoeco.
-
-    Skips when mongoeco can't be provided, unless CI=true (then fails).
-    """
-    uri = os.environ.get("PROFILESTORE_TEST_MONGO_URI")
-    if uri:
-        yield uri
-        return
-    with contextlib.ExitStack() as stack:
-        try:
-            started_uri = stack.enter_context(
-                run_mongoeco_server(tmp_path_factory.mktemp("mongoeco"))
-            )
-        except MongoWireUnavailable as exc:
-            if os.environ.get("CI") == "true":
-                pytest.fail(str(exc))
-            pytest.skip(str(exc))
-        yield started_uri
 
 
 @pytest.fixture
