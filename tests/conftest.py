@@ -21,12 +21,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mongo_wire import MongoWireUnavailable, run_mongoeco_server  # noqa: E402
+from mongo_wire import MongoWireUnavailable, run_mongoeco_server
 
-from profilestore.config import Settings, load_settings  # noqa: E402
-from profilestore.documents import DatasetSchema, DocumentStore  # noqa: E402
-from profilestore.eventlog import EventLog, open_postgres_log, open_sqlite_log  # noqa: E402
-from profilestore.store import load_projections  # noqa: E402
+from profilestore.config import Settings, load_settings
+from profilestore.documents import DatasetSchema, DocumentStore
+from profilestore.eventlog import EventLog, open_postgres_log, open_sqlite_log
+from profilestore.store import load_projections
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 POSTGRES_URL = os.environ.get("PROFILESTORE_TEST_POSTGRES_URL")
@@ -85,12 +85,20 @@ def log_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
     """How to open an event log on each backend: ``{"name", "open"}``; opens share data."""
     if request.param == "sqlite":
         path = str(tmp_path / "events.sqlite")
-        yield {"name": "sqlite", "url": f"sqlite:///{path}", "schema": "",
-               "open": lambda: open_sqlite_log(path)}
+        yield {
+            "name": "sqlite",
+            "url": f"sqlite:///{path}",
+            "schema": "",
+            "open": lambda: open_sqlite_log(path),
+        }
     else:
         url, schema = request.getfixturevalue("postgres_schema")
-        yield {"name": "postgres", "url": url, "schema": schema,
-               "open": lambda: open_postgres_log(url, schema=schema)}
+        yield {
+            "name": "postgres",
+            "url": url,
+            "schema": schema,
+            "open": lambda: open_postgres_log(url, schema=schema),
+        }
 
 
 @pytest.fixture
@@ -150,8 +158,9 @@ def make_document_store(
     from profilestore.sqlite_documents import SQLiteDocumentStore
 
     if kind == "sqlite":
-        return SQLiteDocumentStore(str(tmp_path / f"documents-{uuid.uuid4().hex[:6]}.sqlite"),
-                                   schemas)
+        return SQLiteDocumentStore(
+            str(tmp_path / f"documents-{uuid.uuid4().hex[:6]}.sqlite"), schemas
+        )
     if kind == "mongomock":
         import mongomock_ng
 

@@ -14,7 +14,6 @@ from collections import Counter
 from typing import Any, ClassVar
 
 import msgspec
-import pytest
 from eventsourcing.persistence import StoredEvent
 
 from profilestore.eventlog import EventLog, stream_id

@@ -73,8 +73,7 @@ def run_demo(
         refresh_task = progress.add_task("refresh", total=None)
         started = time.perf_counter()
         report = store.refresh(
-            progress=lambda done, total: progress.update(refresh_task, completed=done,
-                                                         total=total)
+            progress=lambda done, total: progress.update(refresh_task, completed=done, total=total)
         )
         refresh_s = time.perf_counter() - started
         progress.update(refresh_task, total=report.events_read, completed=report.events_read)
@@ -117,9 +116,7 @@ def run_demo(
     for key, value in figures.items():
         table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
     console.print(table)
-    console.print(
-        f"Try: profilestore --home {store.settings.home} profile {sample.customer_id}"
-    )
+    console.print(f"Try: profilestore --home {store.settings.home} profile {sample.customer_id}")
     return figures
 
 
@@ -129,8 +126,12 @@ def _interesting_customer(store: ProfileStore, candidates: Sequence[str]) -> str
         profile = store.profile(customer_id)
         carts = profile.sections.get("carts")
         orders = profile.sections.get("orders")
-        if carts and carts.abandoned and orders and orders.order_count and len(
-            profile.sections
-        ) >= 7:
+        if (
+            carts
+            and carts.abandoned
+            and orders
+            and orders.order_count
+            and len(profile.sections) >= 7
+        ):
             return customer_id
     return candidates[0]

@@ -109,7 +109,7 @@ _HOUR = 60 * _MINUTE
 _DAY = 24 * _HOUR
 
 _SIGNUP_SPAN = 0.7  # customers sign up during the first 70% of the period
-_EPISODE_OVERSAMPLING = 1.3  # schedule more episodes than the budget needs; budget binds
+_EPISODE_OVERSAMPLING = 1.5  # schedule more episodes than the budget needs; budget binds
 
 _SHOP = "https://shop.example.com"
 
@@ -588,9 +588,9 @@ class _Customer:
             self._shop(t)
         elif x < 0.78:
             self._campaign(t) if self.marketing else self._browse(t, self._source())
-        elif x < 0.87:
+        elif x < 0.89:
             self._social(t) if self.handle is not None else self._browse(t, self._source())
-        elif x < 0.92:
+        elif x < 0.93:
             self._ticket(t)
         else:
             self._profile_change(t)
@@ -781,9 +781,8 @@ class _Customer:
             campaign="birthday",
             subject=f"Happy birthday, {self.first}!",
         )
-        self._email_engagement(t, sent, open_p=0.45)
-        assert self.bday_at is not None
-        self.bday_at += 365 * _DAY  # near enough, for a period of about a year
+        self.bday_at = t + 365 * _DAY  # near enough, for a period of about a year
+        self._email_engagement(t, sent, open_p=0.45)  # may unsubscribe: no more birthdays
 
     def _birthday_after(self, birthday: dt.date, t: int) -> int | None:
         now = self.sim.start + dt.timedelta(milliseconds=t)
@@ -955,13 +954,13 @@ class _Customer:
             self._ev(
                 t, IdentifierSeen, source, kind="device", value=f"dev-{self.cid}-{self.devices}"
             )
-            if self.devices > 2 and rng.random() < 0.5:
+            if rng.random() < 0.5:  # a replacement: the old device goes
                 self._ev(
                     t,
                     IdentifierUnlinked,
                     source,
                     kind="device",
-                    value=f"dev-{self.cid}-{self.devices - 2}",
+                    value=f"dev-{self.cid}-{self.devices - 1}",
                 )
         elif x < 0.6:
             if self.phone is None:
@@ -1025,7 +1024,7 @@ def generate(
 
     Every event falls in ``[start, start + days)``; ``start`` defaults to
     :data:`DEFAULT_START` and must be timezone-aware. Customers average about
-    ``events_per_customer`` events each (never fewer than their signup, about 12). The
+    ``events_per_customer`` events each (never fewer than their signup, about 13). The
     same arguments always yield the same events. See the module docstring for the model.
     """
     if customers < 0:

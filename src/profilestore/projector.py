@@ -232,20 +232,20 @@ class Projector:
                     run.applied += applied
 
     def _flush(self, runs: Mapping[str, _DatasetRun], position: int, staging: bool) -> None:
+        # Every dataset's sections are written before any tracking advances, so a failure
+        # in between leaves all of them replayable from their previous positions.
         now = self.clock()
         for name, run in runs.items():
-            if run.dirty:
-                keys = run.projection.lookup_keys
-                writes = [
-                    SectionWrite(
-                        customer_id,
-                        run.cache[customer_id].section,
-                        run.cache[customer_id].position,
-                        tuple(keys(run.cache[customer_id].section)) if keys else (),
-                    )
-                    for customer_id in run.dirty
-                ]
-                run.written += self.documents.write(name, writes, refreshed_at=now, staging=staging)
+            if not run.dirty:
+                continue
+            keys = run.projection.lookup_keys
+            writes = []
+            for customer_id in run.dirty:
+                stored = run.cache[customer_id]
+                lookup = tuple(keys(stored.section)) if keys else ()
+                writes.append(SectionWrite(customer_id, stored.section, stored.position, lookup))
+            run.written += self.documents.write(name, writes, refreshed_at=now, staging=staging)
+        for name, run in runs.items():
             if position > run.position:
                 self.documents.advance(name, position, refreshed_at=now, staging=staging)
                 run.position = position

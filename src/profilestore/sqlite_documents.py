@@ -134,6 +134,8 @@ class SQLiteDocumentStore(DocumentStore):
 
     def get(self, customer_id: str, datasets: Sequence[str] | None = None) -> Profile | None:
         names = tuple(datasets) if datasets is not None else tuple(self.schemas)
+        if not names:
+            return None  # no dataset named: nothing to read (and no statement to build)
         sql = self._profile_sql.get(names)
         if sql is None:
             for name in names:
