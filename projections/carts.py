@@ -1,8 +1,9 @@
-"""Carts: the open cart(s) and the most recent abandoned ones.
+"""Carts: the open cart and the most recent abandoned ones.
 
-A cart is abandoned, by events alone, when the customer starts another cart while it still
-holds items, or when more than ``MAX_OPEN`` carts are open. An order placed from a cart
-converts it; an order placed from an abandoned cart recovers it. Time-based abandonment
+A customer has at most one open cart (``open`` holds zero or one). A cart is abandoned, by
+events alone, when the customer starts another cart while it still holds items; adding
+to an abandoned cart again reopens it. An order placed from a cart converts it; an order
+placed from an abandoned cart recovers it. Time-based abandonment
 ("open and idle for an hour") is a reading of ``updated_at``, left to the trigger that
 needs it, so the fold stays a pure function of the events.
 """
@@ -25,7 +26,6 @@ from profilestore.events import (
 )
 from profilestore.projection import Projection, keep_last
 
-MAX_OPEN = 3
 CAP_ABANDONED = 10
 
 
@@ -81,12 +81,21 @@ def fold(section: Carts, event: Event) -> Carts:
     abandoned = section.abandoned
     if isinstance(event, CartItemAdded):
         if cart is None:
-            # A new cart: older carts still holding items are now abandoned.
-            abandoned = _abandon(section, others)
-            others = ()
-            cart = Cart(
-                cart_id=event.cart_id, currency=event.currency, created_at=at, updated_at=at
+            # Another cart: the open one, if it still holds items, is now abandoned.
+            revived = next((c for c in abandoned if c.cart_id == event.cart_id), None)
+            abandoned = _abandon(
+                msgspec.structs.replace(
+                    section, abandoned=tuple(c for c in abandoned if c is not revived)
+                ),
+                others,
             )
+            others = ()
+            if revived is not None:
+                cart = msgspec.structs.replace(revived, status="open")
+            else:
+                cart = Cart(
+                    cart_id=event.cart_id, currency=event.currency, created_at=at, updated_at=at
+                )
         line = next((x for x in cart.lines if x.sku == event.sku), None)
         quantity = event.quantity + (line.quantity if line else 0)
         new_line = CartLine(
@@ -115,11 +124,6 @@ def fold(section: Carts, event: Event) -> Carts:
     else:  # CartCleared
         cart = None
     open_carts = others if cart is None else (*others, cart)
-    if len(open_carts) > MAX_OPEN:
-        abandoned = _abandon(
-            msgspec.structs.replace(section, abandoned=abandoned), open_carts[:-MAX_OPEN]
-        )
-        open_carts = open_carts[-MAX_OPEN:]
     return Carts(
         open=open_carts,
         abandoned=abandoned,
@@ -156,5 +160,5 @@ PROJECTION = Projection(
     section=Carts,
     fold=fold,
     default_refresh="realtime",
-    retention=f"up to {MAX_OPEN} open carts and the last {CAP_ABANDONED} abandoned",
+    retention=f"the open cart and the last {CAP_ABANDONED} abandoned",
 )

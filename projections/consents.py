@@ -1,4 +1,8 @@
-"""Consents: the current grant per channel and purpose, with its history length."""
+"""Consents: the current grant per channel and purpose, with its history length.
+
+The decision with the latest ``occurred_at`` wins, whatever order events arrive in: an
+older "given" delivered late never overrides a newer "withdrawn".
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,14 @@ def fold(section: Consents, event: Event) -> Consents:
         (c for c in section.consents if c.channel == event.channel and c.purpose == event.purpose),
         None,
     )
+    if current is not None and event.occurred_at < current.changed_at:
+        # A late-arriving older change must not override a newer decision.
+        return Consents(
+            consents=tuple(
+                msgspec.structs.replace(c, changes=c.changes + 1) if c is current else c
+                for c in section.consents
+            )
+        )
     entry = Consent(
         channel=event.channel,
         purpose=event.purpose,

@@ -45,8 +45,12 @@ class Email(msgspec.Struct, frozen=True, kw_only=True):
 
 def fold(section: Email, event: Event) -> Email:
     if isinstance(event, EmailSent):
-        sent_message = Message(
-            message_id=event.message_id,
+        known = next((m for m in section.messages if m.message_id == event.message_id), None)
+        if known is not None and known.sent_at is not None:
+            return section  # the same message sent twice under two event ids
+        # A send arriving after its opens or clicks keeps them, so they stay counted once.
+        sent_message = msgspec.structs.replace(
+            known or Message(message_id=event.message_id),
             campaign=event.campaign,
             subject=event.subject,
             sent_at=event.occurred_at,

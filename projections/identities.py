@@ -63,6 +63,7 @@ def fold(section: Identities, event: Event) -> Identities:
             current,
             value=event.value,
             linked=current.linked or linked,
+            first_seen=min(current.first_seen, event.occurred_at),
             last_seen=max(current.last_seen, event.occurred_at),
             times_seen=current.times_seen + 1,
         )

@@ -20,7 +20,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -185,10 +185,23 @@ def load_settings(
         overrides.append(name)
     if home is not None:
         _set_path(tree, ["store", "home"], str(home))
+    if overrides:
+        source = f"{source} (with environment overrides {', '.join(overrides)})"
+    datasets = tree.get("datasets")
+    if isinstance(datasets, dict):
+        # Decoded one by one: msgspec reports a dict entry's path as `datasets[...]`.
+        for name, entry in datasets.items():
+            _convert(entry, DatasetSettings, source, f"datasets.{name}")
+    return _convert(tree, Settings, source, "")
+
+
+S = TypeVar("S")
+
+
+def _convert(value: Any, target: type[S], source: str, prefix: str) -> S:
     try:
-        return msgspec.convert(tree, Settings)
+        return msgspec.convert(value, target)
     except msgspec.ValidationError as e:
         field_path, reason = _error_path(e)
-        if overrides:
-            source = f"{source} (with environment overrides {', '.join(overrides)})"
-        raise ConfigError(source, field_path, reason) from None
+        path = ".".join(p for p in (prefix, field_path) if p)
+        raise ConfigError(source, path, reason) from None

@@ -1,0 +1,116 @@
+"""Settings: the shipped file, strict decoding, environment overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from profilestore.config import Settings, load_settings
+from profilestore.errors import ConfigError
+from profilestore.store import load_projections
+
+REPO_CONFIG = Path(__file__).parent.parent / "config" / "profilestore.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "profilestore.toml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_states_exactly_the_built_in_defaults(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    assert load_settings(REPO_CONFIG, environ={}) == Settings()
+    assert load_settings(environ={"PROFILESTORE_CONFIG": str(REPO_CONFIG)}) == Settings()
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(missing, environ={})
+
+
+def test_every_configured_dataset_loads_its_projection() -> None:
+    projections = load_projections(load_settings(REPO_CONFIG, environ={}))
+    assert set(projections) == {
+        "identities",
+        "attributes",
+        "consents",
+        "carts",
+        "browsing",
+        "email",
+        "orders",
+        "service",
+        "social",
+    }
+
+
+def test_unknown_key_names_the_file_and_the_field_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "[projector]\npage_size = 10\npage_sise = 20\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={})
+    assert str(path) in str(raised.value)
+    assert "page_sise" in str(raised.value)
+    assert raised.value.path == "projector"
+
+
+def test_bad_value_names_the_field_path_and_reason(tmp_path: Path) -> None:
+    path = write(tmp_path, "[projector]\npage_size = 0\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={})
+    assert raised.value.path == "projector.page_size"
+    assert ">= 1" in raised.value.reason
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ('{ projection = "projections.carts", every = "15 minutes" }', "`every`"),
+        ('{ projection = "projections.carts", refresh = "sometimes" }', "`refresh`"),
+        ('{ projection = "projections.carts", every = "5m", refresh = "realtime" }', "one of"),
+        ('{ projection = "projections.carts", cron = "0 3 * *" }', "five fields"),
+    ],
+)
+def test_dataset_refresh_is_checked(tmp_path: Path, entry: str, reason: str) -> None:
+    path = write(tmp_path, f"[datasets]\ncarts = {entry}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, environ={})
+    assert reason in str(raised.value)
+    assert "datasets.carts" in str(raised.value)
+
+
+def test_a_projection_module_that_does_not_exist_names_the_field(tmp_path: Path) -> None:
+    path = write(tmp_path, '[datasets]\ncarts = { projection = "projections.nope" }\n')
+    with pytest.raises(ConfigError) as raised:
+        load_projections(load_settings(path, environ={}), source=str(path))
+    assert raised.value.path == "datasets.carts.projection"
+
+
+def test_environment_overrides_any_setting_and_is_named_in_errors(tmp_path: Path) -> None:
+    settings = load_settings(
+        REPO_CONFIG,
+        environ={
+            "PROFILESTORE_HOME": str(tmp_path),
+            "PROFILESTORE_DOCUMENTS__URL": "mongodb://db.example:27017/p",
+            "PROFILESTORE_PROJECTOR__PAGE_SIZE": "250",
+            "PROFILESTORE_DATASETS__BROWSING__EVERY": "15m",
+        },
+    )
+    assert settings.home == tmp_path
+    assert settings.documents.url == "mongodb://db.example:27017/p"
+    assert settings.projector.page_size == 250
+    assert settings.datasets["browsing"].cadence == "every 15m"
+    assert settings.datasets["carts"].cadence == "realtime"
+    assert settings.url(settings.event_log.url) == f"sqlite:///{tmp_path}/events.sqlite"
+    with pytest.raises(ConfigError) as raised:
+        load_settings(REPO_CONFIG, environ={"PROFILESTORE_PROJECTOR__PAGE_SIZE": "lots"})
+    assert "PROFILESTORE_PROJECTOR__PAGE_SIZE" in str(raised.value)
+    assert raised.value.path == "projector.page_size"
+
+
+def test_home_argument_wins_over_the_environment(tmp_path: Path) -> None:
+    settings = load_settings(environ={"PROFILESTORE_HOME": "/elsewhere"}, home=tmp_path)
+    assert settings.home == tmp_path
+
+
+def test_invalid_toml_is_reported_with_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[projector\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(path, environ={})
