@@ -139,6 +139,16 @@ class DocumentStore(ABC):
             raise KeyError(f"dataset {dataset!r} is not registered with this store") from None
 
 
+def newest_per_customer(writes: Sequence[SectionWrite]) -> list[SectionWrite]:
+    """One write per customer, the one with the highest position (the others would lose)."""
+    newest: dict[str, SectionWrite] = {}
+    for w in writes:
+        kept = newest.get(w.customer_id)
+        if kept is None or w.position > kept.position:
+            newest[w.customer_id] = w
+    return list(newest.values())
+
+
 def utc(value: dt.datetime) -> dt.datetime:
     """``value`` as an aware UTC datetime (stores may return naive UTC)."""
     if value.tzinfo is None:

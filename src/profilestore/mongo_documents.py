@@ -39,6 +39,7 @@ from profilestore.documents import (
     SectionWrite,
     StoredSection,
     Tracking,
+    newest_per_customer,
     utc,
 )
 
@@ -170,6 +171,7 @@ class MongoDocumentStore(DocumentStore):
         if not writes:
             return 0
         keyed = self.check_dataset(dataset).keyed
+        writes = newest_per_customer(writes)
         section_path, meta_path, keys_path = _fields(dataset, staging)
         position_path = f"{meta_path}.position"
         operations = []

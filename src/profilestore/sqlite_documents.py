@@ -33,6 +33,7 @@ from profilestore.documents import (
     SectionWrite,
     StoredSection,
     Tracking,
+    newest_per_customer,
 )
 
 _STAGING = "__staging"
@@ -214,6 +215,7 @@ class SQLiteDocumentStore(DocumentStore):
             return 0
         sections, keys, _ = _tables(dataset, staging)
         keyed = self.check_dataset(dataset).keyed
+        writes = newest_per_customer(writes)
         stamp = _format_time(refreshed_at)
         encode = self._encoder.encode
         with self._transaction() as c:

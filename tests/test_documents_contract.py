@@ -1,0 +1,979 @@
+"""The document-store contract: every adapter behaves the same (see ``documents.py``).
+
+Every test takes the ``document_store`` fixture, so it runs against the embedded SQLite
+store, MongoDB through mongomock-ng, and MongoDB over a real wire socket. Data stays
+small (a handful of customers) because the wire cases pay a round trip per operation.
+Times are fixed; MongoDB keeps milliseconds only, so ``refreshed_at`` is compared with a
+1 ms tolerance.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from profilestore.documents import DocumentStore, SectionWrite, StoredSection, Tracking
+from profilestore.events import Location, OrderLine
+from projections.attributes import Attributes, Preference
+from projections.carts import Cart, CartLine, Carts
+from projections.identities import Identifier, Identities
+from projections.orders import Order, Orders, Spend
+
+T0 = dt.datetime(2024, 5, 1, 12, 0, 0, 123_456, tzinfo=dt.UTC)
+T1 = dt.datetime(2024, 5, 1, 12, 5, 0, 654_321, tzinfo=dt.UTC)
+T2 = dt.datetime(2024, 5, 2, 8, 30, 0, 999_999, tzinfo=dt.UTC)
+CEST = dt.timezone(dt.timedelta(hours=2), "CEST")
+MS = dt.timedelta(milliseconds=1)
+
+
+# --- real section values ---------------------------------------------------------------------
+
+
+def carts(cart_id: str = "cart-1", quantity: int = 2, price: str = "19.90") -> Carts:
+    created = dt.datetime(2024, 4, 30, 18, 15, 7, 250_000, tzinfo=CEST)
+    lines = (
+        CartLine(sku="mug-blue", name="Blue mug", quantity=quantity, unit_price=Decimal(price)),
+        CartLine(sku="tea-01", quantity=1, unit_price=Decimal("4.05")),
+    )
+    abandoned = Cart(
+        cart_id="cart-0",
+        status="abandoned",
+        currency="EUR",
+        lines=(CartLine(sku="spoon", quantity=3, unit_price=Decimal("0.10")),),
+        value=Decimal("0.30"),
+        created_at=created - dt.timedelta(days=3),
+        updated_at=created - dt.timedelta(days=2),
+    )
+    return Carts(
+        open=(
+            Cart(
+                cart_id=cart_id,
+                status="checkout",
+                currency="EUR",
+                lines=lines,
+                value=Decimal(price) * quantity + Decimal("4.05"),
+                created_at=created,
+                updated_at=created + dt.timedelta(minutes=4),
+                checkout_started_at=created + dt.timedelta(minutes=4),
+            ),
+        ),
+        abandoned=(abandoned,),
+        converted=2,
+        recovered=1,
+        last_activity_at=created + dt.timedelta(minutes=4),
+    )
+
+
+def orders(order_id: str = "order-1") -> Orders:
+    placed = dt.datetime(2024, 3, 9, 10, 0, 0, 500_000, tzinfo=dt.UTC)
+    order = Order(
+        order_id=order_id,
+        status="returned",
+        placed_at=placed,
+        items=(
+            OrderLine(sku="mug-blue", name="Blue mug", quantity=2, unit_price=Decimal("19.90")),
+            OrderLine(sku="tea-01", unit_price=Decimal("4.05")),
+        ),
+        total=Decimal("43.85"),
+        currency="EUR",
+        refunded=Decimal("19.90"),
+        channel="web",
+    )
+    return Orders(
+        recent=(order,),
+        order_count=1,
+        returned_count=1,
+        lifetime_value=(
+            Spend(currency="EUR", total=Decimal("23.95")),
+            Spend(currency="USD", total=Decimal("0")),
+        ),
+        first_order_at=placed,
+        last_order_at=placed,
+    )
+
+
+def attributes() -> Attributes:
+    return Attributes(
+        first_name="Ann",
+        last_name="Ångström",
+        birthday=dt.date(1990, 4, 12),
+        location=Location(city="Lyon", country="FR", latitude=45.764, longitude=4.8357),
+        preferences=(
+            Preference(key="theme", value="dark", set_at=T0),
+            Preference(key="newsletter", value=True, set_at=T0),
+            Preference(key="shoe_size", value=38, set_at=T0),
+            Preference(key="budget", value=12.5, set_at=T0),
+            Preference(key="nickname", value=None, set_at=T0),
+        ),
+        updated_at=T0.astimezone(CEST),
+    )
+
+
+def identities(*keys: str) -> Identities:
+    seen = dt.datetime(2024, 2, 1, 9, 0, tzinfo=dt.UTC)
+    return Identities(
+        identifiers=tuple(
+            Identifier(
+                kind=key.split(":", 1)[0],
+                key=key,
+                value=key.split(":", 1)[1].upper(),
+                linked=i == 0,
+                first_seen=seen,
+                last_seen=seen + dt.timedelta(days=i),
+                times_seen=i + 1,
+            )
+            for i, key in enumerate(keys)
+        )
+    )
+
+
+def identity_write(customer_id: str, position: int, *keys: str) -> SectionWrite:
+    return SectionWrite(customer_id, identities(*keys), position, keys)
+
+
+def assert_close(actual: dt.datetime, expected: dt.datetime) -> None:
+    assert actual.tzinfo is not None, "refreshed_at must be timezone-aware"
+    assert abs(actual - expected) <= MS, f"{actual} is not within 1 ms of {expected}"
+
+
+def assert_tracking(actual: Tracking | None, position: int, refreshed_at: dt.datetime) -> None:
+    assert actual is not None
+    assert actual.position == position
+    assert_close(actual.refreshed_at, refreshed_at)
+
+
+# --- get -------------------------------------------------------------------------------------
+
+
+def test_get_of_an_unknown_customer_is_none(document_store: DocumentStore) -> None:
+    assert document_store.get("nobody") is None
+    assert document_store.get("nobody", ["carts"]) is None
+
+
+def test_written_sections_read_back_equal_with_their_freshness(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    assert s.write("carts", [SectionWrite("c1", carts(), 7)], refreshed_at=T0) == 1
+    assert s.write("orders", [SectionWrite("c1", orders(), 9)], refreshed_at=T1) == 1
+    assert s.write("attributes", [SectionWrite("c1", attributes(), 3)], refreshed_at=T1) == 1
+    key = "email:ann@example.com"
+    assert s.write("identities", [identity_write("c1", 4, key)], refreshed_at=T2) == 1
+
+    profile = s.get("c1")
+
+    assert profile is not None
+    assert profile.customer_id == "c1"
+    assert profile.sections == {
+        "carts": carts(),
+        "orders": orders(),
+        "attributes": attributes(),
+        "identities": identities(key),
+    }
+    assert {name: meta.position for name, meta in profile.freshness.items()} == {
+        "carts": 7,
+        "orders": 9,
+        "attributes": 3,
+        "identities": 4,
+    }
+    assert_close(profile.freshness["carts"].refreshed_at, T0)
+    assert_close(profile.freshness["orders"].refreshed_at, T1)
+    assert_close(profile.freshness["attributes"].refreshed_at, T1)
+    assert_close(profile.freshness["identities"].refreshed_at, T2)
+
+
+def test_sections_keep_their_types_through_the_store(document_store: DocumentStore) -> None:
+    document_store.write("carts", [SectionWrite("c1", carts(), 1)], refreshed_at=T0)
+
+    profile = document_store.get("c1")
+
+    assert profile is not None
+    section = profile.sections["carts"]
+    assert isinstance(section, Carts)
+    assert isinstance(section.open, tuple)
+    assert isinstance(section.open[0].lines[0].unit_price, Decimal)
+    assert section.open[0].lines[0].unit_price == Decimal("19.90")
+    assert isinstance(section.open[0].created_at, dt.datetime)
+    assert section.open[0].created_at == carts().open[0].created_at
+
+
+def test_refreshed_at_in_another_timezone_reads_back_as_the_same_instant(
+    document_store: DocumentStore,
+) -> None:
+    document_store.write(
+        "carts", [SectionWrite("c1", carts(), 1)], refreshed_at=T1.astimezone(CEST)
+    )
+    document_store.advance("carts", 1, refreshed_at=T1.astimezone(CEST))
+
+    profile = document_store.get("c1")
+
+    assert profile is not None
+    assert_close(profile.freshness["carts"].refreshed_at, T1)
+    assert_tracking(document_store.tracking("carts"), 1, T1)
+
+
+def test_get_with_datasets_returns_only_those_datasets(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite("c1", carts(), 7)], refreshed_at=T0)
+    s.write("orders", [SectionWrite("c1", orders(), 9)], refreshed_at=T1)
+
+    profile = s.get("c1", ["carts"])
+
+    assert profile is not None
+    assert profile.sections == {"carts": carts()}
+    assert set(profile.freshness) == {"carts"}
+    assert profile.freshness["carts"].position == 7
+
+
+def test_get_with_datasets_omits_named_datasets_the_customer_lacks(
+    document_store: DocumentStore,
+) -> None:
+    document_store.write("carts", [SectionWrite("c1", carts(), 7)], refreshed_at=T0)
+
+    profile = document_store.get("c1", ["carts", "orders", "identities"])
+
+    assert profile is not None
+    assert profile.sections == {"carts": carts()}
+    assert set(profile.freshness) == {"carts"}
+
+
+def test_get_is_none_when_the_customer_has_none_of_the_named_datasets(
+    document_store: DocumentStore,
+) -> None:
+    document_store.write("carts", [SectionWrite("c1", carts(), 7)], refreshed_at=T0)
+
+    assert document_store.get("c1", ["orders", "identities"]) is None
+
+
+def test_get_with_no_datasets_named_is_none(document_store: DocumentStore) -> None:
+    document_store.write("carts", [SectionWrite("c1", carts(), 7)], refreshed_at=T0)
+
+    assert document_store.get("c1", []) is None
+
+
+def test_an_unregistered_dataset_is_a_key_error(document_store: DocumentStore) -> None:
+    with pytest.raises(KeyError):
+        document_store.get("c1", ["no_such_dataset"])
+    with pytest.raises(KeyError):
+        document_store.write("no_such_dataset", [SectionWrite("c1", carts(), 1)], refreshed_at=T0)
+    with pytest.raises(KeyError):
+        list(document_store.customer_ids("no_such_dataset"))
+
+
+# --- write and the position guard --------------------------------------------------------------
+
+
+def test_write_returns_how_many_sections_were_stored(document_store: DocumentStore) -> None:
+    writes = [SectionWrite(f"c{i}", carts(f"cart-{i}"), 10 + i) for i in range(3)]
+
+    assert document_store.write("carts", writes, refreshed_at=T0) == 3
+    assert document_store.write("carts", [], refreshed_at=T0) == 0
+
+
+def test_replaying_a_batch_changes_nothing(document_store: DocumentStore) -> None:
+    s = document_store
+    writes = [
+        SectionWrite("c1", carts("cart-a"), 5),
+        SectionWrite("c2", carts("cart-b"), 6),
+    ]
+    s.write("carts", writes, refreshed_at=T0)
+    changed = [
+        SectionWrite("c1", carts("cart-x", quantity=9), 5),
+        SectionWrite("c2", carts("cart-y", quantity=9), 6),
+    ]
+
+    assert s.write("carts", changed, refreshed_at=T1) == 0
+    assert s.write("carts", writes, refreshed_at=T1) == 0
+
+    assert s.load("carts", ["c1", "c2"]) == {
+        "c1": StoredSection(carts("cart-a"), 5),
+        "c2": StoredSection(carts("cart-b"), 6),
+    }
+    profile = s.get("c1")
+    assert profile is not None
+    assert_close(profile.freshness["carts"].refreshed_at, T0)
+
+
+def test_an_older_position_never_overwrites_a_newer_section(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite("c1", carts("new"), 8)], refreshed_at=T1)
+
+    assert s.write("carts", [SectionWrite("c1", carts("old"), 7)], refreshed_at=T2) == 0
+
+    profile = s.get("c1")
+    assert profile is not None
+    assert profile.sections["carts"] == carts("new")
+    assert profile.freshness["carts"].position == 8
+    assert_close(profile.freshness["carts"].refreshed_at, T1)
+
+
+def test_a_newer_position_replaces_the_section_and_its_freshness(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite("c1", carts("old"), 7)], refreshed_at=T0)
+
+    assert (
+        s.write("carts", [SectionWrite("c1", carts("new", price="1.00"), 8)], refreshed_at=T1) == 1
+    )
+
+    profile = s.get("c1")
+    assert profile is not None
+    assert profile.sections["carts"] == carts("new", price="1.00")
+    assert profile.freshness["carts"].position == 8
+    assert_close(profile.freshness["carts"].refreshed_at, T1)
+
+
+def test_a_mixed_batch_stores_only_the_newer_sections(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write(
+        "carts",
+        [
+            SectionWrite("c1", carts("c1-v1"), 10),
+            SectionWrite("c2", carts("c2-v1"), 10),
+            SectionWrite("c3", carts("c3-v1"), 10),
+        ],
+        refreshed_at=T0,
+    )
+
+    written = s.write(
+        "carts",
+        [
+            SectionWrite("c1", carts("c1-stale"), 9),  # older
+            SectionWrite("c2", carts("c2-v2"), 11),  # newer
+            SectionWrite("c3", carts("c3-replay"), 10),  # equal
+            SectionWrite("c4", carts("c4-v1"), 1),  # new customer
+        ],
+        refreshed_at=T1,
+    )
+
+    assert written == 2
+    assert s.load("carts", ["c1", "c2", "c3", "c4"]) == {
+        "c1": StoredSection(carts("c1-v1"), 10),
+        "c2": StoredSection(carts("c2-v2"), 11),
+        "c3": StoredSection(carts("c3-v1"), 10),
+        "c4": StoredSection(carts("c4-v1"), 1),
+    }
+
+
+def test_the_position_guard_is_per_dataset(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite("c1", carts(), 100)], refreshed_at=T0)
+
+    assert s.write("orders", [SectionWrite("c1", orders(), 1)], refreshed_at=T0) == 1
+
+    profile = s.get("c1")
+    assert profile is not None
+    assert {name: meta.position for name, meta in profile.freshness.items()} == {
+        "carts": 100,
+        "orders": 1,
+    }
+
+
+def test_writing_one_dataset_leaves_the_customers_other_sections_alone(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write("orders", [SectionWrite("c1", orders(), 3)], refreshed_at=T0)
+    s.write("carts", [SectionWrite("c1", carts("v1"), 1)], refreshed_at=T0)
+    s.write("carts", [SectionWrite("c1", carts("v2"), 2)], refreshed_at=T1)
+
+    profile = s.get("c1")
+    assert profile is not None
+    assert profile.sections == {"orders": orders(), "carts": carts("v2")}
+    assert_close(profile.freshness["orders"].refreshed_at, T0)
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+
+def test_load_returns_sections_and_positions_only_for_customers_that_have_them(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write(
+        "carts",
+        [SectionWrite("c1", carts("a"), 4), SectionWrite("c2", carts("b"), 5)],
+        refreshed_at=T0,
+    )
+    s.write("orders", [SectionWrite("c3", orders(), 6)], refreshed_at=T0)
+
+    assert s.load("carts", ["c1", "c2", "c3", "nobody"]) == {
+        "c1": StoredSection(carts("a"), 4),
+        "c2": StoredSection(carts("b"), 5),
+    }
+    assert s.load("carts", []) == {}
+    assert s.load("carts", ["c3"]) == {}
+    assert s.load("orders", iter(["c1", "c3"])) == {"c3": StoredSection(orders(), 6)}
+
+
+def test_load_of_staging_reads_staging_only(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite("c1", carts("live"), 4)], refreshed_at=T0)
+    s.start_staging("carts")
+    s.write(
+        "carts",
+        [SectionWrite("c2", carts("staged"), 2)],
+        refreshed_at=T1,
+        staging=True,
+    )
+
+    assert s.load("carts", ["c1", "c2"], staging=True) == {"c2": StoredSection(carts("staged"), 2)}
+    assert s.load("carts", ["c1", "c2"]) == {"c1": StoredSection(carts("live"), 4)}
+
+
+# --- find ------------------------------------------------------------------------------------
+
+
+def test_find_returns_the_customer_carrying_a_lookup_key(document_store: DocumentStore) -> None:
+    document_store.write(
+        "identities",
+        [identity_write("c1", 1, "email:ann@example.com", "phone:+33612345678")],
+        refreshed_at=T0,
+    )
+
+    assert document_store.find("email:ann@example.com") == ["c1"]
+    assert document_store.find("phone:+33612345678") == ["c1"]
+    assert document_store.find("email:bob@example.com") == []
+
+
+def test_find_returns_every_customer_sharing_a_key_sorted(document_store: DocumentStore) -> None:
+    shared = "device:tablet-42"
+    document_store.write(
+        "identities",
+        [
+            identity_write("c9", 1, shared, "email:zed@example.com"),
+            identity_write("c10", 1, "email:ann@example.com", shared),
+            identity_write("c2", 1, "email:bob@example.com"),
+        ],
+        refreshed_at=T0,
+    )
+
+    assert document_store.find(shared) == ["c10", "c9"]
+
+
+def test_a_newer_section_replaces_the_lookup_keys(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write(
+        "identities",
+        [identity_write("c1", 1, "email:old@example.com", "phone:+331")],
+        refreshed_at=T0,
+    )
+
+    s.write(
+        "identities",
+        [identity_write("c1", 2, "email:new@example.com", "phone:+331")],
+        refreshed_at=T1,
+    )
+
+    assert s.find("email:old@example.com") == []
+    assert s.find("email:new@example.com") == ["c1"]
+    assert s.find("phone:+331") == ["c1"]
+
+
+def test_a_stale_write_leaves_the_lookup_keys_unchanged(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write("identities", [identity_write("c1", 5, "email:ann@example.com")], refreshed_at=T0)
+
+    assert (
+        s.write("identities", [identity_write("c1", 4, "email:stale@example.com")], refreshed_at=T1)
+        == 0
+    )
+    assert (
+        s.write(
+            "identities", [identity_write("c1", 5, "email:replay@example.com")], refreshed_at=T1
+        )
+        == 0
+    )
+
+    assert s.find("email:ann@example.com") == ["c1"]
+    assert s.find("email:stale@example.com") == []
+    assert s.find("email:replay@example.com") == []
+
+
+def test_a_section_written_without_keys_is_found_by_none(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write("identities", [identity_write("c1", 1, "email:ann@example.com")], refreshed_at=T0)
+
+    s.write("identities", [SectionWrite("c1", identities(), 2)], refreshed_at=T1)
+
+    assert s.find("email:ann@example.com") == []
+    profile = s.get("c1")
+    assert profile is not None
+    assert profile.sections == {"identities": Identities()}
+
+
+# --- tracking ------------------------------------------------------------------------------
+
+
+def test_tracking_is_none_before_any_advance(document_store: DocumentStore) -> None:
+    document_store.write("carts", [SectionWrite("c1", carts(), 1)], refreshed_at=T0)
+
+    assert document_store.tracking("carts") is None
+    assert document_store.tracking("carts", staging=True) is None
+
+
+def test_advance_records_the_position_and_when(document_store: DocumentStore) -> None:
+    document_store.advance("carts", 42, refreshed_at=T0)
+
+    assert_tracking(document_store.tracking("carts"), 42, T0)
+    assert document_store.tracking("orders") is None
+
+
+def test_advance_moves_tracking_forward(document_store: DocumentStore) -> None:
+    document_store.advance("carts", 42, refreshed_at=T0)
+    document_store.advance("carts", 50, refreshed_at=T1)
+
+    assert_tracking(document_store.tracking("carts"), 50, T1)
+
+
+def test_tracking_never_moves_backwards(document_store: DocumentStore) -> None:
+    document_store.advance("carts", 50, refreshed_at=T0)
+
+    document_store.advance("carts", 42, refreshed_at=T1)
+    document_store.advance("carts", 50, refreshed_at=T1)
+
+    tracking = document_store.tracking("carts")
+    assert tracking is not None
+    assert tracking.position == 50
+    assert tracking.refreshed_at >= T0 - MS
+
+
+def test_staging_tracking_is_separate_from_live(document_store: DocumentStore) -> None:
+    s = document_store
+    s.advance("carts", 10, refreshed_at=T0)
+
+    s.advance("carts", 3, refreshed_at=T1, staging=True)
+
+    assert_tracking(s.tracking("carts"), 10, T0)
+    assert_tracking(s.tracking("carts", staging=True), 3, T1)
+
+    s.advance("carts", 20, refreshed_at=T2)
+
+    assert_tracking(s.tracking("carts"), 20, T2)
+    assert_tracking(s.tracking("carts", staging=True), 3, T1)
+
+
+# --- staging and rebuilds ----------------------------------------------------------------------
+
+
+def test_start_staging_empties_the_staging_area(document_store: DocumentStore) -> None:
+    s = document_store
+    s.start_staging("identities")
+    s.write(
+        "identities",
+        [identity_write("c1", 3, "email:ann@example.com")],
+        refreshed_at=T0,
+        staging=True,
+    )
+    s.advance("identities", 3, refreshed_at=T0, staging=True)
+
+    s.start_staging("identities")
+
+    assert s.load("identities", ["c1"], staging=True) == {}
+    assert s.tracking("identities", staging=True) is None
+    # The emptied staging area accepts any position again.
+    assert (
+        s.write(
+            "identities",
+            [identity_write("c1", 1, "email:ann@example.com")],
+            refreshed_at=T1,
+            staging=True,
+        )
+        == 1
+    )
+
+
+def test_start_staging_leaves_the_live_dataset_serving(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write("identities", [identity_write("c1", 3, "email:ann@example.com")], refreshed_at=T0)
+    s.advance("identities", 3, refreshed_at=T0)
+
+    s.start_staging("identities")
+
+    assert s.load("identities", ["c1"]) == {
+        "c1": StoredSection(identities("email:ann@example.com"), 3)
+    }
+    assert s.find("email:ann@example.com") == ["c1"]
+    assert_tracking(s.tracking("identities"), 3, T0)
+
+
+def test_staged_writes_are_invisible_until_promoted(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write("identities", [identity_write("c1", 5, "email:live@example.com")], refreshed_at=T0)
+    s.start_staging("identities")
+
+    assert (
+        s.write(
+            "identities",
+            [
+                identity_write("c1", 6, "email:staged@example.com"),
+                identity_write("c2", 6, "email:other@example.com"),
+            ],
+            refreshed_at=T1,
+            staging=True,
+        )
+        == 2
+    )
+
+    assert s.get("c2") is None
+    profile = s.get("c1")
+    assert profile is not None
+    assert profile.sections == {"identities": identities("email:live@example.com")}
+    assert profile.freshness["identities"].position == 5
+    assert s.find("email:staged@example.com") == []
+    assert s.find("email:other@example.com") == []
+    assert s.find("email:live@example.com") == ["c1"]
+    assert s.load("identities", ["c1", "c2"]) == {
+        "c1": StoredSection(identities("email:live@example.com"), 5)
+    }
+    assert sorted(s.customer_ids("identities")) == ["c1"]
+
+
+def test_staging_writes_are_guarded_against_staging_not_live(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite("c1", carts("live"), 100)], refreshed_at=T0)
+    s.start_staging("carts")
+
+    # A rebuild replays from the start: positions below the live ones must be stored.
+    assert (
+        s.write("carts", [SectionWrite("c1", carts("rebuilt"), 40)], refreshed_at=T1, staging=True)
+        == 1
+    )
+    assert (
+        s.write("carts", [SectionWrite("c1", carts("older"), 30)], refreshed_at=T1, staging=True)
+        == 0
+    )
+    assert (
+        s.write("carts", [SectionWrite("c1", carts("rebuilt"), 40)], refreshed_at=T1, staging=True)
+        == 0
+    )
+
+    assert s.load("carts", ["c1"], staging=True) == {"c1": StoredSection(carts("rebuilt"), 40)}
+    assert s.load("carts", ["c1"]) == {"c1": StoredSection(carts("live"), 100)}
+
+
+def test_promote_makes_the_staged_dataset_live_exactly(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write(
+        "carts",
+        [
+            SectionWrite("kept", carts("kept-live"), 50),
+            SectionWrite("gone", carts("gone-live"), 50),
+        ],
+        refreshed_at=T0,
+    )
+    s.advance("carts", 50, refreshed_at=T0)
+    s.start_staging("carts")
+    s.write(
+        "carts",
+        [
+            SectionWrite("kept", carts("kept-rebuilt"), 20),  # lower than live: still wins
+            SectionWrite("new", carts("new-rebuilt"), 30),
+        ],
+        refreshed_at=T1,
+        staging=True,
+    )
+    s.advance("carts", 30, refreshed_at=T1, staging=True)
+
+    s.promote_staging("carts")
+
+    assert s.load("carts", ["kept", "gone", "new"]) == {
+        "kept": StoredSection(carts("kept-rebuilt"), 20),
+        "new": StoredSection(carts("new-rebuilt"), 30),
+    }
+    assert s.get("gone") is None
+    assert sorted(s.customer_ids("carts")) == ["kept", "new"]
+    profile = s.get("kept")
+    assert profile is not None
+    assert profile.sections == {"carts": carts("kept-rebuilt")}
+    assert profile.freshness["carts"].position == 20
+    assert_close(profile.freshness["carts"].refreshed_at, T1)
+
+
+def test_promote_leaves_other_datasets_of_the_same_customers_untouched(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write(
+        "carts",
+        [SectionWrite("c1", carts("live"), 5), SectionWrite("c2", carts("live"), 5)],
+        refreshed_at=T0,
+    )
+    s.write(
+        "orders",
+        [SectionWrite("c1", orders("o1"), 7), SectionWrite("c2", orders("o2"), 8)],
+        refreshed_at=T0,
+    )
+    s.write("identities", [identity_write("c1", 2, "email:ann@example.com")], refreshed_at=T0)
+    s.start_staging("carts")
+    s.write("carts", [SectionWrite("c2", carts("rebuilt"), 3)], refreshed_at=T1, staging=True)
+    s.advance("carts", 3, refreshed_at=T1, staging=True)
+
+    s.promote_staging("carts")
+
+    c1 = s.get("c1")
+    assert c1 is not None
+    assert c1.sections == {
+        "orders": orders("o1"),
+        "identities": identities("email:ann@example.com"),
+    }
+    assert {name: meta.position for name, meta in c1.freshness.items()} == {
+        "orders": 7,
+        "identities": 2,
+    }
+    c2 = s.get("c2")
+    assert c2 is not None
+    assert c2.sections == {"carts": carts("rebuilt"), "orders": orders("o2")}
+    assert s.find("email:ann@example.com") == ["c1"]
+    assert sorted(s.customer_ids("orders")) == ["c1", "c2"]
+
+
+def test_promote_moves_the_lookup_keys_with_the_sections(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write(
+        "identities",
+        [
+            identity_write("c1", 9, "email:ann@example.com"),
+            identity_write("c2", 9, "email:bob@example.com", "device:shared"),
+        ],
+        refreshed_at=T0,
+    )
+    s.write("orders", [SectionWrite("c2", orders(), 1)], refreshed_at=T0)
+    s.start_staging("identities")
+    s.write(
+        "identities",
+        [
+            identity_write("c1", 4, "email:ann.new@example.com", "device:shared"),
+            identity_write("c3", 4, "email:cat@example.com", "device:shared"),
+        ],
+        refreshed_at=T1,
+        staging=True,
+    )
+    s.advance("identities", 4, refreshed_at=T1, staging=True)
+
+    s.promote_staging("identities")
+
+    assert s.find("email:ann@example.com") == []
+    assert s.find("email:ann.new@example.com") == ["c1"]
+    assert s.find("email:bob@example.com") == []
+    assert s.find("email:cat@example.com") == ["c3"]
+    assert s.find("device:shared") == ["c1", "c3"]
+    c2 = s.get("c2")
+    assert c2 is not None
+    assert c2.sections == {"orders": orders()}
+
+
+def test_promote_makes_staging_tracking_live_and_removes_it(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.advance("carts", 90, refreshed_at=T0)
+    s.start_staging("carts")
+    s.advance("carts", 60, refreshed_at=T1, staging=True)
+
+    s.promote_staging("carts")
+
+    # Exactly what the rebuild covered, even below the old live tracking.
+    assert_tracking(s.tracking("carts"), 60, T1)
+    assert s.tracking("carts", staging=True) is None
+
+
+def test_promote_of_an_empty_rebuild_empties_the_live_dataset(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write("identities", [identity_write("c1", 3, "email:ann@example.com")], refreshed_at=T0)
+    s.start_staging("identities")
+    s.advance("identities", 0, refreshed_at=T1, staging=True)
+
+    s.promote_staging("identities")
+
+    assert s.get("c1") is None
+    assert s.find("email:ann@example.com") == []
+    assert list(s.customer_ids("identities")) == []
+    assert_tracking(s.tracking("identities"), 0, T1)
+
+
+def test_live_writes_after_promote_are_guarded_by_the_promoted_positions(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite("c1", carts("live"), 100)], refreshed_at=T0)
+    s.start_staging("carts")
+    s.write("carts", [SectionWrite("c1", carts("rebuilt"), 40)], refreshed_at=T1, staging=True)
+    s.advance("carts", 40, refreshed_at=T1, staging=True)
+    s.promote_staging("carts")
+
+    assert s.write("carts", [SectionWrite("c1", carts("stale"), 40)], refreshed_at=T2) == 0
+    assert s.write("carts", [SectionWrite("c1", carts("next"), 41)], refreshed_at=T2) == 1
+
+    assert s.load("carts", ["c1"]) == {"c1": StoredSection(carts("next"), 41)}
+
+
+def test_a_dataset_can_be_rebuilt_twice(document_store: DocumentStore) -> None:
+    s = document_store
+    for round_, key in enumerate(["email:one@example.com", "email:two@example.com"], 1):
+        s.start_staging("identities")
+        s.write("identities", [identity_write("c1", round_, key)], refreshed_at=T1, staging=True)
+        s.advance("identities", round_, refreshed_at=T1, staging=True)
+        s.promote_staging("identities")
+
+    assert s.find("email:one@example.com") == []
+    assert s.find("email:two@example.com") == ["c1"]
+    assert s.load("identities", ["c1"]) == {
+        "c1": StoredSection(identities("email:two@example.com"), 2)
+    }
+    assert_tracking(s.tracking("identities"), 2, T1)
+
+
+def test_promote_without_staging_raises(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite("c1", carts(), 5)], refreshed_at=T0)
+    s.advance("carts", 5, refreshed_at=T0)
+
+    with pytest.raises(RuntimeError):
+        s.promote_staging("carts")
+
+    assert s.load("carts", ["c1"]) == {"c1": StoredSection(carts(), 5)}
+    assert_tracking(s.tracking("carts"), 5, T0)
+
+
+def test_promote_twice_raises_the_second_time(document_store: DocumentStore) -> None:
+    s = document_store
+    s.start_staging("carts")
+    s.write("carts", [SectionWrite("c1", carts(), 5)], refreshed_at=T0, staging=True)
+    s.advance("carts", 5, refreshed_at=T0, staging=True)
+    s.promote_staging("carts")
+
+    with pytest.raises(RuntimeError):
+        s.promote_staging("carts")
+
+    assert s.load("carts", ["c1"]) == {"c1": StoredSection(carts(), 5)}
+
+
+# --- leases -------------------------------------------------------------------------------------
+
+TTL = dt.timedelta(seconds=30)
+L0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def at(seconds: float) -> dt.datetime:
+    return L0 + dt.timedelta(seconds=seconds)
+
+
+def test_a_free_lease_is_acquired(document_store: DocumentStore) -> None:
+    assert document_store.lease_holder("refresh:carts", at(0)) is None
+
+    assert document_store.acquire_lease("refresh:carts", "A", TTL, at(0)) is True
+
+    assert document_store.lease_holder("refresh:carts", at(0)) == "A"
+    assert document_store.lease_holder("refresh:carts", at(29)) == "A"
+
+
+def test_a_live_lease_is_refused_to_another_holder(document_store: DocumentStore) -> None:
+    s = document_store
+    s.acquire_lease("refresh:carts", "A", TTL, at(0))
+
+    assert s.acquire_lease("refresh:carts", "B", TTL, at(10)) is False
+
+    assert s.lease_holder("refresh:carts", at(10)) == "A"
+    assert s.lease_holder("refresh:carts", at(31)) is None  # B's attempt did not extend it
+
+
+def test_the_holder_renews_its_lease(document_store: DocumentStore) -> None:
+    s = document_store
+    s.acquire_lease("refresh:carts", "A", TTL, at(0))
+
+    assert s.acquire_lease("refresh:carts", "A", TTL, at(20)) is True
+
+    assert s.lease_holder("refresh:carts", at(40)) == "A"
+    assert s.acquire_lease("refresh:carts", "B", TTL, at(40)) is False
+    assert s.lease_holder("refresh:carts", at(50)) is None
+
+
+def test_an_expired_lease_goes_to_another_holder(document_store: DocumentStore) -> None:
+    s = document_store
+    s.acquire_lease("refresh:carts", "A", TTL, at(0))
+
+    assert s.lease_holder("refresh:carts", at(30)) is None  # expires at now + ttl
+    assert s.acquire_lease("refresh:carts", "B", TTL, at(30)) is True
+
+    assert s.lease_holder("refresh:carts", at(30)) == "B"
+    assert s.acquire_lease("refresh:carts", "A", TTL, at(45)) is False
+    assert s.lease_holder("refresh:carts", at(59)) == "B"
+
+
+def test_release_by_another_holder_does_nothing(document_store: DocumentStore) -> None:
+    s = document_store
+    s.acquire_lease("refresh:carts", "A", TTL, at(0))
+
+    s.release_lease("refresh:carts", "B")
+
+    assert s.lease_holder("refresh:carts", at(1)) == "A"
+    assert s.acquire_lease("refresh:carts", "B", TTL, at(1)) is False
+
+
+def test_release_by_the_holder_frees_the_lease(document_store: DocumentStore) -> None:
+    s = document_store
+    s.acquire_lease("refresh:carts", "A", TTL, at(0))
+
+    s.release_lease("refresh:carts", "A")
+
+    assert s.lease_holder("refresh:carts", at(1)) is None
+    assert s.acquire_lease("refresh:carts", "B", TTL, at(1)) is True
+    assert s.lease_holder("refresh:carts", at(1)) == "B"
+
+
+def test_releasing_a_lease_nobody_holds_does_nothing(document_store: DocumentStore) -> None:
+    document_store.release_lease("refresh:carts", "A")
+
+    assert document_store.lease_holder("refresh:carts", at(0)) is None
+
+
+def test_leases_are_independent_by_name(document_store: DocumentStore) -> None:
+    s = document_store
+    assert s.acquire_lease("refresh:carts", "A", TTL, at(0)) is True
+
+    assert s.acquire_lease("refresh:orders", "B", TTL, at(0)) is True
+
+    assert s.lease_holder("refresh:carts", at(1)) == "A"
+    assert s.lease_holder("refresh:orders", at(1)) == "B"
+
+
+# --- customer_ids --------------------------------------------------------------------------------
+
+
+def test_customer_ids_lists_customers_with_a_live_section_of_the_dataset(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write(
+        "carts",
+        [SectionWrite("c2", carts(), 1), SectionWrite("c1", carts(), 1)],
+        refreshed_at=T0,
+    )
+    s.write("orders", [SectionWrite("c3", orders(), 1)], refreshed_at=T0)
+    s.start_staging("carts")
+    s.write("carts", [SectionWrite("c4", carts(), 1)], refreshed_at=T0, staging=True)
+
+    assert sorted(s.customer_ids("carts")) == ["c1", "c2"]
+    assert list(s.customer_ids("orders")) == ["c3"]
+    assert list(s.customer_ids("identities")) == []
+
+
+def test_a_customer_written_twice_in_one_batch_keeps_the_newest(
+    document_store: DocumentStore,
+) -> None:
+    newer = identity_write("c1", 9, "email:new@example.com")
+    older = identity_write("c1", 4, "email:old@example.com")
+    assert document_store.write("identities", [newer, older], refreshed_at=T0) == 1
+    assert document_store.load("identities", ["c1"])["c1"] == (newer.section, 9)
+    assert document_store.find("email:old@example.com") == []
+    assert document_store.find("email:new@example.com") == ["c1"]
