@@ -16,6 +16,7 @@ from typing import IO, Any, TypeVar
 import click
 import msgspec
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -39,7 +40,7 @@ from profilestore.store import ProfileStore, open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep
 _json = msgspec.json.Encoder(decimal_format="string")
 
 
@@ -66,13 +67,14 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except (NotFound, AmbiguousIdentifier) as e:
-        stderr.print(f"[red]not found:[/red] {e}" if isinstance(e, NotFound) else str(e))
+        label = "not found" if isinstance(e, NotFound) else "ambiguous"
+        stderr.print(f"[red]{label}:[/red] {escape(str(e))}")
         sys.exit(1)
     except (ConfigError, UnknownDataset) as e:
-        stderr.print(f"[red]error:[/red] {e}")
+        stderr.print(f"[red]error:[/red] {escape(str(e))}")
         sys.exit(2)
     except ProfileStoreError as e:
-        stderr.print(f"[red]error:[/red] {e}")
+        stderr.print(f"[red]error:[/red] {escape(str(e))}")
         sys.exit(1)
 
 
@@ -142,7 +144,7 @@ def ingest(obj: _Context, file: IO[bytes], batch_size: int | None) -> None:
                     rejected += len(lines)
                     progress.console.print(
                         f"[red]rejected[/red] the batch of lines {numbers[0]}-{numbers[-1]}: "
-                        f"line {numbers[e.index]} is invalid at `{e.path}`: {e.reason}"
+                        + escape(f"line {numbers[e.index]} is invalid at `{e.path}`: {e.reason}")
                     )
                 progress.advance(task, consumed)
         elapsed = time.perf_counter() - started

@@ -1,0 +1,156 @@
+"""The command line: ingest, refresh, rebuild, lookups, exit codes, JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from profilestore.cli import main
+
+
+def line(event_id: str, customer_id: str, **fields: object) -> str:
+    base = {"event_id": event_id, "customer_id": customer_id, "occurred_at": "2026-02-01T09:00:00Z"}
+    return json.dumps(base | fields)
+
+
+EVENTS = [
+    line("e1", "ann", type="identifier.seen", kind="email", value="Ann@Example.com"),
+    line("e2", "ann", type="identifier.seen", kind="phone", value="+44 20 7946 0018"),
+    line(
+        "e3",
+        "ann",
+        type="cart.item_added",
+        cart_id="k1",
+        sku="S1",
+        unit_price="5.00",
+        currency="GBP",
+    ),
+    "",
+    line("e4", "bob", type="browse.page_viewed", url="https://shop.example/"),
+]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+def run(home: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    runner = CliRunner()
+    result = runner.invoke(main, ["--home", str(home), *args], input=input, catch_exceptions=False)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
+def test_ingest_refresh_then_profile_and_find(home: Path, tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(EVENTS) + "\n")
+    ingested = run(home, "ingest", str(events))
+    assert ingested.returncode == 0, ingested.stderr
+    assert "appended 4, duplicates 0, rejected 0" in ingested.stderr
+    again = run(home, "ingest", "-", input=events.read_text())
+    assert "appended 0, duplicates 4, rejected 0" in again.stderr
+
+    refreshed = run(home, "refresh")
+    assert json.loads(refreshed.stdout)["events_read"] == 4
+
+    profile = json.loads(run(home, "profile", "ann", "--datasets", "carts,identities").stdout)
+    assert set(profile["sections"]) == {"carts", "identities"}
+    assert profile["sections"]["carts"]["open"][0]["value"] == "5.00"
+
+    by_email = run(home, "find", "--email", "ANN@example.com", "--compact")
+    assert json.loads(by_email.stdout)["customer_id"] == "ann"
+    by_phone = run(home, "find", "--phone", "+442079460018")
+    assert json.loads(by_phone.stdout)["customer_id"] == "ann"
+
+    history = run(home, "history", "ann").stdout.splitlines()
+    assert [json.loads(h)["event_id"] for h in history] == ["e1", "e2", "e3"]
+
+
+def test_a_bad_line_rejects_its_batch_and_reports_line_field_and_reason(
+    home: Path, tmp_path: Path
+) -> None:
+    events = tmp_path / "events.jsonl"
+    bad = line(
+        "bad",
+        "ann",
+        type="cart.item_added",
+        cart_id="k1",
+        sku="S1",
+        unit_price="5.00",
+        currency="GBP",
+        quantity=0,
+    )
+    events.write_text("\n".join([*EVENTS, bad, EVENTS[0].replace("e1", "e9")]) + "\n")
+    result = run(home, "ingest", "--batch-size", "3", str(events))
+    assert result.returncode == 1
+    # Batches of three non-blank lines: 1-3 are appended; 5-7 (with the bad line 6) are not.
+    assert "line 6 is invalid at `$.quantity`: Expected `int` >= 1" in result.stderr
+    assert "appended 3, duplicates 0, rejected 3" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_customer_and_identifier_exit_1_without_a_traceback(home: Path) -> None:
+    for args in (
+        ["profile", "nobody"],
+        ["find", "--email", "nobody@example.com"],
+        ["history", "nobody"],
+    ):
+        result = run(home, *args)
+        assert result.returncode == 1
+        assert "not found" in result.stderr
+        assert result.stdout == ""
+
+
+def test_usage_errors_exit_2(home: Path) -> None:
+    assert run(home, "find").returncode == 2
+    assert run(home, "find", "--email", "a@b.co", "--phone", "123456").returncode == 2
+    unknown = run(home, "refresh", "nosuchdataset")
+    assert unknown.returncode == 2
+    assert "unknown dataset 'nosuchdataset'" in unknown.stderr
+
+
+def test_rebuild_and_datasets_listing(home: Path, tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(EVENTS) + "\n")
+    run(home, "ingest", str(events))
+    rebuilt = run(home, "rebuild", "identities")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "rebuilt identities from 2 events" in rebuilt.stderr
+    listing = {d["dataset"]: d for d in json.loads(run(home, "datasets").stdout)}
+    assert listing["identities"]["position"] == 4
+    assert listing["carts"]["refresh"] == "realtime"
+    assert listing["social"]["refresh"] == "cron 0 3 * * sun"
+
+
+def test_config_errors_name_the_file_and_exit_2(home: Path, tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[projector]\npage_size = -1\n")
+    outcome = CliRunner().invoke(
+        main, ["--config", str(config), "--home", str(home), "profile", "ann"]
+    )
+    assert outcome.exit_code == 2
+    assert str(config) in outcome.stderr
+    assert "projector.page_size" in outcome.stderr
+
+
+def test_demo_runs_end_to_end_as_a_console_script(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "profilestore"
+    result = subprocess.run(
+        [str(script), "--home", str(tmp_path / "demo"), "demo", "--customers", "60"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    figures = output["figures"]
+    assert figures["customers"] == 60
+    assert figures["events_appended"] == figures["refresh_events_read"] > 1000
+    assert output["sample_profile"]["customer_id"].startswith("cust-")
+    assert "lookup_id_p50_us" in result.stderr
