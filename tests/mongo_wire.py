@@ -69,7 +69,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 _SCRIPT_LABEL = "<mongo_wire._SERVER_SCRIPT>"
 
 
-class MongoWireUnavailable(Exception):  # noqa: N818 - established public name
+class MongoWireUnavailable(Exception):
     """The mongoeco wire server cannot be provided on this machine."""
 
 
