@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
