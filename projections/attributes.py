@@ -21,13 +21,13 @@ from profilestore.projection import Projection
 CAP_PREFERENCES = 100
 
 
-class Preference(msgspec.Struct, frozen=True, kw_only=True):
+class Preference(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     key: str
     value: PreferenceValue
     set_at: Timestamp
 
 
-class Attributes(msgspec.Struct, frozen=True, kw_only=True):
+class Attributes(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     first_name: str | None = None
     last_name: str | None = None
     birthday: dt.date | None = None

@@ -14,13 +14,13 @@ CAP_PRODUCT_VIEWS = 50
 CAP_SEARCHES = 20
 
 
-class PageView(msgspec.Struct, frozen=True, kw_only=True):
+class PageView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     url: str
     title: str | None = None
     at: Timestamp
 
 
-class ProductView(msgspec.Struct, frozen=True, kw_only=True):
+class ProductView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     sku: str
     name: str | None = None
     category: str | None = None
@@ -28,13 +28,13 @@ class ProductView(msgspec.Struct, frozen=True, kw_only=True):
     at: Timestamp
 
 
-class Search(msgspec.Struct, frozen=True, kw_only=True):
+class Search(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     query: str
     results: int | None = None
     at: Timestamp
 
 
-class Browsing(msgspec.Struct, frozen=True, kw_only=True):
+class Browsing(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     page_views: tuple[PageView, ...] = ()
     product_views: tuple[ProductView, ...] = ()
     searches: tuple[Search, ...] = ()

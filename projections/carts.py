@@ -29,14 +29,14 @@ from profilestore.projection import Projection, keep_last
 CAP_ABANDONED = 10
 
 
-class CartLine(msgspec.Struct, frozen=True, kw_only=True):
+class CartLine(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     sku: str
     name: str | None = None
     quantity: int
     unit_price: Decimal
 
 
-class Cart(msgspec.Struct, frozen=True, kw_only=True):
+class Cart(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     cart_id: str
     status: Literal["open", "checkout", "abandoned"] = "open"
     currency: str
@@ -47,7 +47,7 @@ class Cart(msgspec.Struct, frozen=True, kw_only=True):
     checkout_started_at: Timestamp | None = None
 
 
-class Carts(msgspec.Struct, frozen=True, kw_only=True):
+class Carts(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     open: tuple[Cart, ...] = ()
     abandoned: tuple[Cart, ...] = ()
     converted: int = 0

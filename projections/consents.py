@@ -12,7 +12,7 @@ from profilestore.events import ConsentGiven, ConsentWithdrawn, Event, Timestamp
 from profilestore.projection import Projection
 
 
-class Consent(msgspec.Struct, frozen=True, kw_only=True):
+class Consent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     channel: str
     purpose: str
     granted: bool
@@ -21,7 +21,7 @@ class Consent(msgspec.Struct, frozen=True, kw_only=True):
     changes: int = 1
 
 
-class Consents(msgspec.Struct, frozen=True, kw_only=True):
+class Consents(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     consents: tuple[Consent, ...] = ()
 
 

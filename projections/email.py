@@ -21,7 +21,7 @@ from profilestore.projection import Projection, keep_last
 CAP_MESSAGES = 50
 
 
-class Message(msgspec.Struct, frozen=True, kw_only=True):
+class Message(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     message_id: str
     campaign: str | None = None
     subject: str | None = None
@@ -32,7 +32,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     clicks: int = 0
 
 
-class Email(msgspec.Struct, frozen=True, kw_only=True):
+class Email(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     messages: tuple[Message, ...] = ()
     sent: int = 0
     opened: int = 0

@@ -22,7 +22,7 @@ CAP_PER_KIND = 20
 """Most identifiers of one kind kept; the least recently seen goes first."""
 
 
-class Identifier(msgspec.Struct, frozen=True, kw_only=True):
+class Identifier(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     kind: str
     key: str
     """Normalised lookup key, e.g. ``email:ann@example.com``."""
@@ -35,7 +35,7 @@ class Identifier(msgspec.Struct, frozen=True, kw_only=True):
     times_seen: int = 1
 
 
-class Identities(msgspec.Struct, frozen=True, kw_only=True):
+class Identities(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     identifiers: tuple[Identifier, ...] = ()
 
 

@@ -20,7 +20,7 @@ from profilestore.projection import Projection, keep_last
 CAP_RECENT = 50
 
 
-class Order(msgspec.Struct, frozen=True, kw_only=True):
+class Order(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     order_id: str
     status: Literal["placed", "returned", "cancelled"] = "placed"
     placed_at: Timestamp
@@ -31,12 +31,12 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     channel: str | None = None
 
 
-class Spend(msgspec.Struct, frozen=True, kw_only=True):
+class Spend(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     currency: str
     total: Decimal
 
 
-class Orders(msgspec.Struct, frozen=True, kw_only=True):
+class Orders(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     recent: tuple[Order, ...] = ()
     order_count: int = 0
     returned_count: int = 0

@@ -17,7 +17,7 @@ CAP_TICKETS = 20
 CAP_SURVEYS = 10
 
 
-class Ticket(msgspec.Struct, frozen=True, kw_only=True):
+class Ticket(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     ticket_id: str
     subject: str
     priority: str
@@ -27,7 +27,7 @@ class Ticket(msgspec.Struct, frozen=True, kw_only=True):
     resolution: str | None = None
 
 
-class Survey(msgspec.Struct, frozen=True, kw_only=True):
+class Survey(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     survey_id: str
     nps: int | None = None
     score: float | None = None
@@ -35,7 +35,7 @@ class Survey(msgspec.Struct, frozen=True, kw_only=True):
     at: Timestamp
 
 
-class Service(msgspec.Struct, frozen=True, kw_only=True):
+class Service(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     tickets: tuple[Ticket, ...] = ()
     surveys: tuple[Survey, ...] = ()
     ticket_count: int = 0

@@ -12,7 +12,7 @@ CAP_LIFE_EVENTS = 20
 POST_TEXT_CHARS = 500
 
 
-class Post(msgspec.Struct, frozen=True, kw_only=True):
+class Post(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     network: str
     handle: str
     post_id: str
@@ -21,7 +21,7 @@ class Post(msgspec.Struct, frozen=True, kw_only=True):
     at: Timestamp
 
 
-class LifeEvent(msgspec.Struct, frozen=True, kw_only=True):
+class LifeEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     kind: str
     detail: str | None = None
     confidence: float
@@ -29,7 +29,7 @@ class LifeEvent(msgspec.Struct, frozen=True, kw_only=True):
     network: str | None = None
 
 
-class Social(msgspec.Struct, frozen=True, kw_only=True):
+class Social(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     posts: tuple[Post, ...] = ()
     life_events: tuple[LifeEvent, ...] = ()
     post_count: int = 0

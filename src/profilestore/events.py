@@ -59,7 +59,7 @@ def _check_money(owner: object, *names: str) -> None:
             raise ValueError(f"`{name}` must be a finite amount >= 0, not {amount}")
 
 
-class Metadata(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Metadata(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """Who and what caused an event, for tracing and audit."""
 
     correlation_id: ShortText | None = None
@@ -73,6 +73,7 @@ class Event(
     kw_only=True,
     forbid_unknown_fields=True,
     tag_field="type",
+    gc=False,
 ):
     """The envelope every event carries.
 
@@ -173,7 +174,7 @@ class BirthdaySet(Event, tag="profile.birthday_set", frozen=True, kw_only=True):
     birthday: dt.date
 
 
-class Location(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Location(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     city: ShortText | None = None
     region: ShortText | None = None
     country: CountryCode | None = None
@@ -228,7 +229,7 @@ class CheckoutStarted(Event, tag="cart.checkout_started", frozen=True, kw_only=T
 # --- orders -----------------------------------------------------------------------------
 
 
-class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     sku: Key
     name: ShortText | None = None
     quantity: Quantity = 1

@@ -61,6 +61,8 @@ class EventMapper(Mapper[UUID]):
         self._encoder = msgspec.json.Encoder(decimal_format="string")
         self._decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
         self._any_decoder = msgspec.json.Decoder()
+        # Topics whose stored version is current: decode straight into the Struct.
+        self._topics: dict[str, tuple[type[Event], msgspec.json.Decoder[Any]]] = {}
 
     def register(self, classes: Iterable[type[Event]]) -> None:
         """Add or replace event types (e.g. a new version of a class with upcasters)."""
@@ -69,6 +71,7 @@ class EventMapper(Mapper[UUID]):
             assert isinstance(tag, str)
             self.event_types[tag] = cls
             self._decoders.pop(cls, None)
+        self._topics.clear()
 
     def encode_state(self, event: Event) -> bytes:
         """The canonical JSON bytes of an event, before compression or encryption."""
@@ -88,15 +91,22 @@ class EventMapper(Mapper[UUID]):
         )
 
     def from_stored(self, stored: StoredEvent) -> Event:
-        tag, version = _split_topic(stored.topic)
+        return self.decode(stored.topic, stored.state, stored)
+
+    def decode(self, topic: str, state: bytes, stored: StoredEvent | None = None) -> Event:
+        """The event stored under ``topic`` as ``state`` (decrypted, decompressed, upcast)."""
+        cached = self._topics.get(topic)
+        if cached is not None and not (self.cipher or self.compressor):
+            fast: Event = cached[1].decode(state)
+            return fast
+        tag, version = _split_topic(topic)
         try:
             cls = self.event_types[tag]
         except KeyError:
+            where = f" {stored.originator_id}/{stored.originator_version}" if stored else ""
             raise LookupError(
-                f"stored event {stored.originator_id}/{stored.originator_version} has the "
-                f"unknown topic {stored.topic!r}; register its event class"
+                f"stored event{where} has the unknown topic {topic!r}; register its event class"
             ) from None
-        state = stored.state
         if self.cipher:
             state = self.cipher.decrypt(state)
         if self.compressor:
@@ -105,8 +115,9 @@ class EventMapper(Mapper[UUID]):
             decoder = self._decoders.get(cls)
             if decoder is None:
                 decoder = self._decoders[cls] = msgspec.json.Decoder(cls)
-            event: Event = decoder.decode(state)
-            return event
+            self._topics[topic] = (cls, decoder)
+            current: Event = decoder.decode(state)
+            return current
         document: dict[str, Any] = self._any_decoder.decode(state)
         while version < cls.class_version:
             getattr(cls, f"upcast_v{version}_v{version + 1}")(document)

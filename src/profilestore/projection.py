@@ -4,6 +4,11 @@ A projection module (see ``projections/``) defines one :class:`Projection` named
 ``PROJECTION``. The fold is a pure function ``(section, event) -> section`` over frozen
 Structs whose lists are tuples, so it cannot mutate what it was given and the same code
 builds live documents, rebuilds, and an auditor's view of the past.
+
+Declare section Structs ``frozen=True, kw_only=True, gc=False``: they hold only scalars,
+tuples and other such Structs, so they cannot form reference cycles, and keeping them out
+of the cyclic garbage collector makes rebuilds about a third faster (the projector holds
+tens of thousands of sections in memory, which each collection would otherwise walk).
 """
 
 from __future__ import annotations

@@ -180,7 +180,7 @@ class Projector:
         after = start
         last_renewal = self.clock()
         while pending and after < high_water:
-            page = self.log.read(after, self.page_size, until=high_water, topics=list(routes))
+            page = self.log.changes(after, self.page_size, until=high_water, topics=list(routes))
             if not page:
                 break
             self._fold_page(page, routes, staging)
