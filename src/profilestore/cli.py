@@ -326,7 +326,7 @@ def list_datasets(obj: _Context) -> None:
 @main.command()
 @click.option("--customers", type=click.IntRange(1), default=5000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--events-per-customer", type=click.FloatRange(1), default=40.0, show_default=True)
+@click.option("--events-per-customer", type=click.FloatRange(1), default=41.0, show_default=True)
 @click.pass_obj
 def demo(obj: _Context, customers: int, seed: int, events_per_customer: float) -> None:
     """Generate a synthetic population, ingest it, refresh, and show a profile and figures."""

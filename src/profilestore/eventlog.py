@@ -15,6 +15,7 @@ again from fresh heads. Nothing of a rejected transaction is visible.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from abc import ABC, abstractmethod
@@ -42,6 +43,7 @@ EVENT_IDS_TABLE = "profilestore_event_ids"
 MAX_APPEND_ATTEMPTS = 50
 
 
+@functools.lru_cache(maxsize=65_536)
 def stream_id(customer_id: str) -> UUID:
     """The stable stream id of a customer key: every writer derives it without a lookup."""
     return uuid5(STREAM_NAMESPACE, customer_id)
