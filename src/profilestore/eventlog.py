@@ -388,18 +388,17 @@ def _as_uuid(value: UUID | str) -> UUID:
     return value if isinstance(value, UUID) else UUID(value)
 
 
-def open_sqlite_log(path: str, *, lock_timeout: int = 30) -> EventLog:
-    datastore = SQLiteDatastore(path, lock_timeout=lock_timeout, pool_size=4)
-    recorder = SQLiteEventRecorder(datastore)
-    recorder.create_table()
-    return EventLog(recorder)
+def sqlite_datastore(path: str, *, lock_timeout: int = 30) -> SQLiteDatastore:
+    """The library's SQLite datastore, configured as the log uses it."""
+    return SQLiteDatastore(path, lock_timeout=lock_timeout, pool_size=4)
 
 
-def open_postgres_log(url: str, *, schema: str = "", pool_size: int = 2) -> EventLog:
+def postgres_datastore(url: str, *, schema: str = "", pool_size: int = 2) -> PostgresDatastore:
+    """The library's PostgreSQL datastore for a ``postgresql://`` URL."""
     from psycopg.conninfo import conninfo_to_dict
 
     params = conninfo_to_dict(url)
-    datastore = PostgresDatastore(
+    return PostgresDatastore(
         dbname=str(params.get("dbname", "postgres")),
         host=str(params.get("host", "127.0.0.1")),
         port=str(params.get("port", 5432)),
@@ -409,7 +408,16 @@ def open_postgres_log(url: str, *, schema: str = "", pool_size: int = 2) -> Even
         pool_size=pool_size,
         max_overflow=4,
     )
-    recorder = PostgresEventRecorder(datastore)
+
+
+def open_sqlite_log(path: str, *, lock_timeout: int = 30) -> EventLog:
+    recorder = SQLiteEventRecorder(sqlite_datastore(path, lock_timeout=lock_timeout))
+    recorder.create_table()
+    return EventLog(recorder)
+
+
+def open_postgres_log(url: str, *, schema: str = "", pool_size: int = 2) -> EventLog:
+    recorder = PostgresEventRecorder(postgres_datastore(url, schema=schema, pool_size=pool_size))
     recorder.create_table()
     return EventLog(recorder)
 

@@ -89,11 +89,13 @@ class Projector:
         *,
         until: int | None = None,
         progress: Progress | None = None,
-        wait_for_lease: bool = False,
     ) -> PassReport:
-        """Fold new events into the live documents of ``datasets`` (default: all)."""
+        """Fold new events into the live documents of ``datasets`` (default: all).
+
+        Datasets whose lease another process holds are skipped and listed in the report.
+        """
         names = list(datasets) if datasets is not None else list(self.projections)
-        locked = self._acquire(names, required=wait_for_lease)
+        locked = self._acquire(names, required=False)
         try:
             held = [n for n in names if n not in locked]
             report = self._run_pass(held, staging=False, until=until, progress=progress)
