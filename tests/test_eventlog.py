@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections import Counter
 from typing import Any, ClassVar
 
@@ -152,7 +153,7 @@ def _target(log_backend: dict[str, Any]) -> tuple[str, str]:
 def test_concurrent_processes_lose_nothing_and_keep_versions_gap_free(
     log_backend: dict[str, Any],
 ) -> None:
-    log: EventLog = log_backend["open"]()  # creates the tables before the race
+    # The writers start together on an empty database: creating the tables races too.
     target, schema = _target(log_backend)
     processes = [
         subprocess.Popen(
@@ -166,6 +167,7 @@ def test_concurrent_processes_lose_nothing_and_keep_versions_gap_free(
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err.decode()
         assert out.strip() == b"done"
+    log: EventLog = log_backend["open"]()
     try:
         events = log.read(0, 1_000_000)
         assert len(events) == 4 * 20 * 5
@@ -176,6 +178,37 @@ def test_concurrent_processes_lose_nothing_and_keep_versions_gap_free(
         assert [e.notification_id for e in events] == sorted(e.notification_id for e in events)
     finally:
         log.close()
+
+
+OPEN_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from profilestore.eventlog import open_postgres_log, open_sqlite_log
+    kind, target, schema, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    time.sleep(max(0.0, start - time.time()))  # all processes begin at the same instant
+    log = open_sqlite_log(target) if kind == "sqlite" else open_postgres_log(target, schema=schema)
+    log.close()
+    """
+)
+
+
+def test_processes_opening_a_new_log_together_all_succeed(log_backend: dict[str, Any]) -> None:
+    target, schema = _target(log_backend)
+    start = time.time() + 1.5
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_SCRIPT, log_backend["name"], target, schema, str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(8)
+    ]
+    failures = []
+    for p in processes:
+        _, err = p.communicate(timeout=60)
+        if p.returncode:
+            failures.append(err.decode().strip().splitlines()[-1])
+    assert failures == []
 
 
 CRASH_SCRIPT = textwrap.dedent(

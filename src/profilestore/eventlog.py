@@ -15,6 +15,7 @@ again from fresh heads. Nothing of a rejected transaction is visible.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import time
@@ -28,6 +29,7 @@ import msgspec
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from psycopg.errors import DuplicateObject
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
@@ -234,6 +236,22 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             "SELECT originator_id, MAX(originator_version) AS head FROM {0}.{1} "
             "WHERE originator_id = ANY(%s::uuid[]) GROUP BY originator_id"
         ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
+
+    def create_table(self) -> None:
+        # The library's DDL, serialised: processes starting together would otherwise race
+        # on the catalog ("tuple concurrently updated", duplicate types). One transaction
+        # under an advisory lock; each CREATE TYPE in a savepoint, as it has no IF NOT EXISTS.
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                (f"profilestore:{self.datastore.schema}.{EVENTS_TABLE}",),
+            )
+            for statement in self.sql_create_statements:
+                if "CREATE TYPE" in statement.as_string():
+                    with contextlib.suppress(DuplicateObject), curs.connection.transaction():
+                        curs.execute(statement, prepare=False)
+            self._create_table(curs)
+        self.datastore.register_type_adapters()
 
     def _insert_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
