@@ -120,16 +120,16 @@ class SQLiteDocumentStore(DocumentStore):
             f"CREATE TABLE IF NOT EXISTS {sections} (customer_id TEXT PRIMARY KEY, "
             "position INTEGER NOT NULL, refreshed_at TEXT NOT NULL, body BLOB NOT NULL)"
         )
-        if self.schemas[dataset].keyed:
+        exists = c.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (keys,)
+        ).fetchone()
+        if self.schemas[dataset].keyed and not exists:
             c.execute(
-                f"CREATE TABLE IF NOT EXISTS {keys} (key TEXT NOT NULL, customer_id TEXT NOT "
-                "NULL, PRIMARY KEY (key, customer_id)) WITHOUT ROWID"
+                f"CREATE TABLE {keys} (key TEXT NOT NULL, customer_id TEXT NOT NULL, "
+                "PRIMARY KEY (key, customer_id)) WITHOUT ROWID"
             )
             # Index names are global and survive a table rename: make each one unique.
-            c.execute(
-                f"CREATE INDEX IF NOT EXISTS i_{keys}_{uuid.uuid4().hex[:8]} "
-                f"ON {keys} (customer_id)"
-            )
+            c.execute(f"CREATE INDEX i_{keys}_{uuid.uuid4().hex[:8]} ON {keys} (customer_id)")
 
     # --- reads --------------------------------------------------------------------------
 
