@@ -78,6 +78,6 @@ PROJECTION = Projection(
     reads=(SocialPostObserved, LifeEventDetected),
     section=Social,
     fold=fold,
-    default_refresh="cron: 0 3 * * sun",
+    default_refresh="cron 0 3 * * sun",
     retention=f"last {CAP_POSTS} posts and {CAP_LIFE_EVENTS} life events",
 )

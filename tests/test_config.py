@@ -8,7 +8,8 @@ import pytest
 
 from profilestore.config import Settings, load_settings
 from profilestore.errors import ConfigError
-from profilestore.store import load_projections
+from profilestore.projection import Projection
+from profilestore.store import load_projections, open_store
 
 REPO_CONFIG = Path(__file__).parent.parent / "config" / "profilestore.toml"
 
@@ -103,6 +104,28 @@ def test_environment_overrides_any_setting_and_is_named_in_errors(tmp_path: Path
         load_settings(REPO_CONFIG, environ={"PROFILESTORE_PROJECTOR__PAGE_SIZE": "lots"})
     assert "PROFILESTORE_PROJECTOR__PAGE_SIZE" in str(raised.value)
     assert raised.value.path == "projector.page_size"
+
+
+def test_a_dataset_line_without_a_cadence_uses_the_module_default(tmp_path: Path) -> None:
+    path = write(tmp_path, '[datasets]\nsocial = { projection = "projections.social" }\n')
+    with open_store(load_settings(path, environ={}, home=tmp_path / "home")) as store:
+        assert store.settings.datasets["social"].cadence is None
+        assert store.cadence("social") == "cron 0 3 * * sun"
+        assert list(store.projections) == ["social"]
+
+
+def test_a_projection_with_a_malformed_default_refresh_is_refused() -> None:
+    from projections.carts import PROJECTION
+
+    with pytest.raises(ValueError, match="default_refresh"):
+        Projection(
+            dataset="carts",
+            reads=PROJECTION.reads,
+            section=PROJECTION.section,
+            fold=PROJECTION.fold,
+            default_refresh="hourly",
+            retention="",
+        )
 
 
 def test_home_argument_wins_over_the_environment(tmp_path: Path) -> None:

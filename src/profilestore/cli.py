@@ -314,7 +314,7 @@ def list_datasets(obj: _Context) -> None:
                 {
                     "dataset": name,
                     "projection": store.settings.datasets[name].projection,
-                    "refresh": store.settings.datasets[name].cadence,
+                    "refresh": store.cadence(name),
                     "retention": projection.retention,
                     "position": tracking.position if tracking else 0,
                     "refreshed_at": tracking.refreshed_at if tracking else None,

@@ -63,7 +63,8 @@ class DatasetSettings(Strict, frozen=True, kw_only=True):
     projection: str
     """Import path of the module defining ``PROJECTION``."""
     refresh: str | None = None
-    """``"realtime"``; or use ``every`` or ``cron`` instead."""
+    """``"realtime"``; or use ``every`` or ``cron`` instead; none of the three: the
+    projection module's ``default_refresh``."""
     every: str | None = None
     """An interval such as ``"15m"`` (s, m, h, d)."""
     cron: str | None = None
@@ -81,12 +82,13 @@ class DatasetSettings(Strict, frozen=True, kw_only=True):
             raise ValueError(f"`cron` must have five fields, not {self.cron!r}")
 
     @property
-    def cadence(self) -> str:
+    def cadence(self) -> str | None:
+        """The configured cadence, or None to use the projection's default."""
         if self.every is not None:
             return f"every {self.every}"
         if self.cron is not None:
             return f"cron {self.cron}"
-        return self.refresh or "manual"
+        return self.refresh
 
 
 def _default_datasets() -> dict[str, DatasetSettings]:

@@ -29,6 +29,8 @@ S = TypeVar("S", bound=msgspec.Struct)
 T = TypeVar("T")
 
 DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+CADENCE = re.compile(r"^(realtime|manual|every \d+[smhd]|cron \S+ \S+ \S+ \S+ \S+)$")
+"""How often a dataset is refreshed, as config and ``datasets`` listings spell it."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Projection(Generic[S]):
     section: type[S]
     fold: Callable[[S, Any], S]
     default_refresh: str
+    """Used when the config line gives none: ``realtime``, ``every 15m`` or ``cron ...``."""
     retention: str
     """Human-readable caps, e.g. 'last 100 page views'; shown by ``datasets`` listings."""
     lookup_keys: Callable[[S], Iterable[str]] | None = None
@@ -49,6 +52,11 @@ class Projection(Generic[S]):
     def __post_init__(self) -> None:
         if not DATASET_NAME.match(self.dataset):
             raise ValueError(f"dataset name {self.dataset!r} must match {DATASET_NAME.pattern}")
+        if not CADENCE.match(self.default_refresh):
+            raise ValueError(
+                f"dataset {self.dataset!r}: default_refresh {self.default_refresh!r} must be "
+                "'realtime', 'every <N><s|m|h|d>' or 'cron <five fields>'"
+            )
         topics = tuple(t for cls in self.reads for t in topics_for(cls))
         object.__setattr__(self, "topics", topics)
 

@@ -137,6 +137,11 @@ class ProfileStore:
                 raise UnknownDataset(name, list(self.projections))
         return list(names)
 
+    def cadence(self, dataset: str) -> str:
+        """How often ``dataset`` is refreshed: its config line, else its module's default."""
+        configured = self.settings.datasets[self.datasets([dataset])[0]].cadence
+        return configured or self.projections[dataset].default_refresh
+
     def refresh(
         self, datasets: Sequence[str] | None = None, *, progress: Progress | None = None
     ) -> PassReport:
