@@ -144,6 +144,16 @@ WRITER_SCRIPT = textwrap.dedent(
 )
 
 
+def spawn(script: str, log_backend: dict[str, Any], *args: str) -> subprocess.Popen[bytes]:
+    """Run ``script`` in a new Python process against the backend's log."""
+    target, schema = _target(log_backend)
+    return subprocess.Popen(
+        [sys.executable, "-c", script, log_backend["name"], target, schema, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 def _target(log_backend: dict[str, Any]) -> tuple[str, str]:
     if log_backend["name"] == "sqlite":
         return log_backend["url"].removeprefix("sqlite:///"), "-"
@@ -154,15 +164,7 @@ def test_concurrent_processes_lose_nothing_and_keep_versions_gap_free(
     log_backend: dict[str, Any],
 ) -> None:
     # The writers start together on an empty database: creating the tables races too.
-    target, schema = _target(log_backend)
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", WRITER_SCRIPT, log_backend["name"], target, schema, str(w)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for w in range(4)
-    ]
+    processes = [spawn(WRITER_SCRIPT, log_backend, str(w)) for w in range(4)]
     for p in processes:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err.decode()
@@ -193,16 +195,8 @@ OPEN_SCRIPT = textwrap.dedent(
 
 
 def test_processes_opening_a_new_log_together_all_succeed(log_backend: dict[str, Any]) -> None:
-    target, schema = _target(log_backend)
     start = time.time() + 1.5
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", OPEN_SCRIPT, log_backend["name"], target, schema, str(start)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(8)
-    ]
+    processes = [spawn(OPEN_SCRIPT, log_backend, str(start)) for _ in range(8)]
     failures = []
     for p in processes:
         _, err = p.communicate(timeout=60)
@@ -229,12 +223,7 @@ CRASH_SCRIPT = textwrap.dedent(
 
 def test_acknowledged_events_survive_the_writer_being_killed(log_backend: dict[str, Any]) -> None:
     log_backend["open"]().close()
-    target, schema = _target(log_backend)
-    process = subprocess.Popen(
-        [sys.executable, "-c", CRASH_SCRIPT, log_backend["name"], target, schema],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    process = spawn(CRASH_SCRIPT, log_backend)
     assert process.stdout is not None
     acknowledged = process.stdout.readline()
     os.kill(process.pid, signal.SIGKILL)
