@@ -66,7 +66,7 @@ def test_bad_value_names_the_field_path_and_reason(tmp_path: Path) -> None:
         ('{ projection = "projections.carts", every = "15 minutes" }', "`every`"),
         ('{ projection = "projections.carts", refresh = "sometimes" }', "`refresh`"),
         ('{ projection = "projections.carts", every = "5m", refresh = "realtime" }', "one of"),
-        ('{ projection = "projections.carts", cron = "0 3 * *" }', "five fields"),
+        ('{ projection = "projections.carts", cron = "0 3 * *" }', "expected 5"),
     ],
 )
 def test_dataset_refresh_is_checked(tmp_path: Path, entry: str, reason: str) -> None:

@@ -15,8 +15,8 @@ Every error names the file (or variable) and the field path, e.g.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,10 +25,10 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 
 from profilestore.errors import ConfigError
+from profilestore.schedule import CadenceError, cron_trigger, parse_interval, zone
 
 ENV_PREFIX = "PROFILESTORE_"
 DEFAULT_CONFIG = Path("config") / "profilestore.toml"
-_INTERVAL = re.compile(r"^(\d+)(s|m|h|d)$")
 
 
 class Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -53,6 +53,25 @@ class DocumentSettings(Strict, frozen=True, kw_only=True):
     collection: str = "profiles"
 
 
+class ScheduleSettings(Strict, frozen=True, kw_only=True):
+    timezone: str = "UTC"
+    """IANA time zone that cron cadences are read in, e.g. "Europe/Paris"."""
+    misfire_grace_s: Annotated[int, msgspec.Meta(ge=1)] = 3600
+    """How late a scheduled run may still start; later ones are coalesced into the next."""
+    lease_ttl_s: Annotated[int, msgspec.Meta(ge=5)] = 60
+    """How long a dataset stays locked by a process that stopped renewing (it died)."""
+    follower_poll_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 5
+    """How often the real-time follower checks an SQLite log for new events."""
+    follower_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 2000
+    """Most events the follower folds per pass when it catches up."""
+
+    def __post_init__(self) -> None:
+        try:
+            zone(self.timezone)
+        except CadenceError as e:
+            raise ValueError(f"`timezone`: {e}") from None
+
+
 class ProjectorSettings(Strict, frozen=True, kw_only=True):
     page_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5000
     cache_sections: Annotated[int, msgspec.Meta(ge=1)] = 50_000
@@ -74,12 +93,15 @@ class DatasetSettings(Strict, frozen=True, kw_only=True):
         given = [k for k in ("refresh", "every", "cron") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give one of `refresh`, `every`, `cron`, not {given}")
-        if self.refresh is not None and self.refresh != "realtime":
-            raise ValueError(f'`refresh` must be "realtime", not {self.refresh!r}')
-        if self.every is not None and not _INTERVAL.match(self.every):
-            raise ValueError(f'`every` must look like "15m" (s, m, h, d), not {self.every!r}')
-        if self.cron is not None and len(self.cron.split()) != 5:
-            raise ValueError(f"`cron` must have five fields, not {self.cron!r}")
+        if self.refresh is not None and self.refresh not in ("realtime", "manual"):
+            raise ValueError(f'`refresh` must be "realtime" or "manual", not {self.refresh!r}')
+        try:
+            if self.every is not None:
+                parse_interval(self.every)
+            if self.cron is not None:
+                cron_trigger(self.cron, dt.UTC)
+        except CadenceError as e:
+            raise ValueError(f"`{given[0]}`: {e}") from None
 
     @property
     def cadence(self) -> str | None:
@@ -113,6 +135,7 @@ class Settings(Strict, frozen=True, kw_only=True):
     event_log: EventLogSettings = msgspec.field(default_factory=EventLogSettings)
     documents: DocumentSettings = msgspec.field(default_factory=DocumentSettings)
     projector: ProjectorSettings = msgspec.field(default_factory=ProjectorSettings)
+    schedule: ScheduleSettings = msgspec.field(default_factory=ScheduleSettings)
     datasets: dict[str, DatasetSettings] = msgspec.field(default_factory=_default_datasets)
 
     @property
