@@ -977,3 +977,24 @@ def test_a_customer_written_twice_in_one_batch_keeps_the_newest(
     assert document_store.load("identities", ["c1"])["c1"] == (newer.section, 9)
     assert document_store.find("email:old@example.com") == []
     assert document_store.find("email:new@example.com") == ["c1"]
+
+
+def test_records_are_stored_listed_by_prefix_replaced_and_deleted(
+    document_store: DocumentStore,
+) -> None:
+    assert document_store.get_records("run") == {}
+    document_store.put_record("run", "carts/last", {"status": "running", "n": 1})
+    document_store.put_record("run", "carts/success", {"at": "2026-01-01T00:00:00Z"})
+    document_store.put_record("run", "orders/last", {"status": "failed", "error": "x.y [z]"})
+    document_store.put_record("dead", "carts/c1", {"attempts": 1})
+    assert list(document_store.get_records("run", "carts/")) == ["carts/last", "carts/success"]
+    assert document_store.get_records("run", "orders/") == {
+        "orders/last": {"status": "failed", "error": "x.y [z]"}
+    }
+    document_store.put_record("run", "carts/last", {"status": "succeeded", "n": 2})
+    assert document_store.get_records("run", "carts/l")["carts/last"]["n"] == 2
+    document_store.delete_record("run", "carts/last")
+    document_store.delete_record("run", "never/there")
+    assert list(document_store.get_records("run")) == ["carts/success", "orders/last"]
+    assert list(document_store.get_records("dead")) == ["carts/c1"]
+    assert document_store.get_records("run", "car.") == {}

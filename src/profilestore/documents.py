@@ -126,6 +126,18 @@ class DocumentStore(ABC):
         """Who holds a live lease ``name``, if anyone."""
 
     @abstractmethod
+    def put_record(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
+        """Store a small JSON-shaped record (run history, dead letters) under (kind, key)."""
+
+    @abstractmethod
+    def get_records(self, kind: str, prefix: str = "") -> dict[str, dict[str, Any]]:
+        """Records of ``kind`` whose key starts with ``prefix``, by key."""
+
+    @abstractmethod
+    def delete_record(self, kind: str, key: str) -> None:
+        """Remove a record; removing an absent one does nothing."""
+
+    @abstractmethod
     def customer_ids(self, dataset: str) -> Iterator[str]:
         """Every customer id with a live section of ``dataset``."""
 

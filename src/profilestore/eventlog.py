@@ -121,6 +121,12 @@ class EventRecorder(ABC):
     def max_notification_id(self) -> int | None: ...
 
     @abstractmethod
+    def select_stream_states(
+        self, originator_id: UUID, after: int, until: int | None, topics: Sequence[str]
+    ) -> list[tuple[int, str, bytes]]:
+        """Like :meth:`select_states`, for one stream, in stream order."""
+
+    @abstractmethod
     def select_states(
         self, after: int, limit: int, until: int | None, topics: Sequence[str]
     ) -> list[tuple[int, str, bytes]]:
@@ -187,6 +193,24 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
                 heads.update((UUID(row[0]), row[1]) for row in c.fetchall())
         return heads
 
+    def select_stream_states(
+        self, originator_id: UUID, after: int, until: int | None, topics: Sequence[str]
+    ) -> list[tuple[int, str, bytes]]:
+        statement = (
+            f"SELECT rowid, topic, state FROM {EVENTS_TABLE} WHERE originator_id = ? AND rowid > ?"
+        )
+        params: list[Any] = [originator_id.hex, after]
+        if until is not None:
+            statement += " AND rowid <= ?"
+            params.append(until)
+        if topics:
+            statement += f" AND topic IN ({','.join('?' * len(topics))})"
+            params.extend(topics)
+        statement += " ORDER BY originator_version"
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(statement, params)
+            return [(row[0], row[1], row[2]) for row in c.fetchall()]
+
     def select_states(
         self, after: int, limit: int, until: int | None, topics: Sequence[str]
     ) -> list[tuple[int, str, bytes]]:
@@ -231,6 +255,11 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             "SELECT notification_id, topic, state FROM {0}.{1} WHERE notification_id > %s "
             "AND notification_id <= %s AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s)) "
             "ORDER BY notification_id LIMIT %s"
+        ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
+        self._select_stream_states = SQL(
+            "SELECT notification_id, topic, state FROM {0}.{1} WHERE originator_id = %s "
+            "AND notification_id > %s AND notification_id <= %s "
+            "AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s)) ORDER BY originator_version"
         ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
         self._select_heads = SQL(
             "SELECT originator_id, MAX(originator_version) AS head FROM {0}.{1} "
@@ -278,6 +307,18 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             curs.execute(self._select_heads, (list(originator_ids),))
             rows: list[DictRow] = curs.fetchall()
             return {row["originator_id"]: row["head"] for row in rows}
+
+    def select_stream_states(
+        self, originator_id: UUID, after: int, until: int | None, topics: Sequence[str]
+    ) -> list[tuple[int, str, bytes]]:
+        stop = until if until is not None else 2**63 - 1
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                self._select_stream_states,
+                (originator_id, after, stop, list(topics), list(topics)),
+            )
+            rows: list[DictRow] = curs.fetchall()
+            return [(r["notification_id"], r["topic"], bytes(r["state"])) for r in rows]
 
     def select_states(
         self, after: int, limit: int, until: int | None, topics: Sequence[str]
@@ -390,6 +431,23 @@ class EventLog:
             Notified(notification_id, topic, decode(topic, state))
             for notification_id, topic, state in self.recorder.select_states(
                 after, limit, until, topics
+            )
+        ]
+
+    def customer_changes(
+        self,
+        customer_id: str,
+        *,
+        after: int = 0,
+        until: int | None = None,
+        topics: Sequence[str] = (),
+    ) -> list[Notified]:
+        """One customer's events with notification ids in ``(after, until]``, in order."""
+        decode = self.mapper.decode
+        return [
+            Notified(notification_id, topic, decode(topic, state))
+            for notification_id, topic, state in self.recorder.select_stream_states(
+                stream_id(customer_id), after, until, topics
             )
         ]
 

@@ -22,6 +22,7 @@ dataset's lease keeps refreshes out.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -68,6 +69,7 @@ class MongoDocumentStore(DocumentStore):
         self.profiles: Collection[dict[str, Any]] = database[collection]
         self.tracking_records: Collection[dict[str, Any]] = database[f"{collection}_tracking"]
         self.leases: Collection[dict[str, Any]] = database[f"{collection}_leases"]
+        self.records: Collection[dict[str, Any]] = database[f"{collection}_records"]
         for name, schema in self.schemas.items():
             if schema.keyed:
                 self.profiles.create_index(f"_keys.{name}")
@@ -244,6 +246,25 @@ class MongoDocumentStore(DocumentStore):
             upsert=True,
         )
         self.tracking_records.delete_one({"_id": _tracking_id(dataset, True)})
+
+    # --- records ------------------------------------------------------------------------
+
+    def put_record(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
+        self.records.replace_one(
+            {"_id": f"{kind}/{key}"},
+            {"kind": kind, "key": key, "value": msgspec.to_builtins(value)},
+            upsert=True,
+        )
+
+    def get_records(self, kind: str, prefix: str = "") -> dict[str, dict[str, Any]]:
+        query: dict[str, Any] = {"kind": kind}
+        if prefix:
+            query["key"] = {"$regex": f"^{re.escape(prefix)}"}
+        found = {str(r["key"]): dict(r["value"]) for r in self.records.find(query)}
+        return dict(sorted(found.items()))
+
+    def delete_record(self, kind: str, key: str) -> None:
+        self.records.delete_one({"_id": f"{kind}/{key}"})
 
     # --- leases -------------------------------------------------------------------------
 

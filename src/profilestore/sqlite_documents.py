@@ -71,6 +71,10 @@ class SQLiteDocumentStore(DocumentStore):
                 "CREATE TABLE IF NOT EXISTS leases ("
                 "name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at TEXT NOT NULL)"
             )
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS records (kind TEXT NOT NULL, key TEXT NOT NULL, "
+                "body BLOB NOT NULL, PRIMARY KEY (kind, key)) WITHOUT ROWID"
+            )
             for name in self.schemas:
                 self._create_tables(c, name, staging=False)
 
@@ -293,6 +297,32 @@ class SQLiteDocumentStore(DocumentStore):
                 (live_name, row[0], row[1]),
             )
             c.execute("DELETE FROM tracking WHERE name = ?", (name,))
+
+    # --- records ------------------------------------------------------------------------
+
+    def put_record(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
+        with self._transaction() as c:
+            c.execute(
+                "INSERT INTO records (kind, key, body) VALUES (?, ?, ?) "
+                "ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body",
+                (kind, key, self._encoder.encode(value)),
+            )
+
+    def get_records(self, kind: str, prefix: str = "") -> dict[str, dict[str, Any]]:
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT key, body FROM records WHERE kind = ? AND substr(key, 1, ?) = ? "
+                "ORDER BY key",
+                (kind, len(prefix), prefix),
+            )
+            .fetchall()
+        )
+        return {key: msgspec.json.decode(body) for key, body in rows}
+
+    def delete_record(self, kind: str, key: str) -> None:
+        with self._transaction() as c:
+            c.execute("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))
 
     # --- leases -------------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ from profilestore.eventlog import AppendResult, EventLog, open_postgres_log, ope
 from profilestore.events import AnyEvent, Event, normalise_identifier
 from profilestore.projection import Projection, check_projections, load_projection
 from profilestore.projector import Clock, PassReport, Progress, Projector, utcnow
+from profilestore.runs import RunRecord, Trigger
+from profilestore.schedule import next_due, parse_cadence, zone
 
 IDENTIFIER_KINDS = ("email", "phone", "handle", "device")
 _LEADING_FIELD = re.compile(r"^`(\w+)`")
@@ -93,6 +95,32 @@ class EventValidator:
         raise msgspec.ValidationError(f"Expected an event object, got `{type(item).__name__}`")
 
 
+class Freshness(msgspec.Struct, frozen=True, kw_only=True):
+    """How stale a dataset is: its position, and how far the log head is ahead of it."""
+
+    position: int
+    refreshed_at: dt.datetime | None
+    events_behind: int
+    """Log positions between the dataset and the head (0 when none is an event it reads)."""
+    seconds_behind: float
+    """Age of the oldest event the dataset has not applied yet (0 when current)."""
+
+
+class DatasetStatus(msgspec.Struct, frozen=True, kw_only=True):
+    dataset: str
+    cadence: str
+    last_run: RunRecord | None
+    last_success_at: dt.datetime | None
+    next_run: dt.datetime | None
+    failed: bool
+    error: str | None
+    running_holder: str | None
+    """The process holding the dataset's lease: a run (or the follower) in progress."""
+    lag: Freshness
+    dead_letters: int
+    dead_letter_error: str | None
+
+
 class ProfileStore:
     """Append events, refresh and rebuild datasets, read profiles."""
 
@@ -118,7 +146,10 @@ class ProfileStore:
             clock=clock,
             page_size=settings.projector.page_size,
             cache_sections=settings.projector.cache_sections,
+            lease_ttl=dt.timedelta(seconds=settings.schedule.lease_ttl_s),
         )
+        self.journal = self.projector.journal
+        self.timezone = zone(settings.schedule.timezone)
 
     # --- writing ----------------------------------------------------------------------
 
@@ -143,17 +174,126 @@ class ProfileStore:
         return configured or self.projections[dataset].default_refresh
 
     def refresh(
-        self, datasets: Sequence[str] | None = None, *, progress: Progress | None = None
+        self,
+        datasets: Sequence[str] | None = None,
+        *,
+        progress: Progress | None = None,
+        trigger: Trigger = "manual",
     ) -> PassReport:
-        return self.projector.refresh(self.datasets(datasets), progress=progress)
+        """Fold new events into ``datasets`` now, up to the log head as it is now.
+
+        Each dataset is refreshed under its lease: one held by another process (a
+        scheduled run, the follower) is skipped and listed in ``skipped_locked``. Each
+        refreshed dataset gets a run record (see ``status``).
+        """
+        names = self.datasets(datasets)
+        locked = self.projector.acquire(names, required=False)
+        held = [n for n in names if n not in locked]
+        started = self.clock()
+        runs = {
+            n: RunRecord(
+                dataset=n, trigger=trigger, holder=self.projector.holder, started_at=started
+            )
+            for n in held
+        }
+        for run in runs.values():
+            self.journal.record(run)
+        try:
+            report = self.projector.run_pass(held, progress=progress)
+        except Exception as error:
+            for run in runs.values():
+                self.journal.record(
+                    msgspec.structs.replace(
+                        run, status="failed", finished_at=self.clock(), error=repr(error)
+                    )
+                )
+            raise
+        finally:
+            self.projector.release(held)
+        finished = self.clock()
+        for name, run in runs.items():
+            self.journal.record(
+                msgspec.structs.replace(
+                    run,
+                    status="succeeded",
+                    finished_at=finished,
+                    high_water=report.high_water,
+                    events_applied=report.events_applied.get(name, 0),
+                    sections_written=report.sections_written.get(name, 0),
+                    dead_letters=report.dead_letters.get(name, 0),
+                )
+            )
+        report.skipped_locked = locked
+        return report
+
+    def retry_dead_letters(self, dataset: str) -> tuple[int, int]:
+        """Refold the customers parked by poison events; returns (released, still failing)."""
+        return self.projector.retry_dead_letters(self.datasets([dataset])[0])
 
     def rebuild(
         self, datasets: Sequence[str] | None = None, *, progress: Progress | None = None
     ) -> PassReport:
         names = self.datasets(datasets)
         report = self.projector.rebuild(names, progress=progress)
-        self.projector.refresh(names)
+        self.refresh(names, trigger="rebuild")
         return report
+
+    # --- freshness ----------------------------------------------------------------------
+
+    def freshness(self, datasets: Sequence[str] | None = None) -> dict[str, Freshness]:
+        """How far behind the log head each dataset is, in events and in seconds."""
+        head = self.log.head()
+        now = self.clock()
+        found: dict[str, Freshness] = {}
+        for name in self.datasets(datasets):
+            tracked = self.documents.tracking(name)
+            position = tracked.position if tracked else 0
+            behind = 0.0
+            if position < head:
+                # The age of the oldest event this dataset has not applied yet.
+                pending = self.log.changes(
+                    position, 1, until=head, topics=self.projections[name].topics
+                )
+                if pending and pending[0].event.recorded_at is not None:
+                    behind = max(0.0, (now - pending[0].event.recorded_at).total_seconds())
+                elif not pending:
+                    position = head  # nothing it reads is pending: it is current
+            found[name] = Freshness(
+                position=position,
+                refreshed_at=tracked.refreshed_at if tracked else None,
+                events_behind=head - position,
+                seconds_behind=round(behind, 3),
+            )
+        return found
+
+    def status(self) -> list[DatasetStatus]:
+        """Per dataset: cadence, last and next run, lag, lease holder, dead letters."""
+        now = self.clock()
+        lags = self.freshness()
+        rows = []
+        for name in self.projections:
+            cadence = parse_cadence(self.cadence(name))
+            last = self.journal.last_run(name)
+            success = self.journal.last_success(name)
+            failure = self.journal.last_failure(name)
+            letters = self.journal.dead_letters(name)
+            last_success_at = success.finished_at if success else None
+            rows.append(
+                DatasetStatus(
+                    dataset=name,
+                    cadence=cadence.text,
+                    last_run=last,
+                    last_success_at=last_success_at,
+                    next_run=next_due(cadence, self.timezone, last_success_at, now),
+                    failed=last is not None and last.status == "failed",
+                    error=failure.error if failure and last and last.status == "failed" else None,
+                    running_holder=self.documents.lease_holder(f"dataset:{name}", now),
+                    lag=lags[name],
+                    dead_letters=len(letters),
+                    dead_letter_error=letters[-1].error if letters else None,
+                )
+            )
+        return rows
 
     # --- reading ----------------------------------------------------------------------
 

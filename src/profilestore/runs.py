@@ -1,0 +1,117 @@
+"""What refreshes did: run history and dead letters, kept in the document store.
+
+Every refresh of a dataset (scheduled, caught up, manual, or by the real-time follower)
+is a :class:`RunRecord`: the last one, the last success and the last failure are kept per
+dataset, which is what ``status`` shows and what catch-up after downtime reads.
+
+A fold that raises on an event (a poison event) must not stop other datasets or other
+customers. The event, the error and the attempt count become a :class:`DeadLetter`, and
+the customer is *parked* for that dataset: its section stays at its last good state and
+its later events wait, rather than being folded out of order around the failed one.
+Retrying refolds the customer's stream from that state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+import msgspec
+
+from profilestore.documents import DocumentStore
+
+RUNS = "run"
+DEAD_LETTERS = "dead_letter"
+
+Trigger = Literal["schedule", "catch-up", "manual", "follower", "rebuild"]
+Status = Literal["running", "succeeded", "failed", "skipped"]
+
+
+class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
+    dataset: str
+    trigger: Trigger
+    holder: str
+    started_at: dt.datetime
+    status: Status = "running"
+    finished_at: dt.datetime | None = None
+    error: str | None = None
+    high_water: int = 0
+    events_applied: int = 0
+    sections_written: int = 0
+    dead_letters: int = 0
+
+    @property
+    def seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    dataset: str
+    customer_id: str
+    notification_id: int
+    event_id: str
+    topic: str
+    error: str
+    attempts: int = 1
+    first_failed_at: dt.datetime
+    last_failed_at: dt.datetime
+
+
+class Journal:
+    """Run history and dead letters of every dataset."""
+
+    def __init__(self, documents: DocumentStore) -> None:
+        self.documents = documents
+
+    # --- runs ---------------------------------------------------------------------------
+
+    def record(self, run: RunRecord) -> None:
+        """Store ``run`` as the dataset's last run (and last success or failure)."""
+        value = msgspec.to_builtins(run)
+        self.documents.put_record(RUNS, f"{run.dataset}/last", value)
+        if run.status == "succeeded":
+            self.documents.put_record(RUNS, f"{run.dataset}/success", value)
+        elif run.status == "failed":
+            self.documents.put_record(RUNS, f"{run.dataset}/failure", value)
+
+    def _run(self, dataset: str, which: str) -> RunRecord | None:
+        found = self.documents.get_records(RUNS, f"{dataset}/{which}").get(f"{dataset}/{which}")
+        return msgspec.convert(found, RunRecord) if found else None
+
+    def last_run(self, dataset: str) -> RunRecord | None:
+        return self._run(dataset, "last")
+
+    def last_success(self, dataset: str) -> RunRecord | None:
+        return self._run(dataset, "success")
+
+    def last_failure(self, dataset: str) -> RunRecord | None:
+        return self._run(dataset, "failure")
+
+    # --- dead letters -------------------------------------------------------------------
+
+    def park(self, letter: DeadLetter) -> DeadLetter:
+        """Record a failed event; a repeated failure of the same event counts an attempt."""
+        key = f"{letter.dataset}/{letter.customer_id}"
+        existing = self.documents.get_records(DEAD_LETTERS, key).get(key)
+        if existing is not None:
+            previous = msgspec.convert(existing, DeadLetter)
+            if previous.notification_id == letter.notification_id:
+                letter = msgspec.structs.replace(
+                    letter,
+                    attempts=previous.attempts + 1,
+                    first_failed_at=previous.first_failed_at,
+                )
+        self.documents.put_record(DEAD_LETTERS, key, msgspec.to_builtins(letter))
+        return letter
+
+    def dead_letters(self, dataset: str) -> list[DeadLetter]:
+        records = self.documents.get_records(DEAD_LETTERS, f"{dataset}/")
+        return [msgspec.convert(r, DeadLetter) for r in records.values()]
+
+    def parked(self, dataset: str) -> set[str]:
+        return {letter.customer_id for letter in self.dead_letters(dataset)}
+
+    def release(self, dataset: str, customer_id: str) -> None:
+        self.documents.delete_record(DEAD_LETTERS, f"{dataset}/{customer_id}")
