@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import signal
@@ -202,14 +203,7 @@ def test_rebuild_after_a_fold_change_replaces_the_dataset(
     monkeypatch.setitem(
         store.projector.projections,
         "browsing",
-        type(projection)(
-            dataset="browsing",
-            reads=projection.reads,
-            section=projection.section,
-            fold=keep_one_view,
-            default_refresh=projection.default_refresh,
-            retention="last page view",
-        ),
+        dataclasses.replace(projection, fold=keep_one_view, retention="last page view"),
     )
     store.rebuild(["browsing"])
     for customer_id in store.documents.customer_ids("browsing"):

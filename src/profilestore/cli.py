@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 not found or some input rejected; 2 bad usage or config
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 
 from profilestore.config import load_settings
 from profilestore.errors import (
@@ -36,6 +38,7 @@ from profilestore.errors import (
     UnknownDataset,
 )
 from profilestore.eventlog import event_json
+from profilestore.schedule import fire_times, next_due, parse_cadence
 from profilestore.store import ProfileStore, open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -194,11 +197,29 @@ def _batches(file: IO[bytes], size: int) -> Iterator[tuple[list[int], list[bytes
 
 @main.command()
 @click.argument("datasets", nargs=-1)
+@click.option(
+    "--retry-dead-letters",
+    is_flag=True,
+    help="Refold the customers parked by poison events of DATASETS instead.",
+)
 @click.pass_obj
-def refresh(obj: _Context, datasets: tuple[str, ...]) -> None:
-    """Fold new events into DATASETS (default: all) now."""
+def refresh(obj: _Context, datasets: tuple[str, ...], retry_dead_letters: bool) -> None:
+    """Fold new events into DATASETS (default: all) now, under their locks.
+
+    A dataset another process is refreshing is skipped (exit 0, listed). A poison event
+    (one its fold fails on) is dead-lettered and reported; other events go on.
+    """
     with _errors(), obj.open() as store:
         names = store.datasets(list(datasets) or None)
+        if retry_dead_letters:
+            outcome = {name: store.retry_dead_letters(name) for name in names}
+            _emit(
+                {n: {"released": r, "still_failing": f} for n, (r, f) in outcome.items()},
+                pretty=False,
+            )
+            if any(f for _, f in outcome.values()):
+                sys.exit(1)
+            return
         with _progress() as progress:
             task = progress.add_task("refresh", total=None)
             report = store.refresh(
@@ -207,16 +228,125 @@ def refresh(obj: _Context, datasets: tuple[str, ...]) -> None:
             )
         for name in report.skipped_locked:
             stderr.print(f"[yellow]skipped[/yellow] {name}: another process is refreshing it")
+        for name, count in report.dead_letters.items():
+            if count:
+                stderr.print(
+                    f"[red]dead letters[/red] {name}: {count} event(s) failed to fold; "
+                    f"see `profilestore status`, then `refresh {name} --retry-dead-letters`"
+                )
         _emit(
             {
                 "high_water": report.high_water,
                 "events_read": report.events_read,
                 "events_applied": report.events_applied,
                 "sections_written": report.sections_written,
+                "dead_letters": report.dead_letters,
                 "skipped_locked": report.skipped_locked,
             },
             pretty=False,
         )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def status(obj: _Context, as_json: bool) -> None:
+    """Per dataset: cadence, last and next run, lag, running or failed, dead letters."""
+    with _errors(), obj.open() as store:
+        rows = store.status()
+        if as_json:
+            _emit(rows, pretty=True)
+            return
+        table = Table(title=f"profilestore status (log head {store.log.head()})")
+        for column in ("dataset", "cadence", "last run", "next run", "behind", "state"):
+            table.add_column(column)
+        for row in rows:
+            last = row.last_run
+            last_text = (
+                f"{_when(last.started_at)} {last.status} ({last.trigger})" if last else "never"
+            )
+            state = "idle"
+            if row.running_holder:
+                state = f"running ({row.running_holder})"
+            if row.failed:
+                state = f"[red]failed[/red]: {escape(row.error or '')}"
+            if row.dead_letters:
+                state += f", [red]{row.dead_letters} dead letter(s)[/red]: " + escape(
+                    row.dead_letter_error or ""
+                )
+            table.add_row(
+                row.dataset,
+                row.cadence,
+                last_text,
+                _when(row.next_run) if row.next_run else "-",
+                f"{row.lag.events_behind} events, {row.lag.seconds_behind:.1f}s",
+                state,
+            )
+        Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def _when(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@main.group()
+def schedule() -> None:
+    """Scheduled refreshes, as the config defines them."""
+
+
+@schedule.command("list")
+@click.option(
+    "--count",
+    type=click.IntRange(1, 50),
+    default=3,
+    show_default=True,
+    help="How many upcoming runs to show per dataset.",
+)
+@click.pass_obj
+def schedule_list(obj: _Context, count: int) -> None:
+    """Each dataset's cadence, time zone and next runs (catch-up runs are due now)."""
+    with _errors(), obj.open() as store:
+        now = store.clock()
+        rows = []
+        for name in store.projections:
+            cadence = parse_cadence(store.cadence(name))
+            success = store.journal.last_success(name)
+            last = success.finished_at if success else None
+            due = next_due(cadence, store.timezone, last, now)
+            upcoming = fire_times(cadence, store.timezone, due, count - 1) if due else []
+            rows.append(
+                {
+                    "dataset": name,
+                    "cadence": cadence.text,
+                    "timezone": store.settings.schedule.timezone,
+                    "last_success": last,
+                    "next_runs": ([due] if due else []) + upcoming,
+                }
+            )
+        _emit(rows, pretty=True)
+
+
+@main.command()
+@click.argument("datasets", nargs=-1)
+@click.pass_obj
+def worker(obj: _Context, datasets: tuple[str, ...]) -> None:
+    """Run the real-time follower and the scheduled refreshes until stopped (Ctrl-C, TERM)."""
+    import signal
+    import threading
+
+    from profilestore.worker import Worker
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with _errors(), obj.open() as store, Worker(store, list(datasets) or None) as running:
+        stderr.print(
+            f"worker {store.projector.holder}: real time {', '.join(running.realtime) or '-'}; "
+            f"scheduled {', '.join(running.scheduled) or '-'}"
+        )
+        while not stop.wait(1.0):
+            pass
+        stderr.print("stopping: finishing the current batch")
 
 
 @main.command()
@@ -246,11 +376,21 @@ def rebuild(obj: _Context, datasets: tuple[str, ...]) -> None:
 @click.argument("customer_id")
 @click.option("--datasets", default=None, help="Comma-separated datasets (default: all).")
 @click.option("--pretty/--compact", default=True, help="Indent the JSON (default: pretty).")
+@click.option("--freshness", is_flag=True, help="Add how far behind the log head each dataset is.")
 @click.pass_obj
-def profile(obj: _Context, customer_id: str, datasets: str | None, pretty: bool) -> None:
+def profile(
+    obj: _Context, customer_id: str, datasets: str | None, pretty: bool, freshness: bool
+) -> None:
     """Print the profile of CUSTOMER_ID as JSON."""
     with _errors(), obj.open() as store:
-        _emit(store.profile(customer_id, _split(datasets)), pretty=pretty)
+        found = store.profile(customer_id, _split(datasets))
+        if freshness:
+            _emit(
+                {**msgspec.to_builtins(found), "staleness": store.freshness(list(found.sections))},
+                pretty=pretty,
+            )
+        else:
+            _emit(found, pretty=pretty)
 
 
 @main.command()

@@ -255,16 +255,18 @@ class Projector:
         report.start, report.high_water = start, high_water
         return self._report(report, runs)
 
-    def apply(self, names: Sequence[str], page: Sequence[Notified]) -> PassReport:
+    def apply(self, names: Sequence[str], page: Sequence[Notified], through: int) -> PassReport:
         """Fold one page of events (in notification order) into live ``names`` and write it.
 
-        For the real-time follower, which holds the leases and hands over what it read.
+        ``through`` is the log position the page covers (every event of ``names`` up to
+        it is in the page), which tracking advances to. For the real-time follower, which
+        holds the leases and hands over what it read.
         """
         runs = self._start(names, staging=False, strict=False)
-        report = self._fold_pages(runs, [page], staging=False, strict=False)
-        if page:
-            self._flush(runs, page[-1].notification_id, staging=False)
-            report.start, report.high_water = page[0].notification_id, page[-1].notification_id
+        report = self._fold_pages(runs, [page] if page else [], staging=False, strict=False)
+        self._flush(runs, through, staging=False)
+        report.start = page[0].notification_id if page else through
+        report.high_water = through
         return self._report(report, runs)
 
     def _start(

@@ -1,0 +1,113 @@
+"""The worker: the real-time follower plus every scheduled refresh, in one process.
+
+Jobs are built from the config when the worker starts (config is the source of truth:
+nothing about jobs is stored but their run records). Each scheduled dataset gets an
+APScheduler 3 job with ``coalesce`` (missed fires collapse into one), ``max_instances=1``
+and a misfire grace time. Its first run is due when :func:`~profilestore.schedule.next_due`
+says: immediately if the dataset never ran or missed a run while no worker was up
+(caught up from the stored last successful run), else at its next regular time.
+
+A run refreshes up to the log head as it is when the run starts, under the dataset's
+lease, so two workers on the same stores never refresh one dataset at the same time:
+the second one's run is recorded as skipped. Running a dataset twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from profilestore.follower import Follower
+from profilestore.projector import PassReport
+from profilestore.runs import Trigger
+from profilestore.schedule import next_due, parse_cadence, trigger
+from profilestore.store import ProfileStore
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, store: ProfileStore, datasets: Sequence[str] | None = None) -> None:
+        self.store = store
+        names = store.datasets(datasets)
+        self.cadences = {n: parse_cadence(store.cadence(n)) for n in names}
+        self.realtime = [n for n, c in self.cadences.items() if c.kind == "realtime"]
+        self.scheduled = [n for n, c in self.cadences.items() if c.scheduled]
+        self.follower = Follower(store, self.realtime) if self.realtime else None
+        settings = store.settings.schedule
+        self.scheduler = BackgroundScheduler(
+            timezone=store.timezone,
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": settings.misfire_grace_s,
+            },
+        )
+        self.reports: list[tuple[str, Trigger, PassReport | None]] = []
+
+    def jobs(self, now: dt.datetime) -> list[dict[str, Any]]:
+        """The jobs the config asks for: dataset, trigger and first run (catch-up aware)."""
+        planned = []
+        for name in self.scheduled:
+            cadence = self.cadences[name]
+            success = self.store.journal.last_success(name)
+            last = success.finished_at if success else None
+            first = next_due(cadence, self.store.timezone, last, now)
+            planned.append(
+                {
+                    "dataset": name,
+                    "trigger": trigger(cadence, self.store.timezone, last or now),
+                    "first_run": first,
+                    "catch_up": first is not None and first <= now,
+                }
+            )
+        return planned
+
+    def start(self) -> None:
+        now = self.store.clock()
+        for job in self.jobs(now):
+            self.scheduler.add_job(
+                self.run_dataset,
+                trigger=job["trigger"],
+                args=[job["dataset"], "catch-up" if job["catch_up"] else "schedule"],
+                id=job["dataset"],
+                name=f"refresh {job['dataset']}",
+                next_run_time=job["first_run"],
+            )
+        self.scheduler.start()
+        if self.follower is not None:
+            self.follower.start()
+
+    def stop(self) -> None:
+        """Let a running refresh finish, stop the follower at a batch boundary."""
+        self.scheduler.shutdown(wait=True)
+        if self.follower is not None:
+            self.follower.stop()
+
+    def __enter__(self) -> Worker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run_dataset(self, dataset: str, trigger: Trigger = "schedule") -> PassReport | None:
+        """One scheduled run; the scheduler calls this. Failures are recorded, not raised."""
+        if trigger == "catch-up":
+            job = self.scheduler.get_job(dataset)
+            if job is not None:
+                job.modify(args=[dataset, "schedule"])  # later fires are regular runs
+        try:
+            report = self.store.refresh([dataset], trigger=trigger)
+        except Exception:
+            log.exception("scheduled refresh of %s failed", dataset)
+            self.reports.append((dataset, trigger, None))
+            return None
+        if report.skipped_locked:
+            log.info("%s is being refreshed by another process; skipped", dataset)
+        self.reports.append((dataset, trigger, report))
+        return report
