@@ -154,3 +154,80 @@ def test_demo_runs_end_to_end_as_a_console_script(tmp_path: Path) -> None:
     assert figures["events_appended"] == figures["refresh_events_read"] > 1000
     assert output["sample_profile"]["customer_id"].startswith("cust-")
     assert "lookup_id_p50_us" in result.stderr
+
+
+def test_status_shows_lag_before_a_refresh_and_none_after(home: Path, tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(EVENTS) + "\n")
+    run(home, "ingest", str(events))
+    before = {r["dataset"]: r for r in json.loads(run(home, "status", "--json").stdout)}
+    assert before["carts"]["lag"]["events_behind"] > 0
+    assert before["carts"]["last_run"] is None
+    assert before["social"]["cadence"] == "cron 0 3 * * sun"
+    run(home, "refresh")
+    after = {r["dataset"]: r for r in json.loads(run(home, "status", "--json").stdout)}
+    assert after["carts"]["lag"] == after["carts"]["lag"] | {
+        "events_behind": 0,
+        "seconds_behind": 0.0,
+    }
+    assert after["carts"]["last_run"]["status"] == "succeeded"
+    assert after["orders"]["next_run"] is not None
+    table = run(home, "status")
+    assert table.returncode == 0 and "carts" in table.stdout and "realtime" in table.stdout
+
+
+def test_schedule_list_shows_sunday_0300_in_the_configured_zone(home: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["--home", str(home), "schedule", "list", "--count", "3"],
+        env={"PROFILESTORE_SCHEDULE__TIMEZONE": "Europe/Paris"},
+    )
+    assert result.exit_code == 0, result.stderr
+    rows = {r["dataset"]: r for r in json.loads(result.stdout)}
+    assert rows["carts"]["next_runs"] == []
+    assert rows["social"]["timezone"] == "Europe/Paris"
+    social = rows["social"]["next_runs"]
+    assert len(social) == 3
+    # Never ran: due now (catch-up), then Sundays 03:00 Paris time.
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    later = [datetime.fromisoformat(t).astimezone(ZoneInfo("Europe/Paris")) for t in social[1:]]
+    assert [t.strftime("%a %H:%M") for t in later] == ["Sun 03:00", "Sun 03:00"]
+
+
+def test_retry_dead_letters_with_nothing_parked_releases_nothing(home: Path) -> None:
+    result = run(home, "refresh", "carts", "--retry-dead-letters")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {"carts": {"released": 0, "still_failing": 0}}
+
+
+def test_worker_follows_real_time_datasets_and_stops_on_sigterm(home: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    script = Path(sys.executable).parent / "profilestore"
+    worker = subprocess.Popen(
+        [str(script), "--home", str(home), "worker", "carts", "identities", "orders"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        events = tmp_path / "events.jsonl"
+        events.write_text("\n".join(EVENTS) + "\n")
+        assert run(home, "ingest", str(events)).returncode == 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            found = run(home, "find", "--email", "ann@example.com", "--compact")
+            if found.returncode == 0 and "carts" in json.loads(found.stdout)["sections"]:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the worker did not apply the real-time datasets")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    assert "real time carts, identities; scheduled orders" in err
+    assert "Traceback" not in err
