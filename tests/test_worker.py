@@ -319,6 +319,8 @@ def test_the_follower_shows_new_events_in_lookups_quickly(
             # On PostgreSQL new events arrive through the library's LISTEN/NOTIFY subscription.
             assert (follower._subscription is not None) == (log_backend["name"] == "postgres")
         assert not follower.live
+        run = opened.journal.last_run("carts")
+        assert run is not None and (run.trigger, run.status) == ("follower", "succeeded")
         # It gave its leases back: a manual refresh is not skipped.
         assert opened.refresh(["carts"]).skipped_locked == []
 

@@ -25,9 +25,13 @@ from typing import Any
 from profilestore.errors import LeaseHeld
 from profilestore.eventlog import Notified, PostgresEventRecorder
 from profilestore.projector import PassReport
+from profilestore.runs import RunRecord, Status
 from profilestore.store import Freshness, ProfileStore
 
 log = logging.getLogger(__name__)
+
+RECORD_EVERY_S = 5.0
+"""How often the follower writes a run record per dataset (not per batch: too costly)."""
 
 
 class Follower:
@@ -56,6 +60,8 @@ class Follower:
         self._subscription_thread: threading.Thread | None = None
         self._pending: list[Notified] = []
         self._renewed = 0.0
+        self._recorded = 0.0
+        self._since_record = 0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -106,9 +112,12 @@ class Follower:
                 except Exception as error:  # keep following; report it
                     self.last_error = repr(error)
                     log.exception("follower pass failed; retrying")
+                    self._record("failed", repr(error))
                     self._stop.wait(1.0)
         finally:
             if self.leased:
+                if self._since_record:
+                    self._record("succeeded")
                 projector.release(self.datasets)
                 self.leased = False
 
@@ -188,7 +197,30 @@ class Follower:
         report = self.store.projector.apply(self.datasets, page, through)
         self.position = through
         self.applied += len(page)
+        self._since_record += len(page)
+        if time.monotonic() - self._recorded >= RECORD_EVERY_S:
+            self._record("succeeded")
         return report
+
+    def _record(self, status: Status, error: str | None = None) -> None:
+        """A run record per dataset, at most every few seconds: what ``status`` shows."""
+        now = self.store.clock()
+        for name in self.datasets:
+            self.store.journal.record(
+                RunRecord(
+                    dataset=name,
+                    trigger="follower",
+                    holder=self.store.projector.holder,
+                    started_at=now,
+                    finished_at=now,
+                    status=status,
+                    error=error,
+                    high_water=self.position,
+                    events_applied=self._since_record,
+                )
+            )
+        self._since_record = 0
+        self._recorded = time.monotonic()
 
     # --- lag ----------------------------------------------------------------------------
 
