@@ -426,13 +426,7 @@ class EventLog:
         topics: Sequence[str] = (),
     ) -> list[Notified]:
         """Like :meth:`read`, lean: what folding needs and nothing else."""
-        decode = self.mapper.decode
-        return [
-            Notified(notification_id, topic, decode(topic, state))
-            for notification_id, topic, state in self.recorder.select_states(
-                after, limit, until, topics
-            )
-        ]
+        return self._decoded(self.recorder.select_states(after, limit, until, topics))
 
     def customer_changes(
         self,
@@ -443,13 +437,12 @@ class EventLog:
         topics: Sequence[str] = (),
     ) -> list[Notified]:
         """One customer's events with notification ids in ``(after, until]``, in order."""
+        rows = self.recorder.select_stream_states(stream_id(customer_id), after, until, topics)
+        return self._decoded(rows)
+
+    def _decoded(self, rows: Sequence[tuple[int, str, bytes]]) -> list[Notified]:
         decode = self.mapper.decode
-        return [
-            Notified(notification_id, topic, decode(topic, state))
-            for notification_id, topic, state in self.recorder.select_stream_states(
-                stream_id(customer_id), after, until, topics
-            )
-        ]
+        return [Notified(nid, topic, decode(topic, state)) for nid, topic, state in rows]
 
     def stream(self, customer_id: str, *, after_version: int = 0) -> list[Event]:
         """Every event of one customer, oldest first."""
