@@ -30,6 +30,10 @@ from profilestore.store import Freshness, ProfileStore
 
 log = logging.getLogger(__name__)
 
+LOG_READ_EVERY_S = 0.5
+"""With a subscription, how often the log itself is read: to move tracking past events of
+datasets not followed, and as a safety net should the subscription miss a wake-up."""
+
 RECORD_EVERY_S = 5.0
 """How often the follower writes a run record per dataset (not per batch: too costly)."""
 
@@ -62,6 +66,7 @@ class Follower:
         self._renewed = 0.0
         self._recorded = 0.0
         self._since_record = 0
+        self._read_log_at = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -181,6 +186,9 @@ class Follower:
                     page.append(item)
             if page:
                 return page, page[-1].notification_id
+            if time.monotonic() - self._read_log_at < LOG_READ_EVERY_S:
+                return [], self.position  # the subscription is the source; idle
+        self._read_log_at = time.monotonic()
         # The head is read first: a short page then covers everything up to it, events
         # of datasets not followed included, so tracking can say "current".
         head = self.store.log.head()
