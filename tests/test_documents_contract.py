@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -998,3 +999,46 @@ def test_records_are_stored_listed_by_prefix_replaced_and_deleted(
     assert list(document_store.get_records("run")) == ["carts/success", "orders/last"]
     assert list(document_store.get_records("dead")) == ["carts/c1"]
     assert document_store.get_records("run", "car.") == {}
+
+
+def test_raw_and_async_reads_return_what_get_and_find_return(
+    document_store: DocumentStore,
+) -> None:
+    import asyncio
+
+    import msgspec
+
+    carts_write = SectionWrite("c1", carts(), 5)
+    document_store.write("carts", [carts_write], refreshed_at=T0)
+    document_store.write(
+        "identities", [identity_write("c1", 6, "email:a@example.com")], refreshed_at=T0
+    )
+    profile = document_store.get("c1")
+    assert profile is not None
+
+    def decoded(raw: Any) -> dict[str, Any]:
+        return {
+            n: msgspec.json.decode(r, type=document_store.schemas[n].section)
+            for n, r in raw.sections.items()
+        }
+
+    raw = document_store.get_raw("c1")
+    assert raw is not None and decoded(raw) == profile.sections
+    assert raw.freshness == profile.freshness
+
+    async def reads() -> tuple[Any, Any, list[str], list[str]]:
+        try:
+            return (
+                await document_store.aget_raw("c1", ["carts"]),
+                await document_store.aget_raw("nobody"),
+                await document_store.afind("email:a@example.com"),
+                await document_store.afind("email:b@example.com"),
+            )
+        finally:
+            await document_store.aclose()
+
+    only_carts, nobody, found, missing = asyncio.run(reads())
+    assert only_carts is not None and decoded(only_carts) == {"carts": carts_write.section}
+    assert [m.position for m in only_carts.freshness.values()] == [5]
+    assert nobody is None
+    assert (found, missing) == (["c1"], [])

@@ -20,7 +20,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -70,6 +70,32 @@ class ScheduleSettings(Strict, frozen=True, kw_only=True):
             zone(self.timezone)
         except CadenceError as e:
             raise ValueError(f"`timezone`: {e}") from None
+
+
+Scope = Literal["ingest", "read", "audit", "admin"]
+
+
+class ApiKey(Strict, frozen=True, kw_only=True):
+    """A client of the HTTP API. Only the key's SHA-256 is configured, never the key."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+    scopes: list[Scope]
+
+
+class ApiSettings(Strict, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 5_000_000
+    """Larger request bodies get 413."""
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    """Most events in one POST /v1/events; more get 422."""
+    keys: list[ApiKey] = msgspec.field(default_factory=list)
+    """``profilestore api-key new NAME --scopes read,ingest`` prints a key and its entry."""
+    anonymous_scopes: list[Scope] = msgspec.field(default_factory=list)
+    """Scopes granted without a key (e.g. ["read"] on a trusted network); none by default."""
+    freshness_interval_ms: Annotated[int, msgspec.Meta(ge=10)] = 250
+    """How often the API refreshes the lag it reports with profiles and in /metrics."""
 
 
 class ProjectorSettings(Strict, frozen=True, kw_only=True):
@@ -136,6 +162,7 @@ class Settings(Strict, frozen=True, kw_only=True):
     documents: DocumentSettings = msgspec.field(default_factory=DocumentSettings)
     projector: ProjectorSettings = msgspec.field(default_factory=ProjectorSettings)
     schedule: ScheduleSettings = msgspec.field(default_factory=ScheduleSettings)
+    api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     datasets: dict[str, DatasetSettings] = msgspec.field(default_factory=_default_datasets)
 
     @property

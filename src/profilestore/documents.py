@@ -57,6 +57,17 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     freshness: dict[str, SectionMeta]
 
 
+class RawProfile(msgspec.Struct, frozen=True, kw_only=True):
+    """A profile with each section as its stored JSON: served without decoding."""
+
+    customer_id: str
+    sections: dict[str, msgspec.Raw]
+    freshness: dict[str, SectionMeta]
+
+
+_RAW_ENCODER = msgspec.json.Encoder(decimal_format="string")
+
+
 class Tracking(msgspec.Struct, frozen=True, kw_only=True):
     """How far a dataset has been refreshed through the log, and when."""
 
@@ -77,6 +88,31 @@ class DocumentStore(ABC):
     @abstractmethod
     def find(self, lookup_key: str) -> list[str]:
         """Customer ids whose live sections carry ``lookup_key``, sorted."""
+
+    def get_raw(self, customer_id: str, datasets: Sequence[str] | None = None) -> RawProfile | None:
+        """Like :meth:`get`, with sections as JSON (adapters that store JSON skip decoding)."""
+        profile = self.get(customer_id, datasets)
+        if profile is None:
+            return None
+        return RawProfile(
+            customer_id=customer_id,
+            sections={n: msgspec.Raw(_RAW_ENCODER.encode(s)) for n, s in profile.sections.items()},
+            freshness=profile.freshness,
+        )
+
+    async def aget_raw(
+        self, customer_id: str, datasets: Sequence[str] | None = None
+    ) -> RawProfile | None:
+        """:meth:`get_raw` for an event loop. The default runs inline: an adapter whose
+        reads may block for long (a network round trip) overrides it."""
+        return self.get_raw(customer_id, datasets)
+
+    async def afind(self, lookup_key: str) -> list[str]:
+        """:meth:`find` for an event loop; see :meth:`aget_raw`."""
+        return self.find(lookup_key)
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release what the async methods opened (called from the event loop)."""
 
     @abstractmethod
     def load(

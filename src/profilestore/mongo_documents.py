@@ -27,7 +27,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
-from pymongo import MongoClient, ReturnDocument, UpdateOne
+from pymongo import AsyncMongoClient, MongoClient, ReturnDocument, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -36,6 +37,7 @@ from profilestore.documents import (
     DatasetSchema,
     DocumentStore,
     Profile,
+    RawProfile,
     SectionMeta,
     SectionWrite,
     StoredSection,
@@ -45,6 +47,7 @@ from profilestore.documents import (
 )
 
 DUPLICATE_KEY = 11000
+_JSON = msgspec.json.Encoder(decimal_format="string")
 _CHUNK = 1000
 
 
@@ -80,11 +83,60 @@ class MongoDocumentStore(DocumentStore):
     ) -> MongoDocumentStore:
         client: MongoClient[dict[str, Any]] = MongoClient(url, tz_aware=True)
         database = client.get_default_database("profilestore")
-        return cls(database, schemas, collection=collection, client=client)
+        store = cls(database, schemas, collection=collection, client=client)
+        store._url = url
+        return store
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+    # --- the async read path (HTTP API) -------------------------------------------------
+
+    _url: str | None = None
+    _async_client: AsyncMongoClient[dict[str, Any]] | None = None
+
+    def _async_collection(self) -> AsyncCollection[dict[str, Any]] | None:
+        """The profiles collection through pymongo's async client, opened on first use
+        (it binds to the running event loop); None when built from a database object."""
+        if self._url is None:
+            return None
+        if self._async_client is None:
+            self._async_client = AsyncMongoClient(self._url, tz_aware=True)
+        database = self._async_client.get_default_database("profilestore")
+        return database[self.profiles.name]
+
+    async def aget_raw(
+        self, customer_id: str, datasets: Sequence[str] | None = None
+    ) -> RawProfile | None:
+        collection = self._async_collection()
+        if collection is None:
+            return self.get_raw(customer_id, datasets)
+        names = self._names(datasets)
+        document = await collection.find_one({"_id": customer_id}, self._projection(names))
+        if document is None:
+            return None
+        meta = document.get("_meta") or {}
+        present = [name for name in names if name in meta]
+        if not present:
+            return None
+        return RawProfile(
+            customer_id=customer_id,
+            sections={n: msgspec.Raw(_JSON.encode(document.get(n, {}))) for n in present},
+            freshness={n: self._meta(meta[n]) for n in present},
+        )
+
+    async def afind(self, lookup_key: str) -> list[str]:
+        collection = self._async_collection()
+        if collection is None:
+            return self.find(lookup_key)
+        cursor = collection.find(self._find_query(lookup_key), {"_id": 1})
+        return sorted([str(d["_id"]) async for d in cursor])
+
+    async def aclose(self) -> None:
+        if self._async_client is not None:
+            await self._async_client.close()
+            self._async_client = None
 
     # --- codecs -------------------------------------------------------------------------
 
@@ -97,12 +149,27 @@ class MongoDocumentStore(DocumentStore):
 
     # --- reads --------------------------------------------------------------------------
 
-    def get(self, customer_id: str, datasets: Sequence[str] | None = None) -> Profile | None:
+    def _names(self, datasets: Sequence[str] | None) -> list[str]:
         names = list(datasets) if datasets is not None else list(self.schemas)
         for name in names:
             self.check_dataset(name)
-        projection = {name: 1 for name in names} | {f"_meta.{name}": 1 for name in names}
-        document = self.profiles.find_one({"_id": customer_id}, projection)
+        return names
+
+    @staticmethod
+    def _projection(names: Sequence[str]) -> dict[str, int]:
+        return {name: 1 for name in names} | {f"_meta.{name}": 1 for name in names}
+
+    @staticmethod
+    def _meta(meta: Mapping[str, Any]) -> SectionMeta:
+        return SectionMeta(position=meta["position"], refreshed_at=utc(meta["refreshed_at"]))
+
+    def _find_query(self, lookup_key: str) -> dict[str, Any]:
+        keyed = [name for name, schema in self.schemas.items() if schema.keyed]
+        return {"$or": [{f"_keys.{name}": lookup_key} for name in keyed]}
+
+    def get(self, customer_id: str, datasets: Sequence[str] | None = None) -> Profile | None:
+        names = self._names(datasets)
+        document = self.profiles.find_one({"_id": customer_id}, self._projection(names))
         if document is None:
             return None
         meta = document.get("_meta") or {}
@@ -112,21 +179,14 @@ class MongoDocumentStore(DocumentStore):
         return Profile(
             customer_id=customer_id,
             sections={name: self._decode(name, document.get(name, {})) for name in present},
-            freshness={
-                name: SectionMeta(
-                    position=meta[name]["position"],
-                    refreshed_at=utc(meta[name]["refreshed_at"]),
-                )
-                for name in present
-            },
+            freshness={name: self._meta(meta[name]) for name in present},
         )
 
     def find(self, lookup_key: str) -> list[str]:
-        keyed = [name for name, schema in self.schemas.items() if schema.keyed]
-        if not keyed:
+        if not any(schema.keyed for schema in self.schemas.values()):
             return []
-        query = {"$or": [{f"_keys.{name}": lookup_key} for name in keyed]}
-        return sorted(str(d["_id"]) for d in self.profiles.find(query, {"_id": 1}))
+        cursor = self.profiles.find(self._find_query(lookup_key), {"_id": 1})
+        return sorted(str(d["_id"]) for d in cursor)
 
     def load(
         self, dataset: str, customer_ids: Iterable[str], *, staging: bool = False
