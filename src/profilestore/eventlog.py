@@ -444,9 +444,13 @@ class EventLog:
         decode = self.mapper.decode
         return [Notified(nid, topic, decode(topic, state)) for nid, topic, state in rows]
 
-    def stream(self, customer_id: str, *, after_version: int = 0) -> list[Event]:
-        """Every event of one customer, oldest first."""
-        stored = self.recorder.select_events(stream_id(customer_id), gt=after_version or None)
+    def stream(
+        self, customer_id: str, *, after_version: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        """One customer's events after a stream version, oldest first."""
+        stored = self.recorder.select_events(
+            stream_id(customer_id), gt=after_version or None, limit=limit
+        )
         return [self.mapper.from_stored(s) for s in stored]
 
     def close(self) -> None:
