@@ -331,22 +331,135 @@ def schedule_list(obj: _Context, count: int) -> None:
 @click.pass_obj
 def worker(obj: _Context, datasets: tuple[str, ...]) -> None:
     """Run the real-time follower and the scheduled refreshes until stopped (Ctrl-C, TERM)."""
+    from profilestore.worker import Worker
+
+    with _errors(), obj.open() as store, Worker(store, list(datasets) or None) as running:
+        _announce(store, running)
+        _wait_for_signal()
+        stderr.print("stopping: finishing the current batch")
+
+
+def _announce(store: ProfileStore, running: Any) -> None:
+    stderr.print(
+        f"worker {store.projector.holder}: real time {', '.join(running.realtime) or '-'}; "
+        f"scheduled {', '.join(running.scheduled) or '-'}"
+    )
+
+
+def _wait_for_signal() -> None:
     import signal
     import threading
-
-    from profilestore.worker import Worker
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with _errors(), obj.open() as store, Worker(store, list(datasets) or None) as running:
-        stderr.print(
-            f"worker {store.projector.holder}: real time {', '.join(running.realtime) or '-'}; "
-            f"scheduled {', '.join(running.scheduled) or '-'}"
+    while not stop.wait(1.0):
+        pass
+
+
+@main.command()
+@click.option(
+    "--role",
+    type=click.Choice(["all", "api", "worker"]),
+    default="all",
+    show_default=True,
+    help="all: API, follower and scheduler in one process; api or worker alone.",
+)
+@click.option("--host", default=None, help="Address to listen on (default: api.host).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=None, help="Port (default: api.port)."
+)
+@click.pass_obj
+def serve(obj: _Context, role: str, host: str | None, port: int | None) -> None:
+    """Serve the HTTP API (and keep the datasets fresh) until stopped.
+
+    Several `--role api` processes can share the stores; run one `--role worker` (a second
+    one waits on standby: datasets are locked by whoever refreshes them). On TERM or
+    Ctrl-C, requests in flight finish and the follower stops at a batch boundary.
+    """
+    import uvicorn
+
+    from profilestore.api import configure_logging, create_app
+    from profilestore.worker import Worker
+
+    configure_logging()
+    with _errors(), obj.open() as store:
+        if role == "worker":
+            with Worker(store) as running:
+                _announce(store, running)
+                _wait_for_signal()
+            return
+        background = Worker(store) if role == "all" else None
+        config = uvicorn.Config(
+            create_app(store),
+            host=host or store.settings.api.host,
+            port=store.settings.api.port if port is None else port,
+            access_log=False,  # ours logs route templates; uvicorn's would log query strings
+            log_config=None,
+            timeout_graceful_shutdown=30,
+            lifespan="on",
         )
-        while not stop.wait(1.0):
-            pass
-        stderr.print("stopping: finishing the current batch")
+        if background is not None:
+            background.start()
+            _announce(store, background)
+        try:
+            uvicorn.Server(config).run()
+        finally:
+            if background is not None:
+                background.stop()
+
+
+@main.command()
+def openapi() -> None:
+    """Print the HTTP API's OpenAPI schema (what `openapi.json` in the repository holds)."""
+    import tempfile
+
+    from profilestore.api import create_app, openapi_document
+
+    with (
+        tempfile.TemporaryDirectory() as home,
+        open_store(load_settings(environ={}, home=home)) as store,
+    ):
+        document = openapi_document(create_app(store))
+    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(document), indent=2))
+    sys.stdout.write("\n")
+
+
+@main.group("api-key")
+def api_key() -> None:
+    """API keys for the HTTP API."""
+
+
+@api_key.command("new")
+@click.argument("name")
+@click.option(
+    "--scopes",
+    default="read",
+    show_default=True,
+    help="Comma-separated: ingest, read, audit, admin.",
+)
+def api_key_new(name: str, scopes: str) -> None:
+    """Print a new random key for NAME and the config entry that grants it SCOPES.
+
+    Only the key's SHA-256 goes into the config; give the key itself to the client.
+    """
+    import hashlib
+    import secrets
+
+    chosen = [s.strip() for s in scopes.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in ("ingest", "read", "audit", "admin")]
+    if unknown or not chosen:
+        raise click.UsageError(f"unknown scopes {unknown}: use ingest, read, audit, admin")
+    key = f"ps_{secrets.token_urlsafe(32)}"
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    quoted = ", ".join(f'"{s}"' for s in chosen)
+    sys.stdout.write(f"{key}\n")
+    sys.stdout.flush()
+    stderr.print(escape("Give the line above to the client. Add to [api] keys in the config:"))
+    stderr.print(
+        escape(f'  {{ name = "{name}", sha256 = "{digest}", scopes = [{quoted}] }}'),
+        highlight=False,
+    )
 
 
 @main.command()

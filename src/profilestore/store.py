@@ -78,7 +78,7 @@ class EventValidator:
         return events
 
     def _one(self, item: Any) -> Event:
-        if isinstance(item, bytes | str):
+        if isinstance(item, bytes | str | msgspec.Raw):
             event: Event = self._json.decode(item)
             return event
         if isinstance(item, Event):

@@ -1,0 +1,353 @@
+"""The HTTP API in process: every route, every error, keys and scopes, logs, metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from litestar.testing import TestClient
+
+from profilestore.api import create_app, openapi_document
+from profilestore.config import ApiKey, ApiSettings, Settings
+from profilestore.store import ProfileStore, open_store
+
+REPO = Path(__file__).parent.parent
+KEYS = {"all": "key-all", "reader": "key-reader", "ingester": "key-ingester"}
+SCOPES = {
+    "all": ["ingest", "read", "audit", "admin"],
+    "reader": ["read"],
+    "ingester": ["ingest"],
+}
+
+
+def headers(who: str = "all") -> dict[str, str]:
+    return {"X-API-Key": KEYS[who]}
+
+
+def event(event_id: str, customer_id: str = "ann", **fields: Any) -> dict[str, Any]:
+    return {
+        "type": "cart.item_added",
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "occurred_at": "2026-05-01T12:00:00Z",
+        "cart_id": "k1",
+        "sku": "S1",
+        "unit_price": "12.50",
+        "currency": "EUR",
+    } | fields
+
+
+def seen(event_id: str, customer_id: str, kind: str, value: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "type": "identifier.seen",
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "occurred_at": "2026-05-01T12:00:00Z",
+        "kind": kind,
+        "value": value,
+    } | fields
+
+
+def api_settings(settings: Settings, **changes: Any) -> Settings:
+    keys = [
+        ApiKey(name=who, sha256=hashlib.sha256(key.encode()).hexdigest(), scopes=SCOPES[who])  # type: ignore[arg-type]
+        for who, key in KEYS.items()
+    ]
+    api = msgspec.structs.replace(ApiSettings(), keys=keys, **changes)
+    return msgspec.structs.replace(settings, api=api)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[ProfileStore]:
+    with open_store(api_settings(settings, max_batch=5, max_body_bytes=20_000)) as opened:
+        yield opened
+
+
+@pytest.fixture
+def client(store: ProfileStore) -> Iterator[TestClient[Any]]:
+    with TestClient(create_app(store)) as test_client:
+        yield test_client
+
+
+def post_events(client: TestClient[Any], events: list[Any], who: str = "all") -> Any:
+    return client.post("/v1/events", json={"events": events}, headers=headers(who))
+
+
+# --- keys and scopes ------------------------------------------------------------------------
+
+PROTECTED = [
+    ("POST", "/v1/events", "ingest"),
+    ("GET", "/v1/profiles/ann", "read"),
+    ("GET", "/v1/profiles?email=ann@example.com", "read"),
+    ("GET", "/v1/profiles/ann/history", "audit"),
+    ("GET", "/v1/status", "admin"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "scope"), PROTECTED)
+def test_every_data_route_needs_a_key_with_its_scope(
+    client: TestClient[Any], method: str, path: str, scope: str
+) -> None:
+    body = {"json": {"events": []}} if method == "POST" else {}
+    missing = client.request(method, path, **body)
+    assert missing.status_code == 401
+    assert missing.json()["error"]["code"] == "unauthorized"
+    assert missing.headers["WWW-Authenticate"].startswith("ApiKey")
+    unknown = client.request(method, path, headers={"X-API-Key": "nope"}, **body)
+    assert unknown.status_code == 401
+    lacking = "reader" if scope != "read" else "ingester"
+    forbidden = client.request(method, path, headers=headers(lacking), **body)
+    assert forbidden.status_code == 403
+    assert scope in forbidden.json()["error"]["message"]
+    bearer = client.request(
+        method, path, headers={"Authorization": f"Bearer {KEYS['all']}"}, **body
+    )
+    assert bearer.status_code not in (401, 403)
+
+
+def test_anonymous_scopes_open_routes_without_a_key(settings: Settings) -> None:
+    with (
+        open_store(api_settings(settings, anonymous_scopes=["read"])) as opened,
+        TestClient(create_app(opened)) as client,
+    ):
+        assert client.get("/v1/profiles/ann").status_code == 404  # allowed, just absent
+        assert client.post("/v1/events", json={"events": []}).status_code == 401
+        assert client.get("/v1/profiles/ann", headers={"X-API-Key": "nope"}).status_code == 401
+
+
+def test_health_and_metrics_need_no_key(client: TestClient[Any]) -> None:
+    assert client.get("/health/live").json() == {"status": "ok"}
+    assert client.get("/health/ready").json() == {"status": "ready"}
+    assert client.get("/metrics").status_code == 200
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+def test_appending_says_what_was_new_and_what_was_a_duplicate(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    first = post_events(client, [event("e1"), event("e2")])
+    assert first.status_code == 200
+    assert first.json() == {"appended": 2, "duplicates": 0, "duplicate_event_ids": []}
+    again = post_events(client, [event("e2"), event("e3")])
+    assert again.json() == {"appended": 1, "duplicates": 1, "duplicate_event_ids": ["e2"]}
+    assert store.log.head() == 3
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "reason"),
+    [
+        ({"quantity": 0}, "events[2].quantity", "Expected `int` >= 1"),
+        ({"unit_price": "-1"}, "events[2].unit_price", "must be a finite amount >= 0"),
+        ({"currency": "euro"}, "events[2].currency", "regex"),
+        ({"type": "cart.exploded"}, "events[2].type", "Invalid value"),
+        ({"quantity": "2"}, "events[2].quantity", "Expected `int`, got `str`"),
+    ],
+)
+def test_an_invalid_event_rejects_the_batch_with_422_naming_the_field(
+    client: TestClient[Any], store: ProfileStore, bad: dict[str, Any], field: str, reason: str
+) -> None:
+    response = post_events(client, [event("ok1"), event("ok2"), event("bad", **bad)])
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert (error["code"], error["field"], error["index"]) == ("invalid_event", field, 2)
+    assert reason in error["reason"]
+    assert "nothing of it was appended" in error["message"]
+    assert store.log.head() == 0
+
+
+def test_batches_over_the_limit_get_422_and_bodies_over_it_413(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    too_many = post_events(client, [event(f"e{i}") for i in range(6)])
+    assert too_many.status_code == 422
+    assert too_many.json()["error"] == too_many.json()["error"] | {
+        "code": "batch_too_large",
+        "field": "events",
+    }
+    huge = client.post(
+        "/v1/events", headers=headers(), content=b'{"events": [' + b" " * 30_000 + b"]}"
+    )
+    assert huge.status_code == 413
+    assert huge.json()["error"]["code"] == "body_too_large"
+    assert store.log.head() == 0
+
+
+def test_a_body_that_is_not_a_batch_gets_400(client: TestClient[Any]) -> None:
+    for body in (b"{not json", b"[]", b'{"events": 3}', b'{"evnts": []}'):
+        response = client.post("/v1/events", headers=headers(), content=body)
+        assert response.status_code in (400, 422), body
+        assert "error" in response.json()
+
+
+# --- profiles -------------------------------------------------------------------------------
+
+
+def test_a_profile_by_id_has_sections_and_a_freshness_block_per_dataset(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    post_events(client, [event("e1"), seen("i1", "ann", "email", "Ann@Example.com")])
+    store.refresh()
+    client.app.state.freshness.refresh()
+    post_events(client, [event("e2", sku="S2")])  # not refreshed yet
+    client.app.state.freshness.refresh()
+    response = client.get("/v1/profiles/ann", headers=headers("reader"))
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body["sections"]) == {"carts", "identities"}
+    assert body["sections"]["carts"]["open"][0]["value"] == "12.50"
+    carts = body["freshness"]["carts"]
+    assert (carts["position"], carts["dataset_position"], carts["events_behind"]) == (1, 2, 1)
+    assert carts["seconds_behind"] >= 0
+    assert body["freshness"]["identities"]["events_behind"] == 0
+    only = client.get("/v1/profiles/ann?datasets=identities", headers=headers())
+    assert set(only.json()["sections"]) == {"identities"}
+
+
+def test_unknown_customers_and_datasets_get_json_errors(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    missing = client.get("/v1/profiles/nobody", headers=headers())
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "error": {"code": "not_found", "message": "no profile for customer 'nobody'"}
+    }
+    bad = client.get("/v1/profiles/ann?datasets=cart", headers=headers())
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "unknown_dataset"
+
+
+def test_profiles_are_found_by_any_identifier_normalised(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    post_events(
+        client,
+        [
+            seen("1", "ann", "email", "Ann@Example.com"),
+            seen("2", "ann", "phone", "+33 1 23 45 67 89"),
+            seen("3", "ann", "handle", "@AnnLee", network="instagram"),
+            seen("4", "ann", "device", "dev-9"),
+        ],
+    )
+    post_events(
+        client,
+        [
+            seen("5", "bob", "email", "family@example.com"),
+            seen("6", "cat", "email", "family@example.com"),
+        ],
+    )
+    store.refresh()
+    for query in (
+        "email=ANN@example.com",
+        "phone=%2B33123456789",
+        "handle=instagram:annlee",
+        "device=dev-9",
+    ):
+        found = client.get(f"/v1/profiles?{query}&datasets=identities", headers=headers())
+        assert found.status_code == 200, query
+        assert found.json()["customer_id"] == "ann"
+    shared = client.get("/v1/profiles?email=family@example.com", headers=headers())
+    assert shared.status_code == 409
+    assert "bob, cat" in shared.json()["error"]["message"]
+    assert "family@example.com" not in shared.text
+    assert client.get("/v1/profiles?email=x@example.com", headers=headers()).status_code == 404
+    assert client.get("/v1/profiles?email=not-an-email", headers=headers()).status_code == 400
+    assert client.get("/v1/profiles", headers=headers()).status_code == 400
+    two = client.get("/v1/profiles?email=a@b.co&device=d", headers=headers())
+    assert two.status_code == 400
+
+
+# --- history and status ---------------------------------------------------------------------
+
+
+def test_history_pages_through_a_customers_events_oldest_first(
+    client: TestClient[Any],
+) -> None:
+    post_events(client, [event(f"e{i}", metadata={"actor": "pos-7"}) for i in range(5)])
+    first = client.get("/v1/profiles/ann/history?limit=2", headers=headers()).json()
+    assert [e["event_id"] for e in first["events"]] == ["e0", "e1"]
+    assert first["events"][0]["metadata"] == {
+        "correlation_id": None,
+        "causation_id": None,
+        "actor": "pos-7",
+    }
+    assert first["events"][0]["recorded_at"] is not None
+    assert first["next_after"] == 2
+    last = client.get("/v1/profiles/ann/history?after=4&limit=2", headers=headers()).json()
+    assert [e["event_id"] for e in last["events"]] == ["e4"]
+    assert last["next_after"] is None
+    assert client.get("/v1/profiles/nobody/history", headers=headers()).status_code == 404
+    assert client.get("/v1/profiles/ann/history?limit=0", headers=headers()).status_code == 400
+
+
+def test_status_has_the_same_facts_as_the_cli(client: TestClient[Any], store: ProfileStore) -> None:
+    post_events(client, [event("e1")])
+    store.refresh(["carts"])
+    rows = {r["dataset"]: r for r in client.get("/v1/status", headers=headers()).json()}
+    assert rows["carts"]["last_run"]["status"] == "succeeded"
+    assert rows["carts"]["cadence"] == "realtime"
+    assert rows["orders"]["lag"]["events_behind"] == 0
+
+
+def test_ready_fails_when_a_store_does_not_answer(
+    client: TestClient[Any], store: ProfileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> int:
+        raise ConnectionError("down")
+
+    monkeypatch.setattr(store.log, "head", broken)
+    response = client.get("/health/ready")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "reason": "ConnectionError"}
+
+
+# --- observability --------------------------------------------------------------------------
+
+
+def test_metrics_count_events_and_requests_by_route_template(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    post_events(client, [event("e1"), event("e2")])
+    post_events(client, [event("e2")])
+    post_events(client, [event("bad", quantity=0)])
+    client.get("/v1/profiles/ann", headers=headers())
+    client.app.state.freshness.refresh_status()
+    text = client.get("/metrics").text
+    assert "profilestore_events_ingested_total 2.0" in text
+    assert "profilestore_events_duplicate_total 1.0" in text
+    assert 'route="/v1/profiles/{customer_id}"' in text
+    assert 'profilestore_projection_lag_events{dataset="carts"} 2.0' in text
+    assert "ann" not in text
+
+
+def test_logs_name_routes_never_identifiers_keys_or_bodies(
+    client: TestClient[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="profilestore.access"):
+        post_events(client, [seen("s1", "cust-secret", "email", "secret@example.com")])
+        client.get("/v1/profiles?email=secret@example.com", headers=headers())
+        client.get("/v1/profiles/cust-secret", headers=headers())
+    records = [r for r in caplog.records if r.name == "profilestore.access"]
+    assert [(r.method, r.route, r.status) for r in records] == [  # type: ignore[attr-defined]
+        ("POST", "/v1/events", 200),
+        ("GET", "/v1/profiles", 404),
+        ("GET", "/v1/profiles/{customer_id}", 404),
+    ]
+    logged = json.dumps([vars(r) for r in caplog.records], default=str)
+    for secret in ("secret@example.com", "cust-secret", KEYS["all"]):
+        assert secret not in logged
+
+
+def test_committed_openapi_schema_matches_the_app(store: ProfileStore) -> None:
+    committed = json.loads((REPO / "openapi.json").read_text())
+    current = json.loads(msgspec.json.encode(openapi_document(create_app(store))))
+    assert current == committed, (
+        "the API changed: if intended, run `profilestore openapi > openapi.json` and commit it"
+    )
