@@ -377,6 +377,8 @@ def serve(obj: _Context, role: str, host: str | None, port: int | None) -> None:
     one waits on standby: datasets are locked by whoever refreshes them). On TERM or
     Ctrl-C, requests in flight finish and the follower stops at a batch boundary.
     """
+    import signal
+
     import uvicorn
 
     from profilestore.api import configure_logging, create_app
@@ -402,6 +404,11 @@ def serve(obj: _Context, role: str, host: str | None, port: int | None) -> None:
         if background is not None:
             background.start()
             _announce(store, background)
+        # uvicorn shuts down gracefully on TERM/INT, then re-raises the signal to the
+        # handler it found: make that one ours, so the worker is stopped cleanly below.
+        stopped: list[int] = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda number, _: stopped.append(number))
         try:
             uvicorn.Server(config).run()
         finally:
