@@ -351,3 +351,34 @@ def test_committed_openapi_schema_matches_the_app(store: ProfileStore) -> None:
     assert current == committed, (
         "the API changed: if intended, run `profilestore openapi > openapi.json` and commit it"
     )
+
+
+@pytest.mark.mongo_wire
+def test_profiles_are_served_from_mongodb_through_the_async_client(
+    settings: Settings, mongo_wire_uri: str
+) -> None:
+    import uuid
+
+    from pymongo import MongoClient
+
+    database = f"profilestore_api_{uuid.uuid4().hex[:8]}"
+    on_mongo = msgspec.structs.replace(
+        api_settings(settings),
+        documents=msgspec.structs.replace(
+            settings.documents, url=f"{mongo_wire_uri.rstrip('/')}/{database}"
+        ),
+    )
+    try:
+        with open_store(on_mongo) as opened, TestClient(create_app(opened)) as client:
+            post_events(client, [event("e1"), seen("i1", "ann", "email", "Ann@Example.com")])
+            opened.refresh(["carts", "identities"])
+            by_id = client.get("/v1/profiles/ann", headers=headers())
+            assert by_id.status_code == 200
+            assert by_id.json()["sections"]["carts"]["open"][0]["value"] == "12.50"
+            by_email = client.get("/v1/profiles?email=ann@example.com", headers=headers())
+            assert by_email.json()["customer_id"] == "ann"
+            assert opened.documents._async_client is not None  # the async path served it
+    finally:
+        cleanup: MongoClient[dict[str, Any]] = MongoClient(mongo_wire_uri)
+        cleanup.drop_database(database)
+        cleanup.close()
