@@ -1,0 +1,134 @@
+"""The HTTP API: Litestar with msgspec Structs end to end.
+
+Thin edge: handlers parse, call :class:`~profilestore.store.ProfileStore`, render. HTTP
+status codes are mapped from profilestore's errors here and nowhere else.
+
+- Profiles are served from the stored section JSON as is (``msgspec.Raw``): a lookup is
+  one document-store read and no decode/encode of the sections. The freshness block
+  comes from a snapshot of each dataset's lag that a background task refreshes every
+  ``api.freshness_interval_ms``, so it costs the request nothing.
+- Blocking work (appends, status, history) runs on worker threads; embedded lookups run
+  inline (tens of microseconds); MongoDB lookups use pymongo's async client.
+- API keys are configured as SHA-256 digests with scopes (ingest, read, audit, admin);
+  a key is never logged or echoed. The access log and metrics name the route template,
+  never the path, the query string, a body or an identifier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from litestar import Litestar
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from profilestore.api.errors import (
+    handle_ambiguous,
+    handle_http,
+    handle_invalid_event,
+    handle_not_found,
+    handle_profilestore,
+    handle_unexpected,
+    handle_validation,
+)
+from profilestore.api.observability import (
+    FreshnessSnapshot,
+    JsonLogFormatter,
+    Metrics,
+    access_middleware,
+    configure_logging,
+)
+from profilestore.api.routes import (
+    append_events,
+    find_profile,
+    get_history,
+    get_profile,
+    get_status,
+    live,
+    metrics,
+    ready,
+)
+from profilestore.api.security import API_KEY_HEADER, Keys
+from profilestore.errors import AmbiguousIdentifier, InvalidEvent, NotFound, ProfileStoreError
+from profilestore.store import ProfileStore
+
+__all__ = ["JsonLogFormatter", "configure_logging", "create_app", "openapi_document"]
+
+# --- the app --------------------------------------------------------------------------------
+
+
+def openapi_document(app: Litestar) -> dict[str, Any]:
+    """The app's OpenAPI schema as committed in ``openapi.json`` (CI checks for drift)."""
+    document: dict[str, Any] = app.openapi_schema.to_schema()
+    return document
+
+
+def create_app(store: ProfileStore) -> Litestar:
+    """The API over ``store``; the caller closes the store after the app stops."""
+    settings = store.settings.api
+    metrics_ = Metrics()
+    snapshot = FreshnessSnapshot(store, metrics_)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(snapshot.refresh)
+        task = asyncio.create_task(snapshot.run(settings.freshness_interval_ms / 1000))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await store.documents.aclose()
+
+    app = Litestar(
+        route_handlers=[
+            append_events,
+            get_profile,
+            find_profile,
+            get_history,
+            get_status,
+            live,
+            ready,
+            metrics,
+        ],
+        lifespan=[lifespan],
+        middleware=[access_middleware],
+        request_max_body_size=settings.max_body_bytes,
+        exception_handlers={
+            InvalidEvent: handle_invalid_event,
+            ValidationException: handle_validation,
+            NotFoundException: handle_not_found,
+            NotFound: handle_not_found,
+            AmbiguousIdentifier: handle_ambiguous,
+            ProfileStoreError: handle_profilestore,
+            HTTPException: handle_http,
+            Exception: handle_unexpected,
+        },
+        openapi_config=OpenAPIConfig(
+            title="profilestore",
+            version="1",
+            description="An event-sourced customer-profile store.",
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "apiKey": SecurityScheme(
+                        type="apiKey", name=API_KEY_HEADER, security_scheme_in="header"
+                    ),
+                }
+            ),
+            security=[{"apiKey": []}],
+        ),
+        logging_config=None,
+        debug=False,
+    )
+    app.state.store = store
+    app.state.api_keys = Keys(settings.keys, list(settings.anonymous_scopes))
+    app.state.metrics = metrics_
+    app.state.freshness = snapshot
+    return app

@@ -1,0 +1,75 @@
+"""Request and response bodies of the HTTP API, and the JSON error shape."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Response
+
+from profilestore.events import AnyEvent
+
+log = logging.getLogger(__name__)
+
+
+# --- bodies ---------------------------------------------------------------------------------
+
+
+class EventBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A batch of events: all are appended, or none."""
+
+    events: list[AnyEvent]
+
+
+class _RawBatch(msgspec.Struct, frozen=True):
+    events: list[msgspec.Raw]
+
+
+class AppendResponse(msgspec.Struct, frozen=True):
+    appended: int
+    duplicates: int
+    duplicate_event_ids: list[str]
+
+
+class DatasetFreshness(msgspec.Struct, frozen=True):
+    """How fresh one section is: what it covers, and how far the log has moved on."""
+
+    position: int
+    """Log position of the last event folded into this section."""
+    refreshed_at: str
+    dataset_position: int
+    """How far the dataset as a whole has been refreshed through the log."""
+    events_behind: int
+    seconds_behind: float
+
+
+class ProfileResponse(msgspec.Struct, frozen=True):
+    customer_id: str
+    sections: dict[str, Any]
+    freshness: dict[str, DatasetFreshness]
+
+
+class HistoryPage(msgspec.Struct, frozen=True):
+    customer_id: str
+    events: list[Any]
+    next_after: int | None
+    """Pass as ``after`` for the next page; null on the last page."""
+
+
+class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
+    code: str
+    message: str
+    field: str | None = None
+    index: int | None = None
+    reason: str | None = None
+
+
+class ErrorResponse(msgspec.Struct, frozen=True):
+    error: ErrorBody
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> Response[ErrorResponse]:
+    return Response(
+        ErrorResponse(ErrorBody(code=code, message=message, **extra)), status_code=status
+    )

@@ -1,0 +1,106 @@
+"""Errors to HTTP answers: the one place status codes are chosen."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from profilestore.api.bodies import ErrorResponse, _error
+from profilestore.api.routes import BatchTooLarge
+from profilestore.api.security import API_KEY_HEADER
+from profilestore.errors import (
+    AmbiguousIdentifier,
+    InvalidEvent,
+    ProfileStoreError,
+    UnknownDataset,
+)
+
+log = logging.getLogger(__name__)
+_ITEM = re.compile(r"^events\[(\d+)\](.*)$")
+_LEADING_FIELD = re.compile(r"^`(\w+)`")
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def handle_invalid_event(_: Request[Any, Any, Any], error: InvalidEvent) -> Response[ErrorResponse]:
+    return _error(
+        422, "invalid_event", str(error), field=error.field, index=error.index, reason=error.reason
+    )
+
+
+def handle_validation(
+    _: Request[Any, Any, Any], error: ValidationException
+) -> Response[ErrorResponse]:
+    # A body that does not decode into events: name the event and field, as the Python API.
+    for item in error.extra if isinstance(error.extra, list) else []:
+        key = str(item.get("key", "")) if isinstance(item, Mapping) else ""
+        message = str(item.get("message", "")) if isinstance(item, Mapping) else ""
+        matched = _ITEM.match(key)
+        if matched:
+            index = int(matched.group(1))
+            field = key
+            named = _LEADING_FIELD.match(message)
+            if not matched.group(2) and named:
+                field = f"{key}.{named.group(1)}"
+            return _error(
+                422,
+                "invalid_event",
+                f"event {index} is invalid at `{field}`: {message}; the batch was rejected "
+                "and nothing of it was appended",
+                field=field,
+                index=index,
+                reason=message,
+            )
+        if key:
+            return _error(400, "invalid_request", f"{key}: {message}", field=key, reason=message)
+    return _error(400, "invalid_request", error.detail)
+
+
+def handle_not_found(_: Request[Any, Any, Any], error: Exception) -> Response[ErrorResponse]:
+    detail = error.detail if isinstance(error, HTTPException) else str(error)
+    return _error(404, "not_found", detail)
+
+
+def handle_ambiguous(
+    _: Request[Any, Any, Any], error: AmbiguousIdentifier
+) -> Response[ErrorResponse]:
+    return _error(
+        409,
+        "ambiguous_identifier",
+        f"{len(error.customer_ids)} customers hold this {error.kind}: "
+        f"{', '.join(error.customer_ids[:20])}",
+    )
+
+
+def handle_profilestore(
+    _: Request[Any, Any, Any], error: ProfileStoreError
+) -> Response[ErrorResponse]:
+    if isinstance(error, BatchTooLarge):
+        return _error(422, "batch_too_large", str(error), field="events")
+    if isinstance(error, UnknownDataset):
+        return _error(400, "unknown_dataset", str(error), field="datasets")
+    return _error(500, "internal_error", "the request failed; see the server log")
+
+
+def handle_http(_: Request[Any, Any, Any], error: HTTPException) -> Response[ErrorResponse]:
+    codes = {
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "body_too_large",
+    }
+    response = _error(error.status_code, codes.get(error.status_code, "http_error"), error.detail)
+    if error.status_code == 401:
+        response.headers["WWW-Authenticate"] = f'ApiKey header="{API_KEY_HEADER}"'
+    return response
+
+
+def handle_unexpected(_: Request[Any, Any, Any], error: Exception) -> Response[ErrorResponse]:
+    log.error("unhandled %s", type(error).__name__, exc_info=error)
+    return _error(500, "internal_error", "the request failed; see the server log")

@@ -1,0 +1,205 @@
+"""The route handlers: parse, call the ProfileStore, render."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+from litestar import MediaType, Request, Response, get, post
+from litestar.exceptions import NotFoundException, ValidationException
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from prometheus_client import generate_latest
+
+from profilestore.api.bodies import (
+    AppendResponse,
+    EventBatch,
+    HistoryPage,
+    ProfileResponse,
+    _RawBatch,
+)
+from profilestore.api.observability import FreshnessSnapshot, Metrics
+from profilestore.api.security import require
+from profilestore.errors import (
+    AmbiguousIdentifier,
+    InvalidEvent,
+    ProfileStoreError,
+)
+from profilestore.eventlog import event_json
+from profilestore.events import normalise_identifier
+from profilestore.store import DatasetStatus, ProfileStore
+
+MAX_VERSION = 2**53
+"""Largest stream version a client may name (well inside every store's integers)."""
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+def _store(request: Request[Any, Any, Any]) -> ProfileStore:
+    store: ProfileStore = request.app.state.store
+    return store
+
+
+def _datasets(store: ProfileStore, datasets: str | None) -> list[str] | None:
+    if not datasets:
+        return None
+    return store.datasets([d.strip() for d in datasets.split(",") if d.strip()])
+
+
+@post("/v1/events", guards=[require("ingest")], status_code=200, summary="Append a batch")
+async def append_events(
+    request: Request[Any, Any, Any], data: JSONBody[EventBatch]
+) -> AppendResponse:
+    """Append a batch of events, all or nothing; events already stored count as duplicates.
+
+    An invalid event rejects the whole batch with 422 naming `events[i].field` and the
+    reason; nothing of the batch is appended. Retrying a batch is always safe.
+    """
+    store = _store(request)
+    metrics: Metrics = request.app.state.metrics
+    limit = store.settings.api.max_batch
+    if len(data.events) > limit:
+        metrics.rejected.inc(len(data.events))
+        raise BatchTooLarge(len(data.events), limit)
+    # Litestar converts bodies leniently ("2" passes for 2): validate the raw events
+    # exactly as the Python API and the CLI do, so all three reject the same input.
+    raw = msgspec.json.decode(await request.body(), type=_RawBatch)
+    try:
+        result = await anyio.to_thread.run_sync(store.append, raw.events)
+    except InvalidEvent:
+        metrics.rejected.inc(len(data.events))
+        raise
+    metrics.ingested.inc(result.appended)
+    metrics.duplicates.inc(result.duplicates)
+    return AppendResponse(result.appended, result.duplicates, result.duplicate_event_ids)
+
+
+class BatchTooLarge(ProfileStoreError):
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+        super().__init__(f"the batch has {size} events; at most {limit} are accepted")
+
+
+def _profile_response(
+    request: Request[Any, Any, Any], customer_id: str, raw: Any
+) -> ProfileResponse:
+    snapshot: FreshnessSnapshot = request.app.state.freshness
+    return ProfileResponse(
+        customer_id=customer_id,
+        sections=raw.sections,
+        freshness={name: snapshot.block(name, meta) for name, meta in raw.freshness.items()},
+    )
+
+
+@get("/v1/profiles/{customer_id:str}", guards=[require("read")], summary="A profile by id")
+async def get_profile(
+    request: Request[Any, Any, Any],
+    customer_id: FromPath[str],
+    datasets: FromQuery[str | None] = None,
+) -> ProfileResponse:
+    """The customer's profile (only `datasets`, comma-separated, if given) with a
+    freshness block per dataset."""
+    store = _store(request)
+    raw = await store.documents.aget_raw(customer_id, _datasets(store, datasets))
+    if raw is None:
+        raise NotFoundException(detail=f"no profile for customer {customer_id!r}")
+    return _profile_response(request, customer_id, raw)
+
+
+@get("/v1/profiles", guards=[require("read")], summary="A profile by identifier")
+async def find_profile(
+    request: Request[Any, Any, Any],
+    email: FromQuery[str | None] = None,
+    phone: FromQuery[str | None] = None,
+    handle: FromQuery[str | None] = None,
+    device: FromQuery[str | None] = None,
+    datasets: FromQuery[str | None] = None,
+) -> ProfileResponse:
+    """The profile holding one identifier: `email`, `phone`, `handle` (network:handle)
+    or `device`. Values are normalised as on ingest. 409 if several customers hold it."""
+    given = {
+        k: v
+        for k, v in {"email": email, "phone": phone, "handle": handle, "device": device}.items()
+        if v is not None
+    }
+    if len(given) != 1:
+        raise ValidationException(detail="give exactly one of email, phone, handle, device")
+    ((kind, value),) = given.items()
+    store = _store(request)
+    names = _datasets(store, datasets)
+    network, handle_value = None, value
+    if kind == "handle":
+        network, _, handle_value = value.partition(":")
+    try:
+        key = normalise_identifier(kind, handle_value, network or None)
+    except ValueError as e:
+        raise ValidationException(detail=f"{kind}: {e}") from None
+    customer_ids = await store.documents.afind(key)
+    if not customer_ids:
+        raise NotFoundException(detail=f"no profile has this {kind}")
+    if len(customer_ids) > 1:
+        raise AmbiguousIdentifier(kind, "(value withheld)", customer_ids)
+    raw = await store.documents.aget_raw(customer_ids[0], names)
+    if raw is None:
+        raise NotFoundException(detail=f"no profile has this {kind}")
+    return _profile_response(request, customer_ids[0], raw)
+
+
+@get(
+    "/v1/profiles/{customer_id:str}/history",
+    guards=[require("audit")],
+    summary="A customer's events",
+)
+async def get_history(
+    request: Request[Any, Any, Any],
+    customer_id: FromPath[str],
+    after: Annotated[int, QueryParameter(ge=0, le=MAX_VERSION)] = 0,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+) -> HistoryPage:
+    """The customer's events, oldest first, with envelope and metadata, `limit` (1-1000)
+    per page after stream version `after`."""
+    store = _store(request)
+    events = await anyio.to_thread.run_sync(
+        lambda: store.log.stream(customer_id, after_version=after, limit=limit + 1)
+    )
+    if not events and after == 0:
+        raise NotFoundException(detail=f"no events for customer {customer_id!r}")
+    page = events[:limit]
+    return HistoryPage(
+        customer_id=customer_id,
+        events=[msgspec.Raw(event_json(e)) for e in page],
+        next_after=after + limit if len(events) > limit else None,
+    )
+
+
+@get("/v1/status", guards=[require("admin")], summary="Datasets' refresh status")
+async def get_status(request: Request[Any, Any, Any]) -> list[DatasetStatus]:
+    """Per dataset: cadence, last and next run, lag, running or failed, dead letters."""
+    return await anyio.to_thread.run_sync(_store(request).status)
+
+
+@get("/health/live", summary="The process is up")
+async def live() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/health/ready", summary="The stores answer")
+async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
+    store = _store(request)
+
+    def check() -> None:
+        store.log.head()
+        store.documents.tracking(next(iter(store.projections)))
+
+    try:
+        with anyio.fail_after(5):
+            await anyio.to_thread.run_sync(check)
+    except Exception as error:
+        return Response({"status": "unavailable", "reason": type(error).__name__}, status_code=503)
+    return Response({"status": "ready"})
+
+
+@get("/metrics", summary="Prometheus metrics", media_type=MediaType.TEXT)
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
