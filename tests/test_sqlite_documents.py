@@ -6,6 +6,8 @@ import datetime as dt
 import sqlite3
 from pathlib import Path
 
+import msgspec
+
 from profilestore.documents import DatasetSchema
 from profilestore.sqlite_documents import SQLiteDocumentStore
 
@@ -46,3 +48,31 @@ def test_a_promoted_rebuild_keeps_one_index_per_keyed_table(
             "AND name LIKE 'i_%'"
         ).fetchall()
     assert len(on_keys) == 1
+
+
+def test_raw_reads_hand_out_the_stored_bytes_untouched(
+    tmp_path: Path, schemas: dict[str, DatasetSchema]
+) -> None:
+    from profilestore.documents import SectionWrite
+    from projections.consents import Consent, Consents
+
+    store = SQLiteDocumentStore(str(tmp_path / "documents.sqlite"), schemas)
+    at = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    section = Consents(
+        consents=(
+            Consent(
+                channel="email", purpose="marketing", granted=True, changed_at=at, source="web"
+            ),
+        )
+    )
+    store.write("consents", [SectionWrite("c1", section, 3)], refreshed_at=at)
+    # Equivalent JSON laid out differently: only an untouched copy returns these bytes.
+    with sqlite3.connect(tmp_path / "documents.sqlite") as conn:
+        (compact,) = conn.execute("SELECT body FROM s_consents").fetchone()
+        stored = msgspec.json.format(compact, indent=1)
+        conn.execute("UPDATE s_consents SET body = ?", (stored,))
+    raw = store.get_raw("c1")
+    store.close()
+    assert raw is not None
+    assert bytes(raw.sections["consents"]) == stored  # spliced as is, never re-encoded
+    assert raw.freshness["consents"].position == 3

@@ -29,6 +29,7 @@ from profilestore.documents import (
     DatasetSchema,
     DocumentStore,
     Profile,
+    RawProfile,
     SectionMeta,
     SectionWrite,
     StoredSection,
@@ -137,10 +138,13 @@ class SQLiteDocumentStore(DocumentStore):
 
     # --- reads --------------------------------------------------------------------------
 
-    def get(self, customer_id: str, datasets: Sequence[str] | None = None) -> Profile | None:
+    def _profile_rows(
+        self, customer_id: str, datasets: Sequence[str] | None
+    ) -> list[tuple[str, int, str, bytes]]:
+        # One statement unions the datasets' rows: a lookup is one SQLite call.
         names = tuple(datasets) if datasets is not None else tuple(self.schemas)
         if not names:
-            return None  # no dataset named: nothing to read (and no statement to build)
+            return []  # no dataset named: nothing to read (and no statement to build)
         sql = self._profile_sql.get(names)
         if sql is None:
             for name in names:
@@ -150,17 +154,38 @@ class SQLiteDocumentStore(DocumentStore):
                 "WHERE customer_id = ?1"
                 for name in names
             )
-        rows = self._connection().execute(sql, (customer_id,)).fetchall()
+        rows: list[tuple[str, int, str, bytes]] = (
+            self._connection().execute(sql, (customer_id,)).fetchall()
+        )
+        return rows
+
+    @staticmethod
+    def _freshness(rows: list[tuple[str, int, str, bytes]]) -> dict[str, SectionMeta]:
+        return {
+            name: SectionMeta(position=position, refreshed_at=_parse_time(refreshed_at))
+            for name, position, refreshed_at, _ in rows
+        }
+
+    def get(self, customer_id: str, datasets: Sequence[str] | None = None) -> Profile | None:
+        rows = self._profile_rows(customer_id, datasets)
         if not rows:
             return None
         decoders = self._decoders
         return Profile(
             customer_id=customer_id,
             sections={name: decoders[name].decode(body) for name, _, _, body in rows},
-            freshness={
-                name: SectionMeta(position=position, refreshed_at=_parse_time(refreshed_at))
-                for name, position, refreshed_at, _ in rows
-            },
+            freshness=self._freshness(rows),
+        )
+
+    def get_raw(self, customer_id: str, datasets: Sequence[str] | None = None) -> RawProfile | None:
+        # The stored JSON is what the API sends: no decode, no re-encode.
+        rows = self._profile_rows(customer_id, datasets)
+        if not rows:
+            return None
+        return RawProfile(
+            customer_id=customer_id,
+            sections={name: msgspec.Raw(body) for name, _, _, body in rows},
+            freshness=self._freshness(rows),
         )
 
     def find(self, lookup_key: str) -> list[str]:

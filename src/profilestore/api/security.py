@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -52,10 +52,11 @@ def _presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None
 
 def require(
     scope: Scope,
-) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
+) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]:
     """A guard: 401 without a valid key (when one is needed), 403 without ``scope``."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    # async: Litestar runs a sync guard on a thread pool, a round trip per request.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         keys: Keys = connection.app.state.api_keys
         granted = keys.scopes(_presented_key(connection))
         if granted is None:
