@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import random
+import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -26,14 +28,14 @@ from typing import Any, NamedTuple
 from uuid import UUID, uuid5
 
 import msgspec
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from psycopg.errors import DuplicateObject
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
 
-from profilestore.errors import AppendConflict
+from profilestore.errors import AppendConflict, ProfileStoreError
 from profilestore.events import Event
 from profilestore.mapper import EventMapper
 
@@ -42,6 +44,31 @@ STREAM_NAMESPACE = UUID("6f1f3c3e-8d0c-5b7e-9a43-3c1e6f0d2b71")
 
 EVENTS_TABLE = "profilestore_events"
 EVENT_IDS_TABLE = "profilestore_event_ids"
+STREAMS_TABLE = "profilestore_streams"
+GENESIS = bytes(32)
+"""The chain hash before a stream's first event."""
+
+
+def chain_hash(
+    previous: bytes, originator_id: UUID, version: int, topic: str, state: bytes
+) -> bytes:
+    """The tamper-evident hash of a stored event: over the previous event's hash in its
+    stream and the event's own stored bytes (the ciphertext, when encrypted, so making a
+    payload unreadable later leaves the chain intact), with its stream, version and topic.
+    """
+    digest = hashlib.sha256(previous)
+    digest.update(originator_id.bytes)
+    digest.update(version.to_bytes(8, "big"))
+    digest.update(topic.encode())
+    digest.update(b"\0")
+    digest.update(state)
+    return digest.digest()
+
+
+ChainRow = tuple[int, UUID, int, str, bytes, bytes | None]
+"""(notification id, stream, version, topic, stored state, recorded chain hash)."""
+
+
 MAX_APPEND_ATTEMPTS = 50
 
 
@@ -81,6 +108,16 @@ class Notified(NamedTuple):
     event: Event
 
 
+class OutdatedLog(ProfileStoreError):
+    """An event log written by a profilestore without the tamper-evident chain."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            f"the event log in {where} predates profilestore's tamper-evident chain "
+            "(no hash column); it was made by a development build: start a new log"
+        )
+
+
 class EventRecorder(ABC):
     """What the log needs from a recorder beyond the library's ApplicationRecorder."""
 
@@ -88,7 +125,8 @@ class EventRecorder(ABC):
     def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
 
     @abstractmethod
-    def head_versions(self, originator_ids: Sequence[UUID]) -> dict[UUID, int]: ...
+    def stream_heads(self, originator_ids: Sequence[UUID]) -> dict[UUID, tuple[int, bytes]]:
+        """Each existing stream's head version and chain hash (one query, no replay)."""
 
     @abstractmethod
     def insert_events(
@@ -138,6 +176,18 @@ class EventRecorder(ABC):
     def create_table(self) -> None: ...
 
     @abstractmethod
+    def scan_chain(self) -> Iterator[ChainRow]:
+        """Every stored event with its recorded chain hash, stream by stream in order."""
+
+    @abstractmethod
+    def directory_heads(self) -> dict[UUID, tuple[int, bytes]]:
+        """Every stream's head version and hash, as the stream directory records them."""
+
+    @abstractmethod
+    def customers(self) -> list[str]:
+        """Every customer id with a stream, sorted."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release connections."""
 
@@ -153,17 +203,67 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
         statements.append(
             f"CREATE TABLE IF NOT EXISTS {EVENT_IDS_TABLE} ("
             "event_id TEXT PRIMARY KEY, originator_id TEXT NOT NULL, "
-            "originator_version INTEGER NOT NULL) WITHOUT ROWID"
+            "originator_version INTEGER NOT NULL, hash BLOB NOT NULL) WITHOUT ROWID"
+        )
+        statements.append(
+            f"CREATE INDEX IF NOT EXISTS {EVENT_IDS_TABLE}_stream "
+            f"ON {EVENT_IDS_TABLE} (originator_id, originator_version)"
+        )
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {STREAMS_TABLE} ("
+            "originator_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, "
+            "head_version INTEGER NOT NULL, head_hash BLOB NOT NULL)"
         )
         return statements
+
+    def scan_chain(self) -> Iterator[ChainRow]:
+        with self.datastore.transaction(commit=False) as c:
+            cursor = c.sqlite_cursor
+            cursor.execute(
+                f"SELECT e.rowid, e.originator_id, e.originator_version, e.topic, e.state, "
+                f"i.hash FROM {EVENTS_TABLE} e LEFT JOIN {EVENT_IDS_TABLE} i "
+                "ON i.originator_id = e.originator_id "
+                "AND i.originator_version = e.originator_version "
+                "ORDER BY e.originator_id, e.originator_version"
+            )
+            streams: dict[str, UUID] = {}
+            while rows := cursor.fetchmany(5000):
+                for nid, originator, version, topic, state, link in rows:
+                    stream = streams.get(originator)
+                    if stream is None:
+                        stream = streams[originator] = UUID(originator)
+                    yield nid, stream, version, topic, state, link
+
+    def directory_heads(self) -> dict[UUID, tuple[int, bytes]]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT originator_id, head_version, head_hash FROM {STREAMS_TABLE}")
+            return {UUID(row[0]): (row[1], row[2]) for row in c.fetchall()}
+
+    def customers(self) -> list[str]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT customer_id FROM {STREAMS_TABLE} ORDER BY customer_id")
+            return [row[0] for row in c.fetchall()]
+
+    def create_table(self) -> None:
+        super().create_table()
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"PRAGMA table_info({EVENT_IDS_TABLE})")
+            columns = {row[1] for row in c.fetchall()}
+        if "hash" not in columns:
+            raise OutdatedLog(self.datastore.pool.db_name)
 
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         # Same transaction as the events: a duplicate event_id rolls the whole batch back.
         c.executemany(
-            f"INSERT INTO {EVENT_IDS_TABLE} VALUES (?,?,?)",
-            [(e, o.hex, v) for e, o, v in kwargs["event_ids"]],
+            f"INSERT INTO {EVENT_IDS_TABLE} VALUES (?,?,?,?)",
+            [(e, o.hex, v, h) for e, o, v, h in kwargs["event_ids"]],
+        )
+        c.executemany(
+            f"INSERT INTO {STREAMS_TABLE} VALUES (?,?,?,?) ON CONFLICT (originator_id) "
+            "DO UPDATE SET head_version = excluded.head_version, head_hash = excluded.head_hash",
+            [(o.hex, customer, v, h) for o, customer, v, h in kwargs["streams"]],
         )
         ids: Sequence[int] | None = super()._insert_events(c, stored_events)
         return ids
@@ -180,17 +280,16 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
                 found.update(row[0] for row in c.fetchall())
         return found
 
-    def head_versions(self, originator_ids: Sequence[UUID]) -> dict[UUID, int]:
-        heads: dict[UUID, int] = {}
+    def stream_heads(self, originator_ids: Sequence[UUID]) -> dict[UUID, tuple[int, bytes]]:
+        heads: dict[UUID, tuple[int, bytes]] = {}
         with self.datastore.transaction(commit=False) as c:
             for chunk in _chunks(originator_ids, 500):
                 c.execute(
-                    f"SELECT originator_id, MAX(originator_version) FROM {EVENTS_TABLE} "
-                    f"WHERE originator_id IN ({','.join('?' * len(chunk))}) "
-                    "GROUP BY originator_id",
+                    f"SELECT originator_id, head_version, head_hash FROM {STREAMS_TABLE} "
+                    f"WHERE originator_id IN ({','.join('?' * len(chunk))})",
                     [o.hex for o in chunk],
                 )
-                heads.update((UUID(row[0]), row[1]) for row in c.fetchall())
+                heads.update((UUID(row[0]), (row[1], row[2])) for row in c.fetchall())
         return heads
 
     def select_stream_states(
@@ -238,16 +337,69 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
     def __init__(self, datastore: PostgresDatastore) -> None:
         super().__init__(datastore, events_table_name=EVENTS_TABLE)
         table = Identifier(self.datastore.schema), Identifier(EVENT_IDS_TABLE)
+        streams = Identifier(self.datastore.schema), Identifier(STREAMS_TABLE)
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {0}.{1} (event_id text PRIMARY KEY, "
-                "originator_id uuid NOT NULL, originator_version bigint NOT NULL)"
+                "originator_id uuid NOT NULL, originator_version bigint NOT NULL, "
+                "hash bytea NOT NULL)"
             ).format(*table)
         )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE INDEX IF NOT EXISTS {2} ON {0}.{1} (originator_id, originator_version)"
+            ).format(*table, Identifier(f"{EVENT_IDS_TABLE}_stream"))
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0}.{1} (originator_id uuid PRIMARY KEY, "
+                "customer_id text NOT NULL, head_version bigint NOT NULL, "
+                "head_hash bytea NOT NULL)"
+            ).format(*streams)
+        )
         self._insert_event_ids = SQL(
-            "INSERT INTO {0}.{1} (event_id, originator_id, originator_version) "
-            "SELECT * FROM unnest(%s::text[], %s::uuid[], %s::bigint[])"
+            "INSERT INTO {0}.{1} (event_id, originator_id, originator_version, hash) "
+            "SELECT * FROM unnest(%s::text[], %s::uuid[], %s::bigint[], %s::bytea[])"
         ).format(*table)
+        self._upsert_streams = SQL(
+            "INSERT INTO {0}.{1} (originator_id, customer_id, head_version, head_hash) "
+            "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::bytea[]) "
+            "ON CONFLICT (originator_id) DO UPDATE SET head_version = EXCLUDED.head_version, "
+            "head_hash = EXCLUDED.head_hash"
+        ).format(*streams)
+        self._select_stream_heads = SQL(
+            "SELECT originator_id, head_version, head_hash FROM {0}.{1} "
+            "WHERE originator_id = ANY(%s::uuid[])"
+        ).format(*streams)
+        self._scan_chain = SQL(
+            "SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, "
+            "e.state, i.hash FROM {0}.{1} e LEFT JOIN {0}.{2} i "
+            "ON i.originator_id = e.originator_id AND i.originator_version = e.originator_version "
+            "ORDER BY e.originator_id, e.originator_version"
+        ).format(
+            Identifier(self.datastore.schema), Identifier(EVENTS_TABLE), Identifier(EVENT_IDS_TABLE)
+        )
+        self._directory = SQL("SELECT originator_id, head_version, head_hash FROM {0}.{1}").format(
+            *streams
+        )
+        self._customers = SQL("SELECT customer_id FROM {0}.{1} ORDER BY customer_id").format(
+            *streams
+        )
+        qualified = f"{self.datastore.schema}."
+        self._schema_complete = SQL(
+            "SELECT to_regclass({streams}) IS NOT NULL AND to_regclass({index}) IS NOT NULL "
+            "AND to_regtype({event_type}) IS NOT NULL AND EXISTS (SELECT 1 FROM "
+            "information_schema.columns WHERE table_schema = %s AND table_name = %s "
+            "AND column_name = 'hash') AS complete"
+        ).format(
+            streams=Literal(qualified + STREAMS_TABLE),
+            index=Literal(f"{qualified}{EVENT_IDS_TABLE}_stream"),
+            event_type=Literal(qualified + self.stored_event_type_name),
+        )
+        self._has_hash_column = SQL(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = %s "
+            "AND table_name = %s AND column_name = 'hash'"
+        )
         self._select_event_ids = SQL(
             "SELECT event_id FROM {0}.{1} WHERE event_id = ANY(%s::text[])"
         ).format(*table)
@@ -261,12 +413,17 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             "AND notification_id > %s AND notification_id <= %s "
             "AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s)) ORDER BY originator_version"
         ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
-        self._select_heads = SQL(
-            "SELECT originator_id, MAX(originator_version) AS head FROM {0}.{1} "
-            "WHERE originator_id = ANY(%s::uuid[]) GROUP BY originator_id"
-        ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
 
     def create_table(self) -> None:
+        # DDL takes table locks even when it has nothing to do ("IF NOT EXISTS"), which
+        # deadlocks against writers holding row locks: when the schema is complete (a
+        # lock-free catalog read), there is nothing to run.
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self._schema_complete, (self.datastore.schema, EVENT_IDS_TABLE))
+            row = curs.fetchone()
+        if row is not None and row["complete"]:
+            self.datastore.register_type_adapters()
+            return
         # The library's DDL, serialised: processes starting together would otherwise race
         # on the catalog ("tuple concurrently updated", duplicate types). One transaction
         # under an advisory lock; each CREATE TYPE in a savepoint, as it has no IF NOT EXISTS.
@@ -280,21 +437,22 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
                     with contextlib.suppress(DuplicateObject), curs.connection.transaction():
                         curs.execute(statement, prepare=False)
             self._create_table(curs)
+            curs.execute(self._has_hash_column, (self.datastore.schema, EVENT_IDS_TABLE))
+            if curs.fetchone() is None:
+                raise OutdatedLog(f"schema {self.datastore.schema}")
         self.datastore.register_type_adapters()
 
     def _insert_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
         # Runs in the library's insert transaction, before the events themselves.
-        event_ids = kwargs["event_ids"]
-        curs.execute(
-            self._insert_event_ids,
-            (
-                [e for e, _, _ in event_ids],
-                [o for _, o, _ in event_ids],
-                [v for _, _, v in event_ids],
-            ),
-        )
+        # Not prepared: a conflict aborts this pipelined transaction, and statements that
+        # psycopg prepared inside it would be missing from the server ("_pg3_N does not
+        # exist") when the batch is retried.
+        event_ids = [list(column) for column in zip(*kwargs["event_ids"], strict=True)]
+        curs.execute(self._insert_event_ids, event_ids, prepare=False)
+        streams = [list(column) for column in zip(*kwargs["streams"], strict=True)]
+        curs.execute(self._upsert_streams, streams, prepare=False)
 
     def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -302,11 +460,41 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             rows: list[DictRow] = curs.fetchall()
             return {row["event_id"] for row in rows}
 
-    def head_versions(self, originator_ids: Sequence[UUID]) -> dict[UUID, int]:
+    def scan_chain(self) -> Iterator[ChainRow]:
+        with (
+            self.datastore.get_connection() as conn,
+            conn.transaction(),
+            conn.cursor(name="profilestore_scan_chain") as curs,
+        ):
+            curs.itersize = 5000  # a server-side cursor: memory stays flat
+            curs.execute(self._scan_chain)
+            for r in curs:
+                yield (
+                    r["notification_id"],
+                    r["originator_id"],
+                    r["originator_version"],
+                    r["topic"],
+                    bytes(r["state"]),
+                    bytes(r["hash"]) if r["hash"] is not None else None,
+                )
+
+    def directory_heads(self) -> dict[UUID, tuple[int, bytes]]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._select_heads, (list(originator_ids),))
+            curs.execute(self._directory)
             rows: list[DictRow] = curs.fetchall()
-            return {row["originator_id"]: row["head"] for row in rows}
+            return {r["originator_id"]: (r["head_version"], bytes(r["head_hash"])) for r in rows}
+
+    def customers(self) -> list[str]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._customers)
+            rows: list[DictRow] = curs.fetchall()
+            return [r["customer_id"] for r in rows]
+
+    def stream_heads(self, originator_ids: Sequence[UUID]) -> dict[UUID, tuple[int, bytes]]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_stream_heads, (list(originator_ids),))
+            rows: list[DictRow] = curs.fetchall()
+            return {r["originator_id"]: (r["head_version"], bytes(r["head_hash"])) for r in rows}
 
     def select_stream_states(
         self, originator_id: UUID, after: int, until: int | None, topics: Sequence[str]
@@ -375,16 +563,24 @@ class EventLog:
         if not new_events:
             return AppendResult(0, len(duplicates), duplicates, [], attempt)
         streams = {e.customer_id: stream_id(e.customer_id) for e in new_events}
-        heads = self.recorder.head_versions(list(set(streams.values())))
+        heads = self.recorder.stream_heads(list(set(streams.values())))
         stored_events: list[StoredEvent] = []
-        event_ids: list[tuple[str, UUID, int]] = []
+        event_ids: list[tuple[str, UUID, int, bytes]] = []
+        touched: dict[UUID, str] = {}
         for event in new_events:
             originator_id = streams[event.customer_id]
-            version = heads.get(originator_id, 0) + 1
-            heads[originator_id] = version
-            stored_events.append(self.mapper.to_stored(originator_id, version, event))
-            event_ids.append((event.event_id, originator_id, version))
-        notification_ids = self.recorder.insert_events(stored_events, event_ids=event_ids)
+            version, previous = heads.get(originator_id, (0, GENESIS))
+            stored = self.mapper.to_stored(originator_id, version + 1, event)
+            link = chain_hash(previous, originator_id, version + 1, stored.topic, stored.state)
+            heads[originator_id] = (version + 1, link)
+            touched[originator_id] = event.customer_id
+            stored_events.append(stored)
+            event_ids.append((event.event_id, originator_id, version + 1, link))
+        # Sorted: concurrent batches lock directory rows in one order, so cannot deadlock.
+        stream_rows = [(o, touched[o], *heads[o]) for o in sorted(touched, key=lambda o: o.bytes)]
+        notification_ids = self.recorder.insert_events(
+            stored_events, event_ids=event_ids, streams=stream_rows
+        )
         return AppendResult(
             appended=len(stored_events),
             duplicates=len(duplicates),
@@ -485,7 +681,16 @@ def postgres_datastore(url: str, *, schema: str = "", pool_size: int = 2) -> Pos
 
 def open_sqlite_log(path: str, *, lock_timeout: int = 30) -> EventLog:
     recorder = SQLiteEventRecorder(sqlite_datastore(path, lock_timeout=lock_timeout))
-    recorder.create_table()
+    # Processes opening a new file at once race to switch it to WAL, which SQLite
+    # refuses at once ("database is locked") instead of waiting: try again, briefly.
+    for attempt in range(1, 41):
+        try:
+            recorder.create_table()
+            break
+        except (sqlite3.OperationalError, OperationalError) as error:
+            if "locked" not in str(error) or attempt == 40:
+                raise
+            time.sleep(0.01 * attempt)
     return EventLog(recorder)
 
 
