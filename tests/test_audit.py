@@ -189,3 +189,12 @@ def test_the_chain_is_kept_on_postgresql_too(log_backend: dict[str, Any]) -> Non
         assert digest.streams == 5
     finally:
         opened.close()
+
+
+def test_a_row_rewritten_as_text_is_reported_not_a_crash(log: EventLog, path: Path) -> None:
+    # SQL string functions turn a BLOB into TEXT: the verifier must still compare it.
+    sql(path, f"UPDATE {EVENTS_TABLE} SET state = replace(state, 'type', 'tipe') WHERE rowid = 7")
+    (kind,) = sql(path, f"SELECT typeof(state) FROM {EVENTS_TABLE} WHERE rowid = 7")[0]
+    assert kind == "text"
+    report = auditor(log).verify()
+    assert [f.kind for f in report.findings] == ["modified"]

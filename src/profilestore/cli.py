@@ -497,13 +497,25 @@ def rebuild(obj: _Context, datasets: tuple[str, ...]) -> None:
 @click.option("--datasets", default=None, help="Comma-separated datasets (default: all).")
 @click.option("--pretty/--compact", default=True, help="Indent the JSON (default: pretty).")
 @click.option("--freshness", is_flag=True, help="Add how far behind the log head each dataset is.")
+@click.option(
+    "--as-of",
+    "as_of",
+    type=click.DateTime(),
+    default=None,
+    help="The profile as it was then: events recorded up to this time, refolded.",
+)
 @click.pass_obj
 def profile(
-    obj: _Context, customer_id: str, datasets: str | None, pretty: bool, freshness: bool
+    obj: _Context,
+    customer_id: str,
+    datasets: str | None,
+    pretty: bool,
+    freshness: bool,
+    as_of: dt.datetime | None,
 ) -> None:
     """Print the profile of CUSTOMER_ID as JSON."""
     with _errors(), obj.open() as store:
-        found = store.profile(customer_id, _split(datasets))
+        found = store.profile(customer_id, _split(datasets), as_of=_utc(as_of))
         if freshness:
             _emit(
                 {**msgspec.to_builtins(found), "staleness": store.freshness(list(found.sections))},
@@ -545,16 +557,180 @@ def find(
 
 @main.command()
 @click.argument("customer_id")
+@click.option(
+    "--since",
+    type=click.DateTime(),
+    default=None,
+    help="Only events recorded at or after (UTC unless a zone is given).",
+)
+@click.option(
+    "--until", type=click.DateTime(), default=None, help="Only events recorded at or before."
+)
+@click.option("--types", default=None, help="Comma-separated event types, e.g. cart.item_added.")
 @click.pass_obj
-def history(obj: _Context, customer_id: str) -> None:
-    """Print every event of CUSTOMER_ID, oldest first, as JSON Lines."""
+def history(
+    obj: _Context,
+    customer_id: str,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    types: str | None,
+) -> None:
+    """Print the events of CUSTOMER_ID, oldest first, as JSON Lines."""
     with _errors(), obj.open() as store:
-        events = store.history(customer_id)
-        if not events:
+        events = store.history(
+            customer_id, since=_utc(since), until=_utc(until), types=_split(types)
+        )
+        if not events and not store.history(customer_id):
             raise NotFoundHistory(customer_id)
         out = sys.stdout.buffer
         for event in events:
             out.write(event_json(event) + b"\n")
+
+
+def _utc(moment: dt.datetime | None) -> dt.datetime | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment
+
+
+@main.command()
+@click.argument("customer_id")
+@click.pass_obj
+def export(obj: _Context, customer_id: str) -> None:
+    """Print everything held on CUSTOMER_ID (every event and the profile) as one JSON
+    document, for a data subject access request."""
+    with _errors(), obj.open() as store:
+        _emit(store.export(customer_id), pretty=True)
+
+
+@main.command()
+@click.option(
+    "--sample",
+    type=click.IntRange(1),
+    default=None,
+    help="Check this many random customers (default: --all).",
+)
+@click.option("--all", "everyone", is_flag=True, help="Check every customer (the default).")
+@click.pass_obj
+def verify(obj: _Context, sample: int | None, everyone: bool) -> None:
+    """Refold customers from the log and diff them with the stored documents.
+
+    Each section is compared up to the log position it records, so a dataset refreshed
+    weekly is not drift for lacking newer events. Exit 1 on drift.
+    """
+    if sample and everyone:
+        raise click.UsageError("give --sample N or --all, not both")
+    with _errors(), obj.open() as store:
+        with _progress() as progress:
+            task = progress.add_task("verify", total=None)
+            report = store.verify(
+                sample=sample,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        for name, count in report.drift_by_dataset.items():
+            first = next(d for d in report.drift if d.dataset == name)
+            stderr.print(
+                f"[red]drift[/red] {name}: {count} section(s); first: customer "
+                + escape(
+                    f"{first.customer_id} at {first.path}: stored "
+                    f"{first.stored!r}, log gives {first.expected!r}"
+                )
+            )
+        _emit(
+            {
+                "ok": report.ok,
+                "customers_checked": report.customers_checked,
+                "sections_checked": report.sections_checked,
+                "drift_by_dataset": report.drift_by_dataset,
+                "drift": report.drift[:100],
+            },
+            pretty=True,
+        )
+        if not report.ok:
+            sys.exit(1)
+
+
+@main.group()
+def audit() -> None:
+    """Tamper evidence: digests of the log and their verification."""
+
+
+@audit.command("digest")
+@click.option(
+    "--key",
+    "key_file",
+    type=click.File("rb"),
+    default=None,
+    help="Ed25519 private key (PEM) to sign with; keep it away from the stores.",
+)
+@click.pass_obj
+def audit_digest(obj: _Context, key_file: IO[bytes] | None) -> None:
+    """Print a digest (Merkle root over every stream head, position, time) as JSON."""
+    from profilestore.audit import load_private_key
+
+    with _errors(), obj.open() as store:
+        key = load_private_key(key_file.read()) if key_file else None
+        _emit(store.auditor().digest(key), pretty=True)
+
+
+@audit.command("verify")
+@click.option(
+    "--digest",
+    "digest_file",
+    type=click.File("rb"),
+    default=None,
+    help="A digest written by `audit digest`.",
+)
+@click.option(
+    "--public-key",
+    "public_file",
+    type=click.File("rb"),
+    default=None,
+    help="Ed25519 public key (PEM) the digest must be signed with.",
+)
+@click.pass_obj
+def audit_verify(
+    obj: _Context, digest_file: IO[bytes] | None, public_file: IO[bytes] | None
+) -> None:
+    """Recompute every hash chain and, with --digest, compare with it. Exit 1 on findings."""
+    from profilestore.audit import Digest, load_public_key
+
+    with _errors(), obj.open() as store:
+        digest = msgspec.json.decode(digest_file.read(), type=Digest) if digest_file else None
+        if public_file is not None and digest is None:
+            raise click.UsageError("--public-key needs --digest")
+        public = load_public_key(public_file.read()) if public_file else None
+        if digest is not None and digest.signature and public is None:
+            stderr.print(
+                "[yellow]note[/yellow] the digest is signed: give --public-key to "
+                "check the signature"
+            )
+        report = store.auditor().verify(digest, public)
+        _emit(report, pretty=True)
+        stderr.print(
+            f"{'ok' if report.ok else '[red]TAMPERED[/red]'}: {report.events_checked} events "
+            f"in {report.streams_checked} streams checked"
+            + (f", digest at position {report.position}" if report.digest_checked else "")
+            + (", signature checked" if report.signature_checked else "")
+        )
+        if not report.ok:
+            sys.exit(1)
+
+
+@audit.command("keygen")
+@click.argument("prefix", type=click.Path(dir_okay=False))
+def audit_keygen(prefix: str) -> None:
+    """Write a new Ed25519 key pair: PREFIX.key (private, mode 600) and PREFIX.pub."""
+    import os
+
+    from profilestore.audit import new_key_pair
+
+    private, public = new_key_pair()
+    descriptor = os.open(f"{prefix}.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(private)
+    Path(f"{prefix}.pub").write_bytes(public)
+    stderr.print(f"wrote {prefix}.key (keep it away from the stores) and {prefix}.pub")
 
 
 class NotFoundHistory(NotFound):

@@ -232,7 +232,9 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
                     stream = streams.get(originator)
                     if stream is None:
                         stream = streams[originator] = UUID(originator)
-                    yield nid, stream, version, topic, state, link
+                    # A tampered row may hold text where bytes were stored: report, not crash.
+                    stored = state if isinstance(state, bytes) else str(state).encode()
+                    yield nid, stream, version, str(topic), stored, link
 
     def directory_heads(self) -> dict[UUID, tuple[int, bytes]]:
         with self.datastore.transaction(commit=False) as c:

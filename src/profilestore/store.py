@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from profilestore.audit import Auditor
 from profilestore.config import Settings
 from profilestore.documents import DatasetSchema, DocumentStore, Profile
 from profilestore.errors import (
@@ -30,10 +31,17 @@ from profilestore.errors import (
     InvalidEvent,
     UnknownDataset,
 )
-from profilestore.eventlog import AppendResult, EventLog, open_postgres_log, open_sqlite_log
+from profilestore.eventlog import (
+    AppendResult,
+    EventLog,
+    event_json,
+    open_postgres_log,
+    open_sqlite_log,
+)
 from profilestore.events import AnyEvent, Event, normalise_identifier
 from profilestore.projection import Projection, check_projections, load_projection
 from profilestore.projector import Clock, PassReport, Progress, Projector, utcnow
+from profilestore.replay import VerifyReport, choose_customers, profile_as_of, verify_profiles
 from profilestore.runs import RunRecord, Trigger
 from profilestore.schedule import next_due, parse_cadence, zone
 
@@ -119,6 +127,13 @@ class DatasetStatus(msgspec.Struct, frozen=True, kw_only=True):
     lag: Freshness
     dead_letters: int
     dead_letter_error: str | None
+
+
+class SubjectExport(msgspec.Struct, frozen=True, kw_only=True):
+    customer_id: str
+    exported_at: dt.datetime
+    profile: Profile | None
+    events: list[msgspec.Raw]
 
 
 class ProfileStore:
@@ -297,8 +312,22 @@ class ProfileStore:
 
     # --- reading ----------------------------------------------------------------------
 
-    def profile(self, customer_id: str, datasets: Sequence[str] | None = None) -> Profile:
+    def profile(
+        self,
+        customer_id: str,
+        datasets: Sequence[str] | None = None,
+        *,
+        as_of: dt.datetime | None = None,
+    ) -> Profile:
+        """The stored profile; with ``as_of``, the profile folded from the customer's
+        events recorded at or before that time (every dataset as if fresh then)."""
         names = None if datasets is None else self.datasets(datasets)
+        if as_of is not None:
+            projections = {n: p for n, p in self.projections.items() if names is None or n in names}
+            replayed = profile_as_of(self.log, projections, customer_id, as_of)
+            if replayed is None:
+                raise CustomerNotFound(customer_id)
+            return replayed
         found = self.documents.get(customer_id, names)
         if found is None:
             raise CustomerNotFound(customer_id)
@@ -329,8 +358,57 @@ class ProfileStore:
             raise AmbiguousIdentifier(kind, value, customer_ids)
         return self.profile(customer_ids[0], datasets)
 
-    def history(self, customer_id: str) -> list[Event]:
-        return self.log.stream(customer_id)
+    def history(
+        self,
+        customer_id: str,
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        types: Sequence[str] | None = None,
+    ) -> list[Event]:
+        """The customer's events, oldest first; ``since``/``until`` bound when the store
+        recorded them, ``types`` keeps only those event types."""
+        wanted = set(types) if types else None
+        return [
+            event
+            for event in self.log.stream(customer_id)
+            if (wanted is None or event.type_name in wanted)
+            and (since is None or (event.recorded_at is not None and event.recorded_at >= since))
+            and (until is None or (event.recorded_at is not None and event.recorded_at <= until))
+        ]
+
+    def export(self, customer_id: str) -> SubjectExport:
+        """Everything the store holds on a customer, for a data subject access request."""
+        events = self.history(customer_id)
+        profile = self.documents.get(customer_id)
+        if not events and profile is None:
+            raise CustomerNotFound(customer_id)
+        return SubjectExport(
+            customer_id=customer_id,
+            exported_at=self.clock(),
+            profile=profile,
+            events=[msgspec.Raw(event_json(e)) for e in events],
+        )
+
+    def verify(
+        self,
+        *,
+        sample: int | None = None,
+        customer_ids: Sequence[str] | None = None,
+        progress: Progress | None = None,
+    ) -> VerifyReport:
+        """Refold customers from the log and diff them with the stored documents."""
+        chosen = (
+            list(customer_ids)
+            if customer_ids is not None
+            else choose_customers(self.log, self.documents, self.projections, sample)
+        )
+        return verify_profiles(
+            self.log, self.documents, self.projections, chosen, progress=progress
+        )
+
+    def auditor(self) -> Auditor:
+        return Auditor(self.log, clock=self.clock)
 
     def close(self) -> None:
         self.documents.close()

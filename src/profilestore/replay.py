@@ -1,0 +1,212 @@
+"""Replaying history: profiles as of any time, and stored documents checked against the log.
+
+Both fold a customer's own stream with the same projection code (and so the same caps and
+retention) that builds the live documents; nothing here reads or writes the documents'
+folding state.
+
+- *As of T*: the customer's events recorded at or before T, every dataset folded: the
+  profile the store would have served at T had every dataset been fresh.
+- *Verify*: each stored section is compared with a fold of the customer's events up to
+  the log position that section records (a dataset refreshed weekly is not "drift" for
+  lacking this week's events). A customer with events but no section, up to the
+  dataset's tracked position, is drift too; so is a section with no events behind it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from profilestore.documents import Profile, SectionMeta
+from profilestore.eventlog import EventLog, Notified
+from profilestore.projection import Projection
+
+
+class Drift(msgspec.Struct, frozen=True, kw_only=True):
+    dataset: str
+    customer_id: str
+    path: str
+    """Where the stored section first differs, e.g. ``$.open[0].value``."""
+    stored: Any = None
+    expected: Any = None
+
+
+class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
+    customers_checked: int
+    sections_checked: int
+    drift: list[Drift]
+    drift_by_dataset: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return not self.drift
+
+
+def fold_stream(
+    projections: Mapping[str, Projection[Any]],
+    events: Iterable[Notified],
+    *,
+    until: Mapping[str, int] | None = None,
+) -> dict[str, tuple[Any, int]]:
+    """Each dataset's section folded from ``events``, with the last position folded;
+    ``until`` caps the positions per dataset."""
+    routes: dict[str, list[Projection[Any]]] = {}
+    for projection in projections.values():
+        for topic in projection.topics:
+            routes.setdefault(topic, []).append(projection)
+    folded: dict[str, tuple[Any, int]] = {}
+    for notified in events:
+        for projection in routes.get(notified.topic, ()):
+            name = projection.dataset
+            if until is not None and notified.notification_id > until.get(name, 0):
+                continue
+            section, _ = folded.get(name, (projection.empty(), 0))
+            folded[name] = (projection.fold(section, notified.event), notified.notification_id)
+    return folded
+
+
+def profile_as_of(
+    log: EventLog,
+    projections: Mapping[str, Projection[Any]],
+    customer_id: str,
+    as_of: dt.datetime,
+) -> Profile | None:
+    """The profile from the customer's events recorded at or before ``as_of``."""
+    known = [
+        n
+        for n in log.customer_changes(customer_id)
+        if n.event.recorded_at is not None and n.event.recorded_at <= as_of
+    ]
+    folded = fold_stream(projections, known)
+    if not folded:
+        return None
+    return Profile(
+        customer_id=customer_id,
+        sections={name: section for name, (section, _) in folded.items()},
+        freshness={
+            name: SectionMeta(position=position, refreshed_at=as_of)
+            for name, (_, position) in folded.items()
+        },
+    )
+
+
+def first_difference(stored: Any, expected: Any, path: str = "$") -> tuple[str, Any, Any] | None:
+    """The first path at which two JSON-shaped values differ, with both values there."""
+    if isinstance(stored, dict) and isinstance(expected, dict):
+        for key in sorted(set(stored) | set(expected)):
+            found = first_difference(stored.get(key), expected.get(key), f"{path}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(stored, list) and isinstance(expected, list):
+        for index, (a, b) in enumerate(zip(stored, expected, strict=False)):
+            found = first_difference(a, b, f"{path}[{index}]")
+            if found:
+                return found
+        if len(stored) != len(expected):
+            return f"{path}.length", len(stored), len(expected)
+        return None
+    return None if stored == expected else (path, stored, expected)
+
+
+def verify_profiles(
+    log: EventLog,
+    documents: Any,
+    projections: Mapping[str, Projection[Any]],
+    customer_ids: Sequence[str],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    chunk: int = 200,
+) -> VerifyReport:
+    """Refold ``customer_ids`` and compare them with the stored documents."""
+    tracked = {name: (t.position if (t := documents.tracking(name)) else 0) for name in projections}
+    drift: list[Drift] = []
+    sections = 0
+    for start in range(0, len(customer_ids), chunk):
+        ids = customer_ids[start : start + chunk]
+        stored = {name: documents.load(name, ids) for name in projections}
+        for customer_id in ids:
+            events = log.customer_changes(customer_id)
+            limits = {
+                name: (
+                    stored[name][customer_id].position
+                    if customer_id in stored[name]
+                    else tracked[name]
+                )
+                for name in projections
+            }
+            folded = fold_stream(projections, events, until=limits)
+            for name in projections:
+                have = stored[name].get(customer_id)
+                want = folded.get(name)
+                sections += have is not None
+                if have is None and want is None:
+                    continue
+                if have is None:
+                    drift.append(
+                        Drift(
+                            dataset=name,
+                            customer_id=customer_id,
+                            path="$",
+                            stored=None,
+                            expected="a section",
+                        )
+                    )
+                    continue
+                if want is None:
+                    drift.append(
+                        Drift(
+                            dataset=name,
+                            customer_id=customer_id,
+                            path="$",
+                            stored="a section",
+                            expected=None,
+                        )
+                    )
+                    continue
+                a, b = msgspec.to_builtins(have.section), msgspec.to_builtins(want[0])
+                found = first_difference(a, b)
+                if found is None and have.position != want[1]:
+                    found = ("position", have.position, want[1])
+                if found is not None:
+                    drift.append(
+                        Drift(
+                            dataset=name,
+                            customer_id=customer_id,
+                            path=found[0],
+                            stored=found[1],
+                            expected=found[2],
+                        )
+                    )
+        if progress:
+            progress(min(start + chunk, len(customer_ids)), len(customer_ids))
+    counts: dict[str, int] = {}
+    for item in drift:
+        counts[item.dataset] = counts.get(item.dataset, 0) + 1
+    return VerifyReport(
+        customers_checked=len(customer_ids),
+        sections_checked=sections,
+        drift=drift,
+        drift_by_dataset=counts,
+    )
+
+
+def choose_customers(
+    log: EventLog,
+    documents: Any,
+    datasets: Iterable[str],
+    sample: int | None,
+    seed: int | None = None,
+) -> list[str]:
+    """Every customer with a stream or a stored section; or a random sample of them."""
+    everyone = set(log.recorder.customers())
+    for name in datasets:
+        everyone.update(documents.customer_ids(name))
+    ordered = sorted(everyone)
+    if sample is None or sample >= len(ordered):
+        return ordered
+    return sorted(random.Random(seed).sample(ordered, sample))
