@@ -149,6 +149,10 @@ class _Scan:
                         "or order differ from what was recorded",
                     )
                 )
+                if stored_hash is not None:
+                    # Go on from the recorded hash, so each finding is an altered event,
+                    # not every later one that inherits the break.
+                    link = stored_hash
             expected = version + 1
             self.events += 1
             if notification_id <= self.position:
