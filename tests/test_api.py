@@ -382,3 +382,31 @@ def test_profiles_are_served_from_mongodb_through_the_async_client(
         cleanup: MongoClient[dict[str, Any]] = MongoClient(mongo_wire_uri)
         cleanup.drop_database(database)
         cleanup.close()
+
+
+def test_a_profile_as_of_a_time_is_refolded_from_the_events_known_then(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    post_events(client, [event("e1")])
+    store.refresh()
+    (first,) = store.history("ann")
+    assert first.recorded_at is not None
+    then = first.recorded_at.isoformat()
+    post_events(client, [event("e2", sku="S2")])
+    store.refresh()
+    now = client.get("/v1/profiles/ann?datasets=carts", headers=headers()).json()
+    assert len(now["sections"]["carts"]["open"][0]["lines"]) == 2
+    past = client.get(
+        "/v1/profiles/ann", params={"datasets": "carts", "as_of": then}, headers=headers()
+    )
+    assert past.status_code == 200
+    assert len(past.json()["sections"]["carts"]["open"][0]["lines"]) == 1
+    assert past.json()["freshness"]["carts"]["position"] == 1
+    before = client.get(
+        "/v1/profiles/ann", params={"as_of": "2000-01-01T00:00:00Z"}, headers=headers()
+    )
+    assert before.status_code == 404
+    naive = client.get(
+        "/v1/profiles/ann", params={"as_of": "2026-01-01T00:00:00"}, headers=headers()
+    )
+    assert naive.status_code == 400

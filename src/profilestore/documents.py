@@ -91,11 +91,15 @@ class DocumentStore(ABC):
 
     def get_raw(self, customer_id: str, datasets: Sequence[str] | None = None) -> RawProfile | None:
         """Like :meth:`get`, with sections as JSON (adapters that store JSON skip decoding)."""
-        profile = self.get(customer_id, datasets)
+        return self.raw(self.get(customer_id, datasets))
+
+    @staticmethod
+    def raw(profile: Profile | None) -> RawProfile | None:
+        """A decoded profile in the raw form (sections encoded once)."""
         if profile is None:
             return None
         return RawProfile(
-            customer_id=customer_id,
+            customer_id=profile.customer_id,
             sections={n: msgspec.Raw(_RAW_ENCODER.encode(s)) for n, s in profile.sections.items()},
             freshness=profile.freshness,
         )

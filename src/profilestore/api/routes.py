@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any
 
 import anyio
@@ -23,6 +24,7 @@ from profilestore.api.security import require
 from profilestore.errors import (
     AmbiguousIdentifier,
     InvalidEvent,
+    NotFound,
     ProfileStoreError,
 )
 from profilestore.eventlog import event_json
@@ -96,11 +98,27 @@ async def get_profile(
     request: Request[Any, Any, Any],
     customer_id: FromPath[str],
     datasets: FromQuery[str | None] = None,
+    as_of: FromQuery[dt.datetime | None] = None,
 ) -> ProfileResponse:
     """The customer's profile (only `datasets`, comma-separated, if given) with a
-    freshness block per dataset."""
+    freshness block per dataset. With `as_of` (an ISO time with a zone), the profile as it
+    was then: the customer's events recorded up to that time, refolded."""
     store = _store(request)
-    raw = await store.documents.aget_raw(customer_id, _datasets(store, datasets))
+    names = _datasets(store, datasets)
+    if as_of is not None:
+        if as_of.tzinfo is None:
+            raise ValidationException(detail="as_of needs a time zone, e.g. 2026-03-01T09:00Z")
+        try:
+            replayed = await anyio.to_thread.run_sync(
+                lambda: store.profile(customer_id, names, as_of=as_of)
+            )
+        except NotFound:
+            raise NotFoundException(
+                detail=f"no profile for customer {customer_id!r} as of {as_of.isoformat()}"
+            ) from None
+        raw = store.documents.raw(replayed)
+    else:
+        raw = await store.documents.aget_raw(customer_id, names)
     if raw is None:
         raise NotFoundException(detail=f"no profile for customer {customer_id!r}")
     return _profile_response(request, customer_id, raw)
