@@ -114,12 +114,11 @@ class MongoDocumentStore(DocumentStore):
             return self.get_raw(customer_id, datasets)
         names = self._names(datasets)
         document = await collection.find_one({"_id": customer_id}, self._projection(names))
-        if document is None:
+        found = self._present(document, names)
+        if found is None:
             return None
-        meta = document.get("_meta") or {}
-        present = [name for name in names if name in meta]
-        if not present:
-            return None
+        meta, present = found
+        assert document is not None
         return RawProfile(
             customer_id=customer_id,
             sections={n: msgspec.Raw(_JSON.encode(document.get(n, {}))) for n in present},
@@ -160,6 +159,17 @@ class MongoDocumentStore(DocumentStore):
         return {name: 1 for name in names} | {f"_meta.{name}": 1 for name in names}
 
     @staticmethod
+    def _present(
+        document: Mapping[str, Any] | None, names: Sequence[str]
+    ) -> tuple[Mapping[str, Any], list[str]] | None:
+        """The document's meta and the requested datasets it has; None if it has none."""
+        if document is None:
+            return None
+        meta = document.get("_meta") or {}
+        present = [name for name in names if name in meta]
+        return (meta, present) if present else None
+
+    @staticmethod
     def _meta(meta: Mapping[str, Any]) -> SectionMeta:
         return SectionMeta(position=meta["position"], refreshed_at=utc(meta["refreshed_at"]))
 
@@ -170,12 +180,11 @@ class MongoDocumentStore(DocumentStore):
     def get(self, customer_id: str, datasets: Sequence[str] | None = None) -> Profile | None:
         names = self._names(datasets)
         document = self.profiles.find_one({"_id": customer_id}, self._projection(names))
-        if document is None:
+        found = self._present(document, names)
+        if found is None:
             return None
-        meta = document.get("_meta") or {}
-        present = [name for name in names if name in meta]
-        if not present:
-            return None
+        meta, present = found
+        assert document is not None
         return Profile(
             customer_id=customer_id,
             sections={name: self._decode(name, document.get(name, {})) for name in present},
