@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from mongo_wire import MongoWireUnavailable, run_mongoeco_server
 
-from profilestore.config import Settings, load_settings
+from profilestore.config import DocumentSettings, Settings, load_settings
 from profilestore.documents import DatasetSchema, DocumentStore
 from profilestore.eventlog import EventLog, open_postgres_log, open_sqlite_log
 from profilestore.store import load_projections
@@ -159,7 +159,9 @@ def make_document_store(
 
     if kind == "sqlite":
         return SQLiteDocumentStore(
-            str(tmp_path / f"documents-{uuid.uuid4().hex[:6]}.sqlite"), schemas
+            str(tmp_path / f"documents-{uuid.uuid4().hex[:6]}.sqlite"),
+            schemas,
+            mmap_bytes=DocumentSettings().sqlite_mmap_mb * 2**20,  # as shipped
         )
     if kind == "mongomock":
         import mongomock_ng

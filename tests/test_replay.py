@@ -96,14 +96,18 @@ def test_verify_reports_drift_with_the_first_differing_path(
     documents = Path(settings.home) / "documents.sqlite"
     with sqlite3.connect(documents) as conn:
         customer, body = conn.execute(
-            "SELECT customer_id, body FROM s_orders ORDER BY customer_id LIMIT 1"
+            "SELECT customer_id, body FROM sections WHERE dataset = 'orders' "
+            "ORDER BY customer_id LIMIT 1"
         ).fetchone()
         orders = json.loads(body)
         orders["order_count"] += 1
         conn.execute(
-            "UPDATE s_orders SET body = ? WHERE customer_id = ?", (json.dumps(orders), customer)
+            "UPDATE sections SET body = ? WHERE dataset = 'orders' AND customer_id = ?",
+            (json.dumps(orders), customer),
         )
-        conn.execute("DELETE FROM s_browsing WHERE customer_id = 'cust-0000004'")
+        conn.execute(
+            "DELETE FROM sections WHERE dataset = 'browsing' AND customer_id = 'cust-0000004'"
+        )
     report = store.verify()
     assert not report.ok
     assert report.drift_by_dataset == {"orders": 1, "browsing": 1}

@@ -68,11 +68,78 @@ def test_raw_reads_hand_out_the_stored_bytes_untouched(
     store.write("consents", [SectionWrite("c1", section, 3)], refreshed_at=at)
     # Equivalent JSON laid out differently: only an untouched copy returns these bytes.
     with sqlite3.connect(tmp_path / "documents.sqlite") as conn:
-        (compact,) = conn.execute("SELECT body FROM s_consents").fetchone()
+        (compact,) = conn.execute("SELECT body FROM sections WHERE dataset = 'consents'").fetchone()
         stored = msgspec.json.format(compact, indent=1)
-        conn.execute("UPDATE s_consents SET body = ?", (stored,))
+        conn.execute("UPDATE sections SET body = ? WHERE dataset = 'consents'", (stored,))
     raw = store.get_raw("c1")
     store.close()
     assert raw is not None
     assert bytes(raw.sections["consents"]) == stored  # spliced as is, never re-encoded
     assert raw.freshness["consents"].position == 3
+
+
+def test_a_store_with_one_table_per_dataset_is_moved_into_the_sections_table(
+    tmp_path: Path, schemas: dict[str, DatasetSchema]
+) -> None:
+    from projections.consents import Consent, Consents
+
+    at = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    section = Consents(
+        consents=(
+            Consent(channel="sms", purpose="service", granted=False, changed_at=at, source="app"),
+        )
+    )
+    path = tmp_path / "documents.sqlite"
+    with sqlite3.connect(path) as conn:  # the layout stores were written in before
+        conn.execute(
+            "CREATE TABLE s_consents (customer_id TEXT PRIMARY KEY, "
+            "position INTEGER NOT NULL, refreshed_at TEXT NOT NULL, body BLOB NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO s_consents VALUES ('c1', 7, ?, ?)",
+            (at.isoformat(timespec="microseconds"), msgspec.json.encode(section)),
+        )
+    store = SQLiteDocumentStore(str(path), schemas)
+    profile = store.get("c1")
+    assert list(store.customer_ids("consents")) == ["c1"]
+    store.close()
+    assert profile is not None
+    assert profile.sections == {"consents": section}
+    assert profile.freshness["consents"].position == 7
+    with sqlite3.connect(path) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert "s_consents" not in tables
+
+
+def test_sections_come_in_the_configured_order_and_unconfigured_ones_stay_out(
+    tmp_path: Path, schemas: dict[str, DatasetSchema]
+) -> None:
+    from profilestore.documents import SectionWrite
+
+    path = str(tmp_path / "documents.sqlite")
+    at = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    store = SQLiteDocumentStore(path, schemas)
+    for position, name in enumerate(reversed(list(schemas)), start=1):
+        store.write(name, [SectionWrite("c1", schemas[name].section(), position)], refreshed_at=at)
+    profile = store.get("c1")
+    assert profile is not None and list(profile.sections) == list(schemas)
+    first, *_, last = schemas
+    named = store.get("c1", [last, first])
+    assert named is not None and list(named.sections) == [last, first]
+    store.close()
+    # A dataset dropped from the configuration: its stored rows are not served.
+    dropped = next(iter(schemas))
+    fewer = {name: schema for name, schema in schemas.items() if name != dropped}
+    store = SQLiteDocumentStore(path, fewer)
+    profile = store.get("c1")
+    store.close()
+    assert profile is not None and list(profile.sections) == list(fewer)
+
+
+def test_lookups_read_through_a_memory_map_of_the_configured_size(
+    tmp_path: Path, schemas: dict[str, DatasetSchema]
+) -> None:
+    store = SQLiteDocumentStore(str(tmp_path / "documents.sqlite"), schemas, mmap_bytes=2**24)
+    (size,) = store._connection().execute("PRAGMA mmap_size").fetchone()
+    store.close()
+    assert size == 2**24

@@ -51,6 +51,8 @@ class DocumentSettings(Strict, frozen=True, kw_only=True):
     url: str = "sqlite:///{home}/documents.sqlite"
     """``sqlite:///PATH`` or ``mongodb://host:port/dbname``."""
     collection: str = "profiles"
+    sqlite_mmap_mb: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] = 4096
+    """Embedded store: how much of the file lookups read through a memory map (0: off)."""
 
 
 class ScheduleSettings(Strict, frozen=True, kw_only=True):

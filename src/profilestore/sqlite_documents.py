@@ -1,21 +1,27 @@
 """The embedded document store: profile documents in one SQLite file, no server.
 
-Each dataset has a table of sections (``s_<dataset>``: customer id, position, refreshed
-at, section JSON) and, when keyed, a table of lookup keys (``k_<dataset>``). A profile is
-read with one statement that unions the requested datasets' rows for the customer, so a
-lookup is a handful of primary-key probes inside one SQLite call.
+Live sections of every dataset share one table, ``sections``, keyed by (customer id,
+dataset) and stored without a rowid, so a customer's whole document lies side by side in
+one or two B-tree leaves and a lookup is a single index range read. (One table per
+dataset made a lookup nine B-tree descents, two each with a rowid: under the HTTP
+server's load that was the larger part of a request's cost.) Keyed datasets keep their
+lookup keys in ``k_<dataset>``.
 
-A rebuild writes ``s_<dataset>__staging`` tables; promotion drops the live tables and
-renames the staging ones in one transaction, so readers see the old or the new dataset,
-never a mix. Sections are stored as the same JSON the MongoDB adapter stores as BSON.
+A rebuild writes ``s_<dataset>__staging`` / ``k_<dataset>__staging``; promotion replaces
+the dataset's live rows with them in one transaction, so readers see the old or the new
+dataset, never a mix. Sections are stored as the same JSON the MongoDB adapter stores as
+BSON.
 
-WAL mode lets lookups read while a refresh writes. ``synchronous=NORMAL`` is enough here:
-documents are derived from the log and a lost last transaction is replayed on restart.
+WAL mode lets lookups read while a refresh writes; reads go through a memory map
+(``documents.sqlite_mmap_mb``), which spares a system call per page. ``synchronous=NORMAL``
+is enough here: documents are derived from the log and a lost last transaction is
+replayed on restart.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import sqlite3
 import threading
 import uuid
@@ -38,18 +44,30 @@ from profilestore.documents import (
 )
 
 _STAGING = "__staging"
+_Plan = tuple[str, dict[str, int], tuple[str, ...]]
+"""A profile read: its SQL, each dataset's place in the answer, the datasets bound."""
 _CHUNK = 500
 
 
-def _tables(dataset: str, staging: bool) -> tuple[str, str, str]:
-    suffix = _STAGING if staging else ""
-    return f"s_{dataset}{suffix}", f"k_{dataset}{suffix}", f"{dataset}{suffix}"
+def _staging_tables(dataset: str) -> tuple[str, str]:
+    return f"s_{dataset}{_STAGING}", f"k_{dataset}{_STAGING}"
+
+
+def _keys_table(dataset: str, staging: bool) -> str:
+    return f"k_{dataset}{_STAGING if staging else ''}"
+
+
+def _tracking_name(dataset: str, staging: bool) -> str:
+    return f"{dataset}{_STAGING if staging else ''}"
 
 
 class SQLiteDocumentStore(DocumentStore):
-    def __init__(self, path: str, schemas: Mapping[str, DatasetSchema]) -> None:
+    def __init__(
+        self, path: str, schemas: Mapping[str, DatasetSchema], *, mmap_bytes: int = 0
+    ) -> None:
         super().__init__(schemas)
         self.path = path
+        self.mmap_bytes = mmap_bytes
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -57,7 +75,8 @@ class SQLiteDocumentStore(DocumentStore):
         self._decoders = {
             name: msgspec.json.Decoder(schema.section) for name, schema in self.schemas.items()
         }
-        self._profile_sql: dict[tuple[str, ...], str] = {}
+        self._rank = {name: rank for rank, name in enumerate(self.schemas)}
+        self._profile_plans: dict[tuple[str, ...] | None, _Plan] = {}
         self._find_sql = " UNION ".join(
             f"SELECT customer_id FROM k_{name} WHERE key = ?1"
             for name, schema in self.schemas.items()
@@ -76,8 +95,17 @@ class SQLiteDocumentStore(DocumentStore):
                 "CREATE TABLE IF NOT EXISTS records (kind TEXT NOT NULL, key TEXT NOT NULL, "
                 "body BLOB NOT NULL, PRIMARY KEY (kind, key)) WITHOUT ROWID"
             )
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS sections (customer_id TEXT NOT NULL, "
+                "dataset TEXT NOT NULL, position INTEGER NOT NULL, refreshed_at TEXT NOT NULL, "
+                "body BLOB NOT NULL, PRIMARY KEY (customer_id, dataset)) WITHOUT ROWID"
+            )
+            # A dataset's customers (listing, promotion) without scanning every dataset.
+            c.execute("CREATE INDEX IF NOT EXISTS sections_by_dataset ON sections (dataset)")
             for name in self.schemas:
-                self._create_tables(c, name, staging=False)
+                self._migrate_dataset_table(c, name)
+                if self.schemas[name].keyed:
+                    self._create_keys_table(c, _keys_table(name, staging=False))
 
     # --- connections ------------------------------------------------------------------
 
@@ -90,6 +118,7 @@ class SQLiteDocumentStore(DocumentStore):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA mmap_size={self.mmap_bytes}")
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
@@ -119,16 +148,11 @@ class SQLiteDocumentStore(DocumentStore):
             self._connections.clear()
         self._local = threading.local()
 
-    def _create_tables(self, c: sqlite3.Cursor, dataset: str, *, staging: bool) -> None:
-        sections, keys, _ = _tables(dataset, staging)
-        c.execute(
-            f"CREATE TABLE IF NOT EXISTS {sections} (customer_id TEXT PRIMARY KEY, "
-            "position INTEGER NOT NULL, refreshed_at TEXT NOT NULL, body BLOB NOT NULL)"
-        )
+    def _create_keys_table(self, c: sqlite3.Cursor, keys: str) -> None:
         exists = c.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (keys,)
         ).fetchone()
-        if self.schemas[dataset].keyed and not exists:
+        if not exists:
             c.execute(
                 f"CREATE TABLE {keys} (key TEXT NOT NULL, customer_id TEXT NOT NULL, "
                 "PRIMARY KEY (key, customer_id)) WITHOUT ROWID"
@@ -136,28 +160,49 @@ class SQLiteDocumentStore(DocumentStore):
             # Index names are global and survive a table rename: make each one unique.
             c.execute(f"CREATE INDEX i_{keys}_{uuid.uuid4().hex[:8]} ON {keys} (customer_id)")
 
+    @staticmethod
+    def _migrate_dataset_table(c: sqlite3.Cursor, dataset: str) -> None:
+        """Move a store written with one live table per dataset into ``sections``."""
+        old = f"s_{dataset}"
+        exists = c.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (old,)
+        ).fetchone()
+        if exists:
+            c.execute(
+                "INSERT INTO sections (customer_id, dataset, position, refreshed_at, body) "
+                f"SELECT customer_id, ?, position, refreshed_at, body FROM {old} WHERE 1 "
+                "ON CONFLICT (customer_id, dataset) DO NOTHING",
+                (dataset,),
+            )
+            c.execute(f"DROP TABLE {old}")
+
     # --- reads --------------------------------------------------------------------------
 
     def _profile_rows(
         self, customer_id: str, datasets: Sequence[str] | None
     ) -> list[tuple[str, int, str, bytes]]:
-        # One statement unions the datasets' rows: a lookup is one SQLite call.
-        names = tuple(datasets) if datasets is not None else tuple(self.schemas)
-        if not names:
-            return []  # no dataset named: nothing to read (and no statement to build)
-        sql = self._profile_sql.get(names)
-        if sql is None:
-            for name in names:
-                self.check_dataset(name)
-            sql = self._profile_sql[names] = " UNION ALL ".join(
-                f"SELECT '{name}', position, refreshed_at, body FROM s_{name} "
-                "WHERE customer_id = ?1"
-                for name in names
-            )
-        rows: list[tuple[str, int, str, bytes]] = (
-            self._connection().execute(sql, (customer_id,)).fetchall()
-        )
-        return rows
+        # One range read of the primary key: the customer's rows lie side by side.
+        names = None if datasets is None else tuple(datasets)
+        plan = self._profile_plans.get(names)
+        if plan is None:
+            plan = self._profile_plans[names] = self._profile_plan(names)
+        sql, rank, named = plan
+        if not rank:
+            return []  # no dataset named: nothing to read
+        rows = self._connection().execute(sql, (customer_id, *named)).fetchall()
+        # In the order configured (or asked for); a dataset no longer configured is left out.
+        kept: list[tuple[str, int, str, bytes]] = [row for row in rows if row[0] in rank]
+        kept.sort(key=lambda row: rank[row[0]])
+        return kept
+
+    def _profile_plan(self, names: tuple[str, ...] | None) -> _Plan:
+        sql = "SELECT dataset, position, refreshed_at, body FROM sections WHERE customer_id = ?"
+        if names is None:
+            return sql, self._rank, ()  # every configured dataset: filtered after the read
+        for name in names:
+            self.check_dataset(name)
+        rank = {name: i for i, name in enumerate(dict.fromkeys(names))}
+        return f"{sql} AND dataset IN ({','.join('?' * len(rank))})", rank, tuple(rank)
 
     @staticmethod
     def _freshness(rows: list[tuple[str, int, str, bytes]]) -> dict[str, SectionMeta]:
@@ -197,33 +242,48 @@ class SQLiteDocumentStore(DocumentStore):
     def load(
         self, dataset: str, customer_ids: Iterable[str], *, staging: bool = False
     ) -> dict[str, StoredSection]:
-        sections, _, _ = _tables(dataset, staging)
+        self.check_dataset(dataset)
         decoder = self._decoders[dataset]
         ids = list(customer_ids)
         found: dict[str, StoredSection] = {}
         conn = self._connection()
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
-            rows = conn.execute(
-                f"SELECT customer_id, position, body FROM {sections} "
-                f"WHERE customer_id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            ).fetchall()
+            rows = conn.execute(*self._positions_sql(dataset, chunk, staging, "body")).fetchall()
             for customer_id, position, body in rows:
                 found[customer_id] = StoredSection(decoder.decode(body), position)
         return found
 
+    @staticmethod
+    def _positions_sql(
+        dataset: str, chunk: Sequence[str], staging: bool, *columns: str
+    ) -> tuple[str, list[str]]:
+        """The statement reading the stored position (and ``columns``) of ``chunk``."""
+        marks = ",".join("?" * len(chunk))
+        selected = ", ".join(("customer_id", "position", *columns))
+        if staging:
+            table, _ = _staging_tables(dataset)
+            return f"SELECT {selected} FROM {table} WHERE customer_id IN ({marks})", list(chunk)
+        return (
+            f"SELECT {selected} FROM sections WHERE dataset = ? AND customer_id IN ({marks})",
+            [dataset, *chunk],
+        )
+
     def customer_ids(self, dataset: str) -> Iterator[str]:
         self.check_dataset(dataset)
-        cursor = self._connection().execute(f"SELECT customer_id FROM s_{dataset}")
+        cursor = self._connection().execute(
+            "SELECT customer_id FROM sections WHERE dataset = ?", (dataset,)
+        )
         for (customer_id,) in cursor:
             yield customer_id
 
     def tracking(self, dataset: str, *, staging: bool = False) -> Tracking | None:
-        _, _, name = _tables(dataset, staging)
         row = (
             self._connection()
-            .execute("SELECT position, refreshed_at FROM tracking WHERE name = ?", (name,))
+            .execute(
+                "SELECT position, refreshed_at FROM tracking WHERE name = ?",
+                (_tracking_name(dataset, staging),),
+            )
             .fetchone()
         )
         if row is None:
@@ -242,8 +302,8 @@ class SQLiteDocumentStore(DocumentStore):
     ) -> int:
         if not writes:
             return 0
-        sections, keys, _ = _tables(dataset, staging)
         keyed = self.check_dataset(dataset).keyed
+        keys = _keys_table(dataset, staging)
         writes = newest_per_customer(writes)
         stamp = _format_time(refreshed_at)
         encode = self._encoder.encode
@@ -251,22 +311,27 @@ class SQLiteDocumentStore(DocumentStore):
             stored: dict[str, int] = {}
             ids = [w.customer_id for w in writes]
             for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start : start + _CHUNK]
-                c.execute(
-                    f"SELECT customer_id, position FROM {sections} "
-                    f"WHERE customer_id IN ({','.join('?' * len(chunk))})",
-                    chunk,
-                )
+                c.execute(*self._positions_sql(dataset, ids[start : start + _CHUNK], staging))
                 stored.update(c.fetchall())
             # The position guard: only sections newer than what is stored are written.
             fresh = [w for w in writes if w.position > stored.get(w.customer_id, -1)]
-            c.executemany(
-                f"INSERT INTO {sections} (customer_id, position, refreshed_at, body) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (customer_id) DO UPDATE SET "
-                "position = excluded.position, refreshed_at = excluded.refreshed_at, "
-                f"body = excluded.body WHERE excluded.position > {sections}.position",
-                [(w.customer_id, w.position, stamp, encode(w.section)) for w in fresh],
-            )
+            if staging:
+                table, _ = _staging_tables(dataset)
+                c.executemany(
+                    f"INSERT INTO {table} (customer_id, position, refreshed_at, body) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (customer_id) DO UPDATE SET "
+                    "position = excluded.position, refreshed_at = excluded.refreshed_at, "
+                    f"body = excluded.body WHERE excluded.position > {table}.position",
+                    [(w.customer_id, w.position, stamp, encode(w.section)) for w in fresh],
+                )
+            else:
+                c.executemany(
+                    "INSERT INTO sections (customer_id, dataset, position, refreshed_at, body) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_id, dataset) DO UPDATE SET "
+                    "position = excluded.position, refreshed_at = excluded.refreshed_at, "
+                    "body = excluded.body WHERE excluded.position > sections.position",
+                    [(w.customer_id, dataset, w.position, stamp, encode(w.section)) for w in fresh],
+                )
             if keyed:
                 c.executemany(
                     f"DELETE FROM {keys} WHERE customer_id = ?",
@@ -281,37 +346,48 @@ class SQLiteDocumentStore(DocumentStore):
     def advance(
         self, dataset: str, position: int, *, refreshed_at: dt.datetime, staging: bool = False
     ) -> None:
-        _, _, name = _tables(dataset, staging)
         with self._transaction() as c:
             c.execute(
                 "INSERT INTO tracking (name, position, refreshed_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET position = MAX(position, excluded.position), "
                 "refreshed_at = excluded.refreshed_at",
-                (name, position, _format_time(refreshed_at)),
+                (_tracking_name(dataset, staging), position, _format_time(refreshed_at)),
             )
 
     def start_staging(self, dataset: str) -> None:
-        self.check_dataset(dataset)
-        sections, keys, name = _tables(dataset, staging=True)
+        keyed = self.check_dataset(dataset).keyed
+        sections, keys = _staging_tables(dataset)
         with self._transaction() as c:
             c.execute(f"DROP TABLE IF EXISTS {sections}")
             c.execute(f"DROP TABLE IF EXISTS {keys}")
-            c.execute("DELETE FROM tracking WHERE name = ?", (name,))
-            self._create_tables(c, dataset, staging=True)
+            c.execute("DELETE FROM tracking WHERE name = ?", (_tracking_name(dataset, True),))
+            c.execute(
+                f"CREATE TABLE {sections} (customer_id TEXT PRIMARY KEY, "
+                "position INTEGER NOT NULL, refreshed_at TEXT NOT NULL, body BLOB NOT NULL)"
+            )
+            if keyed:
+                self._create_keys_table(c, keys)
 
     def promote_staging(self, dataset: str) -> None:
-        self.check_dataset(dataset)
-        live_sections, live_keys, live_name = _tables(dataset, staging=False)
-        sections, keys, name = _tables(dataset, staging=True)
+        keyed = self.check_dataset(dataset).keyed
+        sections, keys = _staging_tables(dataset)
+        live_keys = _keys_table(dataset, staging=False)
         with self._transaction() as c:
             row = c.execute(
-                "SELECT position, refreshed_at FROM tracking WHERE name = ?", (name,)
+                "SELECT position, refreshed_at FROM tracking WHERE name = ?",
+                (_tracking_name(dataset, True),),
             ).fetchone()
             if row is None:
                 raise RuntimeError(f"no staging area to promote for dataset {dataset!r}")
-            c.execute(f"DROP TABLE {live_sections}")
-            c.execute(f"ALTER TABLE {sections} RENAME TO {live_sections}")
-            if self.schemas[dataset].keyed:
+            c.execute("DELETE FROM sections WHERE dataset = ?", (dataset,))
+            c.execute(
+                "INSERT INTO sections (customer_id, dataset, position, refreshed_at, body) "
+                f"SELECT customer_id, ?, position, refreshed_at, body FROM {sections} "
+                "ORDER BY customer_id",
+                (dataset,),
+            )
+            c.execute(f"DROP TABLE {sections}")
+            if keyed:
                 c.execute(f"DROP TABLE {live_keys}")
                 c.execute(f"ALTER TABLE {keys} RENAME TO {live_keys}")
             # Not MAX(): the live tracking becomes exactly what the rebuild covered.
@@ -319,9 +395,9 @@ class SQLiteDocumentStore(DocumentStore):
                 "INSERT INTO tracking (name, position, refreshed_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET position = excluded.position, "
                 "refreshed_at = excluded.refreshed_at",
-                (live_name, row[0], row[1]),
+                (_tracking_name(dataset, False), row[0], row[1]),
             )
-            c.execute("DELETE FROM tracking WHERE name = ?", (name,))
+            c.execute("DELETE FROM tracking WHERE name = ?", (_tracking_name(dataset, True),))
 
     # --- records ------------------------------------------------------------------------
 
@@ -387,5 +463,8 @@ def _format_time(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
 
 
-def _parse_time(value: Any) -> dt.datetime:
+@functools.lru_cache(maxsize=1024)
+def _parse_time(value: str) -> dt.datetime:
+    # Cached: every section written by one refresh carries the same stamp, so a lookup's
+    # few distinct values are parsed once, not on every read.
     return dt.datetime.fromisoformat(value)

@@ -445,7 +445,11 @@ def open_documents(settings: Settings, projections: Mapping[str, Projection[Any]
     if url.startswith("sqlite:"):
         from profilestore.sqlite_documents import SQLiteDocumentStore
 
-        return SQLiteDocumentStore(_sqlite_path(url, settings), schemas)
+        return SQLiteDocumentStore(
+            _sqlite_path(url, settings),
+            schemas,
+            mmap_bytes=settings.documents.sqlite_mmap_mb * 2**20,
+        )
     if url.startswith(("mongodb://", "mongodb+srv://")):
         from profilestore.mongo_documents import MongoDocumentStore
 
