@@ -29,6 +29,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -446,7 +447,7 @@ def bench_lookups(
 
 
 def memory_status() -> dict[str, float]:
-    """VmRSS and VmHWM (peak RSS) of this process in MB.
+    """VmRSS, VmHWM (peak RSS) and RssAnon (anonymous memory) of this process in MB.
 
     VmHWM belongs to the address space, which ``exec`` replaces: unlike ``ru_maxrss``
     (kept across exec on Linux, so a child would report its parent's peak), it is the
@@ -456,12 +457,41 @@ def memory_status() -> dict[str, float]:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "RssAnon"):
                 found[key] = int(value.split()[0]) / 1024
     except OSError:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         found = {"VmRSS": peak, "VmHWM": peak}
     return found
+
+
+class PeakAnonymous:
+    """The peak of this process's anonymous memory (``RssAnon``: heap, not file pages),
+    sampled every 10 ms on a thread while the block runs.
+
+    ``VmHWM`` counts every resident page, file pages included: with the document store's
+    memory map, the pages of the file a rebuild touched count in it, though they are page
+    cache the kernel takes back at will. The heap is what the projector's cache bounds.
+    """
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.peak_mb = max(self.peak_mb, memory_status().get("RssAnon", 0.0))
+            if self._stop.wait(0.01):
+                return
+
+    def __enter__(self) -> PeakAnonymous:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def rebuild_child(home: str) -> None:
@@ -471,9 +501,10 @@ def rebuild_child(home: str) -> None:
         events = store.log.head()
         gc.collect()
         baseline = memory_status()
-        started = time.perf_counter()
-        report = store.rebuild()
-        seconds = time.perf_counter() - started
+        with PeakAnonymous() as anonymous:
+            started = time.perf_counter()
+            report = store.rebuild()
+            seconds = time.perf_counter() - started
         after = memory_status()
         print(
             json.dumps(
@@ -483,6 +514,7 @@ def rebuild_child(home: str) -> None:
                     "seconds": seconds,
                     "baseline_rss_mb": baseline["VmRSS"],
                     "peak_rss_mb": after["VmHWM"],
+                    "peak_anon_mb": anonymous.peak_mb,
                     "sections_written": sum(report.sections_written.values()),
                 }
             )
@@ -595,6 +627,7 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
                     "seconds": round(child["seconds"], 3),
                     "events_per_s": round(child["events"] / child["seconds"]),
                     "peak_rss_mb": round(child["peak_rss_mb"], 1),
+                    "peak_anon_mb": round(child["peak_anon_mb"], 1),
                     "baseline_rss_mb": round(child["baseline_rss_mb"], 1),
                     "sections_written": child["sections_written"],
                 }
@@ -630,7 +663,8 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
         "refresh_events_per_s": round(len(events) / refresh_seconds),
         "rebuild_events_per_s": larger["events_per_s"],
         "rebuild_peak_rss_mb": larger["peak_rss_mb"],
-        "rebuild_rss_larger_vs_smaller": ratio(larger["peak_rss_mb"], smaller["peak_rss_mb"]),
+        "rebuild_peak_anon_mb": larger["peak_anon_mb"],
+        "rebuild_rss_larger_vs_smaller": ratio(larger["peak_anon_mb"], smaller["peak_anon_mb"]),
     }
     result.update(figures)
     result["targets"] = judge(figures)
