@@ -4,7 +4,8 @@ The seeds claim that array-shaped documents serve a 360-degree profile faster th
 and records, and that a pre-folded profile is "ready at the instant". This measures both
 claims side by side, in one run, at growing population sizes::
 
-    .venv/bin/python bench/report.py --sizes 10000,100000,1000000
+    .venv/bin/python bench/report.py                  # 10k, 100k, 500k: ~30 minutes
+    .venv/bin/python bench/report.py --sizes 10000,100000,1000000     # ~55 minutes
     .venv/bin/python bench/report.py --quick          # 2k and 10k customers, ~2 minutes
 
 For each size, in a fresh work directory: the demo generator's population is written to a
@@ -34,6 +35,7 @@ import json
 import os
 import random
 import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -75,9 +77,8 @@ SEED = 7
 BATCH = 500
 EVENTS_PER_CUSTOMER = 20
 """The generator's ``events_per_customer`` (``--events-per-customer``; the demo's is 40):
-20 keeps a million customers (20M events) within about 30 minutes on 2 cores. Every size
-uses the same, so a profile's size does not change with the population, only the
-population does."""
+20 keeps the default sizes within about 30 minutes on 2 cores. Every size uses the same,
+so a profile's size does not change with the population, only the population does."""
 SAMPLES = 2_000
 ROUNDS = 2
 """Calls per method = ``ROUNDS`` x the sample, in blocks of ``BLOCK``."""
@@ -86,7 +87,7 @@ CHECKED = 100
 """Customers whose profile every method must give identically before anything is timed."""
 
 QUICK_SIZES = [2_000, 10_000]
-DEFAULT_SIZES = [10_000, 100_000, 1_000_000]
+DEFAULT_SIZES = [10_000, 100_000, 500_000]
 
 RESULTS = REPO / "bench" / "results"
 NOTES = REPO / "bench" / "report-notes.md"
@@ -362,12 +363,27 @@ def mongo_settings(home: Path, uri: str, database: str) -> Any:
 
 
 def files_mb(*paths: Path) -> float:
+    """Bytes on disk, the write-ahead logs included."""
     total = 0
     for path in paths:
         for candidate in (path, Path(f"{path}-wal")):
             if candidate.exists():
                 total += candidate.stat().st_size
     return round(total / 2**20, 1)
+
+
+def used_mb(path: Path) -> float:
+    """The pages an SQLite file uses: a rebuild's promotion frees the staging tables'
+    pages, which SQLite keeps in the file for reuse rather than return (no VACUUM)."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        conn.close()
+    return round((pages - free) * size / 2**20, 1)
 
 
 def measure_size(
@@ -412,9 +428,13 @@ def measure_size(
         readers = Readers(store)
         normalised: dict[str, NormalisedSQLite | NormalisedPostgres] = {}
         loads: dict[str, float] = {}
-        sizes = {
+        files = {
             "log": files_mb(home / "events.sqlite"),
             "documents": files_mb(home / "documents.sqlite"),
+        }
+        sizes = {
+            "log": used_mb(home / "events.sqlite"),
+            "documents": used_mb(home / "documents.sqlite"),
         }
         tables = NormalisedSQLite(store.projections, home / "normalised.sqlite")
         opened.append(tables)
@@ -429,7 +449,11 @@ def measure_size(
                 table.create()
                 table.load(stored_profiles(store))
                 loads[name] = round(time.perf_counter() - started, 1)
-            sizes[name] = round(table.size_mb(), 1)
+            if isinstance(table, NormalisedSQLite):
+                files[name] = files_mb(table.path)
+                sizes[name] = used_mb(table.path)
+            else:
+                sizes[name] = files[name] = round(table.size_mb(), 1)
             readers.add_normalised(name, table)
         if mongo_uri:
             database = f"profilestore_report_{os.getpid()}_{customers}"
@@ -455,6 +479,7 @@ def measure_size(
     result["sample_emails"] = len(emails)
     result["load_seconds"] = loads
     result["sizes_mb"] = sizes
+    result["files_mb"] = files
     for name, figures in lookups.items():
         info(
             f"  {name}: by id p50 {figures['by_id']['p50_us']} us, p99 "
@@ -672,6 +697,8 @@ def markdown(report: dict[str, Any], where: Path) -> str:
             )
         ingest, rebuild = size["ingest"], size["rebuild"]
         disk = ", ".join(f"{k} {v:,} MB" for k, v in size["sizes_mb"].items())
+        if "files_mb" in size:
+            disk += f" (in use; files on disk: {size['files_mb']['documents']:,} MB documents)"
         loads = ", ".join(f"{k} {v} s" for k, v in size["load_seconds"].items())
         lines += [
             "",
