@@ -36,10 +36,12 @@ import os
 import random
 import shutil
 import sqlite3
+import statistics
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -52,6 +54,7 @@ for _path in (REPO / "src", REPO):
 
 import msgspec  # noqa: E402
 
+from bench.audit import calibrate  # noqa: E402
 from bench.core import (  # noqa: E402
     COMPARE,
     PeakAnonymous,
@@ -88,6 +91,9 @@ CHECKED = 100
 
 QUICK_SIZES = [2_000, 10_000]
 DEFAULT_SIZES = [10_000, 100_000, 500_000]
+
+CPU_FAST_MS = 17.5
+""":func:`calibrate` on this VM at its fastest, for reading the CPU checks."""
 
 RESULTS = REPO / "bench" / "results"
 NOTES = REPO / "bench" / "report-notes.md"
@@ -178,6 +184,37 @@ def ingest_child(home: str, population: str) -> None:
         )
     finally:
         store.close()
+
+
+class CpuSpeed:
+    """How fast the CPU ran while a child process worked: :func:`calibrate` (ms of a fixed
+    loop) every 5 s on a thread of this otherwise idle process, on the other core.
+
+    This VM's speed moves by up to 2x for minutes at a time; a throughput is read with
+    the speed it was measured at.
+    """
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.samples.append(calibrate())
+            if self._stop.wait(5):
+                return
+
+    def __enter__(self) -> CpuSpeed:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, float]:
+        return {"median_ms": statistics.median(self.samples), "max_ms": max(self.samples)}
 
 
 def run_child(*args: str) -> dict[str, Any]:
@@ -399,8 +436,9 @@ def measure_size(
     population = home / "population.msgpack"
     with stage(f"{customers}: generate the population"):
         result["events"] = write_population(population, customers, per_customer)
-    with stage(f"{customers}: ingest {result['events']} events in a subprocess"):
+    with stage(f"{customers}: ingest {result['events']} events in a subprocess"), CpuSpeed() as cpu:
         ingest = run_child("--ingest-child", str(home), str(population))
+    speed = {"ingest": cpu.summary()}
     population.unlink()
     result["ingest"] = {
         "events_per_s": round(ingest["events"] / ingest["seconds"]),
@@ -410,8 +448,9 @@ def measure_size(
         "baseline_rss_mb": round(ingest["baseline_rss_mb"], 1),
         "batch": BATCH,
     }
-    with stage(f"{customers}: rebuild every dataset in a subprocess"):
+    with stage(f"{customers}: rebuild every dataset in a subprocess"), CpuSpeed() as cpu:
         rebuild = run_rebuild_child(home)
+    speed["rebuild"] = cpu.summary()
     result["rebuild"] = {
         "events_per_s": round(rebuild["events"] / rebuild["seconds"]),
         "seconds": round(rebuild["seconds"], 2),
@@ -468,7 +507,10 @@ def measure_size(
         with stage(f"{customers}: check every method gives the same profiles"):
             check_readers(store, readers, normalised, sample, emails)
         with stage(f"{customers}: time {len(readers.by_id)} methods x {len(sample)} customers"):
-            lookups = time_readers(readers, sample, emails)
+            before = calibrate()
+            lookups = time_readers(readers, sample, emails)  # no sampling thread: same process
+            after = calibrate()
+            speed["lookups"] = {"median_ms": (before + after) / 2, "max_ms": max(before, after)}
         if mongo_uri:
             drop_mongo(mongo_uri, database)
     finally:
@@ -480,6 +522,7 @@ def measure_size(
     result["load_seconds"] = loads
     result["sizes_mb"] = sizes
     result["files_mb"] = files
+    result["cpu_check_ms"] = speed
     for name, figures in lookups.items():
         info(
             f"  {name}: by id p50 {figures['by_id']['p50_us']} us, p99 "
@@ -708,6 +751,15 @@ def markdown(report: dict[str, Any], where: Path) -> str:
             f"MB, peak RSS {rebuild['peak_rss_mb']:,} MB: with the file pages the memory map "
             f"touched). On disk: {disk}. Loading the normalised copies: {loads}.",
         ]
+        if "cpu_check_ms" in size:
+            check = ", ".join(
+                f"{stage} {v['median_ms']:.1f} ms" for stage, v in size["cpu_check_ms"].items()
+            )
+            lines += [
+                "",
+                f"CPU check while measuring (a fixed loop, lower is faster; {CPU_FAST_MS} ms "
+                f"on this VM at full speed): {check}.",
+            ]
     if report["plots"]:
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(p).stem}]({link(p)})" for p in report["plots"]]
