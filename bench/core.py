@@ -523,18 +523,23 @@ def rebuild_child(home: str) -> None:
         store.close()
 
 
-def run_rebuild_child(home: Path) -> dict[str, Any]:
+def run_child(script: Path, *args: str) -> dict[str, Any]:
+    """Run ``script`` in a child Python; its last stdout line is its JSON report."""
     out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--rebuild-child", str(home)],
+        [sys.executable, str(script), *args],
         check=True,
         capture_output=True,
         text=True,
         cwd=REPO,
     )
     if out.stderr.strip():
-        info(f"rebuild child stderr: {out.stderr.strip()}")
+        info(f"{script.name} {args[0]} stderr: {out.stderr.strip()[-2000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def run_rebuild_child(home: Path) -> dict[str, Any]:
+    return run_child(Path(__file__).resolve(), "--rebuild-child", str(home))
 
 
 def prepared_store(home: Path, customers: int, per_customer: int) -> int:

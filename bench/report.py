@@ -38,7 +38,6 @@ import shutil
 import sqlite3
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -64,6 +63,7 @@ from bench.core import (  # noqa: E402
     machine_info,
     memory_status,
     postgres_url,
+    run_child,
     run_rebuild_child,
     source_state,
     sqlite_settings,
@@ -217,20 +217,6 @@ class CpuSpeed:
         return {"median_ms": statistics.median(self.samples), "max_ms": max(self.samples)}
 
 
-def run_child(*args: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    if out.stderr.strip():
-        info(f"child stderr: {out.stderr.strip()[-2000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
 # --- lookups ------------------------------------------------------------------------------
 
 
@@ -255,11 +241,7 @@ class Readers:
         documents = store.documents
         encode = _JSON.encode
 
-        def stored_json(customer_id: str) -> bytes:
-            raw = documents.get_raw(customer_id)
-            return encode(raw.sections if raw else None)
-
-        self.add("documents", stored_json, lambda _email, key: stored_json(documents.find(key)[0]))
+        self.add_documents("documents", store)
         self.add("python_api", store.profile, lambda email, _key: store.find("email", email))
 
         def fold_on_read(customer_id: str) -> bytes:
@@ -287,7 +269,8 @@ class Readers:
 
         self.add(name, by_id, by_key)
 
-    def add_mongodb(self, store: ProfileStore) -> None:
+    def add_documents(self, name: str, store: ProfileStore) -> None:
+        """The stored JSON of a document store, as the HTTP API serves it."""
         documents = store.documents
         encode = _JSON.encode
 
@@ -295,7 +278,7 @@ class Readers:
             raw = documents.get_raw(customer_id)
             return encode(raw.sections if raw else None)
 
-        self.add("mongodb", by_id, lambda _email, key: by_id(documents.find(key)[0]))
+        self.add(name, by_id, lambda _email, key: by_id(documents.find(key)[0]))
 
 
 def pick_customers(store: ProfileStore, count: int) -> tuple[list[str], dict[str, tuple[str, str]]]:
@@ -437,7 +420,7 @@ def measure_size(
     with stage(f"{customers}: generate the population"):
         result["events"] = write_population(population, customers, per_customer)
     with stage(f"{customers}: ingest {result['events']} events in a subprocess"), CpuSpeed() as cpu:
-        ingest = run_child("--ingest-child", str(home), str(population))
+        ingest = run_child(Path(__file__).resolve(), "--ingest-child", str(home), str(population))
     speed = {"ingest": cpu.summary()}
     population.unlink()
     result["ingest"] = {
