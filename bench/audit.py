@@ -43,6 +43,7 @@ import msgspec  # noqa: E402
 from bench.core import (  # noqa: E402
     COMPARE,
     info,
+    judge,
     machine_info,
     percentile,
     source_state,
@@ -441,15 +442,6 @@ def profile_misses(
 # --- main -------------------------------------------------------------------------------
 
 
-def judge(figures: dict[str, Any]) -> dict[str, Any]:
-    targets = {}
-    for name, (op, limit) in TARGETS.items():
-        value = figures.get(name)
-        passed = None if value is None else COMPARISONS[op](value, limit)
-        targets[name] = {"target": f"{op} {limit}", "value": value, "pass": passed}
-    return targets
-
-
 def run(mode_name: str, work: Path) -> dict[str, Any]:
     mode = MODES[mode_name]
     started = time.perf_counter()
@@ -487,7 +479,7 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
             "as_of_read_decode_p50_ms": as_of["read_decode_ms"]["p50"],
         }
         result.update(figures)
-        result["targets"] = judge(figures)
+        result["targets"] = judge(figures, TARGETS, COMPARISONS)
         times = as_of_times(store, as_of_customer, mode["as_of_calls"])
         limits, profiles = profile_misses(store, result["targets"], mode, as_of, times)
     finally:

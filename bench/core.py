@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 REPO = Path(__file__).resolve().parent.parent
 for _path in (REPO / "src", REPO):
@@ -465,9 +465,36 @@ def memory_status() -> dict[str, float]:
     return found
 
 
-class PeakAnonymous:
+class Sampler:
+    """Calls :meth:`sample` every ``interval`` seconds on a thread while the block runs."""
+
+    interval = 0.01
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class PeakAnonymous(Sampler):
     """The peak of this process's anonymous memory (``RssAnon``: heap, not file pages),
-    sampled every 10 ms on a thread while the block runs.
+    sampled every 10 ms while the block runs.
 
     ``VmHWM`` counts every resident page, file pages included: with the document store's
     memory map, the pages of the file a rebuild touched count in it, though they are page
@@ -475,23 +502,11 @@ class PeakAnonymous:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def _sample(self) -> None:
-        while True:
-            self.peak_mb = max(self.peak_mb, memory_status().get("RssAnon", 0.0))
-            if self._stop.wait(0.01):
-                return
-
-    def __enter__(self) -> PeakAnonymous:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        self.peak_mb = max(self.peak_mb, memory_status().get("RssAnon", 0.0))
 
 
 def rebuild_child(home: str) -> None:
@@ -559,13 +574,18 @@ def ratio(numerator: float, denominator: float) -> float:
     return round(numerator / denominator, 3) if denominator else float("nan")
 
 
-def judge(figures: dict[str, Any]) -> dict[str, Any]:
-    targets = {}
-    for name, (op, limit) in TARGETS.items():
+def judge(
+    figures: dict[str, Any],
+    targets: dict[str, tuple[str, float]] = TARGETS,
+    comparisons: dict[str, Callable[[float, float], bool]] = COMPARE,
+) -> dict[str, Any]:
+    """Each target with the figure's value and whether it passes (None: not measured)."""
+    judged = {}
+    for name, (op, limit) in targets.items():
         value = figures.get(name)
-        passed = None if value is None else COMPARE[op](value, limit)
-        targets[name] = {"target": f"{op} {limit}", "value": value, "pass": passed}
-    return targets
+        passed = None if value is None else comparisons[op](value, limit)
+        judged[name] = {"target": f"{op} {limit}", "value": value, "pass": passed}
+    return judged
 
 
 def run(mode_name: str, work: Path) -> dict[str, Any]:

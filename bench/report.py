@@ -40,7 +40,6 @@ import statistics
 import struct
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -58,6 +57,7 @@ from bench.core import (  # noqa: E402
     COMPARE,
     PeakAnonymous,
     PostgresSchemas,
+    Sampler,
     info,
     latency_summary,
     machine_info,
@@ -186,7 +186,7 @@ def ingest_child(home: str, population: str) -> None:
         store.close()
 
 
-class CpuSpeed:
+class CpuSpeed(Sampler):
     """How fast the CPU ran while a child process worked: :func:`calibrate` (ms of a fixed
     loop) every 5 s on a thread of this otherwise idle process, on the other core.
 
@@ -194,24 +194,14 @@ class CpuSpeed:
     the speed it was measured at.
     """
 
+    interval = 5.0
+
     def __init__(self) -> None:
+        super().__init__()
         self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def _sample(self) -> None:
-        while True:
-            self.samples.append(calibrate())
-            if self._stop.wait(5):
-                return
-
-    def __enter__(self) -> CpuSpeed:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        self.samples.append(calibrate())
 
     def summary(self) -> dict[str, float]:
         return {"median_ms": statistics.median(self.samples), "max_ms": max(self.samples)}
@@ -376,6 +366,17 @@ def time_readers(
 # --- one size -----------------------------------------------------------------------------
 
 
+def child_figures(child: dict[str, Any]) -> dict[str, float]:
+    """A child's rate and memory, as the report gives them."""
+    return {
+        "events_per_s": round(child["events"] / child["seconds"]),
+        "seconds": round(child["seconds"], 2),
+        "peak_rss_mb": round(child["peak_rss_mb"], 1),
+        "peak_anon_mb": round(child["peak_anon_mb"], 1),
+        "baseline_rss_mb": round(child["baseline_rss_mb"], 1),
+    }
+
+
 def mongo_settings(home: Path, uri: str, database: str) -> Any:
     base, _, _ = uri.partition("?")
     environ = {"PROFILESTORE_DOCUMENTS__URL": f"{base.rstrip('/')}/{database}"}
@@ -423,23 +424,12 @@ def measure_size(
         ingest = run_child(Path(__file__).resolve(), "--ingest-child", str(home), str(population))
     speed = {"ingest": cpu.summary()}
     population.unlink()
-    result["ingest"] = {
-        "events_per_s": round(ingest["events"] / ingest["seconds"]),
-        "seconds": round(ingest["seconds"], 2),
-        "peak_rss_mb": round(ingest["peak_rss_mb"], 1),
-        "peak_anon_mb": round(ingest["peak_anon_mb"], 1),
-        "baseline_rss_mb": round(ingest["baseline_rss_mb"], 1),
-        "batch": BATCH,
-    }
+    result["ingest"] = {**child_figures(ingest), "batch": BATCH}
     with stage(f"{customers}: rebuild every dataset in a subprocess"), CpuSpeed() as cpu:
         rebuild = run_rebuild_child(home)
     speed["rebuild"] = cpu.summary()
     result["rebuild"] = {
-        "events_per_s": round(rebuild["events"] / rebuild["seconds"]),
-        "seconds": round(rebuild["seconds"], 2),
-        "peak_rss_mb": round(rebuild["peak_rss_mb"], 1),
-        "peak_anon_mb": round(rebuild["peak_anon_mb"], 1),
-        "baseline_rss_mb": round(rebuild["baseline_rss_mb"], 1),
+        **child_figures(rebuild),
         "sections_written": rebuild["sections_written"],
     }
     info(f"  ingest {result['ingest']}, rebuild {result['rebuild']}")
