@@ -19,14 +19,11 @@ import argparse
 import cProfile
 import datetime as dt
 import gc
-import json
 import os
 import pstats
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -46,6 +43,7 @@ from bench.core import (  # noqa: E402
     judge,
     machine_info,
     percentile,
+    run_and_write,
     source_state,
     sqlite_settings,
     stage,
@@ -514,24 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.chdir(REPO)  # the default settings file and projections are found from here
     mode = "quick" if args.quick else "full"
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=False)
-        work = args.workdir
-    else:
-        work = Path(tempfile.mkdtemp(prefix="profilestore-bench-audit-"))
-    info(f"mode {mode}, work dir {work}")
-    try:
-        result = run(mode, work)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(result, indent=2, default=str)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text + "\n", encoding="utf-8")
-    print(text)
-    failed = [name for name, t in result["targets"].items() if t["pass"] is False]
-    info(f"done in {result['elapsed_s']}s; targets missed: {', '.join(failed) or 'none'}")
-    return 0
+    return run_and_write(lambda work: run(mode, work), mode, args, "profilestore-bench-audit-")
 
 
 if __name__ == "__main__":

@@ -708,6 +708,34 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
     return result
 
 
+def run_and_write(
+    measure: Callable[[Path], dict[str, Any]],
+    mode: str,
+    args: argparse.Namespace,
+    prefix: str,
+) -> int:
+    """Run a bench in ``args.workdir`` (kept) or a temporary directory (removed), then
+    write its JSON to ``args.output``, print it, and say which targets were missed."""
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=False)
+        work = args.workdir
+    else:
+        work = Path(tempfile.mkdtemp(prefix=prefix))
+    info(f"mode {mode}, work dir {work}")
+    try:
+        result = measure(work)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    text = json.dumps(result, indent=2, default=str)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    failed = [name for name, t in result["targets"].items() if t["pass"] is False]
+    info(f"done in {result['elapsed_s']}s; targets missed: {', '.join(failed) or 'none'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (< 2 minutes)")
@@ -725,24 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     os.chdir(REPO)  # the default settings file and projections are found from here
     mode = "quick" if args.quick else "full"
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=False)
-        work = args.workdir
-    else:
-        work = Path(tempfile.mkdtemp(prefix="profilestore-bench-"))
-    info(f"mode {mode}, work dir {work}")
-    try:
-        result = run(mode, work)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(result, indent=2)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text + "\n", encoding="utf-8")
-    print(text)
-    failed = [name for name, t in result["targets"].items() if t["pass"] is False]
-    info(f"done in {result['elapsed_s']}s; targets missed: {', '.join(failed) or 'none'}")
-    return 0
+    return run_and_write(lambda work: run(mode, work), mode, args, "profilestore-bench-")
 
 
 if __name__ == "__main__":

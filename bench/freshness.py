@@ -28,10 +28,8 @@ import gc
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -52,6 +50,7 @@ from bench.core import (  # noqa: E402
     percentile,
     postgres_settings,
     postgres_url,
+    run_and_write,
     source_state,
     sqlite_settings,
     stage,
@@ -645,24 +644,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     os.chdir(REPO)  # the default settings file and projections are found from here
     mode = "quick" if args.quick else "full"
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=False)
-        work = args.workdir
-    else:
-        work = Path(tempfile.mkdtemp(prefix="profilestore-freshness-"))
-    info(f"mode {mode}, work dir {work}")
-    try:
-        result = run(mode, work, args.follower_poll_ms)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(result, indent=2)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text + "\n", encoding="utf-8")
-    print(text)
-    failed = [name for name, t in result["targets"].items() if t["pass"] is False]
-    info(f"done in {result['elapsed_s']}s; targets missed: {', '.join(failed) or 'none'}")
-    return 0
+    return run_and_write(
+        lambda work: run(mode, work, args.follower_poll_ms), mode, args, "profilestore-freshness-"
+    )
 
 
 if __name__ == "__main__":
