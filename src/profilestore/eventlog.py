@@ -682,18 +682,22 @@ def postgres_datastore(url: str, *, schema: str = "", pool_size: int = 2) -> Pos
 
 
 def open_sqlite_log(path: str, *, lock_timeout: int = 30) -> EventLog:
-    recorder = SQLiteEventRecorder(sqlite_datastore(path, lock_timeout=lock_timeout))
     # Processes opening a new file at once race to switch it to WAL, which SQLite
-    # refuses at once ("database is locked") instead of waiting: try again, briefly.
+    # refuses at once ("database is locked") instead of waiting: try again, briefly. Each
+    # try gets a fresh datastore: when the WAL switch fails inside the library's pool,
+    # the pool keeps its writer lock (eventsourcing 9.5.6), and a retry on the same pool
+    # would wait 5 s for it and fail with "Timed out waiting for return of writer".
     for attempt in range(1, 41):
+        recorder = SQLiteEventRecorder(sqlite_datastore(path, lock_timeout=lock_timeout))
         try:
             recorder.create_table()
-            break
+            return EventLog(recorder)
         except (sqlite3.OperationalError, OperationalError) as error:
+            recorder.datastore.close()
             if "locked" not in str(error) or attempt == 40:
                 raise
             time.sleep(0.01 * attempt)
-    return EventLog(recorder)
+    raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
 def open_postgres_log(url: str, *, schema: str = "", pool_size: int = 2) -> EventLog:
