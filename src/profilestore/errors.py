@@ -96,3 +96,10 @@ class LeaseHeld(ProfileStoreError):
 
     def __init__(self, name: str, holder: str) -> None:
         super().__init__(f"{name} is locked by {holder}; try again when it finishes")
+
+
+class StoreClosed(ProfileStoreError):
+    """The store was closed; the request arrived during or after shutdown."""
+
+    def __init__(self, what: str = "the profile store") -> None:
+        super().__init__(f"{what} is closed (shutting down); retry against a running instance")
