@@ -245,7 +245,7 @@ def as_of_times(store: ProfileStore, customer: str, calls: int) -> list[dt.datet
 def bench_as_of(store: ProfileStore, customer: str, calls: int) -> dict[str, Any]:
     times = as_of_times(store, customer, calls)
     profile = store.profile
-    read = store.log.customer_changes
+    read = store._log.customer_changes
     for t in times[:20]:  # warm-up: statements, decoders, page cache
         profile(customer, as_of=t)
     perf = time.perf_counter_ns
@@ -403,7 +403,7 @@ def profile_misses(
     limits: dict[str, str] = {}
     profiles: dict[str, Any] = {}
     if targets["verify_customers_per_s"]["pass"] is False:
-        ids = store.log.recorder.customers()[: mode["profile_verify_customers"]]
+        ids = store._log.recorder.customers()[: mode["profile_verify_customers"]]
         with stage(f"cProfile: verify of {len(ids)} customers"):
             profiles["verify"] = profiled(
                 "verify_customers_per_s", lambda: store.verify(customer_ids=ids)

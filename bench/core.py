@@ -513,7 +513,7 @@ def rebuild_child(home: str) -> None:
     """Runs in a subprocess: open the store, rebuild every dataset, report on stdout."""
     store = open_store(sqlite_settings(Path(home)))
     try:
-        events = store.log.head()
+        events = store._log.head()
         gc.collect()
         baseline = memory_status()
         with PeakAnonymous() as anonymous:

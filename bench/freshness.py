@@ -60,6 +60,7 @@ from profilestore.errors import CustomerNotFound  # noqa: E402
 from profilestore.events import CartItemAdded, Event  # noqa: E402
 from profilestore.follower import Follower  # noqa: E402
 from profilestore.population import generate  # noqa: E402
+from profilestore.projector import ProjectionHandler, _ProjectionPass  # noqa: E402
 from profilestore.store import ProfileStore, open_store  # noqa: E402
 
 SEED = 7
@@ -185,11 +186,11 @@ def follower_child(spec_json: str) -> None:
     poll_ms = spec.get("poll_ms")
     follower = Follower(store, REALTIME, poll_s=None if poll_ms is None else poll_ms / 1000)
     profiler = Profiler()
-    projector, documents, log = store.projector, store.documents, store.log
+    documents, log = store._documents, store._log
     for obj, attr, name in [
-        (projector, "_start", "projector._start (tracking + parked reads)"),
-        (projector, "_fold_pages", "projector._fold_pages (section loads + folds)"),
-        (projector, "_flush", "projector._flush (section writes + tracking advance)"),
+        (ProjectionHandler, "begin", "handler.begin (tracking + parked reads)"),
+        (_ProjectionPass, "handle", "pass.handle (section loads + folds)"),
+        (_ProjectionPass, "commit", "pass.commit (section writes + tracking advance)"),
         (documents, "tracking", "documents.tracking"),
         (documents, "get_records", "documents.get_records (dead letters)"),
         (documents, "load", "documents.load"),
@@ -203,22 +204,25 @@ def follower_child(spec_json: str) -> None:
 
     passes: list[tuple[int, int, int, int, int]] = []  # read start, read end, done, through, n
     last_read = [0, 0]
-    next_page = follower._next_page
-    apply = projector.apply
+    changes = log.changes
+    step = follower.consumer.step
 
-    def timed_next_page() -> tuple[Any, int]:
+    def timed_changes(*args: Any, **kwargs: Any) -> Any:
         started = now_ns()
-        result = next_page()
+        result = changes(*args, **kwargs)
         last_read[0], last_read[1] = started, now_ns()
         return result
 
-    def timed_apply(names: Sequence[str], page: Sequence[Any], through: int) -> Any:
-        report = apply(names, page, through)
-        passes.append((last_read[0], last_read[1], now_ns(), through, len(page)))
+    def timed_step() -> Any:
+        report = step()
+        if report is not None:
+            passes.append(
+                (last_read[0], last_read[1], now_ns(), report.high_water, report.events_read)
+            )
         return report
 
-    follower._next_page = timed_next_page  # type: ignore[method-assign]
-    projector.apply = timed_apply  # type: ignore[method-assign]
+    log.changes = timed_changes  # type: ignore[method-assign]
+    follower.consumer.step = timed_step  # type: ignore[method-assign]
     follower.start()
     try:
         deadline = time.monotonic() + 30
@@ -226,7 +230,7 @@ def follower_child(spec_json: str) -> None:
             if time.monotonic() > deadline or not follower.live:
                 raise RuntimeError(f"follower never took its leases: {follower.last_error}")
             time.sleep(0.01)
-        print(json.dumps({"ready": True, "holder": projector.holder}), flush=True)
+        print(json.dumps({"ready": True, "holder": store.holder}), flush=True)
         sys.stdin.readline()  # the parent writes a line (or closes stdin) to stop us
     finally:
         follower.stop()

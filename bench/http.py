@@ -12,7 +12,7 @@ the other:
   the profiles of a synthetic population (built once, cached under
   ``~/.cache/profilestore/bench-http-*`` and copied into a temporary directory per run).
 - **dict baseline**: the same ``create_app(store)`` over the same store, served by uvicorn
-  with the same settings as ``serve``, but with ``store.documents.aget_raw`` replaced by a
+  with the same settings as ``serve``, but with ``store._documents.aget_raw`` replaced by a
   lookup in a dict preloaded (at startup) with every customer's stored rows, from which
   it builds the ``RawProfile`` a store read returns. The guard,
   the access middleware and log, the metrics, the freshness blocks, the response Struct
@@ -269,7 +269,7 @@ def build_store(home: Path, customers: int, per_customer: int) -> dict[str, Any]
         refresh_s = time.perf_counter() - started
         ids: set[str] = set()
         for dataset in store.datasets():
-            ids.update(store.documents.customer_ids(dataset))
+            ids.update(store._documents.customer_ids(dataset))
     finally:
         store.close()
     (home / "customers.txt").write_text("\n".join(sorted(ids)) + "\n", encoding="utf-8")
@@ -416,13 +416,13 @@ def serve_dict(port: int) -> None:
     started = time.perf_counter()
     ids: set[str] = set()
     for dataset in store.datasets():
-        ids.update(store.documents.customer_ids(dataset))
+        ids.update(store._documents.customer_ids(dataset))
     # Per customer, the rows a store read yields: (dataset, section JSON, position,
     # refreshed_at) in tuples of scalars, which the cyclic GC untracks, so the preloaded
     # data adds no collection work; a request builds the same RawProfile a read returns.
     preloaded: dict[str, tuple[tuple[str, msgspec.Raw, int, dt.datetime], ...]] = {}
     for cid in sorted(ids):
-        raw = store.documents.get_raw(cid)
+        raw = store._documents.get_raw(cid)
         assert raw is not None
         preloaded[cid] = tuple(
             (name, section, raw.freshness[name].position, raw.freshness[name].refreshed_at)
@@ -450,7 +450,7 @@ def serve_dict(port: int) -> None:
             },
         )
 
-    store.documents.aget_raw = aget_raw  # type: ignore[method-assign]
+    store._documents.aget_raw = aget_raw  # type: ignore[method-assign]
     config = uvicorn.Config(  # as `profilestore serve` configures it
         create_app(store),
         host=HOST,

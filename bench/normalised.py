@@ -723,10 +723,10 @@ def stored_profiles(
     """
     if customer_ids is None:
         customer_ids = sorted(
-            {c for d in store.projections for c in store.documents.customer_ids(d)}
+            {c for d in store.projections for c in store._documents.customer_ids(d)}
         )
     for customer_id in customer_ids:
-        profile = store.documents.get(customer_id)
+        profile = store._documents.get(customer_id)
         if profile is not None:
             yield customer_id, profile.sections
 
@@ -743,7 +743,7 @@ def assert_same(
     """
     checked = 0
     for customer_id in customer_ids:
-        stored = store.documents.get(customer_id)
+        stored = store._documents.get(customer_id)
         expected = None if stored is None else {n: json_form(s) for n, s in stored.sections.items()}
         difference = _difference(expected, normalised.profile(customer_id), "$")
         if difference is not None:

@@ -227,8 +227,8 @@ class Readers:
         self.by_id: dict[str, Callable[[str], Any]] = {}
         self.by_identifier: dict[str, Callable[[str, str], Any]] = {}
         projections = store.projections
-        log = store.log
-        documents = store.documents
+        log = store._log
+        documents = store._documents
         encode = _JSON.encode
 
         self.add_documents("documents", store)
@@ -261,7 +261,7 @@ class Readers:
 
     def add_documents(self, name: str, store: ProfileStore) -> None:
         """The stored JSON of a document store, as the HTTP API serves it."""
-        documents = store.documents
+        documents = store._documents
         encode = _JSON.encode
 
         def by_id(customer_id: str) -> bytes:
@@ -274,7 +274,7 @@ class Readers:
 def pick_customers(store: ProfileStore, count: int) -> tuple[list[str], dict[str, tuple[str, str]]]:
     """A random sample of customers, and for those with an email only they hold, the
     email as a client would send it and its lookup key."""
-    everyone = store.log.recorder.customers()
+    everyone = store._log.recorder.customers()
     sample = random.Random(SEED).sample(everyone, min(count, len(everyone)))
     emails: dict[str, tuple[str, str]] = {}
     for customer_id in sample:
@@ -282,7 +282,7 @@ def pick_customers(store: ProfileStore, count: int) -> tuple[list[str], dict[str
         for identifier in identities.identifiers if identities else ():
             if identifier.kind != "email":
                 continue
-            if store.documents.find(identifier.key) == [customer_id]:
+            if store._documents.find(identifier.key) == [customer_id]:
                 emails[customer_id] = (identifier.value, identifier.key)
                 break
     return sample, emails

@@ -138,7 +138,7 @@ def test_appending_says_what_was_new_and_what_was_a_duplicate(
     assert first.json() == {"appended": 2, "duplicates": 0, "duplicate_event_ids": []}
     again = post_events(client, [event("e2"), event("e3")])
     assert again.json() == {"appended": 1, "duplicates": 1, "duplicate_event_ids": ["e2"]}
-    assert store.log.head() == 3
+    assert store.head() == 3
 
 
 @pytest.mark.parametrize(
@@ -160,7 +160,7 @@ def test_an_invalid_event_rejects_the_batch_with_422_naming_the_field(
     assert (error["code"], error["field"], error["index"]) == ("invalid_event", field, 2)
     assert reason in error["reason"]
     assert "nothing of it was appended" in error["message"]
-    assert store.log.head() == 0
+    assert store.head() == 0
 
 
 def test_batches_over_the_limit_get_422_and_bodies_over_it_413(
@@ -177,7 +177,7 @@ def test_batches_over_the_limit_get_422_and_bodies_over_it_413(
     )
     assert huge.status_code == 413
     assert huge.json()["error"]["code"] == "body_too_large"
-    assert store.log.head() == 0
+    assert store.head() == 0
 
 
 def test_a_body_that_is_not_a_batch_gets_400(client: TestClient[Any]) -> None:
@@ -302,7 +302,7 @@ def test_ready_fails_when_a_store_does_not_answer(
     def broken() -> int:
         raise ConnectionError("down")
 
-    monkeypatch.setattr(store.log, "head", broken)
+    monkeypatch.setattr(store._log, "head", broken)
     response = client.get("/health/ready")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "reason": "ConnectionError"}
@@ -377,7 +377,7 @@ def test_profiles_are_served_from_mongodb_through_the_async_client(
             assert by_id.json()["sections"]["carts"]["open"][0]["value"] == "12.50"
             by_email = client.get("/v1/profiles?email=ann@example.com", headers=headers())
             assert by_email.json()["customer_id"] == "ann"
-            assert opened.documents._async_client is not None  # the async path served it
+            assert opened._documents._async_client is not None  # the async path served it
     finally:
         cleanup: MongoClient[dict[str, Any]] = MongoClient(mongo_wire_uri)
         cleanup.drop_database(database)

@@ -44,7 +44,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProfileStore]:
 
 @pytest.fixture(scope="module")
 def customer_ids(store: ProfileStore) -> list[str]:
-    ids = sorted({c for d in store.projections for c in store.documents.customer_ids(d)})
+    ids = sorted({c for d in store.projections for c in store._documents.customer_ids(d)})
     assert len(ids) == CUSTOMERS
     return ids
 
@@ -53,7 +53,7 @@ def emails(store: ProfileStore, customer_ids: list[str]) -> dict[str, str]:
     """A few email lookup keys and who holds them, from the stored identities."""
     found: dict[str, str] = {}
     for customer_id in customer_ids[:: CUSTOMERS // 8]:
-        profile = store.documents.get(customer_id, ["identities"])
+        profile = store._documents.get(customer_id, ["identities"])
         assert profile is not None
         for identifier in profile.sections["identities"].identifiers:
             if identifier.kind == "email":

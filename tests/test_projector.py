@@ -18,8 +18,8 @@ import pytest
 from profilestore.config import Settings
 from profilestore.documents import DocumentStore
 from profilestore.errors import LeaseHeld
+from profilestore.pipeline import LEASE_TTL
 from profilestore.population import generate
-from profilestore.projector import LEASE_TTL
 from profilestore.store import ProfileStore, open_store
 
 CUSTOMERS = 40
@@ -58,26 +58,26 @@ def rebuilt(store: ProfileStore, tmp_path: Path) -> dict[tuple[str, str], tuple[
     )
     with open_store(fresh_settings) as fresh:
         fresh.rebuild()
-        return snapshot(fresh.documents)
+        return snapshot(fresh._documents)
 
 
 def test_refresh_folds_every_event_into_its_datasets(store: ProfileStore) -> None:
     report = store.refresh()
-    head = store.log.head()
+    head = store.head()
     assert report.high_water == head
     assert report.events_read == head
     assert sum(report.events_applied.values()) >= head  # some events feed two datasets
-    assert set(tracked(store.documents).values()) == {head}
-    assert len(list(store.documents.customer_ids("identities"))) == CUSTOMERS
+    assert set(tracked(store._documents).values()) == {head}
+    assert len(list(store._documents.customer_ids("identities"))) == CUSTOMERS
 
 
 def test_refreshing_again_changes_nothing(store: ProfileStore) -> None:
     store.refresh()
-    before = snapshot(store.documents)
+    before = snapshot(store._documents)
     again = store.refresh()
     assert again.events_read == 0
     assert sum(again.sections_written.values()) == 0
-    assert snapshot(store.documents) == before
+    assert snapshot(store._documents) == before
 
 
 def test_replaying_events_already_written_changes_nothing(
@@ -89,29 +89,29 @@ def test_replaying_events_already_written_changes_nothing(
         raise RuntimeError("killed before advancing")
 
     with monkeypatch.context() as patch:
-        patch.setattr(store.documents, "advance", crash)
+        patch.setattr(store._documents, "advance", crash)
         with pytest.raises(RuntimeError):
             store.refresh()
-    assert set(tracked(store.documents).values()) == {0}
-    written = snapshot(store.documents)
+    assert set(tracked(store._documents).values()) == {0}
+    written = snapshot(store._documents)
     replay = store.refresh()
-    assert replay.events_read == store.log.head()
+    assert replay.events_read == store.head()
     assert sum(replay.events_applied.values()) == 0
-    assert snapshot(store.documents) == written
+    assert snapshot(store._documents) == written
 
 
 def test_projector_stopped_part_way_and_restarted_equals_a_rebuild(
     store: ProfileStore, tmp_path: Path
 ) -> None:
-    store.projector.page_size = 37  # many pages, with flushes in between
-    store.projector.cache_sections = 25
-    head = store.log.head()
+    store._consumer.page_size = 37  # many pages, with flushes in between
+    store._cache_sections = 25
+    head = store.head()
     for stop in (head // 5, head // 2, head - 3):
-        report = store.projector.refresh(until=stop)
+        report = store.refresh(until=stop)
         assert report.high_water == stop
-        assert set(tracked(store.documents).values()) == {stop}
+        assert set(tracked(store._documents).values()) == {stop}
     store.refresh()
-    assert snapshot(store.documents) == rebuilt(store, tmp_path)
+    assert snapshot(store._documents) == rebuilt(store, tmp_path)
 
 
 def test_events_appended_after_a_refresh_are_folded_by_the_next(
@@ -121,7 +121,7 @@ def test_events_appended_after_a_refresh_are_folded_by_the_next(
     more = list(generate(CUSTOMERS + 10, seed=4, events_per_customer=10))
     store.append([msgspec.structs.replace(e, event_id=f"late-{e.event_id}") for e in more])
     store.refresh()
-    assert snapshot(store.documents) == rebuilt(store, tmp_path)
+    assert snapshot(store._documents) == rebuilt(store, tmp_path)
 
 
 KILLED_PROJECTOR = textwrap.dedent(
@@ -130,8 +130,8 @@ KILLED_PROJECTOR = textwrap.dedent(
     from profilestore.config import load_settings
     from profilestore.store import open_store
     store = open_store(load_settings(environ={}, home=sys.argv[1]))
-    store.projector.page_size = 20
-    store.projector.cache_sections = 10
+    store._consumer.page_size = 20
+    store._cache_sections = 10
 
     def progress(done, total):
         print(done, flush=True)
@@ -146,7 +146,7 @@ KILLED_PROJECTOR = textwrap.dedent(
 def test_projector_killed_with_sigkill_then_restarted_equals_a_rebuild(
     store: ProfileStore, tmp_path: Path
 ) -> None:
-    head = store.log.head()
+    head = store.head()
     process = subprocess.Popen(
         [sys.executable, "-c", KILLED_PROJECTOR, str(store.settings.home)],
         stdout=subprocess.PIPE,
@@ -159,14 +159,14 @@ def test_projector_killed_with_sigkill_then_restarted_equals_a_rebuild(
     os.kill(process.pid, signal.SIGKILL)
     process.communicate(timeout=30)
     assert process.returncode == -signal.SIGKILL
-    positions = tracked(store.documents)
+    positions = tracked(store._documents)
     assert 0 < min(positions.values()) < head, "the kill should land mid-run"
     # The dead process still holds its dataset leases: nothing runs until they expire.
     assert store.refresh().skipped_locked == list(store.projections)
     later = dt.datetime.now(dt.UTC) + 2 * LEASE_TTL
-    store.projector.clock = lambda: later
+    store._leases.clock = lambda: later
     assert store.refresh().skipped_locked == []
-    assert snapshot(store.documents) == rebuilt(store, tmp_path)
+    assert snapshot(store._documents) == rebuilt(store, tmp_path)
 
 
 def test_rebuild_keeps_lookups_answering_from_the_old_documents(store: ProfileStore) -> None:
@@ -178,9 +178,9 @@ def test_rebuild_keeps_lookups_answering_from_the_old_documents(store: ProfileSt
     def look(done: int, total: int) -> None:
         seen_during.append(store.profile(customer_id).sections)
 
-    store.projector.page_size = 50
-    store.projector.cache_sections = 10
-    store.projector.rebuild(progress=look)
+    store._consumer.page_size = 50
+    store._cache_sections = 10
+    store.rebuild(progress=look)
     assert len(seen_during) > 5
     assert all(sections == before.sections for sections in seen_during)
     after = store.profile(customer_id)
@@ -201,22 +201,22 @@ def test_rebuild_after_a_fold_change_replaces_the_dataset(
         return msgspec.structs.replace(folded, page_views=folded.page_views[-1:])
 
     monkeypatch.setitem(
-        store.projector.projections,
+        store._projections,
         "browsing",
         dataclasses.replace(projection, fold=keep_one_view, retention="last page view"),
     )
     store.rebuild(["browsing"])
-    for customer_id in store.documents.customer_ids("browsing"):
+    for customer_id in store._documents.customer_ids("browsing"):
         assert len(store.profile(customer_id, ["browsing"]).sections["browsing"].page_views) <= 1
 
 
 def test_a_dataset_leased_by_another_process_is_skipped_by_refresh(store: ProfileStore) -> None:
     now = dt.datetime.now(dt.UTC)
-    assert store.documents.acquire_lease("dataset:carts", "other-host:1", dt.timedelta(60), now)
+    assert store._documents.acquire_lease("dataset:carts", "other-host:1", dt.timedelta(60), now)
     report = store.refresh()
     assert report.skipped_locked == ["carts"]
-    assert store.documents.tracking("carts") is None
-    assert store.documents.tracking("orders") is not None
+    assert store._documents.tracking("carts") is None
+    assert store._documents.tracking("orders") is not None
     with pytest.raises(LeaseHeld, match="other-host:1"):
         store.rebuild(["carts"])
 
@@ -227,11 +227,11 @@ def test_mongodb_and_embedded_stores_hold_equal_documents(
     import mongomock_ng
 
     from profilestore.mongo_documents import MongoDocumentStore
-    from profilestore.projector import Projector
 
     client: Any = mongomock_ng.MongoClient(tz_aware=True)
-    mongo = MongoDocumentStore(client["equal"], store.documents.schemas, client=client)
-    Projector(store.log, mongo, store.projections).refresh()
+    mongo = MongoDocumentStore(client["equal"], store._documents.schemas, client=client)
+    # A second door onto the same log (not closed: it would close the shared log).
+    ProfileStore(store.settings, store._log, mongo, store.projections).refresh()
     store.refresh()
-    assert snapshot(mongo) == snapshot(store.documents)
+    assert snapshot(mongo) == snapshot(store._documents)
     mongo.close()

@@ -78,7 +78,7 @@ def store(settings: Settings, clock: Clock) -> Iterator[ProfileStore]:
 
 def poison(store: ProfileStore, dataset: str, event_ids: set[str]) -> Callable[[], None]:
     """Make ``dataset``'s fold fail on ``event_ids``; returns a function that cures it."""
-    projection = store.projector.projections[dataset]
+    projection = store._projections[dataset]
     original = projection.fold
 
     def failing(section: Any, event: Any) -> Any:
@@ -86,10 +86,10 @@ def poison(store: ProfileStore, dataset: str, event_ids: set[str]) -> Callable[[
             raise ValueError(f"cannot fold {event.event_id}")
         return original(section, event)
 
-    store.projector.projections[dataset] = dataclasses.replace(projection, fold=failing)
+    store._projections[dataset] = dataclasses.replace(projection, fold=failing)
 
     def cure() -> None:
-        store.projector.projections[dataset] = projection
+        store._projections[dataset] = projection
 
     return cure
 
@@ -100,7 +100,7 @@ def poison(store: ProfileStore, dataset: str, event_ids: set[str]) -> Callable[[
 def test_a_refresh_records_its_run_per_dataset(store: ProfileStore, clock: Clock) -> None:
     store.append([cart_added("e1", "ann")])
     store.refresh(["carts", "orders"])
-    run = store.journal.last_run("carts")
+    run = store._journal.last_run("carts")
     assert run is not None
     assert (run.status, run.trigger, run.events_applied, run.high_water) == (
         "succeeded",
@@ -109,8 +109,8 @@ def test_a_refresh_records_its_run_per_dataset(store: ProfileStore, clock: Clock
         1,
     )
     assert run.started_at == run.finished_at == T0
-    assert store.journal.last_success("orders") is not None
-    assert store.journal.last_run("social") is None
+    assert store._journal.last_success("orders") is not None
+    assert store._journal.last_run("social") is None
 
 
 def test_a_poison_event_is_dead_lettered_and_does_not_stop_other_work(
@@ -145,7 +145,7 @@ def test_a_poison_event_is_dead_lettered_and_does_not_stop_other_work(
     poison(store, "carts", {"a1"})
     report = store.refresh()
     assert report.dead_letters["carts"] == 1
-    (letter,) = store.journal.dead_letters("carts")
+    (letter,) = store._journal.dead_letters("carts")
     assert (letter.customer_id, letter.event_id, letter.attempts) == ("ann", "a1", 1)
     assert "ValueError: cannot fold a1" in letter.error
     # Bob's carts and Ann's other datasets went on; Ann's later cart event waits behind a1.
@@ -159,7 +159,7 @@ def test_a_poison_event_is_dead_lettered_and_does_not_stop_other_work(
     assert row.dead_letters == 1 and "cannot fold a1" in (row.dead_letter_error or "")
     # Still poisonous: another refresh counts another attempt on the same event.
     assert store.retry_dead_letters("carts") == (0, 1)
-    assert store.journal.dead_letters("carts")[0].attempts == 2
+    assert store._journal.dead_letters("carts")[0].attempts == 2
 
 
 def test_retrying_dead_letters_after_a_fix_refolds_the_parked_customer_in_order(
@@ -173,7 +173,7 @@ def test_retrying_dead_letters_after_a_fix_refolds_the_parked_customer_in_order(
     assert not _has(store, "ann")
     cure()
     assert store.retry_dead_letters("carts") == (1, 0)
-    assert store.journal.dead_letters("carts") == []
+    assert store._journal.dead_letters("carts") == []
     lines = store.profile("ann").sections["carts"].open[0].lines
     assert [line.sku for line in lines] == ["S1", "S2", "S3"]
     assert store.profile("ann").freshness["carts"].position == 3
@@ -187,7 +187,7 @@ def test_rebuilds_stay_strict(store: ProfileStore) -> None:
     with pytest.raises(ValueError, match="cannot fold b1"):
         store.rebuild(["carts"])
     assert store.profile("bob") == before
-    assert store.journal.dead_letters("carts") == []
+    assert store._journal.dead_letters("carts") == []
 
 
 # --- locks --------------------------------------------------------------------------------
@@ -195,8 +195,8 @@ def test_rebuilds_stay_strict(store: ProfileStore) -> None:
 
 def test_a_lock_held_by_a_dead_process_expires(store: ProfileStore, clock: Clock) -> None:
     store.append([cart_added("a1", "ann")])
-    ttl = store.projector.lease_ttl
-    assert store.documents.acquire_lease("dataset:carts", "gone-host:4242:x", ttl, clock())
+    ttl = store._leases.ttl
+    assert store._documents.acquire_lease("dataset:carts", "gone-host:4242:x", ttl, clock())
     assert store.refresh(["carts"]).skipped_locked == ["carts"]
     with pytest.raises(LeaseHeld, match="gone-host"):
         store.retry_dead_letters("carts")
@@ -216,13 +216,13 @@ def test_two_schedulers_racing_for_a_dataset_apply_it_once(
         first.append(events)
         gate = threading.Barrier(2)
         for racer in (first, second):
-            slow = racer.projector.projections["browsing"]
+            slow = racer._projections["browsing"]
 
             def slowed(section: Any, event: Any, fold: Any = slow.fold) -> Any:
                 time.sleep(0.0005)
                 return fold(section, event)
 
-            racer.projector.projections["browsing"] = dataclasses.replace(slow, fold=slowed)
+            racer._projections["browsing"] = dataclasses.replace(slow, fold=slowed)
         outcomes: dict[str, Any] = {}
 
         def run(name: str, racer: ProfileStore) -> None:
@@ -242,7 +242,7 @@ def test_two_schedulers_racing_for_a_dataset_apply_it_once(
         assert applied[0] == 0 and applied[1] > 0
         assert sorted(skipped) == [[], ["browsing"]]
         snapshot = {
-            c: first.profile(c, ["browsing"]) for c in first.documents.customer_ids("browsing")
+            c: first.profile(c, ["browsing"]) for c in first._documents.customer_ids("browsing")
         }
         first.rebuild(["browsing"])
         assert {c: first.profile(c, ["browsing"]).sections for c in snapshot} == {
@@ -287,7 +287,7 @@ def test_the_worker_runs_due_datasets_and_keeps_regular_ones_waiting(
             wait_until(lambda: _has(opened, "ann"))
         service_runs = [(d, t) for d, t, _ in worker.reports]
         assert service_runs == [("service", "catch-up")]
-        run = opened.journal.last_run("service")
+        run = opened._journal.last_run("service")
         assert run is not None and (run.trigger, run.status) == ("catch-up", "succeeded")
 
 
@@ -327,7 +327,7 @@ def test_the_follower_shows_new_events_in_lookups_quickly(
             # On PostgreSQL new events arrive through the library's LISTEN/NOTIFY subscription.
             assert (follower._subscription is not None) == (log_backend["name"] == "postgres")
         assert not follower.live
-        run = opened.journal.last_run("carts")
+        run = opened._journal.last_run("carts")
         assert run is not None and (run.trigger, run.status) == ("follower", "succeeded")
         # It gave its leases back: a manual refresh is not skipped.
         assert opened.refresh(["carts"]).skipped_locked == []
@@ -339,19 +339,20 @@ def test_the_follower_catches_up_a_backlog_in_batches_and_equals_a_rebuild(
     with open_store(follower_settings(settings, log_backend)) as opened:
         opened.append(list(generate(40, seed=9, events_per_customer=25)))
         follower = Follower(opened, ["carts", "identities", "consents"], poll_s=0.002, batch=97)
-        head = opened.log.head()
+        head = opened._log.head()
         lag = opened.freshness(["carts"])["carts"]
         assert lag.events_behind > 0 and lag.seconds_behind >= 0
         with follower:
             wait_until(
                 lambda: all(
-                    (t := opened.documents.tracking(n)) is not None and t.position == head
+                    (t := opened._documents.tracking(n)) is not None and t.position == head
                     for n in follower.datasets
                 )
             )
         assert follower.applied >= 1 and follower.lag()["carts"].events_behind == 0
         followed = {
-            c: opened.profile(c, ["carts"]).sections for c in opened.documents.customer_ids("carts")
+            c: opened.profile(c, ["carts"]).sections
+            for c in opened._documents.customer_ids("carts")
         }
         opened.rebuild(["carts"])
         assert {c: opened.profile(c, ["carts"]).sections for c in followed} == followed

@@ -33,11 +33,13 @@ from profilestore.errors import (
     AmbiguousIdentifier,
     ConfigError,
     InvalidEvent,
+    InvalidIdentifier,
     NotFound,
     ProfileStoreError,
     UnknownDataset,
 )
 from profilestore.eventlog import event_json
+from profilestore.identifiers import LOOKUP_KINDS, one_identifier
 from profilestore.schedule import fire_times, next_due, parse_cadence
 from profilestore.store import ProfileStore, open_store
 
@@ -73,7 +75,7 @@ def _errors() -> Iterator[None]:
         label = "not found" if isinstance(e, NotFound) else "ambiguous"
         stderr.print(f"[red]{label}:[/red] {escape(str(e))}")
         sys.exit(1)
-    except (ConfigError, UnknownDataset) as e:
+    except (ConfigError, UnknownDataset, InvalidIdentifier) as e:
         stderr.print(f"[red]error:[/red] {escape(str(e))}")
         sys.exit(2)
     except ProfileStoreError as e:
@@ -257,7 +259,7 @@ def status(obj: _Context, as_json: bool) -> None:
         if as_json:
             _emit(rows, pretty=True)
             return
-        table = Table(title=f"profilestore status (log head {store.log.head()})")
+        table = Table(title=f"profilestore status (log head {store.head()})")
         for column in ("dataset", "cadence", "last run", "next run", "behind", "state"):
             table.add_column(column)
         for row in rows:
@@ -310,7 +312,7 @@ def schedule_list(obj: _Context, count: int) -> None:
         rows = []
         for name in store.projections:
             cadence = parse_cadence(store.cadence(name))
-            success = store.journal.last_success(name)
+            success = store.last_success(name)
             last = success.finished_at if success else None
             due = next_due(cadence, store.timezone, last, now)
             upcoming = fire_times(cadence, store.timezone, due, count - 1) if due else []
@@ -341,7 +343,7 @@ def worker(obj: _Context, datasets: tuple[str, ...]) -> None:
 
 def _announce(store: ProfileStore, running: Any) -> None:
     stderr.print(
-        f"worker {store.projector.holder}: real time {', '.join(running.realtime) or '-'}; "
+        f"worker {store.holder}: real time {', '.join(running.realtime) or '-'}; "
         f"scheduled {', '.join(running.scheduled) or '-'}"
     )
 
@@ -525,34 +527,24 @@ def profile(
             _emit(found, pretty=pretty)
 
 
+def _identifier_options(command: F) -> F:
+    """One ``--KIND`` option per identifier kind, from their one declaration."""
+    for kind in reversed(LOOKUP_KINDS):
+        command = click.option(f"--{kind.name}", kind.name, default=None, help=kind.help)(command)
+    return command
+
+
 @main.command()
-@click.option("--email", default=None)
-@click.option("--phone", default=None)
-@click.option("--handle", default=None, help="NETWORK:HANDLE, e.g. twitter:@ann")
-@click.option("--device", default=None)
+@_identifier_options
 @click.option("--datasets", default=None, help="Comma-separated datasets (default: all).")
 @click.option("--pretty/--compact", default=True)
 @click.pass_obj
-def find(
-    obj: _Context,
-    email: str | None,
-    phone: str | None,
-    handle: str | None,
-    device: str | None,
-    datasets: str | None,
-    pretty: bool,
-) -> None:
+def find(obj: _Context, /, datasets: str | None, pretty: bool, **identifiers: str | None) -> None:
     """Print the profile holding an identifier as JSON."""
-    given = {
-        k: v
-        for k, v in {"email": email, "phone": phone, "handle": handle, "device": device}.items()
-        if v is not None
-    }
-    if len(given) != 1:
-        raise click.UsageError("give exactly one of --email, --phone, --handle, --device")
-    ((kind, value),) = given.items()
-    with _errors(), obj.open() as store:
-        _emit(store.find(kind, value, _split(datasets)), pretty=pretty)
+    with _errors():
+        kind, value = one_identifier(identifiers)
+        with obj.open() as store:
+            _emit(store.find(kind, value, _split(datasets)), pretty=pretty)
 
 
 @main.command()
@@ -744,16 +736,17 @@ def list_datasets(obj: _Context) -> None:
     """List the configured datasets with their cadence, retention and freshness."""
     with _errors(), obj.open() as store:
         rows = []
+        lags = store.freshness()
         for name, projection in store.projections.items():
-            tracking = store.documents.tracking(name)
+            lag = lags[name]
             rows.append(
                 {
                     "dataset": name,
                     "projection": store.settings.datasets[name].projection,
                     "refresh": store.cadence(name),
                     "retention": projection.retention,
-                    "position": tracking.position if tracking else 0,
-                    "refreshed_at": tracking.refreshed_at if tracking else None,
+                    "position": lag.position if lag.refreshed_at else 0,
+                    "refreshed_at": lag.refreshed_at,
                 }
             )
         _emit(rows, pretty=True)

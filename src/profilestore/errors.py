@@ -69,7 +69,8 @@ class IdentifierNotFound(NotFound):
     def __init__(self, kind: str, value: str) -> None:
         self.kind = kind
         self.value = value
-        super().__init__(f"no profile has the {kind} {value!r}")
+        # The value is personal data: it is kept on the error, never put in the message.
+        super().__init__(f"no profile has this {kind}")
 
 
 class AmbiguousIdentifier(ProfileStoreError):
@@ -80,7 +81,7 @@ class AmbiguousIdentifier(ProfileStoreError):
         self.value = value
         self.customer_ids = list(customer_ids)
         super().__init__(
-            f"the {kind} {value!r} belongs to {len(self.customer_ids)} customers "
+            f"this {kind} belongs to {len(self.customer_ids)} customers "
             f"({', '.join(self.customer_ids[:10])}); look them up by customer id"
         )
 
@@ -103,3 +104,12 @@ class StoreClosed(ProfileStoreError):
 
     def __init__(self, what: str = "the profile store") -> None:
         super().__init__(f"{what} is closed (shutting down); retry against a running instance")
+
+
+class InvalidIdentifier(ProfileStoreError):
+    """An identifier to look a profile up by is malformed (the value is not echoed)."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        self.kind = kind
+        self.reason = reason
+        super().__init__(f"{kind}: {reason}")

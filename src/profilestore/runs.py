@@ -14,11 +14,15 @@ Retrying refolds the customer's stream from that state.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
 from profilestore.documents import DocumentStore
+
+if TYPE_CHECKING:
+    from profilestore.pipeline import PassReport
 
 RUNS = "run"
 DEAD_LETTERS = "dead_letter"
@@ -66,6 +70,69 @@ class Journal:
         self.documents = documents
 
     # --- runs ---------------------------------------------------------------------------
+    # Run records are built here and nowhere else: started, then succeeded or failed, for
+    # bounded runs; noted, for the live consumer's periodic records.
+
+    def started(
+        self, datasets: Sequence[str], trigger: Trigger, holder: str, now: dt.datetime
+    ) -> dict[str, RunRecord]:
+        runs = {
+            name: RunRecord(dataset=name, trigger=trigger, holder=holder, started_at=now)
+            for name in datasets
+        }
+        for run in runs.values():
+            self.record(run)
+        return runs
+
+    def failed(self, runs: Mapping[str, RunRecord], error: BaseException, now: dt.datetime) -> None:
+        for run in runs.values():
+            self.record(
+                msgspec.structs.replace(run, status="failed", finished_at=now, error=repr(error))
+            )
+
+    def succeeded(
+        self, runs: Mapping[str, RunRecord], report: PassReport, now: dt.datetime
+    ) -> None:
+        for name, run in runs.items():
+            self.record(
+                msgspec.structs.replace(
+                    run,
+                    status="succeeded",
+                    finished_at=now,
+                    high_water=report.high_water,
+                    events_applied=report.events_applied.get(name, 0),
+                    sections_written=report.sections_written.get(name, 0),
+                    dead_letters=report.dead_letters.get(name, 0),
+                )
+            )
+
+    def noted(
+        self,
+        datasets: Sequence[str],
+        trigger: Trigger,
+        holder: str,
+        now: dt.datetime,
+        *,
+        failed: bool,
+        error: BaseException | None,
+        high_water: int,
+        events_applied: int,
+    ) -> None:
+        """A finished run record for work done continuously (the live consumer)."""
+        for name in datasets:
+            self.record(
+                RunRecord(
+                    dataset=name,
+                    trigger=trigger,
+                    holder=holder,
+                    started_at=now,
+                    finished_at=now,
+                    status="failed" if failed else "succeeded",
+                    error=repr(error) if error is not None else None,
+                    high_water=high_water,
+                    events_applied=events_applied,
+                )
+            )
 
     def record(self, run: RunRecord) -> None:
         """Store ``run`` as the dataset's last run (and last success or failure)."""

@@ -13,39 +13,59 @@ duplicates, so retrying a batch is always safe.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
+import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ParamSpec, TypeVar
 
 import msgspec
 
 from profilestore.audit import Auditor
 from profilestore.config import Settings
-from profilestore.documents import DatasetSchema, DocumentStore, Profile
+from profilestore.documents import DatasetSchema, DocumentStore, Profile, RawProfile
 from profilestore.errors import (
     AmbiguousIdentifier,
     CustomerNotFound,
     IdentifierNotFound,
     InvalidEvent,
+    StoreClosed,
     UnknownDataset,
 )
 from profilestore.eventlog import (
     AppendResult,
     EventLog,
+    PostgresEventRecorder,
     event_json,
     open_postgres_log,
     open_sqlite_log,
 )
-from profilestore.events import AnyEvent, Event, normalise_identifier
+from profilestore.events import AnyEvent, Event
+from profilestore.identifiers import lookup_key
+from profilestore.pipeline import (
+    Clock,
+    Consumer,
+    Leases,
+    Live,
+    PassReport,
+    Progress,
+    new_holder,
+    utcnow,
+)
 from profilestore.projection import Projection, check_projections, load_projection
-from profilestore.projector import Clock, PassReport, Progress, Projector, utcnow
+from profilestore.projector import ProjectionHandler, RebuildHandler, RetryHandler
 from profilestore.replay import VerifyReport, choose_customers, profile_as_of, verify_profiles
-from profilestore.runs import RunRecord, Trigger
+from profilestore.runs import DeadLetter, Journal, RunRecord, Trigger
 from profilestore.schedule import next_due, parse_cadence, zone
 
-IDENTIFIER_KINDS = ("email", "phone", "handle", "device")
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 _LEADING_FIELD = re.compile(r"^`(\w+)`")
 
 
@@ -136,8 +156,65 @@ class SubjectExport(msgspec.Struct, frozen=True, kw_only=True):
     events: list[msgspec.Raw]
 
 
+class _Gate:
+    """Counts calls in flight, so closing waits for them and refuses new ones.
+
+    A SQLite connection (read through a memory map) closed by one thread while another
+    is inside it crashes the process; every call through the door holds the gate, and
+    :meth:`ProfileStore.close` frees the stores only once no call is inside.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._active = 0
+        self._closed = False
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise StoreClosed()
+            self._active += 1
+
+    def exit(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if not self._active:
+                self._lock.notify_all()
+
+    def close(self, timeout: float) -> bool:
+        """Refuse new calls; True once none is in flight (False: still busy at timeout)."""
+        with self._lock:
+            self._closed = True
+            return self._lock.wait_for(lambda: self._active == 0, timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def _guarded(method: Callable[P, R]) -> Callable[P, R]:
+    """Run ``method`` inside the store's gate (see :class:`_Gate`)."""
+
+    @functools.wraps(method)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        gate: _Gate = args[0]._gate  # type: ignore[attr-defined]
+        gate.enter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            gate.exit()
+
+    return guarded
+
+
 class ProfileStore:
-    """Append events, refresh and rebuild datasets, read profiles."""
+    """The one door: append events, refresh and rebuild datasets, read profiles.
+
+    The CLI, the HTTP API, the worker and the follower use nothing else; the log, the
+    documents, the consumer loop and the run journal are private. Every read and write
+    names customers through :meth:`resolve`, the one place where identity redirects and
+    forgotten customers will apply.
+    """
 
     def __init__(
         self,
@@ -149,29 +226,63 @@ class ProfileStore:
         clock: Clock = utcnow,
     ) -> None:
         self.settings = settings
-        self.log = log
-        self.documents = documents
-        self.projections = dict(projections)
+        self._projections = dict(projections)
+        self.projections: Mapping[str, Projection[Any]] = MappingProxyType(self._projections)
+        """The configured datasets' projections, in config order (read-only)."""
         self.clock = clock
-        self.validator = EventValidator()
-        self.projector = Projector(
-            log,
-            documents,
-            projections,
-            clock=clock,
-            page_size=settings.projector.page_size,
-            cache_sections=settings.projector.cache_sections,
-            lease_ttl=dt.timedelta(seconds=settings.schedule.lease_ttl_s),
-        )
-        self.journal = self.projector.journal
         self.timezone = zone(settings.schedule.timezone)
+        self.holder = new_holder()
+        """Who this store's leases name: host, process and a random suffix."""
+        self._log = log
+        self._documents = documents
+        self._validator = EventValidator()
+        self._journal = Journal(documents)
+        self._leases = Leases(
+            documents, self.holder, dt.timedelta(seconds=settings.schedule.lease_ttl_s), clock
+        )
+        self._consumer = Consumer(
+            log, self._leases, self._journal, clock=clock, page_size=settings.projector.page_size
+        )
+        self._cache_sections = settings.projector.cache_sections
+        self._gate = _Gate()
+
+    def _handler(self, kind: type[ProjectionHandler] = ProjectionHandler) -> ProjectionHandler:
+        if kind is RetryHandler:
+            return RetryHandler(
+                self._log,
+                self._documents,
+                self._journal,
+                self._projections,
+                clock=self.clock,
+                cache_sections=self._cache_sections,
+            )
+        return kind(
+            self._documents,
+            self._journal,
+            self._projections,
+            clock=self.clock,
+            cache_sections=self._cache_sections,
+        )
+
+    # --- identity -----------------------------------------------------------------------
+
+    def resolve(self, customer_id: str) -> str:
+        """The customer key that ``customer_id`` stands for today.
+
+        Every read and write goes through here: identity merges (redirects) and erased
+        customers will be applied in this one place. Today every key stands for itself.
+        """
+        return customer_id
 
     # --- writing ----------------------------------------------------------------------
 
+    @_guarded
     def append(self, events: Iterable[Any]) -> AppendResult:
         """Validate and append a batch, all or nothing (see the module docstring)."""
-        validated = self.validator.validate(events, self.clock())
-        return self.log.append(validated)
+        validated = self._validator.validate(events, self.clock())
+        for customer_id in {e.customer_id for e in validated}:
+            self.resolve(customer_id)
+        return self._log.append(validated)
 
     # --- projections ------------------------------------------------------------------
 
@@ -188,12 +299,14 @@ class ProfileStore:
         configured = self.settings.datasets[self.datasets([dataset])[0]].cadence
         return configured or self.projections[dataset].default_refresh
 
+    @_guarded
     def refresh(
         self,
         datasets: Sequence[str] | None = None,
         *,
         progress: Progress | None = None,
         trigger: Trigger = "manual",
+        until: int | None = None,
     ) -> PassReport:
         """Fold new events into ``datasets`` now, up to the log head as it is now.
 
@@ -201,72 +314,80 @@ class ProfileStore:
         scheduled run, the follower) is skipped and listed in ``skipped_locked``. Each
         refreshed dataset gets a run record (see ``status``).
         """
-        names = self.datasets(datasets)
-        locked = self.projector.acquire(names, required=False)
-        held = [n for n in names if n not in locked]
-        started = self.clock()
-        runs = {
-            n: RunRecord(
-                dataset=n, trigger=trigger, holder=self.projector.holder, started_at=started
-            )
-            for n in held
-        }
-        for run in runs.values():
-            self.journal.record(run)
-        try:
-            report = self.projector.run_pass(held, progress=progress)
-        except Exception as error:
-            for run in runs.values():
-                self.journal.record(
-                    msgspec.structs.replace(
-                        run, status="failed", finished_at=self.clock(), error=repr(error)
-                    )
-                )
-            raise
-        finally:
-            self.projector.release(held)
-        finished = self.clock()
-        for name, run in runs.items():
-            self.journal.record(
-                msgspec.structs.replace(
-                    run,
-                    status="succeeded",
-                    finished_at=finished,
-                    high_water=report.high_water,
-                    events_applied=report.events_applied.get(name, 0),
-                    sections_written=report.sections_written.get(name, 0),
-                    dead_letters=report.dead_letters.get(name, 0),
-                )
-            )
-        report.skipped_locked = locked
-        return report
+        return self._consumer.run(
+            self._handler(),
+            self.datasets(datasets),
+            trigger=trigger,
+            until=until,
+            progress=progress,
+        )
 
+    @_guarded
     def retry_dead_letters(self, dataset: str) -> tuple[int, int]:
         """Refold the customers parked by poison events; returns (released, still failing)."""
-        return self.projector.retry_dead_letters(self.datasets([dataset])[0])
+        name = self.datasets([dataset])[0]
+        report = self._consumer.run(
+            self._handler(RetryHandler), [name], trigger="manual", required=True
+        )
+        return report.released.get(name, 0), report.dead_letters.get(name, 0)
 
+    @_guarded
     def rebuild(
         self, datasets: Sequence[str] | None = None, *, progress: Progress | None = None
     ) -> PassReport:
+        """Refold ``datasets`` from the whole log into staging, then swap them in.
+
+        Lookups keep reading the old sections until the swap. Strict: a fold that fails
+        aborts the rebuild and leaves the live datasets as they were. Events appended
+        meanwhile are folded by a refresh right after.
+        """
         names = self.datasets(datasets)
-        report = self.projector.rebuild(names, progress=progress)
+        report = self._consumer.run(
+            self._handler(RebuildHandler),
+            names,
+            trigger="rebuild",
+            required=True,
+            progress=progress,
+        )
         self.refresh(names, trigger="rebuild")
         return report
 
+    def live(self, datasets: Sequence[str], *, batch: int) -> Live:
+        """A consumer of ``datasets`` kept running; the follower decides when it steps."""
+        return self._consumer.live(
+            self._handler(), self.datasets(datasets), batch=batch, guard=self._entered
+        )
+
+    @_guarded
+    def subscribe(self, datasets: Sequence[str]) -> Any:
+        """Notifications of new events of ``datasets``, to wake a follower; None where the
+        log has no subscription (SQLite: poll). Iterate it; ``stop()`` ends it."""
+        topics = sorted({t for n in self.datasets(datasets) for t in self.projections[n].topics})
+        recorder = self._log.recorder
+        if not isinstance(recorder, PostgresEventRecorder):
+            return None
+        return recorder.subscribe(gt=self._log.head(), topics=topics)
+
     # --- freshness ----------------------------------------------------------------------
 
+    @_guarded
+    def head(self) -> int:
+        """The log's last position."""
+        return self._log.head()
+
+    @_guarded
     def freshness(self, datasets: Sequence[str] | None = None) -> dict[str, Freshness]:
         """How far behind the log head each dataset is, in events and in seconds."""
-        head = self.log.head()
+        head = self._log.head()
         now = self.clock()
         found: dict[str, Freshness] = {}
         for name in self.datasets(datasets):
-            tracked = self.documents.tracking(name)
+            tracked = self._documents.tracking(name)
             position = tracked.position if tracked else 0
             behind = 0.0
             if position < head:
                 # The age of the oldest event this dataset has not applied yet.
-                pending = self.log.changes(
+                pending = self._log.changes(
                     position, 1, until=head, topics=self.projections[name].topics
                 )
                 if pending and pending[0].event.recorded_at is not None:
@@ -281,6 +402,12 @@ class ProfileStore:
             )
         return found
 
+    @_guarded
+    def last_success(self, dataset: str) -> RunRecord | None:
+        """The dataset's last successful run (the schedule catches up from it)."""
+        return self._journal.last_success(self.datasets([dataset])[0])
+
+    @_guarded
     def status(self) -> list[DatasetStatus]:
         """Per dataset: cadence, last and next run, lag, lease holder, dead letters."""
         now = self.clock()
@@ -288,10 +415,10 @@ class ProfileStore:
         rows = []
         for name in self.projections:
             cadence = parse_cadence(self.cadence(name))
-            last = self.journal.last_run(name)
-            success = self.journal.last_success(name)
-            failure = self.journal.last_failure(name)
-            letters = self.journal.dead_letters(name)
+            last = self._journal.last_run(name)
+            success = self._journal.last_success(name)
+            failure = self._journal.last_failure(name)
+            letters = self._journal.dead_letters(name)
             last_success_at = success.finished_at if success else None
             rows.append(
                 DatasetStatus(
@@ -302,7 +429,7 @@ class ProfileStore:
                     next_run=next_due(cadence, self.timezone, last_success_at, now),
                     failed=last is not None and last.status == "failed",
                     error=failure.error if failure and last and last.status == "failed" else None,
-                    running_holder=self.documents.lease_holder(f"dataset:{name}", now),
+                    running_holder=self._leases.holder_of(name),
                     lag=lags[name],
                     dead_letters=len(letters),
                     dead_letter_error=letters[-1].error if letters else None,
@@ -310,8 +437,20 @@ class ProfileStore:
             )
         return rows
 
+    def dead_letters(self, dataset: str) -> list[DeadLetter]:
+        """The events parked by a failing fold of ``dataset``."""
+        with self._entered():
+            return self._journal.dead_letters(self.datasets([dataset])[0])
+
+    @_guarded
+    def ready(self) -> None:
+        """Raise unless both stores answer (a read of each)."""
+        self._log.head()
+        self._documents.tracking(next(iter(self.projections)))
+
     # --- reading ----------------------------------------------------------------------
 
+    @_guarded
     def profile(
         self,
         customer_id: str,
@@ -321,43 +460,94 @@ class ProfileStore:
     ) -> Profile:
         """The stored profile; with ``as_of``, the profile folded from the customer's
         events recorded at or before that time (every dataset as if fresh then)."""
+        customer_id = self.resolve(customer_id)
         names = None if datasets is None else self.datasets(datasets)
         if as_of is not None:
             projections = {n: p for n, p in self.projections.items() if names is None or n in names}
-            replayed = profile_as_of(self.log, projections, customer_id, as_of)
+            replayed = profile_as_of(self._log, projections, customer_id, as_of)
             if replayed is None:
                 raise CustomerNotFound(customer_id)
             return replayed
-        found = self.documents.get(customer_id, names)
+        found = self._documents.get(customer_id, names)
         if found is None:
             raise CustomerNotFound(customer_id)
         return found
 
-    def find(self, kind: str, value: str, datasets: Sequence[str] | None = None) -> Profile:
-        """The profile holding an identifier; kind is email, phone, handle or device.
+    def profile_raw(
+        self,
+        customer_id: str,
+        datasets: Sequence[str] | None = None,
+        *,
+        as_of: dt.datetime | None = None,
+    ) -> RawProfile:
+        """:meth:`profile` with each section as JSON (served as stored when not ``as_of``)."""
+        if as_of is not None:
+            raw = DocumentStore.raw(self.profile(customer_id, datasets, as_of=as_of))
+            assert raw is not None
+            return raw
+        with self._entered():
+            names = None if datasets is None else self.datasets(datasets)
+            found = self._documents.get_raw(self.resolve(customer_id), names)
+        if found is None:
+            raise CustomerNotFound(customer_id)
+        return found
 
-        A handle is given as ``network:handle`` (``twitter:@ann``). Values are normalised
-        as on ingest (emails lower-cased, phones reduced to digits).
-        """
-        if kind not in IDENTIFIER_KINDS:
-            raise IdentifierNotFound(kind, value)
-        network = None
-        handle = value
-        if kind == "handle":
-            network, sep, handle = value.partition(":")
-            if not sep:
-                raise IdentifierNotFound(kind, value)
+    async def aprofile_raw(
+        self, customer_id: str, datasets: Sequence[str] | None = None
+    ) -> RawProfile:
+        """:meth:`profile_raw` for an event loop (MongoDB through its async client)."""
+        names = None if datasets is None else self.datasets(datasets)
+        gate = self._gate
+        gate.enter()
         try:
-            key = normalise_identifier(kind, handle, network)
-        except ValueError:
-            raise IdentifierNotFound(kind, value) from None
-        customer_ids = self.documents.find(key)
-        if not customer_ids:
-            raise IdentifierNotFound(kind, value)
-        if len(customer_ids) > 1:
-            raise AmbiguousIdentifier(kind, value, customer_ids)
-        return self.profile(customer_ids[0], datasets)
+            found = await self._documents.aget_raw(self.resolve(customer_id), names)
+        finally:
+            gate.exit()
+        if found is None:
+            raise CustomerNotFound(customer_id)
+        return found
 
+    def _holder_of(self, kind: str, customer_ids: Sequence[str]) -> str:
+        resolved = sorted({self.resolve(c) for c in customer_ids})
+        if not resolved:
+            raise IdentifierNotFound(kind, "")
+        if len(resolved) > 1:
+            raise AmbiguousIdentifier(kind, "", resolved)
+        return resolved[0]
+
+    @_guarded
+    def find(self, kind: str, value: str, datasets: Sequence[str] | None = None) -> Profile:
+        """The profile holding an identifier (see :mod:`profilestore.identifiers`).
+
+        A malformed value raises :class:`InvalidIdentifier`; one nobody holds,
+        :class:`IdentifierNotFound`; one several customers hold,
+        :class:`AmbiguousIdentifier`.
+        """
+        names = None if datasets is None else self.datasets(datasets)
+        customer_id = self._holder_of(kind, self._documents.find(lookup_key(kind, value)))
+        found = self._documents.get(customer_id, names)
+        if found is None:
+            raise IdentifierNotFound(kind, value)
+        return found
+
+    async def afind_raw(
+        self, kind: str, value: str, datasets: Sequence[str] | None = None
+    ) -> RawProfile:
+        """:meth:`find` for an event loop, with sections as stored JSON."""
+        names = None if datasets is None else self.datasets(datasets)
+        key = lookup_key(kind, value)
+        gate = self._gate
+        gate.enter()
+        try:
+            customer_id = self._holder_of(kind, await self._documents.afind(key))
+            found = await self._documents.aget_raw(customer_id, names)
+        finally:
+            gate.exit()
+        if found is None:
+            raise IdentifierNotFound(kind, value)
+        return found
+
+    @_guarded
     def history(
         self,
         customer_id: str,
@@ -371,16 +561,30 @@ class ProfileStore:
         wanted = set(types) if types else None
         return [
             event
-            for event in self.log.stream(customer_id)
+            for event in self._log.stream(self.resolve(customer_id))
             if (wanted is None or event.type_name in wanted)
             and (since is None or (event.recorded_at is not None and event.recorded_at >= since))
             and (until is None or (event.recorded_at is not None and event.recorded_at <= until))
         ]
 
+    @_guarded
+    def history_page(
+        self, customer_id: str, *, after: int = 0, limit: int = 100
+    ) -> tuple[list[msgspec.Raw], int | None]:
+        """Up to ``limit`` of the customer's events as JSON after stream version ``after``,
+        and the ``after`` of the next page (None on the last)."""
+        events = self._log.stream(self.resolve(customer_id), after_version=after, limit=limit + 1)
+        if not events and after == 0:
+            raise CustomerNotFound(customer_id)
+        more = len(events) > limit
+        return [msgspec.Raw(event_json(e)) for e in events[:limit]], after + limit if more else None
+
+    @_guarded
     def export(self, customer_id: str) -> SubjectExport:
         """Everything the store holds on a customer, for a data subject access request."""
+        customer_id = self.resolve(customer_id)
         events = self.history(customer_id)
-        profile = self.documents.get(customer_id)
+        profile = self._documents.get(customer_id)
         if not events and profile is None:
             raise CustomerNotFound(customer_id)
         return SubjectExport(
@@ -390,6 +594,7 @@ class ProfileStore:
             events=[msgspec.Raw(event_json(e)) for e in events],
         )
 
+    @_guarded
     def verify(
         self,
         *,
@@ -399,20 +604,52 @@ class ProfileStore:
     ) -> VerifyReport:
         """Refold customers from the log and diff them with the stored documents."""
         chosen = (
-            list(customer_ids)
+            [self.resolve(c) for c in customer_ids]
             if customer_ids is not None
-            else choose_customers(self.log, self.documents, self.projections, sample)
+            else choose_customers(self._log, self._documents, self.projections, sample)
         )
         return verify_profiles(
-            self.log, self.documents, self.projections, chosen, progress=progress
+            self._log, self._documents, self.projections, chosen, progress=progress
         )
 
     def auditor(self) -> Auditor:
-        return Auditor(self.log, clock=self.clock)
+        return Auditor(self._log, clock=self.clock)
 
-    def close(self) -> None:
-        self.documents.close()
-        self.log.close()
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _entered(self) -> Iterator[None]:
+        self._gate.enter()
+        try:
+            yield
+        finally:
+            self._gate.exit()
+
+    @property
+    def closed(self) -> bool:
+        return self._gate.closed
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Refuse new calls, wait for those in flight, then free the stores.
+
+        Stop background work first (the worker, the API's tasks): their next call would
+        get :class:`StoreClosed`. Should a call still be running after ``timeout``, the
+        stores are left for the process to free at exit rather than pulled from under
+        it. Closing twice does nothing.
+        """
+        if self._gate.closed:
+            return
+        if not self._gate.close(timeout):
+            log.warning("store closed with calls still in flight; leaving its stores open")
+            return
+        try:
+            self._documents.close()
+        finally:
+            self._log.close()
+
+    async def aclose(self) -> None:
+        """Free what the async reads opened (call from the event loop, before close)."""
+        await self._documents.aclose()
 
     def __enter__(self) -> ProfileStore:
         return self

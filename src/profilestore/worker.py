@@ -22,7 +22,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from profilestore.follower import Follower
-from profilestore.projector import PassReport
+from profilestore.pipeline import PassReport
 from profilestore.runs import Trigger
 from profilestore.schedule import next_due, parse_cadence, trigger
 from profilestore.store import ProfileStore
@@ -54,7 +54,7 @@ class Worker:
         planned = []
         for name in self.scheduled:
             cadence = self.cadences[name]
-            success = self.store.journal.last_success(name)
+            success = self.store.last_success(name)
             last = success.finished_at if success else None
             first = next_due(cadence, self.store.timezone, last, now)
             planned.append(

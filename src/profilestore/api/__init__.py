@@ -45,7 +45,7 @@ from profilestore.api.observability import (
 )
 from profilestore.api.routes import (
     append_events,
-    find_profile,
+    find_profile_route,
     get_history,
     get_profile,
     get_status,
@@ -77,20 +77,20 @@ def create_app(store: ProfileStore) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(snapshot.refresh)
-        task = asyncio.create_task(snapshot.run(settings.freshness_interval_ms / 1000))
+        stopping = asyncio.Event()
+        task = asyncio.create_task(snapshot.run(settings.freshness_interval_ms / 1000, stopping))
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await store.documents.aclose()
+            stopping.set()
+            await task  # returns once a refresh in progress has finished
+            await store.aclose()
 
     app = Litestar(
         route_handlers=[
             append_events,
             get_profile,
-            find_profile,
+            find_profile_route,
             get_history,
             get_status,
             live,

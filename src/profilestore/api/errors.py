@@ -16,7 +16,9 @@ from profilestore.api.security import API_KEY_HEADER
 from profilestore.errors import (
     AmbiguousIdentifier,
     InvalidEvent,
+    InvalidIdentifier,
     ProfileStoreError,
+    StoreClosed,
     UnknownDataset,
 )
 
@@ -84,6 +86,10 @@ def handle_profilestore(
         return _error(422, "batch_too_large", str(error), field="events")
     if isinstance(error, UnknownDataset):
         return _error(400, "unknown_dataset", str(error), field="datasets")
+    if isinstance(error, InvalidIdentifier):
+        return _error(400, "invalid_request", str(error), field=error.kind, reason=error.reason)
+    if isinstance(error, StoreClosed):
+        return _error(503, "unavailable", str(error))
     return _error(500, "internal_error", "the request failed; see the server log")
 
 

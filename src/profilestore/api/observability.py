@@ -7,6 +7,7 @@ a body or an identifier.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -147,9 +148,14 @@ class FreshnessSnapshot:
     def refresh_status(self) -> None:
         self.metrics.observe_status(self.store.status())
 
-    async def run(self, interval: float) -> None:
+    async def run(self, interval: float, stopping: asyncio.Event) -> None:
+        """Refresh every ``interval`` seconds until ``stopping`` is set.
+
+        Stopping waits for a refresh in progress: a worker thread cannot be cancelled, and
+        one abandoned inside the store while the store closes was a crash.
+        """
         ticks = 0
-        while True:
+        while not stopping.is_set():
             try:
                 await anyio.to_thread.run_sync(self.refresh)
                 if ticks % max(1, int(5 / interval)) == 0:
@@ -157,7 +163,8 @@ class FreshnessSnapshot:
             except Exception:  # keep serving with the last snapshot
                 log.exception("freshness refresh failed")
             ticks += 1
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval)
 
     def block(self, dataset: str, meta: SectionMeta) -> DatasetFreshness:
         lag = self.datasets.get(dataset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 from typing import Annotated, Any
 
 import anyio
@@ -21,14 +22,9 @@ from profilestore.api.bodies import (
 )
 from profilestore.api.observability import FreshnessSnapshot, Metrics
 from profilestore.api.security import require
-from profilestore.errors import (
-    AmbiguousIdentifier,
-    InvalidEvent,
-    NotFound,
-    ProfileStoreError,
-)
-from profilestore.eventlog import event_json
-from profilestore.events import normalise_identifier
+from profilestore.documents import RawProfile
+from profilestore.errors import InvalidEvent, InvalidIdentifier, NotFound, ProfileStoreError
+from profilestore.identifiers import KIND_NAMES, LOOKUP_KINDS, one_identifier
 from profilestore.store import DatasetStatus, ProfileStore
 
 MAX_VERSION = 2**53
@@ -42,10 +38,10 @@ def _store(request: Request[Any, Any, Any]) -> ProfileStore:
     return store
 
 
-def _datasets(store: ProfileStore, datasets: str | None) -> list[str] | None:
+def _datasets(datasets: str | None) -> list[str] | None:
     if not datasets:
         return None
-    return store.datasets([d.strip() for d in datasets.split(",") if d.strip()])
+    return [d.strip() for d in datasets.split(",") if d.strip()]
 
 
 @post("/v1/events", guards=[require("ingest")], status_code=200, summary="Append a batch")
@@ -82,12 +78,10 @@ class BatchTooLarge(ProfileStoreError):
         super().__init__(f"the batch has {size} events; at most {limit} are accepted")
 
 
-def _profile_response(
-    request: Request[Any, Any, Any], customer_id: str, raw: Any
-) -> ProfileResponse:
+def _profile_response(request: Request[Any, Any, Any], raw: RawProfile) -> ProfileResponse:
     snapshot: FreshnessSnapshot = request.app.state.freshness
     return ProfileResponse(
-        customer_id=customer_id,
+        customer_id=raw.customer_id,
         sections=raw.sections,
         freshness={name: snapshot.block(name, meta) for name, meta in raw.freshness.items()},
     )
@@ -104,63 +98,65 @@ async def get_profile(
     freshness block per dataset. With `as_of` (an ISO time with a zone), the profile as it
     was then: the customer's events recorded up to that time, refolded."""
     store = _store(request)
-    names = _datasets(store, datasets)
-    if as_of is not None:
-        if as_of.tzinfo is None:
-            raise ValidationException(detail="as_of needs a time zone, e.g. 2026-03-01T09:00Z")
+    names = _datasets(datasets)
+    if as_of is None:
+        raw = await store.aprofile_raw(customer_id, names)
+    elif as_of.tzinfo is None:
+        raise ValidationException(detail="as_of needs a time zone, e.g. 2026-03-01T09:00Z")
+    else:
         try:
-            replayed = await anyio.to_thread.run_sync(
-                lambda: store.profile(customer_id, names, as_of=as_of)
+            raw = await anyio.to_thread.run_sync(
+                lambda: store.profile_raw(customer_id, names, as_of=as_of)
             )
         except NotFound:
             raise NotFoundException(
                 detail=f"no profile for customer {customer_id!r} as of {as_of.isoformat()}"
             ) from None
-        raw = store.documents.raw(replayed)
-    else:
-        raw = await store.documents.aget_raw(customer_id, names)
-    if raw is None:
-        raise NotFoundException(detail=f"no profile for customer {customer_id!r}")
-    return _profile_response(request, customer_id, raw)
+    return _profile_response(request, raw)
 
 
-@get("/v1/profiles", guards=[require("read")], summary="A profile by identifier")
 async def find_profile(
     request: Request[Any, Any, Any],
-    email: FromQuery[str | None] = None,
-    phone: FromQuery[str | None] = None,
-    handle: FromQuery[str | None] = None,
-    device: FromQuery[str | None] = None,
     datasets: FromQuery[str | None] = None,
+    **identifiers: str | None,
 ) -> ProfileResponse:
-    """The profile holding one identifier: `email`, `phone`, `handle` (network:handle)
-    or `device`. Values are normalised as on ingest. 409 if several customers hold it."""
-    given = {
-        k: v
-        for k, v in {"email": email, "phone": phone, "handle": handle, "device": device}.items()
-        if v is not None
-    }
-    if len(given) != 1:
-        raise ValidationException(detail="give exactly one of email, phone, handle, device")
-    ((kind, value),) = given.items()
-    store = _store(request)
-    names = _datasets(store, datasets)
-    network, handle_value = None, value
-    if kind == "handle":
-        network, _, handle_value = value.partition(":")
     try:
-        key = normalise_identifier(kind, handle_value, network or None)
-    except ValueError as e:
-        raise ValidationException(detail=f"{kind}: {e}") from None
-    customer_ids = await store.documents.afind(key)
-    if not customer_ids:
-        raise NotFoundException(detail=f"no profile has this {kind}")
-    if len(customer_ids) > 1:
-        raise AmbiguousIdentifier(kind, "(value withheld)", customer_ids)
-    raw = await store.documents.aget_raw(customer_ids[0], names)
-    if raw is None:
-        raise NotFoundException(detail=f"no profile has this {kind}")
-    return _profile_response(request, customer_ids[0], raw)
+        kind, value = one_identifier(identifiers)
+    except InvalidIdentifier as e:
+        raise ValidationException(detail=e.reason) from None
+    raw = await _store(request).afind_raw(kind, value, _datasets(datasets))
+    return _profile_response(request, raw)
+
+
+def _with_identifier_parameters(handler: Any) -> Any:
+    """One optional query parameter per identifier kind, from their one declaration."""
+    signature = inspect.signature(handler)
+    kept = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    added = [
+        inspect.Parameter(
+            kind.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[str | None, QueryParameter(description=kind.help)],
+        )
+        for kind in LOOKUP_KINDS
+    ]
+    handler.__signature__ = signature.replace(parameters=[*kept, *added])
+    handler.__annotations__ = {
+        **{p.name: p.annotation for p in [*kept, *added]},
+        "return": ProfileResponse,
+    }
+    return handler
+
+
+find_profile.__doc__ = (
+    f"The profile holding one identifier: one of {', '.join(KIND_NAMES)} "
+    "(a handle as network:handle). Values are normalised as on ingest. 409 if several "
+    "customers hold it."
+)
+find_profile_route = get(
+    "/v1/profiles", guards=[require("read")], summary="A profile by identifier"
+)(_with_identifier_parameters(find_profile))
 
 
 @get(
@@ -177,17 +173,13 @@ async def get_history(
     """The customer's events, oldest first, with envelope and metadata, `limit` (1-1000)
     per page after stream version `after`."""
     store = _store(request)
-    events = await anyio.to_thread.run_sync(
-        lambda: store.log.stream(customer_id, after_version=after, limit=limit + 1)
-    )
-    if not events and after == 0:
-        raise NotFoundException(detail=f"no events for customer {customer_id!r}")
-    page = events[:limit]
-    return HistoryPage(
-        customer_id=customer_id,
-        events=[msgspec.Raw(event_json(e)) for e in page],
-        next_after=after + limit if len(events) > limit else None,
-    )
+    try:
+        events, next_after = await anyio.to_thread.run_sync(
+            lambda: store.history_page(customer_id, after=after, limit=limit)
+        )
+    except NotFound:
+        raise NotFoundException(detail=f"no events for customer {customer_id!r}") from None
+    return HistoryPage(customer_id=customer_id, events=events, next_after=next_after)
 
 
 @get("/v1/status", guards=[require("admin")], summary="Datasets' refresh status")
@@ -204,14 +196,9 @@ async def live() -> dict[str, str]:
 @get("/health/ready", summary="The stores answer")
 async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
     store = _store(request)
-
-    def check() -> None:
-        store.log.head()
-        store.documents.tracking(next(iter(store.projections)))
-
     try:
         with anyio.fail_after(5):
-            await anyio.to_thread.run_sync(check)
+            await anyio.to_thread.run_sync(store.ready)
     except Exception as error:
         return Response({"status": "unavailable", "reason": type(error).__name__}, status_code=503)
     return Response({"status": "ready"})

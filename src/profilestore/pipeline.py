@@ -1,0 +1,382 @@
+"""One consumer loop for every reader of the log.
+
+Refresh, rebuild, dead-letter retry, the real-time follower and the scheduler all read the
+log the same way, through :class:`Consumer`:
+
+1. take the leases of the targets (datasets), named by :func:`lease_name` only;
+2. read pages of events after the handler's tracked position, up to a high-water mark
+   fixed when the run starts (so a run has a defined end);
+3. hand each page to the handler's :class:`Pass`, which folds and buffers;
+4. let the pass write what it buffered and advance its tracked position (when its buffer
+   is full, and at the end);
+5. record the run (:class:`~profilestore.runs.RunRecord`, built by the journal only).
+
+The follower does not read the log itself: it decides *when* to wake a :class:`Live`
+consumer (a subscription's notification, or a poll interval), which takes the same steps
+while holding its leases across wake-ups.
+
+The handler contract, which the trigger engine will implement next to the projections:
+
+- :meth:`Handler.begin` opens a pass over the targets: it reports the lowest tracked
+  position (``start``) and the event topics it reads. Each target tracks its own position;
+  the pass skips events a target has already applied.
+- :meth:`Pass.handle` gets pages in notification order. It may buffer, and must not move
+  tracking. An error confined to one customer's event is the handler's to contain (a
+  dead letter); anything it raises aborts the run: nothing is advanced past the last
+  commit, the leases are released, and the run is recorded as failed.
+- :meth:`Pass.commit` writes the buffer, every effect guarded by the position it covers
+  (or a unique key), *then* advances tracking to ``through``. A crash between the two
+  leaves tracking behind the writes, so a restart re-reads a little and the guards skip
+  what was written: replays change nothing.
+- :meth:`Pass.finish` runs once after the last commit (a rebuild promotes its staging
+  area there).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+from profilestore.documents import DocumentStore
+from profilestore.errors import LeaseHeld
+from profilestore.eventlog import EventLog, Notified
+from profilestore.runs import Journal, Trigger
+
+Clock = Callable[[], dt.datetime]
+Progress = Callable[[int, int], None]
+"""Called with (events read so far, events to read in this pass)."""
+
+LEASE_TTL = dt.timedelta(seconds=60)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def lease_name(target: str) -> str:
+    """The lease guarding a dataset: one writer of its documents at a time."""
+    return f"dataset:{target}"
+
+
+def new_holder() -> str:
+    """Who holds a lease: host, process and a random suffix (several stores per process)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class PassReport:
+    """What a run did, per target."""
+
+    datasets: list[str]
+    start: int
+    high_water: int
+    events_read: int = 0
+    events_applied: dict[str, int] = field(default_factory=dict)
+    sections_written: dict[str, int] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    released: dict[str, int] = field(default_factory=dict)
+    """Dead-lettered customers that folded again (a retry)."""
+    skipped_locked: list[str] = field(default_factory=list)
+
+
+class Pass(ABC):
+    """One run of a handler over some targets; see the module docstring for the contract."""
+
+    start: int
+    """The lowest position its targets have applied: pages are read after it."""
+    topics: Sequence[str]
+    """The event topics it reads (empty: nothing to read)."""
+
+    def pages(self, high_water: int) -> Iterable[Sequence[Notified]] | None:
+        """Pages of its own to handle instead of the log's (a retry reads streams)."""
+        return None
+
+    @abstractmethod
+    def handle(self, page: Sequence[Notified]) -> None: ...
+
+    @abstractmethod
+    def should_commit(self) -> bool:
+        """Whether the buffer is full and should be written before the next page."""
+
+    @abstractmethod
+    def commit(self, through: int) -> None: ...
+
+    def finish(self, through: int) -> None:  # noqa: B027 - optional hook
+        """After the last commit of a run that completed."""
+
+    @abstractmethod
+    def report(self, report: PassReport) -> PassReport:
+        """``report`` with the per-target counts filled in."""
+
+
+class Handler(ABC):
+    """What a reader of the log does with what it reads."""
+
+    @abstractmethod
+    def begin(self, targets: Sequence[str]) -> Pass: ...
+
+
+class Leases:
+    """The targets' leases, taken all together or per target."""
+
+    def __init__(
+        self, documents: DocumentStore, holder: str, ttl: dt.timedelta, clock: Clock
+    ) -> None:
+        self.documents = documents
+        self.holder = holder
+        self.ttl = ttl
+        self.clock = clock
+
+    def acquire(self, targets: Sequence[str], *, required: bool) -> list[str]:
+        """Take the leases of ``targets``; returns those another process holds.
+
+        With ``required``, raises :class:`LeaseHeld` (holding none) if any is held.
+        """
+        now = self.clock()
+        locked = [
+            t
+            for t in targets
+            if not self.documents.acquire_lease(lease_name(t), self.holder, self.ttl, now)
+        ]
+        if locked and required:
+            self.release([t for t in targets if t not in locked])
+            holder = self.holder_of(locked[0])
+            raise LeaseHeld(f"dataset {locked[0]!r}", holder or "another process")
+        return locked
+
+    def renew(self, targets: Sequence[str]) -> None:
+        now = self.clock()
+        for target in targets:
+            if not self.documents.acquire_lease(lease_name(target), self.holder, self.ttl, now):
+                raise LeaseHeld(f"dataset {target!r}", "another process (our lease expired)")
+
+    def release(self, targets: Sequence[str]) -> None:
+        for target in targets:
+            self.documents.release_lease(lease_name(target), self.holder)
+
+    def holder_of(self, target: str) -> str | None:
+        return self.documents.lease_holder(lease_name(target), self.clock())
+
+
+class Consumer:
+    """The loop: lease, read after the tracked position, handle, write, advance, record."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        leases: Leases,
+        journal: Journal,
+        *,
+        clock: Clock = utcnow,
+        page_size: int = 5000,
+    ) -> None:
+        self.log = log
+        self.leases = leases
+        self.journal = journal
+        self.clock = clock
+        self.page_size = page_size
+
+    def run(
+        self,
+        handler: Handler,
+        targets: Sequence[str],
+        *,
+        trigger: Trigger,
+        required: bool = False,
+        until: int | None = None,
+        progress: Progress | None = None,
+    ) -> PassReport:
+        """One bounded run up to ``until`` (default: the log head now).
+
+        Targets whose lease another process holds are skipped and listed in the report
+        (with ``required``, :class:`LeaseHeld` is raised instead and nothing runs).
+        """
+        locked = self.leases.acquire(targets, required=required)
+        held = [t for t in targets if t not in locked]
+        runs = self.journal.started(held, trigger, self.leases.holder, self.clock())
+        try:
+            report = self._run(handler, held, until, progress)
+        except Exception as error:
+            self.journal.failed(runs, error, self.clock())
+            raise
+        finally:
+            self.leases.release(held)
+        self.journal.succeeded(runs, report, self.clock())
+        report.skipped_locked = locked
+        return report
+
+    def _run(
+        self,
+        handler: Handler,
+        targets: Sequence[str],
+        until: int | None,
+        progress: Progress | None,
+    ) -> PassReport:
+        head = self.log.head()
+        high_water = head if until is None else min(until, head)
+        if not targets:
+            return PassReport([], high_water, high_water)
+        opened = handler.begin(targets)
+        start = min(opened.start, high_water)
+        report = PassReport(list(targets), start, high_water)
+        pages = opened.pages(high_water)
+        if pages is None:
+            pages = self._pages(start, high_water, opened.topics, progress)
+        renewed = time.monotonic()
+        for page in pages:
+            opened.handle(page)
+            report.events_read += len(page)
+            if opened.should_commit():
+                opened.commit(page[-1].notification_id)
+            if time.monotonic() - renewed > self.leases.ttl.total_seconds() / 3:
+                self.leases.renew(targets)
+                renewed = time.monotonic()
+        opened.commit(high_water)
+        opened.finish(high_water)
+        return opened.report(report)
+
+    def _pages(
+        self, start: int, high_water: int, topics: Sequence[str], progress: Progress | None
+    ) -> Iterable[Sequence[Notified]]:
+        after = start
+        while topics and after < high_water:
+            page = self.log.changes(after, self.page_size, until=high_water, topics=topics)
+            if not page:
+                return
+            yield page
+            after = page[-1].notification_id
+            if progress:
+                progress(after - start, high_water - start)
+
+    def live(
+        self,
+        handler: Handler,
+        targets: Sequence[str],
+        *,
+        batch: int,
+        guard: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ) -> Live:
+        return Live(self, handler, list(targets), batch=batch, guard=guard)
+
+
+RECORD_EVERY_S = 5.0
+"""How often a live consumer writes a run record per target (not per batch: too costly)."""
+
+
+class Live:
+    """A consumer kept running: it holds its leases and takes a step when woken.
+
+    All the targets' leases are taken together or not at all, so a second live consumer
+    of the same targets waits on standby until the first one's leases lapse.
+    """
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        handler: Handler,
+        targets: list[str],
+        *,
+        batch: int,
+        guard: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ) -> None:
+        self.consumer = consumer
+        self.guard = guard
+        """Held around every step: the store's gate, so closing waits for a step."""
+        self.handler = handler
+        self.targets = targets
+        self.batch = batch
+        self.leased = False
+        self.position = 0
+        self.applied = 0
+        self._renewed = 0.0
+        self._recorded = 0.0
+        self._since_record = 0
+
+    @property
+    def lease_ttl(self) -> dt.timedelta:
+        return self.consumer.leases.ttl
+
+    def take(self) -> bool:
+        """Take every lease, or none; True when held."""
+        leases = self.consumer.leases
+        with self.guard():
+            if leases.acquire(self.targets, required=False):
+                leases.release(self.targets)
+                return False
+            self.leased = True
+            self._renewed = time.monotonic()
+            self.position = self.handler.begin(self.targets).start
+            return True
+
+    def renew_if_due(self) -> None:
+        """Renew the leases every third of their time to live; LeaseHeld if lost."""
+        if time.monotonic() - self._renewed >= self.lease_ttl.total_seconds() / 3:
+            try:
+                with self.guard():
+                    self.consumer.leases.renew(self.targets)
+            except LeaseHeld:
+                self.leased = False
+                raise
+            self._renewed = time.monotonic()
+
+    def step(self) -> PassReport | None:
+        """Apply one batch of new events, if there are any; None when there were none."""
+        with self.guard():
+            return self._step()
+
+    def _step(self) -> PassReport | None:
+        log = self.consumer.log
+        # The head is read first: a short page then covers everything up to it, events of
+        # other targets included, so tracking can say "current".
+        head = log.head()
+        if head <= self.position:
+            return None
+        opened = self.handler.begin(self.targets)
+        page = log.changes(self.position, self.batch, until=head, topics=opened.topics)
+        through = head if len(page) < self.batch else page[-1].notification_id
+        report = PassReport(list(self.targets), self.position, through, events_read=len(page))
+        if page:
+            opened.handle(page)
+        opened.commit(through)
+        self.position = through
+        self.applied += len(page)
+        self._since_record += len(page)
+        if time.monotonic() - self._recorded >= RECORD_EVERY_S:
+            self._record("succeeded", None)
+        return opened.report(report)
+
+    def record(self, status: str = "succeeded", error: BaseException | None = None) -> None:
+        """A run record per target, at most every few seconds: what ``status`` shows."""
+        with self.guard():
+            self._record(status, error)
+
+    def _record(self, status: str, error: BaseException | None) -> None:
+        self.consumer.journal.noted(
+            self.targets,
+            "follower",
+            self.consumer.leases.holder,
+            self.consumer.clock(),
+            failed=status == "failed",
+            error=error,
+            high_water=self.position,
+            events_applied=self._since_record,
+        )
+        self._since_record = 0
+        self._recorded = time.monotonic()
+
+    def release(self) -> None:
+        """Record what was applied since the last record and give the leases back."""
+        if not self.leased:
+            return
+        with self.guard():
+            if self._since_record:
+                self._record("succeeded", None)
+            self.consumer.leases.release(self.targets)
+        self.leased = False
