@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import msgspec
 from eventsourcing.persistence import StoredEvent
+from log_history import read_log
 
 from profilestore.eventlog import EventLog, stream_id
 from profilestore.events import Event, PageViewed
@@ -35,7 +36,7 @@ def page_view(event_id: str, customer_id: str, minute: int = 0) -> PageViewed:
 
 def versions_by_customer(log: EventLog) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
-    for logged in log.read(0, 1_000_000):
+    for logged in read_log(log, 0, 1_000_000):
         found.setdefault(logged.event.customer_id, []).append(logged.version)
     return found
 
@@ -66,20 +67,28 @@ def test_first_of_repeated_event_ids_in_one_batch_wins(event_log: EventLog) -> N
     second = msgspec.structs.replace(first, url="https://shop.example/other")
     result = event_log.append([first, second])
     assert (result.appended, result.duplicates) == (1, 1)
-    (logged,) = event_log.read(0, 10)
+    (logged,) = read_log(event_log, 0, 10)
     assert logged.event == first
 
 
-def test_read_pages_after_a_position_up_to_a_high_water_mark_and_by_topic(
+def test_changes_page_after_a_position_up_to_a_high_water_mark_and_by_topic(
     event_log: EventLog,
 ) -> None:
     event_log.append([page_view(f"e{i}", f"c{i % 3}", i) for i in range(10)])
-    page = event_log.read(3, 4)
+    page = event_log.changes(3, 4)
     assert [e.notification_id for e in page] == [4, 5, 6, 7]
-    assert [e.notification_id for e in event_log.read(7, 100, until=9)] == [8, 9]
-    assert event_log.read(0, 100, topics=["cart.item_added"]) == []
-    assert len(event_log.read(0, 100, topics=[topic_for(PageViewed)])) == 10
+    assert [e.notification_id for e in event_log.changes(7, 100, until=9)] == [8, 9]
+    assert event_log.changes(0, 100, topics=["cart.item_added"]) == []
+    assert len(event_log.changes(0, 100, topics=[topic_for(PageViewed)])) == 10
     assert all(e.stream_id == stream_id(e.event.customer_id) for e in page)
+    assert [e.event for e in page] == [logged.event for logged in read_log(event_log, 3, 4)]
+
+
+def test_a_customers_changes_carry_its_stream_id(event_log: EventLog) -> None:
+    event_log.append([page_view(f"e{i}", f"c{i % 3}", i) for i in range(10)])
+    changes = event_log.customer_changes("c1", after=2, until=8)
+    assert [e.event.event_id for e in changes] == ["e4", "e7"]
+    assert {e.stream_id for e in changes} == {stream_id("c1")}
 
 
 def test_empty_log_has_head_zero(event_log: EventLog) -> None:
@@ -120,7 +129,8 @@ def test_concurrent_threads_lose_nothing_and_keep_versions_gap_free(
 WRITER_SCRIPT = textwrap.dedent(
     """
     import datetime as dt, sys
-    from profilestore.eventlog import open_postgres_log, open_sqlite_log
+    from profilestore.postgres_log import open_postgres_log
+    from profilestore.sqlite_log import open_sqlite_log
     from profilestore.events import PageViewed
     kind, target, schema, worker = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     log = open_sqlite_log(target) if kind == "sqlite" else open_postgres_log(target, schema=schema)
@@ -171,7 +181,7 @@ def test_concurrent_processes_lose_nothing_and_keep_versions_gap_free(
         assert out.strip() == b"done"
     log: EventLog = log_backend["open"]()
     try:
-        events = log.read(0, 1_000_000)
+        events = read_log(log, 0, 1_000_000)
         assert len(events) == 4 * 20 * 5
         assert len({e.event.event_id for e in events}) == len(events)
         versions = versions_by_customer(log)
@@ -185,7 +195,8 @@ def test_concurrent_processes_lose_nothing_and_keep_versions_gap_free(
 OPEN_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from profilestore.eventlog import open_postgres_log, open_sqlite_log
+    from profilestore.postgres_log import open_postgres_log
+    from profilestore.sqlite_log import open_sqlite_log
     kind, target, schema, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     time.sleep(max(0.0, start - time.time()))  # all processes begin at the same instant
     log = open_sqlite_log(target) if kind == "sqlite" else open_postgres_log(target, schema=schema)
@@ -208,7 +219,8 @@ def test_processes_opening_a_new_log_together_all_succeed(log_backend: dict[str,
 CRASH_SCRIPT = textwrap.dedent(
     """
     import datetime as dt, sys, time
-    from profilestore.eventlog import open_postgres_log, open_sqlite_log
+    from profilestore.postgres_log import open_postgres_log
+    from profilestore.sqlite_log import open_sqlite_log
     from profilestore.events import PageViewed
     kind, target, schema = sys.argv[1], sys.argv[2], sys.argv[3]
     log = open_sqlite_log(target) if kind == "sqlite" else open_postgres_log(target, schema=schema)
@@ -261,7 +273,7 @@ def test_stored_history_is_upcast_when_an_event_changes_shape(event_log: EventLo
     event_log.append([page_view("old", "ann")])
     stored_before = event_log.recorder.select_events(stream_id("ann"))
     event_log.mapper.register([PageViewedV2])
-    (logged,) = event_log.read(0, 10)
+    (logged,) = read_log(event_log, 0, 10)
     assert isinstance(logged.event, PageViewedV2)
     assert (logged.event.host, logged.event.path) == ("shop.example", "/old")
     # Stored history is untouched; new events are written under the new topic.

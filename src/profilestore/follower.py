@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from profilestore.errors import LeaseHeld
-from profilestore.eventlog import Notified, PostgresEventRecorder
+from profilestore.eventlog import Notified
 from profilestore.projector import PassReport
 from profilestore.runs import RunRecord, Status
 from profilestore.store import Freshness, ProfileStore
@@ -139,26 +139,20 @@ class Follower:
         self._subscribe()
 
     def _subscribe(self) -> None:
-        recorder = self.store.log.recorder
-        if not isinstance(recorder, PostgresEventRecorder) or self._subscription is not None:
+        if self._subscription is not None:
             return
-        self._subscription = recorder.subscribe(gt=self.position, topics=self.topics)
+        self._subscription = self.store.log.subscribe(self.position, self.topics)
+        if self._subscription is None:
+            return  # the backend has none (SQLite): poll
         self._subscription_thread = threading.Thread(
             target=self._listen, name="profilestore-follower-subscription", daemon=True
         )
         self._subscription_thread.start()
 
     def _listen(self) -> None:
-        decode = self.store.log.mapper.decode
         try:
-            for notification in self._subscription:
-                self._wakeups.put(
-                    Notified(
-                        notification.id,
-                        notification.topic,
-                        decode(notification.topic, notification.state),
-                    )
-                )
+            for notified in self._subscription:
+                self._wakeups.put(notified)
         except Exception as error:  # the loop falls back to reading the log
             self.last_error = repr(error)
 

@@ -31,13 +31,8 @@ from profilestore.errors import (
     InvalidEvent,
     UnknownDataset,
 )
-from profilestore.eventlog import (
-    AppendResult,
-    EventLog,
-    event_json,
-    open_postgres_log,
-    open_sqlite_log,
-)
+from profilestore.eventlog import AppendResult, EventLog, event_json
+from profilestore.eventlog import open_log as open_log_url
 from profilestore.events import AnyEvent, Event, normalise_identifier
 from profilestore.projection import Projection, check_projections, load_projection
 from profilestore.projector import Clock, PassReport, Progress, Projector, utcnow
@@ -458,14 +453,12 @@ def open_documents(settings: Settings, projections: Mapping[str, Projection[Any]
 
 
 def open_log(settings: Settings) -> EventLog:
-    url = settings.url(settings.event_log.url)
-    if url.startswith("sqlite:"):
-        return open_sqlite_log(
-            _sqlite_path(url, settings), lock_timeout=settings.event_log.lock_timeout_s
-        )
-    if url.startswith(("postgresql://", "postgres://")):
-        return open_postgres_log(url, schema=settings.event_log.postgres_schema)
-    raise ValueError(f"event_log.url {url!r}: expected sqlite:///PATH or postgresql://...")
+    """The event log of ``event_log.url``, on the backend its scheme names."""
+    return open_log_url(
+        settings.url(settings.event_log.url),
+        lock_timeout_s=settings.event_log.lock_timeout_s,
+        postgres_schema=settings.event_log.postgres_schema,
+    )
 
 
 def open_store(settings: Settings | None = None, *, clock: Clock = utcnow) -> ProfileStore:
