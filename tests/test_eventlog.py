@@ -6,21 +6,28 @@ import datetime as dt
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
+import pytest
 from eventsourcing.persistence import StoredEvent
 from log_history import read_log
 
-from profilestore.eventlog import EventLog, stream_id
+from profilestore.config import load_settings
+from profilestore.errors import ConfigError, LogUnavailable, StoreClosed
+from profilestore.eventlog import EVENTS_TABLE, EventLog, open_log, stream_id
 from profilestore.events import Event, PageViewed
 from profilestore.mapper import EventMapper, topic_for
+from profilestore.sqlite_log import open_sqlite_log
+from profilestore.store import open_log as open_configured_log
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -89,6 +96,24 @@ def test_a_customers_changes_carry_its_stream_id(event_log: EventLog) -> None:
     changes = event_log.customer_changes("c1", after=2, until=8)
     assert [e.event.event_id for e in changes] == ["e4", "e7"]
     assert {e.stream_id for e in changes} == {stream_id("c1")}
+
+
+def test_a_subscription_delivers_new_events_with_their_stream_or_is_none_on_sqlite(
+    event_log: EventLog, log_backend: dict[str, Any]
+) -> None:
+    event_log.append([page_view("a1", "ann")])
+    subscription = event_log.subscribe(1, [topic_for(PageViewed)])
+    if log_backend["name"] == "sqlite":
+        assert subscription is None  # the follower polls
+        return
+    assert subscription is not None
+    try:
+        event_log.append([page_view("b1", "bob")])
+        notified = next(subscription)
+        assert (notified.notification_id, notified.stream_id) == (2, stream_id("bob"))
+        assert notified.event == page_view("b1", "bob")
+    finally:
+        subscription.stop()
 
 
 def test_empty_log_has_head_zero(event_log: EventLog) -> None:
@@ -246,6 +271,120 @@ def test_acknowledged_events_survive_the_writer_being_killed(log_backend: dict[s
         assert [e.event_id for e in log.stream("ann")] == [f"k{i}" for i in range(50)]
     finally:
         log.close()
+
+
+# --- opening by URL, errors, closing ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://x", "the URL scheme 'ftp' names no log backend"),
+        ("events.sqlite", "a URL without a scheme"),
+        ("sqlite://", "the SQLite URL has no file path"),
+        ("sqlite:///", "the SQLite URL has no file path"),
+    ],
+)
+def test_an_unusable_log_url_is_a_config_error_naming_the_setting_and_creates_nothing(
+    tmp_path: Path, url: str, reason: str
+) -> None:
+    home = tmp_path / "home"
+    settings = load_settings(environ={"PROFILESTORE_EVENT_LOG__URL": url}, home=home)
+    with pytest.raises(ConfigError) as raised:
+        open_configured_log(settings)
+    message = str(raised.value)
+    assert message.startswith("event_log.url: ")
+    assert reason in message
+    assert "sqlite:///PATH or postgresql://" in message  # the accepted forms
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:secret@127.0.0.1:notaport/db",
+        "postgresql://u:secret@127.0.0.1:70000/db",
+        "postgres://u:secret@[::1/db",
+    ],
+)
+def test_a_bad_postgres_url_is_reported_without_its_password(url: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        open_log(url)
+    assert str(raised.value).startswith("event_log.url: ")
+    assert "PostgreSQL URL" in str(raised.value)
+    # Nor in a chained error, which a traceback would print.
+    error: BaseException | None = raised.value
+    while error is not None:
+        assert "secret" not in str(error)
+        error = error.__cause__ or error.__context__
+
+
+def test_opening_an_sqlite_log_by_url_creates_its_directory_and_imports_no_postgres_driver(
+    tmp_path: Path,
+) -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        from profilestore.eventlog import open_log
+        open_log(sys.argv[1]).close()
+        loaded = [m for m in sys.modules if m.startswith(("psycopg", "eventsourcing.postgres"))]
+        assert not loaded, loaded
+        """
+    )
+    path = tmp_path / "new" / "events.sqlite"
+    subprocess.run([sys.executable, "-c", script, f"sqlite:///{path}"], check=True)
+    assert path.exists()
+
+
+def test_a_file_that_is_not_a_database_fails_to_open_as_log_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+    path.write_bytes(b"not a database, " * 1024)
+    with pytest.raises(LogUnavailable) as raised:
+        open_sqlite_log(str(path))
+    assert "SQLite event log could not open (sqlite3.DatabaseError)" in str(raised.value)
+
+
+def test_a_failing_read_raises_log_unavailable_not_a_driver_error(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+    log = open_sqlite_log(str(path))
+    try:
+        log.append([page_view("e1", "ann")])
+        with sqlite3.connect(path) as conn:  # the log's storage breaks under it
+            conn.execute(f"DROP TABLE {EVENTS_TABLE}")
+        for read in (
+            lambda: log.changes(0, 10),
+            lambda: log.customer_changes("ann"),
+            lambda: log.stream("ann"),
+            log.head,
+            lambda: list(log.scan_chain()),
+        ):
+            with pytest.raises(LogUnavailable) as raised:
+                read()
+            assert isinstance(raised.value.driver_error, sqlite3.OperationalError)
+            assert "ann" not in str(raised.value)
+    finally:
+        log.close()
+
+
+def test_a_closed_log_refuses_every_call_and_closing_again_does_nothing(
+    event_log: EventLog,
+) -> None:
+    event_log.append([page_view("e1", "ann")])
+    event_log.close()
+    event_log.close()
+    for call in (
+        lambda: event_log.append([page_view("e2", "ann")]),
+        event_log.head,
+        lambda: event_log.changes(0, 10),
+        lambda: event_log.customer_changes("ann"),
+        lambda: event_log.stream("ann"),
+        lambda: event_log.subscribe(0, ()),
+        lambda: list(event_log.scan_chain()),
+        event_log.directory_heads,
+        event_log.customers,
+    ):
+        with pytest.raises(StoreClosed):
+            call()
 
 
 # --- upcasting -------------------------------------------------------------------------------

@@ -281,8 +281,9 @@ def connection_params(url: str) -> dict[str, str]:
     try:
         params = conninfo_to_dict(url)
     except psycopg.Error:
-        # psycopg's message quotes the whole URL, password included.
-        raise LogUrlError("the PostgreSQL URL cannot be parsed") from None
+        params = None  # raised below, outside: psycopg's error quotes the URL's password
+    if params is None:
+        raise LogUrlError("the PostgreSQL URL cannot be parsed")
     port = str(params.get("port", "5432"))
     if not (port.isdigit() and 0 < int(port) < 65536):
         raise LogUrlError("the PostgreSQL URL's port is not a number from 1 to 65535")
