@@ -305,21 +305,21 @@ BUCKETS: dict[str, list[tuple[str, str, str]]] = {
         ("choose_customers (list every customer)", "replay.py", "choose_customers"),
         ("documents.load (stored sections)", "sqlite_documents.py", "load"),
         ("log.customer_changes (SQL + decode)", "eventlog.py", "customer_changes"),
-        ("  select_stream_states (SQL per customer)", "eventlog.py", "select_stream_states"),
+        ("  select_stream_states (SQL per customer)", "sqlite_log.py", "select_stream_states"),
         ("  _decoded (msgspec decode)", "eventlog.py", "_decoded"),
         ("fold_stream (projection folds)", "replay.py", "fold_stream"),
         ("first_difference (diff)", "replay.py", "first_difference"),
         ("msgspec.to_builtins", "~", "<built-in method msgspec._core.to_builtins>"),
     ],
     "audit_verify_events_per_s": [
-        ("scan_chain (SQL read + row conversion)", "eventlog.py", "scan_chain"),
+        ("scan_chain (SQL read + row conversion)", "sqlite_log.py", "scan_chain"),
         ("chain_hash (sha256 per event)", "eventlog.py", "chain_hash"),
-        ("directory_heads", "eventlog.py", "directory_heads"),
+        ("directory_heads", "sqlite_log.py", "directory_heads"),
         ("merkle root", "audit.py", "root"),
     ],
     "as_of_p50_ms": [
         ("log.customer_changes (SQL + decode, all events)", "eventlog.py", "customer_changes"),
-        ("  select_stream_states (SQL)", "eventlog.py", "select_stream_states"),
+        ("  select_stream_states (SQL)", "sqlite_log.py", "select_stream_states"),
         ("  _decoded (msgspec decode)", "eventlog.py", "_decoded"),
         ("fold_stream (projection folds)", "replay.py", "fold_stream"),
     ],
@@ -403,7 +403,7 @@ def profile_misses(
     limits: dict[str, str] = {}
     profiles: dict[str, Any] = {}
     if targets["verify_customers_per_s"]["pass"] is False:
-        ids = store._log.recorder.customers()[: mode["profile_verify_customers"]]
+        ids = store._log.customers()[: mode["profile_verify_customers"]]
         with stage(f"cProfile: verify of {len(ids)} customers"):
             profiles["verify"] = profiled(
                 "verify_customers_per_s", lambda: store.verify(customer_ids=ids)

@@ -48,10 +48,12 @@ from eventsourcing.postgres import PostgresApplicationRecorder  # noqa: E402
 from eventsourcing.sqlite import SQLiteApplicationRecorder  # noqa: E402
 
 from profilestore.config import Settings, load_settings  # noqa: E402
-from profilestore.eventlog import postgres_datastore, sqlite_datastore, stream_id  # noqa: E402
+from profilestore.eventlog import stream_id  # noqa: E402
 from profilestore.events import Event, IdentifierLinked, IdentifierSeen  # noqa: E402
 from profilestore.mapper import EventMapper  # noqa: E402
 from profilestore.population import generate  # noqa: E402
+from profilestore.postgres_log import postgres_datastore  # noqa: E402
+from profilestore.sqlite_log import sqlite_datastore  # noqa: E402
 from profilestore.store import ProfileStore, open_store  # noqa: E402
 
 BATCH = 200

@@ -98,10 +98,12 @@ STORE_SOURCES = (
     "events.py",
     "mapper.py",
     "population.py",
+    "postgres_log.py",
     "projection.py",
     "projector.py",
     "runs.py",
     "sqlite_documents.py",
+    "sqlite_log.py",
     "store.py",
 )
 

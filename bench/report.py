@@ -274,7 +274,7 @@ class Readers:
 def pick_customers(store: ProfileStore, count: int) -> tuple[list[str], dict[str, tuple[str, str]]]:
     """A random sample of customers, and for those with an email only they hold, the
     email as a client would send it and its lookup key."""
-    everyone = store._log.recorder.customers()
+    everyone = store._log.customers()
     sample = random.Random(SEED).sample(everyone, min(count, len(everyone)))
     emails: dict[str, tuple[str, str]] = {}
     for customer_id in sample:

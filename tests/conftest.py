@@ -25,7 +25,8 @@ from mongo_wire import MongoWireUnavailable, run_mongoeco_server
 
 from profilestore.config import DocumentSettings, Settings, load_settings
 from profilestore.documents import DatasetSchema, DocumentStore
-from profilestore.eventlog import EventLog, open_postgres_log, open_sqlite_log
+from profilestore.eventlog import EventLog
+from profilestore.sqlite_log import open_sqlite_log
 from profilestore.store import load_projections
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -92,6 +93,8 @@ def log_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
             "open": lambda: open_sqlite_log(path),
         }
     else:
+        from profilestore.postgres_log import open_postgres_log
+
         url, schema = request.getfixturevalue("postgres_schema")
         yield {
             "name": "postgres",

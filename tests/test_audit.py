@@ -17,10 +17,10 @@ from profilestore.eventlog import (
     EVENTS_TABLE,
     STREAMS_TABLE,
     EventLog,
-    open_sqlite_log,
     stream_id,
 )
 from profilestore.population import generate
+from profilestore.sqlite_log import open_sqlite_log
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 

@@ -6,20 +6,28 @@ import datetime as dt
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
+import pytest
 from eventsourcing.persistence import StoredEvent
+from log_history import read_log
 
-from profilestore.eventlog import EventLog, stream_id
+from profilestore.config import load_settings
+from profilestore.errors import ConfigError, LogUnavailable, StoreClosed
+from profilestore.eventlog import EVENTS_TABLE, EventLog, open_log, stream_id
 from profilestore.events import Event, PageViewed
 from profilestore.mapper import EventMapper, topic_for
+from profilestore.sqlite_log import open_sqlite_log
+from profilestore.store import open_log as open_configured_log
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -35,7 +43,7 @@ def page_view(event_id: str, customer_id: str, minute: int = 0) -> PageViewed:
 
 def versions_by_customer(log: EventLog) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
-    for logged in log.read(0, 1_000_000):
+    for logged in read_log(log, 0, 1_000_000):
         found.setdefault(logged.event.customer_id, []).append(logged.version)
     return found
 
@@ -66,20 +74,46 @@ def test_first_of_repeated_event_ids_in_one_batch_wins(event_log: EventLog) -> N
     second = msgspec.structs.replace(first, url="https://shop.example/other")
     result = event_log.append([first, second])
     assert (result.appended, result.duplicates) == (1, 1)
-    (logged,) = event_log.read(0, 10)
+    (logged,) = read_log(event_log, 0, 10)
     assert logged.event == first
 
 
-def test_read_pages_after_a_position_up_to_a_high_water_mark_and_by_topic(
+def test_changes_page_after_a_position_up_to_a_high_water_mark_and_by_topic(
     event_log: EventLog,
 ) -> None:
     event_log.append([page_view(f"e{i}", f"c{i % 3}", i) for i in range(10)])
-    page = event_log.read(3, 4)
+    page = event_log.changes(3, 4)
     assert [e.notification_id for e in page] == [4, 5, 6, 7]
-    assert [e.notification_id for e in event_log.read(7, 100, until=9)] == [8, 9]
-    assert event_log.read(0, 100, topics=["cart.item_added"]) == []
-    assert len(event_log.read(0, 100, topics=[topic_for(PageViewed)])) == 10
+    assert [e.notification_id for e in event_log.changes(7, 100, until=9)] == [8, 9]
+    assert event_log.changes(0, 100, topics=["cart.item_added"]) == []
+    assert len(event_log.changes(0, 100, topics=[topic_for(PageViewed)])) == 10
     assert all(e.stream_id == stream_id(e.event.customer_id) for e in page)
+    assert [e.event for e in page] == [logged.event for logged in read_log(event_log, 3, 4)]
+
+
+def test_a_customers_changes_carry_its_stream_id(event_log: EventLog) -> None:
+    event_log.append([page_view(f"e{i}", f"c{i % 3}", i) for i in range(10)])
+    changes = event_log.customer_changes("c1", after=2, until=8)
+    assert [e.event.event_id for e in changes] == ["e4", "e7"]
+    assert {e.stream_id for e in changes} == {stream_id("c1")}
+
+
+def test_a_subscription_delivers_new_events_with_their_stream_or_is_none_on_sqlite(
+    event_log: EventLog, log_backend: dict[str, Any]
+) -> None:
+    event_log.append([page_view("a1", "ann")])
+    subscription = event_log.subscribe(1, [topic_for(PageViewed)])
+    if log_backend["name"] == "sqlite":
+        assert subscription is None  # the follower polls
+        return
+    assert subscription is not None
+    try:
+        event_log.append([page_view("b1", "bob")])
+        notified = next(subscription)
+        assert (notified.notification_id, notified.stream_id) == (2, stream_id("bob"))
+        assert notified.event == page_view("b1", "bob")
+    finally:
+        subscription.stop()
 
 
 def test_empty_log_has_head_zero(event_log: EventLog) -> None:
@@ -120,7 +154,8 @@ def test_concurrent_threads_lose_nothing_and_keep_versions_gap_free(
 WRITER_SCRIPT = textwrap.dedent(
     """
     import datetime as dt, sys
-    from profilestore.eventlog import open_postgres_log, open_sqlite_log
+    from profilestore.postgres_log import open_postgres_log
+    from profilestore.sqlite_log import open_sqlite_log
     from profilestore.events import PageViewed
     kind, target, schema, worker = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     log = open_sqlite_log(target) if kind == "sqlite" else open_postgres_log(target, schema=schema)
@@ -171,7 +206,7 @@ def test_concurrent_processes_lose_nothing_and_keep_versions_gap_free(
         assert out.strip() == b"done"
     log: EventLog = log_backend["open"]()
     try:
-        events = log.read(0, 1_000_000)
+        events = read_log(log, 0, 1_000_000)
         assert len(events) == 4 * 20 * 5
         assert len({e.event.event_id for e in events}) == len(events)
         versions = versions_by_customer(log)
@@ -185,7 +220,8 @@ def test_concurrent_processes_lose_nothing_and_keep_versions_gap_free(
 OPEN_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from profilestore.eventlog import open_postgres_log, open_sqlite_log
+    from profilestore.postgres_log import open_postgres_log
+    from profilestore.sqlite_log import open_sqlite_log
     kind, target, schema, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     time.sleep(max(0.0, start - time.time()))  # all processes begin at the same instant
     log = open_sqlite_log(target) if kind == "sqlite" else open_postgres_log(target, schema=schema)
@@ -208,7 +244,8 @@ def test_processes_opening_a_new_log_together_all_succeed(log_backend: dict[str,
 CRASH_SCRIPT = textwrap.dedent(
     """
     import datetime as dt, sys, time
-    from profilestore.eventlog import open_postgres_log, open_sqlite_log
+    from profilestore.postgres_log import open_postgres_log
+    from profilestore.sqlite_log import open_sqlite_log
     from profilestore.events import PageViewed
     kind, target, schema = sys.argv[1], sys.argv[2], sys.argv[3]
     log = open_sqlite_log(target) if kind == "sqlite" else open_postgres_log(target, schema=schema)
@@ -236,6 +273,120 @@ def test_acknowledged_events_survive_the_writer_being_killed(log_backend: dict[s
         log.close()
 
 
+# --- opening by URL, errors, closing ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://x", "the URL scheme 'ftp' names no log backend"),
+        ("events.sqlite", "a URL without a scheme"),
+        ("sqlite://", "the SQLite URL has no file path"),
+        ("sqlite:///", "the SQLite URL has no file path"),
+    ],
+)
+def test_an_unusable_log_url_is_a_config_error_naming_the_setting_and_creates_nothing(
+    tmp_path: Path, url: str, reason: str
+) -> None:
+    home = tmp_path / "home"
+    settings = load_settings(environ={"PROFILESTORE_EVENT_LOG__URL": url}, home=home)
+    with pytest.raises(ConfigError) as raised:
+        open_configured_log(settings)
+    message = str(raised.value)
+    assert message.startswith("event_log.url: ")
+    assert reason in message
+    assert "sqlite:///PATH or postgresql://" in message  # the accepted forms
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:secret@127.0.0.1:notaport/db",
+        "postgresql://u:secret@127.0.0.1:70000/db",
+        "postgres://u:secret@[::1/db",
+    ],
+)
+def test_a_bad_postgres_url_is_reported_without_its_password(url: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        open_log(url)
+    assert str(raised.value).startswith("event_log.url: ")
+    assert "PostgreSQL URL" in str(raised.value)
+    # Nor in a chained error, which a traceback would print.
+    error: BaseException | None = raised.value
+    while error is not None:
+        assert "secret" not in str(error)
+        error = error.__cause__ or error.__context__
+
+
+def test_opening_an_sqlite_log_by_url_creates_its_directory_and_imports_no_postgres_driver(
+    tmp_path: Path,
+) -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        from profilestore.eventlog import open_log
+        open_log(sys.argv[1]).close()
+        loaded = [m for m in sys.modules if m.startswith(("psycopg", "eventsourcing.postgres"))]
+        assert not loaded, loaded
+        """
+    )
+    path = tmp_path / "new" / "events.sqlite"
+    subprocess.run([sys.executable, "-c", script, f"sqlite:///{path}"], check=True)
+    assert path.exists()
+
+
+def test_a_file_that_is_not_a_database_fails_to_open_as_log_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+    path.write_bytes(b"not a database, " * 1024)
+    with pytest.raises(LogUnavailable) as raised:
+        open_sqlite_log(str(path))
+    assert "SQLite event log could not open (sqlite3.DatabaseError)" in str(raised.value)
+
+
+def test_a_failing_read_raises_log_unavailable_not_a_driver_error(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite"
+    log = open_sqlite_log(str(path))
+    try:
+        log.append([page_view("e1", "ann")])
+        with sqlite3.connect(path) as conn:  # the log's storage breaks under it
+            conn.execute(f"DROP TABLE {EVENTS_TABLE}")
+        for read in (
+            lambda: log.changes(0, 10),
+            lambda: log.customer_changes("ann"),
+            lambda: log.stream("ann"),
+            log.head,
+            lambda: list(log.scan_chain()),
+        ):
+            with pytest.raises(LogUnavailable) as raised:
+                read()
+            assert isinstance(raised.value.driver_error, sqlite3.OperationalError)
+            assert "ann" not in str(raised.value)
+    finally:
+        log.close()
+
+
+def test_a_closed_log_refuses_every_call_and_closing_again_does_nothing(
+    event_log: EventLog,
+) -> None:
+    event_log.append([page_view("e1", "ann")])
+    event_log.close()
+    event_log.close()
+    for call in (
+        lambda: event_log.append([page_view("e2", "ann")]),
+        event_log.head,
+        lambda: event_log.changes(0, 10),
+        lambda: event_log.customer_changes("ann"),
+        lambda: event_log.stream("ann"),
+        lambda: event_log.subscribe(0, ()),
+        lambda: list(event_log.scan_chain()),
+        event_log.directory_heads,
+        event_log.customers,
+    ):
+        with pytest.raises(StoreClosed):
+            call()
+
+
 # --- upcasting -------------------------------------------------------------------------------
 
 
@@ -261,7 +412,7 @@ def test_stored_history_is_upcast_when_an_event_changes_shape(event_log: EventLo
     event_log.append([page_view("old", "ann")])
     stored_before = event_log.recorder.select_events(stream_id("ann"))
     event_log.mapper.register([PageViewedV2])
-    (logged,) = event_log.read(0, 10)
+    (logged,) = read_log(event_log, 0, 10)
     assert isinstance(logged.event, PageViewedV2)
     assert (logged.event.host, logged.event.path) == ("shop.example", "/old")
     # Stored history is untouched; new events are written under the new topic.

@@ -181,8 +181,8 @@ class Auditor:
 
     def _scan(self, position: int) -> _Scan:
         scan = _Scan(position)
-        scan.run(self.log.recorder.scan_chain())
-        for originator_id, (version, head) in self.log.recorder.directory_heads().items():
+        scan.run(self.log.scan_chain())
+        for originator_id, (version, head) in self.log.directory_heads().items():
             recomputed = scan.heads_now.get(originator_id)
             if recomputed != (version, head):
                 scan.add(

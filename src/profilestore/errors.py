@@ -24,6 +24,17 @@ class ConfigError(ProfileStoreError):
         super().__init__(f"{source}: {reason}{where}")
 
 
+class InvalidSetting(ConfigError):
+    """A setting's value is unusable, wherever it was set (a file or the environment).
+
+    The reason must never quote the value when it may hold a secret (a URL's password).
+    """
+
+    def __init__(self, setting: str, reason: str) -> None:
+        super().__init__(setting, "", reason)
+        self.setting = setting
+
+
 class InvalidEvent(ProfileStoreError):
     """An event of a batch is invalid; the whole batch was rejected and nothing appended."""
 
@@ -113,3 +124,29 @@ class InvalidIdentifier(ProfileStoreError):
         self.kind = kind
         self.reason = reason
         super().__init__(f"{kind}: {reason}")
+
+
+class LogUnavailable(ProfileStoreError):
+    """The event log's database failed an operation (unreachable, locked, corrupt, ...).
+
+    The message names the backend, the operation and the driver's error class, never the
+    driver's message: that may quote a connection string or stored event data. The driver
+    error stays chained (``__cause__``) for the logs.
+    """
+
+    def __init__(self, backend: str, operation: str, error: BaseException) -> None:
+        self.backend = backend
+        self.operation = operation
+        self.driver_error = _innermost(error)
+        cause = type(self.driver_error)
+        super().__init__(
+            f"the {backend} event log could not {operation} ({cause.__module__}.{cause.__name__});"
+            " check that the database is reachable and intact, then retry"
+        )
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The driver's own error under the library's translation of it (``raise X(e) from e``)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error

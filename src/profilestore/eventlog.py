@@ -1,11 +1,22 @@
 """The immutable event log: one ``eventsourcing`` stream per customer.
 
-Appends go through the library's application recorders (SQLite file or PostgreSQL), which
-give us gap-free stream versions (a unique ``(originator_id, originator_version)`` key), a
-notification log ordered by commit, and driver errors translated to the library's own
-error tree. The recorders are extended in one way only: the library's ``_insert_events``
-hook, which runs inside the insert transaction, also records each event's ``event_id`` in
-a table with a unique key, so a retried batch appends nothing twice.
+This module is the log's service and its port; the adapters live beside it, one module
+per backend, each ending with its factory: :mod:`profilestore.sqlite_log` (an SQLite
+file, the default) and :mod:`profilestore.postgres_log` (PostgreSQL). :func:`open_log`
+picks one by the URL's scheme through :data:`LOG_BACKENDS` and imports it only then, so
+a SQLite-only user never imports psycopg.
+
+- :class:`EventRecorder` (the port) is what :class:`EventLog` needs from a recorder beyond
+  the library's application recorder: the adapters extend the library's recorders, which
+  give us gap-free stream versions (a unique ``(originator_id, originator_version)`` key),
+  a notification log ordered by commit, and driver errors translated to the library's own
+  error tree. They extend them in one way only: the library's ``_insert_events`` hook,
+  which runs inside the insert transaction, also records each event's ``event_id`` in a
+  table with a unique key, so a retried batch appends nothing twice.
+- :class:`EventLog` (the service) appends and reads. It is the door to the log: every
+  database error leaving it is a :class:`~profilestore.errors.LogUnavailable` (neither a
+  driver's nor the library's error), and after :meth:`EventLog.close` every call raises
+  :class:`~profilestore.errors.StoreClosed`.
 
 Concurrency is optimistic, as in the library: a batch reads each stream's head version
 (one query for the whole batch, never a replay), writes the next versions, and if another
@@ -18,24 +29,31 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib
 import random
-import sqlite3
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol, cast
 from uuid import UUID, uuid5
 
 import msgspec
-from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
-from psycopg.errors import DuplicateObject
-from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier, Literal
+from eventsourcing.persistence import (
+    ConnectionPoolClosedError,
+    IntegrityError,
+    PersistenceError,
+    StoredEvent,
+)
 
-from profilestore.errors import AppendConflict, ProfileStoreError
+from profilestore.errors import (
+    AppendConflict,
+    InvalidSetting,
+    LogUnavailable,
+    ProfileStoreError,
+    StoreClosed,
+)
 from profilestore.events import Event
 from profilestore.mapper import EventMapper
 
@@ -68,6 +86,9 @@ def chain_hash(
 ChainRow = tuple[int, UUID, int, str, bytes, bytes | None]
 """(notification id, stream, version, topic, stored state, recorded chain hash)."""
 
+StateRow = tuple[int, UUID, str, bytes]
+"""(notification id, stream, topic, stored state): a stored event before decoding."""
+
 
 MAX_APPEND_ATTEMPTS = 50
 
@@ -89,21 +110,12 @@ class AppendResult:
     attempts: int = 1
 
 
-@dataclass(frozen=True)
-class LoggedEvent:
-    """An event as read back from the log, with its positions."""
+class Notified(NamedTuple):
+    """An event as the projector reads it: its notification id, stream and stored topic."""
 
     notification_id: int
     stream_id: UUID
-    version: int
-    topic: str
-    event: Event
-
-
-class Notified(NamedTuple):
-    """An event as the projector reads it: its notification id and stored topic."""
-
-    notification_id: int
+    """The customer's stream (the originator id): what a per-customer cipher is keyed by."""
     topic: str
     event: Event
 
@@ -121,6 +133,11 @@ class OutdatedLog(ProfileStoreError):
 class EventRecorder(ABC):
     """What the log needs from a recorder beyond the library's ApplicationRecorder."""
 
+    backend: ClassVar[str]
+    """The backend's name in error messages, e.g. "SQLite"."""
+    driver_errors: ClassVar[tuple[type[Exception], ...]]
+    """The driver's error classes: :class:`EventLog` translates them where they escape."""
+
     @abstractmethod
     def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
 
@@ -132,17 +149,6 @@ class EventRecorder(ABC):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None: ...
-
-    @abstractmethod
-    def select_notifications(
-        self,
-        start: int | None,
-        limit: int,
-        stop: int | None = None,
-        topics: Sequence[str] = (),
-        *,
-        inclusive_of_start: bool = True,
-    ) -> Sequence[Any]: ...
 
     @abstractmethod
     def select_events(
@@ -161,16 +167,21 @@ class EventRecorder(ABC):
     @abstractmethod
     def select_stream_states(
         self, originator_id: UUID, after: int, until: int | None, topics: Sequence[str]
-    ) -> list[tuple[int, str, bytes]]:
+    ) -> list[StateRow]:
         """Like :meth:`select_states`, for one stream, in stream order."""
 
     @abstractmethod
     def select_states(
         self, after: int, limit: int, until: int | None, topics: Sequence[str]
-    ) -> list[tuple[int, str, bytes]]:
-        """``(notification id, topic, state)`` rows after ``after``: the library's
-        notification query without building a Notification and a UUID per row, which
-        costs more than decoding the event (the projector's hot path)."""
+    ) -> list[StateRow]:
+        """Stored events after ``after``, oldest first: the library's notification query
+        without building a Notification per row, which costs more than decoding the
+        event (the projector's hot path)."""
+
+    @abstractmethod
+    def subscribe_states(self, after: int, topics: Sequence[str]) -> StateSubscription | None:
+        """Stored events after ``after`` as they are recorded; None when the backend has no
+        subscription (its callers poll :meth:`select_states` instead)."""
 
     @abstractmethod
     def create_table(self) -> None: ...
@@ -192,340 +203,51 @@ class EventRecorder(ABC):
         """Release connections."""
 
 
-class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
-    """The library's SQLite application recorder plus the event-id table."""
+class StateSubscription(Iterator[StateRow]):
+    """A recorder's subscription: stored events as they are recorded, until stopped."""
 
-    def __init__(self, datastore: SQLiteDatastore) -> None:
-        super().__init__(datastore, events_table_name=EVENTS_TABLE)
-
-    def construct_create_table_statements(self) -> list[str]:
-        statements: list[str] = super().construct_create_table_statements()
-        statements.append(
-            f"CREATE TABLE IF NOT EXISTS {EVENT_IDS_TABLE} ("
-            "event_id TEXT PRIMARY KEY, originator_id TEXT NOT NULL, "
-            "originator_version INTEGER NOT NULL, hash BLOB NOT NULL) WITHOUT ROWID"
-        )
-        statements.append(
-            f"CREATE INDEX IF NOT EXISTS {EVENT_IDS_TABLE}_stream "
-            f"ON {EVENT_IDS_TABLE} (originator_id, originator_version)"
-        )
-        statements.append(
-            f"CREATE TABLE IF NOT EXISTS {STREAMS_TABLE} ("
-            "originator_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, "
-            "head_version INTEGER NOT NULL, head_hash BLOB NOT NULL)"
-        )
-        return statements
-
-    def scan_chain(self) -> Iterator[ChainRow]:
-        with self.datastore.transaction(commit=False) as c:
-            cursor = c.sqlite_cursor
-            cursor.execute(
-                f"SELECT e.rowid, e.originator_id, e.originator_version, e.topic, e.state, "
-                f"i.hash FROM {EVENTS_TABLE} e LEFT JOIN {EVENT_IDS_TABLE} i "
-                "ON i.originator_id = e.originator_id "
-                "AND i.originator_version = e.originator_version "
-                "ORDER BY e.originator_id, e.originator_version"
-            )
-            streams: dict[str, UUID] = {}
-            while rows := cursor.fetchmany(5000):
-                for nid, originator, version, topic, state, link in rows:
-                    stream = streams.get(originator)
-                    if stream is None:
-                        stream = streams[originator] = UUID(originator)
-                    # A tampered row may hold text where bytes were stored: report, not crash.
-                    stored = state if isinstance(state, bytes) else str(state).encode()
-                    yield nid, stream, version, str(topic), stored, link
-
-    def directory_heads(self) -> dict[UUID, tuple[int, bytes]]:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT originator_id, head_version, head_hash FROM {STREAMS_TABLE}")
-            return {UUID(row[0]): (row[1], row[2]) for row in c.fetchall()}
-
-    def customers(self) -> list[str]:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT customer_id FROM {STREAMS_TABLE} ORDER BY customer_id")
-            return [row[0] for row in c.fetchall()]
-
-    def create_table(self) -> None:
-        super().create_table()
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(f"PRAGMA table_info({EVENT_IDS_TABLE})")
-            columns = {row[1] for row in c.fetchall()}
-        if "hash" not in columns:
-            raise OutdatedLog(self.datastore.pool.db_name)
-
-    def _insert_events(
-        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        # Same transaction as the events: a duplicate event_id rolls the whole batch back.
-        c.executemany(
-            f"INSERT INTO {EVENT_IDS_TABLE} VALUES (?,?,?,?)",
-            [(e, o.hex, v, h) for e, o, v, h in kwargs["event_ids"]],
-        )
-        c.executemany(
-            f"INSERT INTO {STREAMS_TABLE} VALUES (?,?,?,?) ON CONFLICT (originator_id) "
-            "DO UPDATE SET head_version = excluded.head_version, head_hash = excluded.head_hash",
-            [(o.hex, customer, v, h) for o, customer, v, h in kwargs["streams"]],
-        )
-        ids: Sequence[int] | None = super()._insert_events(c, stored_events)
-        return ids
-
-    def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]:
-        found: set[str] = set()
-        with self.datastore.transaction(commit=False) as c:
-            for chunk in _chunks(event_ids, 500):
-                c.execute(
-                    f"SELECT event_id FROM {EVENT_IDS_TABLE} "
-                    f"WHERE event_id IN ({','.join('?' * len(chunk))})",
-                    chunk,
-                )
-                found.update(row[0] for row in c.fetchall())
-        return found
-
-    def stream_heads(self, originator_ids: Sequence[UUID]) -> dict[UUID, tuple[int, bytes]]:
-        heads: dict[UUID, tuple[int, bytes]] = {}
-        with self.datastore.transaction(commit=False) as c:
-            for chunk in _chunks(originator_ids, 500):
-                c.execute(
-                    f"SELECT originator_id, head_version, head_hash FROM {STREAMS_TABLE} "
-                    f"WHERE originator_id IN ({','.join('?' * len(chunk))})",
-                    [o.hex for o in chunk],
-                )
-                heads.update((UUID(row[0]), (row[1], row[2])) for row in c.fetchall())
-        return heads
-
-    def select_stream_states(
-        self, originator_id: UUID, after: int, until: int | None, topics: Sequence[str]
-    ) -> list[tuple[int, str, bytes]]:
-        statement = (
-            f"SELECT rowid, topic, state FROM {EVENTS_TABLE} WHERE originator_id = ? AND rowid > ?"
-        )
-        params: list[Any] = [originator_id.hex, after]
-        if until is not None:
-            statement += " AND rowid <= ?"
-            params.append(until)
-        if topics:
-            statement += f" AND topic IN ({','.join('?' * len(topics))})"
-            params.extend(topics)
-        statement += " ORDER BY originator_version"
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(statement, params)
-            return [(row[0], row[1], row[2]) for row in c.fetchall()]
-
-    def select_states(
-        self, after: int, limit: int, until: int | None, topics: Sequence[str]
-    ) -> list[tuple[int, str, bytes]]:
-        statement = f"SELECT rowid, topic, state FROM {EVENTS_TABLE} WHERE rowid > ?"
-        params: list[Any] = [after]
-        if until is not None:
-            statement += " AND rowid <= ?"
-            params.append(until)
-        if topics:
-            statement += f" AND topic IN ({','.join('?' * len(topics))})"
-            params.extend(topics)
-        statement += " ORDER BY rowid LIMIT ?"
-        params.append(limit)
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(statement, params)
-            return [(row[0], row[1], row[2]) for row in c.fetchall()]
-
-    def close(self) -> None:
-        self.datastore.close()
+    @abstractmethod
+    def stop(self) -> None:
+        """End the iteration (from any thread)."""
 
 
-class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
-    """The library's PostgreSQL application recorder plus the event-id table."""
+class Subscription(Iterator[Notified]):
+    """New events, decoded, as they are recorded (see :meth:`EventLog.subscribe`).
 
-    def __init__(self, datastore: PostgresDatastore) -> None:
-        super().__init__(datastore, events_table_name=EVENTS_TABLE)
-        table = Identifier(self.datastore.schema), Identifier(EVENT_IDS_TABLE)
-        streams = Identifier(self.datastore.schema), Identifier(STREAMS_TABLE)
-        self.sql_create_statements.append(
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {0}.{1} (event_id text PRIMARY KEY, "
-                "originator_id uuid NOT NULL, originator_version bigint NOT NULL, "
-                "hash bytea NOT NULL)"
-            ).format(*table)
-        )
-        self.sql_create_statements.append(
-            SQL(
-                "CREATE INDEX IF NOT EXISTS {2} ON {0}.{1} (originator_id, originator_version)"
-            ).format(*table, Identifier(f"{EVENT_IDS_TABLE}_stream"))
-        )
-        self.sql_create_statements.append(
-            SQL(
-                "CREATE TABLE IF NOT EXISTS {0}.{1} (originator_id uuid PRIMARY KEY, "
-                "customer_id text NOT NULL, head_version bigint NOT NULL, "
-                "head_hash bytea NOT NULL)"
-            ).format(*streams)
-        )
-        self._insert_event_ids = SQL(
-            "INSERT INTO {0}.{1} (event_id, originator_id, originator_version, hash) "
-            "SELECT * FROM unnest(%s::text[], %s::uuid[], %s::bigint[], %s::bytea[])"
-        ).format(*table)
-        self._upsert_streams = SQL(
-            "INSERT INTO {0}.{1} (originator_id, customer_id, head_version, head_hash) "
-            "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::bytea[]) "
-            "ON CONFLICT (originator_id) DO UPDATE SET head_version = EXCLUDED.head_version, "
-            "head_hash = EXCLUDED.head_hash"
-        ).format(*streams)
-        self._select_stream_heads = SQL(
-            "SELECT originator_id, head_version, head_hash FROM {0}.{1} "
-            "WHERE originator_id = ANY(%s::uuid[])"
-        ).format(*streams)
-        self._scan_chain = SQL(
-            "SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, "
-            "e.state, i.hash FROM {0}.{1} e LEFT JOIN {0}.{2} i "
-            "ON i.originator_id = e.originator_id AND i.originator_version = e.originator_version "
-            "ORDER BY e.originator_id, e.originator_version"
-        ).format(
-            Identifier(self.datastore.schema), Identifier(EVENTS_TABLE), Identifier(EVENT_IDS_TABLE)
-        )
-        self._directory = SQL("SELECT originator_id, head_version, head_hash FROM {0}.{1}").format(
-            *streams
-        )
-        self._customers = SQL("SELECT customer_id FROM {0}.{1} ORDER BY customer_id").format(
-            *streams
-        )
-        qualified = f"{self.datastore.schema}."
-        self._schema_complete = SQL(
-            "SELECT to_regclass({streams}) IS NOT NULL AND to_regclass({index}) IS NOT NULL "
-            "AND to_regtype({event_type}) IS NOT NULL AND EXISTS (SELECT 1 FROM "
-            "information_schema.columns WHERE table_schema = %s AND table_name = %s "
-            "AND column_name = 'hash') AS complete"
-        ).format(
-            streams=Literal(qualified + STREAMS_TABLE),
-            index=Literal(f"{qualified}{EVENT_IDS_TABLE}_stream"),
-            event_type=Literal(qualified + self.stored_event_type_name),
-        )
-        self._has_hash_column = SQL(
-            "SELECT 1 FROM information_schema.columns WHERE table_schema = %s "
-            "AND table_name = %s AND column_name = 'hash'"
-        )
-        self._select_event_ids = SQL(
-            "SELECT event_id FROM {0}.{1} WHERE event_id = ANY(%s::text[])"
-        ).format(*table)
-        self._select_states = SQL(
-            "SELECT notification_id, topic, state FROM {0}.{1} WHERE notification_id > %s "
-            "AND notification_id <= %s AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s)) "
-            "ORDER BY notification_id LIMIT %s"
-        ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
-        self._select_stream_states = SQL(
-            "SELECT notification_id, topic, state FROM {0}.{1} WHERE originator_id = %s "
-            "AND notification_id > %s AND notification_id <= %s "
-            "AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s)) ORDER BY originator_version"
-        ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
+    Iterating blocks until the next event; :meth:`stop`, from any thread, ends it.
+    """
 
-    def create_table(self) -> None:
-        # DDL takes table locks even when it has nothing to do ("IF NOT EXISTS"), which
-        # deadlocks against writers holding row locks: when the schema is complete (a
-        # lock-free catalog read), there is nothing to run.
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self._schema_complete, (self.datastore.schema, EVENT_IDS_TABLE))
-            row = curs.fetchone()
-        if row is not None and row["complete"]:
-            self.datastore.register_type_adapters()
-            return
-        # The library's DDL, serialised: processes starting together would otherwise race
-        # on the catalog ("tuple concurrently updated", duplicate types). One transaction
-        # under an advisory lock; each CREATE TYPE in a savepoint, as it has no IF NOT EXISTS.
-        with self.datastore.transaction(commit=True) as curs:
-            curs.execute(
-                "SELECT pg_advisory_xact_lock(hashtext(%s))",
-                (f"profilestore:{self.datastore.schema}.{EVENTS_TABLE}",),
-            )
-            for statement in self.sql_create_statements:
-                if "CREATE TYPE" in statement.as_string():
-                    with contextlib.suppress(DuplicateObject), curs.connection.transaction():
-                        curs.execute(statement, prepare=False)
-            self._create_table(curs)
-            curs.execute(self._has_hash_column, (self.datastore.schema, EVENT_IDS_TABLE))
-            if curs.fetchone() is None:
-                raise OutdatedLog(f"schema {self.datastore.schema}")
-        self.datastore.register_type_adapters()
+    def __init__(self, log: EventLog, states: StateSubscription) -> None:
+        self._log = log
+        self._states = states
 
-    def _insert_events(
-        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> None:
-        # Runs in the library's insert transaction, before the events themselves.
-        # Not prepared: a conflict aborts this pipelined transaction, and statements that
-        # psycopg prepared inside it would be missing from the server ("_pg3_N does not
-        # exist") when the batch is retried.
-        event_ids = [list(column) for column in zip(*kwargs["event_ids"], strict=True)]
-        curs.execute(self._insert_event_ids, event_ids, prepare=False)
-        streams = [list(column) for column in zip(*kwargs["streams"], strict=True)]
-        curs.execute(self._upsert_streams, streams, prepare=False)
+    def __next__(self) -> Notified:
+        with self._log.translated("follow new events"):
+            row = next(self._states, None)
+        if row is None:
+            raise StopIteration
+        nid, stream, topic, state = row
+        return Notified(nid, stream, topic, self._log.mapper.decode(topic, state))
 
-    def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]:
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._select_event_ids, (list(event_ids),))
-            rows: list[DictRow] = curs.fetchall()
-            return {row["event_id"] for row in rows}
-
-    def scan_chain(self) -> Iterator[ChainRow]:
-        with (
-            self.datastore.get_connection() as conn,
-            conn.transaction(),
-            conn.cursor(name="profilestore_scan_chain") as curs,
-        ):
-            curs.itersize = 5000  # a server-side cursor: memory stays flat
-            curs.execute(self._scan_chain)
-            for r in curs:
-                yield (
-                    r["notification_id"],
-                    r["originator_id"],
-                    r["originator_version"],
-                    r["topic"],
-                    bytes(r["state"]),
-                    bytes(r["hash"]) if r["hash"] is not None else None,
-                )
-
-    def directory_heads(self) -> dict[UUID, tuple[int, bytes]]:
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._directory)
-            rows: list[DictRow] = curs.fetchall()
-            return {r["originator_id"]: (r["head_version"], bytes(r["head_hash"])) for r in rows}
-
-    def customers(self) -> list[str]:
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._customers)
-            rows: list[DictRow] = curs.fetchall()
-            return [r["customer_id"] for r in rows]
-
-    def stream_heads(self, originator_ids: Sequence[UUID]) -> dict[UUID, tuple[int, bytes]]:
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._select_stream_heads, (list(originator_ids),))
-            rows: list[DictRow] = curs.fetchall()
-            return {r["originator_id"]: (r["head_version"], bytes(r["head_hash"])) for r in rows}
-
-    def select_stream_states(
-        self, originator_id: UUID, after: int, until: int | None, topics: Sequence[str]
-    ) -> list[tuple[int, str, bytes]]:
-        stop = until if until is not None else 2**63 - 1
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(
-                self._select_stream_states,
-                (originator_id, after, stop, list(topics), list(topics)),
-            )
-            rows: list[DictRow] = curs.fetchall()
-            return [(r["notification_id"], r["topic"], bytes(r["state"])) for r in rows]
-
-    def select_states(
-        self, after: int, limit: int, until: int | None, topics: Sequence[str]
-    ) -> list[tuple[int, str, bytes]]:
-        stop = until if until is not None else 2**63 - 1
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._select_states, (after, stop, list(topics), list(topics), limit))
-            rows: list[DictRow] = curs.fetchall()
-            return [(r["notification_id"], r["topic"], bytes(r["state"])) for r in rows]
-
-    def close(self) -> None:
-        self.datastore.close()
+    def stop(self) -> None:
+        self._states.stop()
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+@contextlib.contextmanager
+def database_errors(
+    backend: str, operation: str, driver_errors: tuple[type[Exception], ...]
+) -> Iterator[None]:
+    """Turn the library's and the driver's database errors into :class:`LogUnavailable`:
+    the adapters' factories and :class:`EventLog` use it, so none escapes the log."""
+    caught: tuple[type[Exception], ...] = (
+        PersistenceError,
+        ConnectionPoolClosedError,
+        *driver_errors,
+    )
+    try:
+        yield
+    except caught as error:
+        raise LogUnavailable(backend, operation, error) from error
 
 
 class EventLog:
@@ -534,6 +256,16 @@ class EventLog:
     def __init__(self, recorder: EventRecorder, mapper: EventMapper | None = None) -> None:
         self.recorder = recorder
         self.mapper = mapper or EventMapper()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def translated(self, operation: str) -> Iterator[None]:
+        """The guard of every public method: refuse when closed, translate database errors."""
+        if self._closed:
+            raise StoreClosed("the event log")
+        recorder = self.recorder
+        with database_errors(recorder.backend, operation, recorder.driver_errors):
+            yield
 
     def append(self, events: Sequence[Event]) -> AppendResult:
         """Append validated events; events whose ``event_id`` is already stored are skipped.
@@ -541,14 +273,15 @@ class EventLog:
         The batch commits in one transaction or not at all. Events of one customer keep
         their order in the batch; the first of several events sharing an ``event_id`` wins.
         """
-        if not events:
-            return AppendResult(appended=0, duplicates=0)
-        for attempt in range(1, MAX_APPEND_ATTEMPTS + 1):
-            try:
-                return self._append_once(events, attempt)
-            except IntegrityError:
-                # Another writer took a version or an event id first: plan again.
-                time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+        with self.translated("append events"):
+            if not events:
+                return AppendResult(appended=0, duplicates=0)
+            for attempt in range(1, MAX_APPEND_ATTEMPTS + 1):
+                try:
+                    return self._append_once(events, attempt)
+                except IntegrityError:
+                    # Another writer took a version or an event id first: plan again.
+                    time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
         raise AppendConflict(MAX_APPEND_ATTEMPTS)
 
     def _append_once(self, events: Sequence[Event], attempt: int) -> AppendResult:
@@ -593,27 +326,8 @@ class EventLog:
 
     def head(self) -> int:
         """The notification id of the newest event (0 for an empty log)."""
-        return self.recorder.max_notification_id() or 0
-
-    def read(
-        self,
-        after: int,
-        limit: int,
-        *,
-        until: int | None = None,
-        topics: Sequence[str] = (),
-    ) -> list[LoggedEvent]:
-        """Events with notification ids in ``(after, until]``, oldest first."""
-        notifications = self.recorder.select_notifications(
-            after, limit, stop=until, topics=topics, inclusive_of_start=False
-        )
-        from_stored = self.mapper.from_stored
-        return [
-            LoggedEvent(
-                n.id, _as_uuid(n.originator_id), n.originator_version, n.topic, from_stored(n)
-            )
-            for n in notifications
-        ]
+        with self.translated("read the log head"):
+            return self.recorder.max_notification_id() or 0
 
     def changes(
         self,
@@ -623,8 +337,11 @@ class EventLog:
         until: int | None = None,
         topics: Sequence[str] = (),
     ) -> list[Notified]:
-        """Like :meth:`read`, lean: what folding needs and nothing else."""
-        return self._decoded(self.recorder.select_states(after, limit, until, topics))
+        """Events with notification ids in ``(after, until]`` (of ``topics``, or all),
+        oldest first: what folding needs and nothing else."""
+        with self.translated("read events"):
+            rows = self.recorder.select_states(after, limit, until, topics)
+        return self._decoded(rows)
 
     def customer_changes(
         self,
@@ -635,75 +352,115 @@ class EventLog:
         topics: Sequence[str] = (),
     ) -> list[Notified]:
         """One customer's events with notification ids in ``(after, until]``, in order."""
-        rows = self.recorder.select_stream_states(stream_id(customer_id), after, until, topics)
+        with self.translated("read a customer's events"):
+            rows = self.recorder.select_stream_states(stream_id(customer_id), after, until, topics)
         return self._decoded(rows)
 
-    def _decoded(self, rows: Sequence[tuple[int, str, bytes]]) -> list[Notified]:
+    def _decoded(self, rows: Sequence[StateRow]) -> list[Notified]:
         decode = self.mapper.decode
-        return [Notified(nid, topic, decode(topic, state)) for nid, topic, state in rows]
+        return [
+            Notified(nid, stream, topic, decode(topic, state)) for nid, stream, topic, state in rows
+        ]
+
+    def subscribe(self, after: int, topics: Sequence[str]) -> Subscription | None:
+        """Events after ``after`` (of ``topics``, or all) as they are recorded; None when
+        the backend has no subscription (SQLite): the caller polls :meth:`changes`."""
+        with self.translated("subscribe to new events"):
+            states = self.recorder.subscribe_states(after, topics)
+        return None if states is None else Subscription(self, states)
 
     def stream(
         self, customer_id: str, *, after_version: int = 0, limit: int | None = None
     ) -> list[Event]:
         """One customer's events after a stream version, oldest first."""
-        stored = self.recorder.select_events(
-            stream_id(customer_id), gt=after_version or None, limit=limit
-        )
+        with self.translated("read a customer's stream"):
+            stored = self.recorder.select_events(
+                stream_id(customer_id), gt=after_version or None, limit=limit
+            )
         return [self.mapper.from_stored(s) for s in stored]
 
+    def scan_chain(self) -> Iterator[ChainRow]:
+        """Every stored event with its recorded chain hash, stream by stream (the audit)."""
+        with self.translated("scan the hash chain"):
+            yield from self.recorder.scan_chain()
+
+    def directory_heads(self) -> dict[UUID, tuple[int, bytes]]:
+        """Every stream's head version and hash, as the stream directory records them."""
+        with self.translated("read the stream directory"):
+            return self.recorder.directory_heads()
+
+    def customers(self) -> list[str]:
+        """Every customer id with a stream, sorted."""
+        with self.translated("list the customers"):
+            return self.recorder.customers()
+
     def close(self) -> None:
-        self.recorder.close()
-
-
-def _as_uuid(value: UUID | str) -> UUID:
-    return value if isinstance(value, UUID) else UUID(value)
-
-
-def sqlite_datastore(path: str, *, lock_timeout: int = 30) -> SQLiteDatastore:
-    """The library's SQLite datastore, configured as the log uses it."""
-    return SQLiteDatastore(path, lock_timeout=lock_timeout, pool_size=4)
-
-
-def postgres_datastore(url: str, *, schema: str = "", pool_size: int = 2) -> PostgresDatastore:
-    """The library's PostgreSQL datastore for a ``postgresql://`` URL."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    params = conninfo_to_dict(url)
-    return PostgresDatastore(
-        dbname=str(params.get("dbname", "postgres")),
-        host=str(params.get("host", "127.0.0.1")),
-        port=str(params.get("port", 5432)),
-        user=str(params.get("user", "postgres")),
-        password=str(params.get("password", "")),
-        schema=schema,
-        pool_size=pool_size,
-        max_overflow=4,
-    )
-
-
-def open_sqlite_log(path: str, *, lock_timeout: int = 30) -> EventLog:
-    # Processes opening a new file at once race to switch it to WAL, which SQLite
-    # refuses at once ("database is locked") instead of waiting: try again, briefly. Each
-    # try gets a fresh datastore: when the WAL switch fails inside the library's pool,
-    # the pool keeps its writer lock (eventsourcing 9.5.6), and a retry on the same pool
-    # would wait 5 s for it and fail with "Timed out waiting for return of writer".
-    for attempt in range(1, 41):
-        recorder = SQLiteEventRecorder(sqlite_datastore(path, lock_timeout=lock_timeout))
+        """Release the connections; later calls raise StoreClosed. Closing again does nothing."""
+        if self._closed:
+            return
         try:
-            recorder.create_table()
-            return EventLog(recorder)
-        except (sqlite3.OperationalError, OperationalError) as error:
-            recorder.datastore.close()
-            if "locked" not in str(error) or attempt == 40:
-                raise
-            time.sleep(0.01 * attempt)
-    raise AssertionError("unreachable")  # the last attempt returns or raises
+            with self.translated("close"):
+                self.recorder.close()
+        finally:
+            self._closed = True
 
 
-def open_postgres_log(url: str, *, schema: str = "", pool_size: int = 2) -> EventLog:
-    recorder = PostgresEventRecorder(postgres_datastore(url, schema=schema, pool_size=pool_size))
-    recorder.create_table()
-    return EventLog(recorder)
+LOG_BACKENDS: dict[str, str] = {
+    "sqlite": "profilestore.sqlite_log",
+    "postgresql": "profilestore.postgres_log",
+    "postgres": "profilestore.postgres_log",
+}
+"""URL scheme -> the module of its backend, imported only when a log on it is opened.
+
+A backend module defines ``open_url(url: str, options: LogOptions) -> EventLog``, which
+checks the URL before it creates anything (raising :class:`LogUrlError`, whose reason
+never quotes the URL) and then opens the log."""
+
+LOG_URL_FORMS = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}(?=:)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogOptions:
+    """How to open a log, beyond its URL; each backend reads the options it has."""
+
+    lock_timeout_s: int = 30
+    """SQLite: how long a writer waits for the file's write lock."""
+    postgres_schema: str = ""
+    """PostgreSQL: the schema of the log's tables (empty: the search path's first)."""
+
+
+class LogUrlError(ValueError):
+    """A log URL its backend cannot use; the reason never quotes the URL (its password)."""
+
+
+class _Backend(Protocol):
+    def open_url(self, url: str, options: LogOptions) -> EventLog: ...
+
+
+def open_log(
+    url: str,
+    *,
+    lock_timeout_s: int = 30,
+    postgres_schema: str = "",
+    setting: str = "event_log.url",
+) -> EventLog:
+    """Open the event log a URL names, on the backend :data:`LOG_BACKENDS` has for its scheme.
+
+    A URL no backend accepts raises :class:`~profilestore.errors.InvalidSetting` naming
+    ``setting``, before anything (a file, a connection) is created.
+    """
+    scheme = _SCHEME.match(url)
+    module = LOG_BACKENDS.get(scheme.group().lower()) if scheme else None
+    if module is None:
+        named = f"the URL scheme {scheme.group()!r}" if scheme else "a URL without a scheme"
+        raise InvalidSetting(setting, f"{named} names no log backend; use {LOG_URL_FORMS}")
+    backend = cast(_Backend, importlib.import_module(module))
+    options = LogOptions(lock_timeout_s=lock_timeout_s, postgres_schema=postgres_schema)
+    try:
+        return backend.open_url(url, options)
+    except LogUrlError as error:
+        raise InvalidSetting(setting, f"{error}; use {LOG_URL_FORMS}") from None
 
 
 _EVENT_ENCODER = msgspec.json.Encoder(decimal_format="string")

@@ -219,7 +219,7 @@ def choose_customers(
     seed: int | None = None,
 ) -> list[str]:
     """Every customer with a stream or a stored section; or a random sample of them."""
-    everyone = set(log.recorder.customers())
+    everyone = set(log.customers())
     for name in datasets:
         everyone.update(documents.customer_ids(name))
     ordered = sorted(everyone)

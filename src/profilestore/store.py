@@ -37,14 +37,8 @@ from profilestore.errors import (
     StoreClosed,
     UnknownDataset,
 )
-from profilestore.eventlog import (
-    AppendResult,
-    EventLog,
-    PostgresEventRecorder,
-    event_json,
-    open_postgres_log,
-    open_sqlite_log,
-)
+from profilestore.eventlog import AppendResult, EventLog, Subscription, event_json
+from profilestore.eventlog import open_log as open_log_url
 from profilestore.events import AnyEvent, Event
 from profilestore.identifiers import lookup_key
 from profilestore.pipeline import (
@@ -359,14 +353,11 @@ class ProfileStore:
         )
 
     @_guarded
-    def subscribe(self, datasets: Sequence[str]) -> Any:
+    def subscribe(self, datasets: Sequence[str]) -> Subscription | None:
         """Notifications of new events of ``datasets``, to wake a follower; None where the
         log has no subscription (SQLite: poll). Iterate it; ``stop()`` ends it."""
         topics = sorted({t for n in self.datasets(datasets) for t in self.projections[n].topics})
-        recorder = self._log.recorder
-        if not isinstance(recorder, PostgresEventRecorder):
-            return None
-        return recorder.subscribe(gt=self._log.head(), topics=topics)
+        return self._log.subscribe(self._log.head(), topics)
 
     # --- freshness ----------------------------------------------------------------------
 
@@ -695,14 +686,12 @@ def open_documents(settings: Settings, projections: Mapping[str, Projection[Any]
 
 
 def open_log(settings: Settings) -> EventLog:
-    url = settings.url(settings.event_log.url)
-    if url.startswith("sqlite:"):
-        return open_sqlite_log(
-            _sqlite_path(url, settings), lock_timeout=settings.event_log.lock_timeout_s
-        )
-    if url.startswith(("postgresql://", "postgres://")):
-        return open_postgres_log(url, schema=settings.event_log.postgres_schema)
-    raise ValueError(f"event_log.url {url!r}: expected sqlite:///PATH or postgresql://...")
+    """The event log of ``event_log.url``, on the backend its scheme names."""
+    return open_log_url(
+        settings.url(settings.event_log.url),
+        lock_timeout_s=settings.event_log.lock_timeout_s,
+        postgres_schema=settings.event_log.postgres_schema,
+    )
 
 
 def open_store(settings: Settings | None = None, *, clock: Clock = utcnow) -> ProfileStore:

@@ -1,0 +1,309 @@
+"""The event log on PostgreSQL: a recorder and its factory.
+
+:class:`PostgresEventRecorder` implements the log's port (:class:`~profilestore.eventlog.
+EventRecorder`) on the ``eventsourcing`` library's PostgreSQL application recorder, adding
+the event-id table and the stream directory (see :mod:`profilestore.eventlog`), and the
+library's LISTEN/NOTIFY subscription for the real-time follower. :func:`open_url` is what
+:func:`profilestore.eventlog.open_log` calls for a ``postgresql://`` URL; this module (and
+so psycopg) is imported only then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import Notification, StoredEvent, Subscription
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.errors import DuplicateObject
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier, Literal
+
+from profilestore.eventlog import (
+    EVENT_IDS_TABLE,
+    EVENTS_TABLE,
+    STREAMS_TABLE,
+    ChainRow,
+    EventLog,
+    EventRecorder,
+    LogOptions,
+    LogUrlError,
+    OutdatedLog,
+    StateRow,
+    StateSubscription,
+    database_errors,
+)
+
+
+class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
+    """The library's PostgreSQL application recorder plus the event-id table."""
+
+    backend = "PostgreSQL"
+    driver_errors = (psycopg.Error,)
+
+    def __init__(self, datastore: PostgresDatastore) -> None:
+        super().__init__(datastore, events_table_name=EVENTS_TABLE)
+        table = Identifier(self.datastore.schema), Identifier(EVENT_IDS_TABLE)
+        streams = Identifier(self.datastore.schema), Identifier(STREAMS_TABLE)
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0}.{1} (event_id text PRIMARY KEY, "
+                "originator_id uuid NOT NULL, originator_version bigint NOT NULL, "
+                "hash bytea NOT NULL)"
+            ).format(*table)
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE INDEX IF NOT EXISTS {2} ON {0}.{1} (originator_id, originator_version)"
+            ).format(*table, Identifier(f"{EVENT_IDS_TABLE}_stream"))
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {0}.{1} (originator_id uuid PRIMARY KEY, "
+                "customer_id text NOT NULL, head_version bigint NOT NULL, "
+                "head_hash bytea NOT NULL)"
+            ).format(*streams)
+        )
+        self._insert_event_ids = SQL(
+            "INSERT INTO {0}.{1} (event_id, originator_id, originator_version, hash) "
+            "SELECT * FROM unnest(%s::text[], %s::uuid[], %s::bigint[], %s::bytea[])"
+        ).format(*table)
+        self._upsert_streams = SQL(
+            "INSERT INTO {0}.{1} (originator_id, customer_id, head_version, head_hash) "
+            "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::bytea[]) "
+            "ON CONFLICT (originator_id) DO UPDATE SET head_version = EXCLUDED.head_version, "
+            "head_hash = EXCLUDED.head_hash"
+        ).format(*streams)
+        self._select_stream_heads = SQL(
+            "SELECT originator_id, head_version, head_hash FROM {0}.{1} "
+            "WHERE originator_id = ANY(%s::uuid[])"
+        ).format(*streams)
+        self._scan_chain = SQL(
+            "SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, "
+            "e.state, i.hash FROM {0}.{1} e LEFT JOIN {0}.{2} i "
+            "ON i.originator_id = e.originator_id AND i.originator_version = e.originator_version "
+            "ORDER BY e.originator_id, e.originator_version"
+        ).format(
+            Identifier(self.datastore.schema), Identifier(EVENTS_TABLE), Identifier(EVENT_IDS_TABLE)
+        )
+        self._directory = SQL("SELECT originator_id, head_version, head_hash FROM {0}.{1}").format(
+            *streams
+        )
+        self._customers = SQL("SELECT customer_id FROM {0}.{1} ORDER BY customer_id").format(
+            *streams
+        )
+        qualified = f"{self.datastore.schema}."
+        self._schema_complete = SQL(
+            "SELECT to_regclass({streams}) IS NOT NULL AND to_regclass({index}) IS NOT NULL "
+            "AND to_regtype({event_type}) IS NOT NULL AND EXISTS (SELECT 1 FROM "
+            "information_schema.columns WHERE table_schema = %s AND table_name = %s "
+            "AND column_name = 'hash') AS complete"
+        ).format(
+            streams=Literal(qualified + STREAMS_TABLE),
+            index=Literal(f"{qualified}{EVENT_IDS_TABLE}_stream"),
+            event_type=Literal(qualified + self.stored_event_type_name),
+        )
+        self._has_hash_column = SQL(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = %s "
+            "AND table_name = %s AND column_name = 'hash'"
+        )
+        self._select_event_ids = SQL(
+            "SELECT event_id FROM {0}.{1} WHERE event_id = ANY(%s::text[])"
+        ).format(*table)
+        self._select_states = SQL(
+            "SELECT notification_id, originator_id, topic, state FROM {0}.{1} "
+            "WHERE notification_id > %s "
+            "AND notification_id <= %s AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s)) "
+            "ORDER BY notification_id LIMIT %s"
+        ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
+        self._select_stream_states = SQL(
+            "SELECT notification_id, originator_id, topic, state FROM {0}.{1} "
+            "WHERE originator_id = %s "
+            "AND notification_id > %s AND notification_id <= %s "
+            "AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s)) ORDER BY originator_version"
+        ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
+
+    def create_table(self) -> None:
+        # DDL takes table locks even when it has nothing to do ("IF NOT EXISTS"), which
+        # deadlocks against writers holding row locks: when the schema is complete (a
+        # lock-free catalog read), there is nothing to run.
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self._schema_complete, (self.datastore.schema, EVENT_IDS_TABLE))
+            row = curs.fetchone()
+        if row is not None and row["complete"]:
+            self.datastore.register_type_adapters()
+            return
+        # The library's DDL, serialised: processes starting together would otherwise race
+        # on the catalog ("tuple concurrently updated", duplicate types). One transaction
+        # under an advisory lock; each CREATE TYPE in a savepoint, as it has no IF NOT EXISTS.
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                (f"profilestore:{self.datastore.schema}.{EVENTS_TABLE}",),
+            )
+            for statement in self.sql_create_statements:
+                if "CREATE TYPE" in statement.as_string():
+                    with contextlib.suppress(DuplicateObject), curs.connection.transaction():
+                        curs.execute(statement, prepare=False)
+            self._create_table(curs)
+            curs.execute(self._has_hash_column, (self.datastore.schema, EVENT_IDS_TABLE))
+            if curs.fetchone() is None:
+                raise OutdatedLog(f"schema {self.datastore.schema}")
+        self.datastore.register_type_adapters()
+
+    def _insert_events(
+        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        # Runs in the library's insert transaction, before the events themselves.
+        # Not prepared: a conflict aborts this pipelined transaction, and statements that
+        # psycopg prepared inside it would be missing from the server ("_pg3_N does not
+        # exist") when the batch is retried.
+        event_ids = [list(column) for column in zip(*kwargs["event_ids"], strict=True)]
+        curs.execute(self._insert_event_ids, event_ids, prepare=False)
+        streams = [list(column) for column in zip(*kwargs["streams"], strict=True)]
+        curs.execute(self._upsert_streams, streams, prepare=False)
+
+    def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_event_ids, (list(event_ids),))
+            rows: list[DictRow] = curs.fetchall()
+            return {row["event_id"] for row in rows}
+
+    def scan_chain(self) -> Iterator[ChainRow]:
+        with (
+            self.datastore.get_connection() as conn,
+            conn.transaction(),
+            conn.cursor(name="profilestore_scan_chain") as curs,
+        ):
+            curs.itersize = 5000  # a server-side cursor: memory stays flat
+            curs.execute(self._scan_chain)
+            for r in curs:
+                yield (
+                    r["notification_id"],
+                    r["originator_id"],
+                    r["originator_version"],
+                    r["topic"],
+                    bytes(r["state"]),
+                    bytes(r["hash"]) if r["hash"] is not None else None,
+                )
+
+    def directory_heads(self) -> dict[UUID, tuple[int, bytes]]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._directory)
+            rows: list[DictRow] = curs.fetchall()
+            return {r["originator_id"]: (r["head_version"], bytes(r["head_hash"])) for r in rows}
+
+    def customers(self) -> list[str]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._customers)
+            rows: list[DictRow] = curs.fetchall()
+            return [r["customer_id"] for r in rows]
+
+    def stream_heads(self, originator_ids: Sequence[UUID]) -> dict[UUID, tuple[int, bytes]]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_stream_heads, (list(originator_ids),))
+            rows: list[DictRow] = curs.fetchall()
+            return {r["originator_id"]: (r["head_version"], bytes(r["head_hash"])) for r in rows}
+
+    def select_stream_states(
+        self, originator_id: UUID, after: int, until: int | None, topics: Sequence[str]
+    ) -> list[StateRow]:
+        stop = until if until is not None else 2**63 - 1
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                self._select_stream_states,
+                (originator_id, after, stop, list(topics), list(topics)),
+            )
+            rows: list[DictRow] = curs.fetchall()
+            return [
+                (r["notification_id"], r["originator_id"], r["topic"], bytes(r["state"]))
+                for r in rows
+            ]
+
+    def select_states(
+        self, after: int, limit: int, until: int | None, topics: Sequence[str]
+    ) -> list[StateRow]:
+        stop = until if until is not None else 2**63 - 1
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_states, (after, stop, list(topics), list(topics), limit))
+            rows: list[DictRow] = curs.fetchall()
+            return [
+                (r["notification_id"], r["originator_id"], r["topic"], bytes(r["state"]))
+                for r in rows
+            ]
+
+    def subscribe_states(self, after: int, topics: Sequence[str]) -> StateSubscription | None:
+        return _NotificationStates(self.subscribe(gt=after, topics=topics))
+
+    def close(self) -> None:
+        self.datastore.close()
+
+
+class _NotificationStates(StateSubscription):
+    """The library's LISTEN/NOTIFY subscription (its own thread and connection), as rows."""
+
+    def __init__(self, subscription: Subscription[Any]) -> None:
+        self._subscription = subscription
+
+    def __next__(self) -> StateRow:
+        notification: Notification = next(self._subscription)
+        originator_id = notification.originator_id
+        stream = originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
+        return notification.id, stream, notification.topic, notification.state
+
+    def stop(self) -> None:
+        self._subscription.stop()
+
+
+def postgres_datastore(url: str, *, schema: str = "", pool_size: int = 2) -> PostgresDatastore:
+    """The library's PostgreSQL datastore for a ``postgresql://`` URL."""
+    params = connection_params(url)
+    return PostgresDatastore(
+        dbname=params.get("dbname", "postgres"),
+        host=params.get("host", "127.0.0.1"),
+        port=params.get("port", "5432"),
+        user=params.get("user", "postgres"),
+        password=params.get("password", ""),
+        schema=schema,
+        pool_size=pool_size,
+        max_overflow=4,
+    )
+
+
+def connection_params(url: str) -> dict[str, str]:
+    """A ``postgresql://`` URL's connection parameters, checked before any connection is
+    tried: a port that is not a number would otherwise surface only as the pool's
+    connection timeout, 30 s later."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        params = None  # raised below, outside: psycopg's error quotes the URL's password
+    if params is None:
+        raise LogUrlError("the PostgreSQL URL cannot be parsed")
+    port = str(params.get("port", "5432"))
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        raise LogUrlError("the PostgreSQL URL's port is not a number from 1 to 65535")
+    return {name: str(value) for name, value in params.items()}
+
+
+def open_postgres_log(url: str, *, schema: str = "", pool_size: int = 2) -> EventLog:
+    """Open (creating its tables if need be) the log in a PostgreSQL database."""
+    datastore = postgres_datastore(url, schema=schema, pool_size=pool_size)
+    with database_errors("PostgreSQL", "open", PostgresEventRecorder.driver_errors):
+        recorder = PostgresEventRecorder(datastore)
+        try:
+            recorder.create_table()
+        except BaseException:
+            recorder.close()
+            raise
+    return EventLog(recorder)
+
+
+def open_url(url: str, options: LogOptions) -> EventLog:
+    """The factory :func:`profilestore.eventlog.open_log` calls for ``postgresql:`` URLs."""
+    connection_params(url)  # checked before anything is created
+    return open_postgres_log(url, schema=options.postgres_schema)

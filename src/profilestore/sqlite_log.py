@@ -1,0 +1,244 @@
+"""The event log on an SQLite file (the default backend): a recorder and its factory.
+
+:class:`SQLiteEventRecorder` implements the log's port (:class:`~profilestore.eventlog.
+EventRecorder`) on the ``eventsourcing`` library's SQLite application recorder, adding the
+event-id table and the stream directory (see :mod:`profilestore.eventlog`). SQLite has no
+subscription: the real-time follower polls. Stream ids are stored as hex text, as the
+library stores them. :func:`open_url` is what :func:`profilestore.eventlog.open_log` calls
+for a ``sqlite:///PATH`` URL. Nothing here imports a PostgreSQL driver.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import OperationalError, StoredEvent
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+
+from profilestore.eventlog import (
+    EVENT_IDS_TABLE,
+    EVENTS_TABLE,
+    STREAMS_TABLE,
+    ChainRow,
+    EventLog,
+    EventRecorder,
+    LogOptions,
+    LogUrlError,
+    OutdatedLog,
+    StateRow,
+    StateSubscription,
+    database_errors,
+)
+
+
+class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
+    """The library's SQLite application recorder plus the event-id table."""
+
+    backend = "SQLite"
+    driver_errors = (sqlite3.Error,)
+
+    def __init__(self, datastore: SQLiteDatastore) -> None:
+        super().__init__(datastore, events_table_name=EVENTS_TABLE)
+
+    def construct_create_table_statements(self) -> list[str]:
+        statements: list[str] = super().construct_create_table_statements()
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {EVENT_IDS_TABLE} ("
+            "event_id TEXT PRIMARY KEY, originator_id TEXT NOT NULL, "
+            "originator_version INTEGER NOT NULL, hash BLOB NOT NULL) WITHOUT ROWID"
+        )
+        statements.append(
+            f"CREATE INDEX IF NOT EXISTS {EVENT_IDS_TABLE}_stream "
+            f"ON {EVENT_IDS_TABLE} (originator_id, originator_version)"
+        )
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {STREAMS_TABLE} ("
+            "originator_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, "
+            "head_version INTEGER NOT NULL, head_hash BLOB NOT NULL)"
+        )
+        return statements
+
+    def scan_chain(self) -> Iterator[ChainRow]:
+        with self.datastore.transaction(commit=False) as c:
+            cursor = c.sqlite_cursor
+            cursor.execute(
+                f"SELECT e.rowid, e.originator_id, e.originator_version, e.topic, e.state, "
+                f"i.hash FROM {EVENTS_TABLE} e LEFT JOIN {EVENT_IDS_TABLE} i "
+                "ON i.originator_id = e.originator_id "
+                "AND i.originator_version = e.originator_version "
+                "ORDER BY e.originator_id, e.originator_version"
+            )
+            streams: dict[str, UUID] = {}
+            while rows := cursor.fetchmany(5000):
+                for nid, originator, version, topic, state, link in rows:
+                    stream = streams.get(originator)
+                    if stream is None:
+                        stream = streams[originator] = UUID(originator)
+                    # A tampered row may hold text where bytes were stored: report, not crash.
+                    stored = state if isinstance(state, bytes) else str(state).encode()
+                    yield nid, stream, version, str(topic), stored, link
+
+    def directory_heads(self) -> dict[UUID, tuple[int, bytes]]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT originator_id, head_version, head_hash FROM {STREAMS_TABLE}")
+            return {UUID(row[0]): (row[1], row[2]) for row in c.fetchall()}
+
+    def customers(self) -> list[str]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT customer_id FROM {STREAMS_TABLE} ORDER BY customer_id")
+            return [row[0] for row in c.fetchall()]
+
+    def create_table(self) -> None:
+        super().create_table()
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"PRAGMA table_info({EVENT_IDS_TABLE})")
+            columns = {row[1] for row in c.fetchall()}
+        if "hash" not in columns:
+            raise OutdatedLog(self.datastore.pool.db_name)
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        # Same transaction as the events: a duplicate event_id rolls the whole batch back.
+        c.executemany(
+            f"INSERT INTO {EVENT_IDS_TABLE} VALUES (?,?,?,?)",
+            [(e, o.hex, v, h) for e, o, v, h in kwargs["event_ids"]],
+        )
+        c.executemany(
+            f"INSERT INTO {STREAMS_TABLE} VALUES (?,?,?,?) ON CONFLICT (originator_id) "
+            "DO UPDATE SET head_version = excluded.head_version, head_hash = excluded.head_hash",
+            [(o.hex, customer, v, h) for o, customer, v, h in kwargs["streams"]],
+        )
+        ids: Sequence[int] | None = super()._insert_events(c, stored_events)
+        return ids
+
+    def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        with self.datastore.transaction(commit=False) as c:
+            for chunk in _chunks(event_ids, 500):
+                c.execute(
+                    f"SELECT event_id FROM {EVENT_IDS_TABLE} "
+                    f"WHERE event_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                found.update(row[0] for row in c.fetchall())
+        return found
+
+    def stream_heads(self, originator_ids: Sequence[UUID]) -> dict[UUID, tuple[int, bytes]]:
+        heads: dict[UUID, tuple[int, bytes]] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for chunk in _chunks(originator_ids, 500):
+                c.execute(
+                    f"SELECT originator_id, head_version, head_hash FROM {STREAMS_TABLE} "
+                    f"WHERE originator_id IN ({','.join('?' * len(chunk))})",
+                    [o.hex for o in chunk],
+                )
+                heads.update((UUID(row[0]), (row[1], row[2])) for row in c.fetchall())
+        return heads
+
+    def select_stream_states(
+        self, originator_id: UUID, after: int, until: int | None, topics: Sequence[str]
+    ) -> list[StateRow]:
+        statement = (
+            f"SELECT rowid, topic, state FROM {EVENTS_TABLE} WHERE originator_id = ? AND rowid > ?"
+        )
+        params: list[Any] = [originator_id.hex, after]
+        if until is not None:
+            statement += " AND rowid <= ?"
+            params.append(until)
+        if topics:
+            statement += f" AND topic IN ({','.join('?' * len(topics))})"
+            params.extend(topics)
+        statement += " ORDER BY originator_version"
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(statement, params)
+            return [(row[0], originator_id, row[1], row[2]) for row in c.fetchall()]
+
+    def select_states(
+        self, after: int, limit: int, until: int | None, topics: Sequence[str]
+    ) -> list[StateRow]:
+        statement = f"SELECT rowid, originator_id, topic, state FROM {EVENTS_TABLE} WHERE rowid > ?"
+        params: list[Any] = [after]
+        if until is not None:
+            statement += " AND rowid <= ?"
+            params.append(until)
+        if topics:
+            statement += f" AND topic IN ({','.join('?' * len(topics))})"
+            params.extend(topics)
+        statement += " ORDER BY rowid LIMIT ?"
+        params.append(limit)
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(statement, params)
+            rows = c.fetchall()
+        # A page holds few streams, each many times: parse each stream's hex id once.
+        streams: dict[str, UUID] = {}
+        states: list[StateRow] = []
+        for nid, originator, topic, state in rows:
+            stream = streams.get(originator)
+            if stream is None:
+                stream = streams[originator] = UUID(originator)
+            states.append((nid, stream, topic, state))
+        return states
+
+    def subscribe_states(self, after: int, topics: Sequence[str]) -> StateSubscription | None:
+        return None  # SQLite cannot notify other processes: the follower polls
+
+    def close(self) -> None:
+        self.datastore.close()
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def sqlite_datastore(path: str, *, lock_timeout: int = 30) -> SQLiteDatastore:
+    """The library's SQLite datastore, configured as the log uses it."""
+    return SQLiteDatastore(path, lock_timeout=lock_timeout, pool_size=4)
+
+
+def open_sqlite_log(path: str, *, lock_timeout: int = 30) -> EventLog:
+    """Open (creating if need be) the log in an SQLite file; the directory must exist."""
+    with database_errors(SQLiteEventRecorder.backend, "open", SQLiteEventRecorder.driver_errors):
+        return _open_retrying(path, lock_timeout)
+
+
+def _open_retrying(path: str, lock_timeout: int) -> EventLog:
+    # Processes opening a new file at once race to switch it to WAL, which SQLite
+    # refuses at once ("database is locked") instead of waiting: try again, briefly. Each
+    # try gets a fresh datastore: when the WAL switch fails inside the library's pool,
+    # the pool keeps its writer lock (eventsourcing 9.5.6), and a retry on the same pool
+    # would wait 5 s for it and fail with "Timed out waiting for return of writer".
+    for attempt in range(1, 41):
+        recorder = SQLiteEventRecorder(sqlite_datastore(path, lock_timeout=lock_timeout))
+        try:
+            recorder.create_table()
+            return EventLog(recorder)
+        except (sqlite3.OperationalError, OperationalError) as error:
+            recorder.datastore.close()
+            if "locked" not in str(error) or attempt == 40:
+                raise
+            time.sleep(0.01 * attempt)
+    raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a ``sqlite:///PATH`` URL (``sqlite:////abs/path`` for an absolute one)."""
+    if not url.startswith("sqlite://"):
+        raise LogUrlError("an SQLite URL starts with sqlite:// and then the file's path")
+    path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
+    if not path:
+        raise LogUrlError("the SQLite URL has no file path")
+    return path
+
+
+def open_url(url: str, options: LogOptions) -> EventLog:
+    """The factory :func:`profilestore.eventlog.open_log` calls for ``sqlite:`` URLs."""
+    path = sqlite_path(url)  # checked before anything is created
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return open_sqlite_log(path, lock_timeout=options.lock_timeout_s)
