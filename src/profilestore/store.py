@@ -23,7 +23,7 @@ import msgspec
 
 from profilestore.audit import Auditor
 from profilestore.config import Settings
-from profilestore.documents import DatasetSchema, DocumentStore, Profile
+from profilestore.documents import DatasetSchema, DocumentStore, Profile, open_document_store
 from profilestore.errors import (
     AmbiguousIdentifier,
     CustomerNotFound,
@@ -441,20 +441,7 @@ def open_documents(settings: Settings, projections: Mapping[str, Projection[Any]
         name: DatasetSchema(p.section, keyed=p.lookup_keys is not None)
         for name, p in projections.items()
     }
-    url = settings.url(settings.documents.url)
-    if url.startswith("sqlite:"):
-        from profilestore.sqlite_documents import SQLiteDocumentStore
-
-        return SQLiteDocumentStore(
-            _sqlite_path(url, settings),
-            schemas,
-            mmap_bytes=settings.documents.sqlite_mmap_mb * 2**20,
-        )
-    if url.startswith(("mongodb://", "mongodb+srv://")):
-        from profilestore.mongo_documents import MongoDocumentStore
-
-        return MongoDocumentStore.connect(url, schemas, collection=settings.documents.collection)
-    raise ValueError(f"documents.url {url!r}: expected sqlite:///PATH or mongodb://...")
+    return open_document_store(settings.url(settings.documents.url), schemas, settings.documents)
 
 
 def open_log(settings: Settings) -> EventLog:
