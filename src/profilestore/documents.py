@@ -16,6 +16,7 @@ import datetime as dt
 import functools
 import importlib
 import inspect
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -352,6 +353,9 @@ ACCEPTED_URLS = (
 )
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
 class OpenDocuments(Protocol):
     """An adapter's factory: check ``url`` (raising :func:`url_error` before creating
     anything), then open the store."""
@@ -366,11 +370,11 @@ def open_document_store(
 ) -> DocumentStore:
     """The document store ``url`` names (``{home}`` already substituted), through the
     adapter registered for its scheme in :data:`DOCUMENT_BACKENDS`."""
-    scheme, sep, _ = url.partition("://")
-    module = DOCUMENT_BACKENDS.get(scheme.lower()) if sep else None
+    scheme = url.partition(":")[0].lower() if _SCHEME.match(url) else ""
+    module = DOCUMENT_BACKENDS.get(scheme)
     if module is None:
         # Only the scheme is quoted: the rest of the URL may hold a password.
-        named = f"the scheme {scheme.lower()!r}" if sep else "a URL without a scheme"
+        named = f"the scheme {scheme!r}" if scheme else "a URL without a scheme"
         raise url_error(f"{named} names no document store")
     factory: OpenDocuments = importlib.import_module(module).open_documents
     return factory(url, schemas, settings)

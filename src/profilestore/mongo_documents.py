@@ -87,8 +87,9 @@ class MongoDocumentStore(DocumentStore):
                 if schema.keyed:
                     self.profiles.create_index(f"_keys.{name}")
         except PyMongoError as e:
+            failure = self.unavailable("open", e)
             self.close()
-            raise self.unavailable("open", e) from e
+            raise failure from e
 
     @classmethod
     def connect(
@@ -96,7 +97,7 @@ class MongoDocumentStore(DocumentStore):
     ) -> MongoDocumentStore:
         try:
             client: MongoClient[dict[str, Any]] = MongoClient(url, tz_aware=True)
-        except ConfigurationError as e:  # InvalidURI among them; nothing was opened
+        except (ConfigurationError, ValueError) as e:  # a malformed URL; nothing was opened
             raise url_error(f"not a usable MongoDB URL: {e}", url) from None
         database = client.get_default_database("profilestore")
         store = cls(database, schemas, collection=collection, client=client)

@@ -95,8 +95,9 @@ class SQLiteDocumentStore(DocumentStore):
         try:
             self._create_tables()
         except sqlite3.Error as e:
+            failure = self.unavailable("open", e)
             self.close()
-            raise self.unavailable("open", e) from e
+            raise failure from e
 
     def _create_tables(self) -> None:
         with self._transaction() as c:
