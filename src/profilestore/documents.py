@@ -1,9 +1,19 @@
-"""The document-store port: where folded profile documents live.
+"""The document-store ports: where folded profile documents live.
 
 A profile document is keyed by customer id and holds one section per dataset, each with
-the log position it covers and when it was refreshed. Adapters (embedded SQLite,
-MongoDB) implement this handful of methods and pass one contract suite
-(``tests/test_documents_contract.py``); the engine never sees which one it talks to.
+the log position it covers and when it was refreshed. A backend provides three small
+ports, each method's contract in its docstring:
+
+- :class:`SectionStore`: sections (read, find by lookup key, guarded write, load),
+  per-dataset tracking, and the staging area of a rebuild;
+- :class:`LeaseStore`: named leases that keep one process at a time on a dataset;
+- :class:`RecordStore`: small records by (kind, key), with an atomic insert-if-absent.
+
+:class:`DocumentStore` is the three over one database plus ``close``; the engine only
+sees it. Adapters (``sqlite_documents.py``, ``mongo_documents.py``) pass one contract
+suite (``tests/test_documents_contract.py``), and :data:`DOCUMENT_BACKENDS` picks one by
+the URL's scheme. At the adapter boundary (:func:`translate_errors`) a driver error
+becomes ``DocumentsUnavailable`` and a call after ``close`` ``StoreClosed``.
 
 Every section write carries its log position and is applied only if it is newer than the
 stored one, so replaying a batch changes nothing. A dataset can be rebuilt into a staging

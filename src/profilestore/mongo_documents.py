@@ -17,6 +17,10 @@ Promotion first drops the live section of documents the rebuild did not produce,
 renames the staging fields over the live ones. Each document changes atomically; the
 dataset as a whole changes within the two ``update_many`` calls, during which the
 dataset's lease keeps refreshes out.
+
+``open_documents`` (last in the module) is the factory :data:`DOCUMENT_BACKENDS` calls for
+``mongodb:`` and ``mongodb+srv:`` URLs; a malformed URL is a ``ConfigError`` (password
+masked) before any client exists.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ WAL mode lets lookups read while a refresh writes; reads go through a memory map
 (``documents.sqlite_mmap_mb``), which spares a system call per page. ``synchronous=NORMAL``
 is enough here: documents are derived from the log and a lost last transaction is
 replayed on restart.
+
+``open_documents`` (last in the module) is the factory :data:`DOCUMENT_BACKENDS` calls for
+``sqlite:`` URLs. ``close()`` closes every thread's connection and none is opened again.
 """
 
 from __future__ import annotations
