@@ -231,3 +231,26 @@ def test_worker_follows_real_time_datasets_and_stops_on_sigterm(home: Path, tmp_
     assert worker.returncode == 0, err
     assert "real time carts, identities; scheduled orders" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("setting", "url"),
+    [
+        ("event_log.url", "ftp://host/log"),
+        ("event_log.url", "postgresql://u:secret@127.0.0.1:notaport/db"),
+        ("documents.url", "redis://u:secret@host/0"),
+        ("documents.url", "sqlite://"),
+    ],
+)
+def test_a_bad_store_url_is_one_line_exit_2_and_creates_nothing(
+    tmp_path: Path, setting: str, url: str
+) -> None:
+    home = tmp_path / "home"
+    section, key = setting.split(".")
+    env = {f"PROFILESTORE_{section.upper()}__{key.upper()}": url}
+    outcome = CliRunner().invoke(main, ["--home", str(home), "profile", "ann"], env=env)
+    assert outcome.exit_code == 2, outcome.output
+    assert setting in outcome.stderr
+    assert "Traceback" not in outcome.stderr and "secret" not in outcome.stderr
+    assert len(outcome.stderr.strip().splitlines()) == 1
+    assert not home.exists(), "nothing may be created before the settings are checked"

@@ -9,13 +9,23 @@ Times are fixed; MongoDB keeps milliseconds only, so ``refreshed_at`` is compare
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import threading
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from profilestore.documents import DocumentStore, SectionWrite, StoredSection, Tracking
+from profilestore.documents import (
+    PORT_METHODS,
+    DocumentStore,
+    SectionWrite,
+    StoredSection,
+    Tracking,
+)
+from profilestore.errors import StoreClosed
 from profilestore.events import Location, OrderLine
 from projections.attributes import Attributes, Preference
 from projections.carts import Cart, CartLine, Carts
@@ -1042,3 +1052,122 @@ def test_raw_and_async_reads_return_what_get_and_find_return(
     assert [m.position for m in only_carts.freshness.values()] == [5]
     assert nobody is None
     assert (found, missing) == (["c1"], [])
+
+
+# --- insert_record_if_absent ----------------------------------------------------------------------
+
+
+def test_insert_record_if_absent_stores_once_and_never_overwrites(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+
+    assert s.insert_record_if_absent("fired", "welcome/c1", {"at": "2026-01-01", "n": 1}) is True
+    assert s.insert_record_if_absent("fired", "welcome/c1", {"at": "2026-02-02", "n": 2}) is False
+
+    assert s.get_records("fired") == {"welcome/c1": {"at": "2026-01-01", "n": 1}}
+    # Another key or another kind is another record.
+    assert s.insert_record_if_absent("fired", "welcome/c2", {"n": 3}) is True
+    assert s.insert_record_if_absent("sent", "welcome/c1", {"n": 4}) is True
+    assert s.get_records("fired", "welcome/c1") == {"welcome/c1": {"at": "2026-01-01", "n": 1}}
+
+
+def test_insert_record_if_absent_sees_records_put_and_not_deleted_ones(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.put_record("fired", "k", {"by": "put"})
+
+    assert s.insert_record_if_absent("fired", "k", {"by": "insert"}) is False
+    s.delete_record("fired", "k")
+    assert s.insert_record_if_absent("fired", "k", {"by": "insert"}) is True
+
+    assert s.get_records("fired") == {"k": {"by": "insert"}}
+
+
+def test_of_concurrent_inserts_of_one_record_exactly_one_wins(
+    document_store: DocumentStore,
+) -> None:
+    threads = 8
+    start = threading.Barrier(threads)
+    results: dict[int, bool] = {}
+    errors: list[BaseException] = []
+
+    def insert(n: int) -> None:
+        try:
+            start.wait()
+            results[n] = document_store.insert_record_if_absent("fired", "once", {"by": n})
+        except BaseException as e:  # reported below: a thread's error must fail the test
+            errors.append(e)
+
+    workers = [threading.Thread(target=insert, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert errors == []
+    winners = [n for n, inserted in results.items() if inserted]
+    assert len(results) == threads and len(winners) == 1
+    assert document_store.get_records("fired") == {"once": {"by": winners[0]}}
+
+
+# --- closing ------------------------------------------------------------------------------------
+
+CALLS: dict[str, Callable[[DocumentStore], object]] = {
+    "get": lambda s: s.get("c1"),
+    "find": lambda s: s.find("email:a@example.com"),
+    "get_raw": lambda s: s.get_raw("c1"),
+    "aget_raw": lambda s: asyncio.run(s.aget_raw("c1")),
+    "afind": lambda s: asyncio.run(s.afind("email:a@example.com")),
+    "load": lambda s: s.load("carts", ["c1"]),
+    "write": lambda s: s.write("carts", [SectionWrite("c1", carts(), 1)], refreshed_at=T0),
+    "tracking": lambda s: s.tracking("carts"),
+    "advance": lambda s: s.advance("carts", 1, refreshed_at=T0),
+    "start_staging": lambda s: s.start_staging("carts"),
+    "promote_staging": lambda s: s.promote_staging("carts"),
+    "customer_ids": lambda s: list(s.customer_ids("carts")),
+    "acquire_lease": lambda s: s.acquire_lease("l", "A", TTL, at(0)),
+    "release_lease": lambda s: s.release_lease("l", "A"),
+    "lease_holder": lambda s: s.lease_holder("l", at(0)),
+    "put_record": lambda s: s.put_record("run", "k", {}),
+    "insert_record_if_absent": lambda s: s.insert_record_if_absent("run", "k", {}),
+    "get_records": lambda s: s.get_records("run"),
+    "delete_record": lambda s: s.delete_record("run", "k"),
+}
+
+
+def test_the_closing_tests_call_every_port_method() -> None:
+    assert sorted(CALLS) == sorted(PORT_METHODS)
+
+
+@pytest.mark.parametrize("method", sorted(CALLS))
+def test_every_call_after_close_raises_store_closed(
+    document_store: DocumentStore, method: str
+) -> None:
+    document_store.write("carts", [SectionWrite("c1", carts(), 1)], refreshed_at=T0)
+    document_store.close()
+
+    with pytest.raises(StoreClosed, match="document store is closed"):
+        CALLS[method](document_store)
+
+
+def test_close_is_idempotent_and_nothing_reopens(document_store: DocumentStore) -> None:
+    document_store.close()
+    document_store.close()
+
+    # Not even from a thread that never had a connection.
+    failures: list[BaseException] = []
+    reader = threading.Thread(target=lambda: _capture(failures, document_store.get, "c1"))
+    reader.start()
+    reader.join()
+
+    assert len(failures) == 1 and isinstance(failures[0], StoreClosed)
+    asyncio.run(document_store.aclose())  # releasing after close is harmless too
+
+
+def _capture(failures: list[BaseException], call: Callable[..., object], *args: Any) -> None:
+    try:
+        call(*args)
+    except BaseException as e:  # the test inspects it
+        failures.append(e)

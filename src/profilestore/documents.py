@@ -1,9 +1,19 @@
-"""The document-store port: where folded profile documents live.
+"""The document-store ports: where folded profile documents live.
 
 A profile document is keyed by customer id and holds one section per dataset, each with
-the log position it covers and when it was refreshed. Adapters (embedded SQLite,
-MongoDB) implement this handful of methods and pass one contract suite
-(``tests/test_documents_contract.py``); the engine never sees which one it talks to.
+the log position it covers and when it was refreshed. A backend provides three small
+ports, each method's contract in its docstring:
+
+- :class:`SectionStore`: sections (read, find by lookup key, guarded write, load),
+  per-dataset tracking, and the staging area of a rebuild;
+- :class:`LeaseStore`: named leases that keep one process at a time on a dataset;
+- :class:`RecordStore`: small records by (kind, key), with an atomic insert-if-absent.
+
+:class:`DocumentStore` is the three over one database plus ``close``; the engine only
+sees it. Adapters (``sqlite_documents.py``, ``mongo_documents.py``) pass one contract
+suite (``tests/test_documents_contract.py``), and :data:`DOCUMENT_BACKENDS` picks one by
+the URL's scheme. At the adapter boundary (:func:`translate_errors`) a driver error
+becomes ``DocumentsUnavailable`` and a call after ``close`` ``StoreClosed``.
 
 Every section write carries its log position and is applied only if it is newer than the
 stored one, so replaying a batch changes nothing. A dataset can be rebuilt into a staging
@@ -13,12 +23,22 @@ area while the live sections keep serving reads, then promoted in one step.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import importlib
+import inspect
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
+from urllib.parse import unquote
 
 import msgspec
+
+from profilestore.errors import ConfigError, DocumentsUnavailable, ProfileStoreError, StoreClosed
+
+if TYPE_CHECKING:
+    from profilestore.config import DocumentSettings
 
 
 @dataclass(frozen=True)
@@ -75,19 +95,24 @@ class Tracking(msgspec.Struct, frozen=True, kw_only=True):
     refreshed_at: dt.datetime
 
 
-class DocumentStore(ABC):
-    """Port for profile documents; see the module docstring for the guarantees."""
+class SectionStore(ABC):
+    """Where profile sections live: reads, guarded writes, tracking and staging.
+
+    A backend provides this, :class:`LeaseStore` and :class:`RecordStore`; see the module
+    docstring for the guarantees. ``KeyError`` for a dataset not in ``schemas``.
+    """
 
     def __init__(self, schemas: Mapping[str, DatasetSchema]) -> None:
         self.schemas = dict(schemas)
 
     @abstractmethod
     def get(self, customer_id: str, datasets: Sequence[str] | None = None) -> Profile | None:
-        """The live profile of a customer (only the named datasets, if given)."""
+        """The live profile of a customer (only the named datasets, if given, in the order
+        configured); None if the customer has none of them. Never reads staging."""
 
     @abstractmethod
     def find(self, lookup_key: str) -> list[str]:
-        """Customer ids whose live sections carry ``lookup_key``, sorted."""
+        """Customer ids whose live sections carry ``lookup_key``, sorted; [] if none."""
 
     def get_raw(self, customer_id: str, datasets: Sequence[str] | None = None) -> RawProfile | None:
         """Like :meth:`get`, with sections as JSON (adapters that store JSON skip decoding)."""
@@ -115,14 +140,12 @@ class DocumentStore(ABC):
         """:meth:`find` for an event loop; see :meth:`aget_raw`."""
         return self.find(lookup_key)
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
-        """Release what the async methods opened (called from the event loop)."""
-
     @abstractmethod
     def load(
         self, dataset: str, customer_ids: Iterable[str], *, staging: bool = False
     ) -> dict[str, StoredSection]:
-        """Stored sections of one dataset for the given customers (absent ones omitted)."""
+        """Stored sections of one dataset (live, or staging) with their positions, for the
+        given customers; customers without one are omitted."""
 
     @abstractmethod
     def write(
@@ -133,7 +156,9 @@ class DocumentStore(ABC):
         refreshed_at: dt.datetime,
         staging: bool = False,
     ) -> int:
-        """Store sections whose position is newer than the stored one; returns how many."""
+        """Store each section whose position is newer than the stored one (and replace its
+        lookup keys), all or none; of several writes for one customer the newest counts.
+        Returns how many were stored: replaying a batch stores 0 and changes nothing."""
 
     @abstractmethod
     def tracking(self, dataset: str, *, staging: bool = False) -> Tracking | None:
@@ -147,48 +172,246 @@ class DocumentStore(ABC):
 
     @abstractmethod
     def start_staging(self, dataset: str) -> None:
-        """Empty the dataset's staging area, ready for a rebuild."""
+        """Empty the dataset's staging area (sections, keys, tracking), ready for a rebuild;
+        live sections keep serving reads."""
 
     @abstractmethod
     def promote_staging(self, dataset: str) -> None:
-        """Make the staging sections and tracking live, replacing the old ones at once."""
-
-    @abstractmethod
-    def acquire_lease(self, name: str, holder: str, ttl: dt.timedelta, now: dt.datetime) -> bool:
-        """Take or renew the lease ``name``; False while another holder's lease is live."""
-
-    @abstractmethod
-    def release_lease(self, name: str, holder: str) -> None:
-        """Give up the lease if ``holder`` has it."""
-
-    @abstractmethod
-    def lease_holder(self, name: str, now: dt.datetime) -> str | None:
-        """Who holds a live lease ``name``, if anyone."""
-
-    @abstractmethod
-    def put_record(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
-        """Store a small JSON-shaped record (run history, dead letters) under (kind, key)."""
-
-    @abstractmethod
-    def get_records(self, kind: str, prefix: str = "") -> dict[str, dict[str, Any]]:
-        """Records of ``kind`` whose key starts with ``prefix``, by key."""
-
-    @abstractmethod
-    def delete_record(self, kind: str, key: str) -> None:
-        """Remove a record; removing an absent one does nothing."""
+        """Make the staging sections, keys and tracking live, replacing the old ones (live
+        sections the rebuild did not produce are dropped) and emptying staging.
+        ``RuntimeError`` if no staging tracking was recorded since :meth:`start_staging`."""
 
     @abstractmethod
     def customer_ids(self, dataset: str) -> Iterator[str]:
-        """Every customer id with a live section of ``dataset``."""
-
-    @abstractmethod
-    def close(self) -> None: ...
+        """Every customer id with a live section of ``dataset``, in no set order."""
 
     def check_dataset(self, dataset: str) -> DatasetSchema:
         try:
             return self.schemas[dataset]
         except KeyError:
             raise KeyError(f"dataset {dataset!r} is not registered with this store") from None
+
+
+class LeaseStore(ABC):
+    """Named leases that keep one process at a time on a dataset, across processes.
+
+    A lease is live until ``now + ttl`` of its last acquisition; times are the caller's.
+    """
+
+    @abstractmethod
+    def acquire_lease(self, name: str, holder: str, ttl: dt.timedelta, now: dt.datetime) -> bool:
+        """Take or renew the lease ``name`` until ``now + ttl``, atomically; False (and the
+        lease unchanged) while another holder's lease is live."""
+
+    @abstractmethod
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give up the lease if ``holder`` has it; otherwise do nothing."""
+
+    @abstractmethod
+    def lease_holder(self, name: str, now: dt.datetime) -> str | None:
+        """Who holds a live lease ``name`` at ``now``, if anyone."""
+
+
+class RecordStore(ABC):
+    """Small JSON-shaped records (run history, dead letters, fired triggers) by (kind, key)."""
+
+    @abstractmethod
+    def put_record(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
+        """Store ``value`` under (kind, key), replacing any record there."""
+
+    @abstractmethod
+    def insert_record_if_absent(self, kind: str, key: str, value: Mapping[str, Any]) -> bool:
+        """Store ``value`` under (kind, key) only if no record is there: True if stored,
+        False if one existed (it is left unchanged). Atomic across threads and processes,
+        so of concurrent callers exactly one gets True ("fire once")."""
+
+    @abstractmethod
+    def get_records(self, kind: str, prefix: str = "") -> dict[str, dict[str, Any]]:
+        """Records of ``kind`` whose key starts with ``prefix``, by key, sorted by key."""
+
+    @abstractmethod
+    def delete_record(self, kind: str, key: str) -> None:
+        """Remove a record; removing an absent one does nothing."""
+
+
+class DocumentStore(SectionStore, LeaseStore, RecordStore):
+    """A whole backend: the three ports over one database, and its lifetime.
+
+    After :meth:`close`, every method raises :class:`~profilestore.errors.StoreClosed`;
+    a driver error escaping a method is raised as
+    :class:`~profilestore.errors.DocumentsUnavailable` (see :func:`translate_errors`).
+    """
+
+    backend = "document"
+    """A short name of the backend, for errors (``sqlite``, ``mongodb``)."""
+
+    def __init__(self, schemas: Mapping[str, DatasetSchema]) -> None:
+        super().__init__(schemas)
+        self.closed = False
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; idempotent. Every later call raises ``StoreClosed``."""
+
+    async def aclose(self) -> None:
+        """Release what the async methods opened (called from the event loop); idempotent."""
+
+    def closed_error(self) -> StoreClosed:
+        return StoreClosed(f"the {self.backend} document store")
+
+    def unavailable(self, operation: str, error: BaseException) -> ProfileStoreError:
+        """What a driver error raised by ``operation`` becomes: ``StoreClosed`` if the
+        store was closed meanwhile, else ``DocumentsUnavailable`` (the driver's class name
+        only: its message may quote personal data)."""
+        if self.closed:
+            return self.closed_error()
+        return DocumentsUnavailable(self.backend, operation, type(error).__name__)
+
+
+# --- the adapter boundary --------------------------------------------------------------
+
+PORT_METHODS = (
+    *("get", "find", "get_raw", "aget_raw", "afind", "load", "write", "tracking", "advance"),
+    *("start_staging", "promote_staging", "customer_ids"),
+    *("acquire_lease", "release_lease", "lease_holder"),
+    *("put_record", "insert_record_if_absent", "get_records", "delete_record"),
+)
+"""The methods :func:`translate_errors` guards: every method of the three ports that
+reaches the database."""
+
+D = TypeVar("D", bound=DocumentStore)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guards_itself(method: F) -> F:
+    """Mark a hot-path method that checks ``closed`` and translates driver errors inline
+    (``if self.closed: ...`` then ``try``/``except``), so :func:`translate_errors` leaves it
+    unwrapped: a wrapper would cost a frame and an argument tuple on every lookup."""
+    method.__guards_itself__ = True  # type: ignore[attr-defined]
+    return method
+
+
+def translate_errors(*driver_errors: type[Exception]) -> Callable[[type[D]], type[D]]:
+    """Class decorator for an adapter: each port method it defines first refuses a closed
+    store (``StoreClosed``), and a driver error escaping it becomes ``DocumentsUnavailable``
+    (see :meth:`DocumentStore.unavailable`). Methods marked :func:`guards_itself` are left
+    as written."""
+
+    def decorate(cls: type[D]) -> type[D]:
+        for name in PORT_METHODS:
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "__guards_itself__", False):
+                setattr(cls, name, _guarded(method, driver_errors))
+        return cls
+
+    return decorate
+
+
+def _guarded(method: Callable[..., Any], errors: tuple[type[Exception], ...]) -> Any:
+    name = method.__name__
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def generator(self: DocumentStore, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            if self.closed:
+                raise self.closed_error()
+            try:
+                yield from method(self, *args, **kwargs)
+            except errors as e:
+                raise self.unavailable(name, e) from e
+
+        return generator
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def coroutine(self: DocumentStore, *args: Any, **kwargs: Any) -> Any:
+            if self.closed:
+                raise self.closed_error()
+            try:
+                return await method(self, *args, **kwargs)
+            except errors as e:
+                raise self.unavailable(name, e) from e
+
+        return coroutine
+
+    @functools.wraps(method)
+    def function(self: DocumentStore, *args: Any, **kwargs: Any) -> Any:
+        if self.closed:
+            raise self.closed_error()
+        try:
+            return method(self, *args, **kwargs)
+        except errors as e:
+            raise self.unavailable(name, e) from e
+
+    return function
+
+
+# --- choosing a backend ------------------------------------------------------------------
+
+DOCUMENT_BACKENDS: Mapping[str, str] = {
+    "sqlite": "profilestore.sqlite_documents",
+    "mongodb": "profilestore.mongo_documents",
+    "mongodb+srv": "profilestore.mongo_documents",
+}
+"""URL scheme -> the adapter module, imported only when chosen (so pymongo is not loaded
+for an embedded store). Each adapter module ends with an :class:`OpenDocuments` function
+``open_documents``; a new backend is one module and one line here."""
+
+ACCEPTED_URLS = (
+    "sqlite:///RELATIVE/PATH, sqlite:////ABSOLUTE/PATH, mongodb://[USER:PASSWORD@]HOST[:PORT]"
+    "/DATABASE or mongodb+srv://[USER:PASSWORD@]HOST/DATABASE"
+)
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+class OpenDocuments(Protocol):
+    """An adapter's factory: check ``url`` (raising :func:`url_error` before creating
+    anything), then open the store."""
+
+    def __call__(
+        self, url: str, schemas: Mapping[str, DatasetSchema], settings: DocumentSettings
+    ) -> DocumentStore: ...
+
+
+def open_document_store(
+    url: str, schemas: Mapping[str, DatasetSchema], settings: DocumentSettings
+) -> DocumentStore:
+    """The document store ``url`` names (``{home}`` already substituted), through the
+    adapter registered for its scheme in :data:`DOCUMENT_BACKENDS`."""
+    scheme = url.partition(":")[0].lower() if _SCHEME.match(url) else ""
+    module = DOCUMENT_BACKENDS.get(scheme)
+    if module is None:
+        # Only the scheme is quoted: the rest of the URL may hold a password.
+        named = f"the scheme {scheme!r}" if scheme else "a URL without a scheme"
+        raise url_error(f"{named} names no document store")
+    factory: OpenDocuments = importlib.import_module(module).open_documents
+    return factory(url, schemas, settings)
+
+
+def url_error(reason: str, url: str = "") -> ConfigError:
+    """The error for an unusable ``documents.url``: ``reason`` (with any password of
+    ``url`` masked) and the accepted forms."""
+    return ConfigError(
+        "settings", "documents.url", f"{mask_password(reason, url)}; use {ACCEPTED_URLS}"
+    )
+
+
+def mask_password(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` (as written, and percent-decoded) masked.
+
+    Errs on the side of masking: without a parser's help (the URL may be malformed),
+    everything between the first ``:`` of the user part and the last ``@`` is taken for
+    the password."""
+    _, sep, rest = url.partition("://")
+    userinfo, at, _ = rest.rpartition("@")
+    _, colon, password = userinfo.partition(":")
+    if not (sep and at and colon and password):
+        return text
+    for secret in sorted({password, unquote(password)}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def newest_per_customer(writes: Sequence[SectionWrite]) -> list[SectionWrite]:

@@ -150,3 +150,21 @@ def _innermost(error: BaseException) -> BaseException:
     while error.__cause__ is not None:
         error = error.__cause__
     return error
+
+
+class DocumentsUnavailable(ProfileStoreError):
+    """The document database failed an operation (unreachable, corrupt, out of space).
+
+    Only the driver error's class name is kept in the message: a driver's message may quote
+    the values it was given (customer data) or the connection URL. The driver error itself
+    is chained (``__cause__``) for the operator's log.
+    """
+
+    def __init__(self, backend: str, operation: str, error: str) -> None:
+        self.backend = backend
+        self.operation = operation
+        self.error = error
+        super().__init__(
+            f"the {backend} document store failed in {operation} ({error}); check that the "
+            "database is reachable and its files intact, then retry"
+        )

@@ -435,7 +435,27 @@ class LogUrlError(ValueError):
 
 
 class _Backend(Protocol):
+    def check_url(self, url: str) -> None: ...
     def open_url(self, url: str, options: LogOptions) -> EventLog: ...
+
+
+def _backend(url: str, setting: str) -> _Backend:
+    scheme = _SCHEME.match(url)
+    module = LOG_BACKENDS.get(scheme.group().lower()) if scheme else None
+    if module is None:
+        named = f"the URL scheme {scheme.group()!r}" if scheme else "a URL without a scheme"
+        raise InvalidSetting(setting, f"{named} names no log backend; use {LOG_URL_FORMS}")
+    return cast(_Backend, importlib.import_module(module))
+
+
+def check_log_url(url: str, *, setting: str = "event_log.url") -> None:
+    """Raise :class:`~profilestore.errors.InvalidSetting` unless a backend accepts ``url``;
+    creates and connects to nothing (so every setting can be checked before any store is
+    opened)."""
+    try:
+        _backend(url, setting).check_url(url)
+    except LogUrlError as error:
+        raise InvalidSetting(setting, f"{error}; use {LOG_URL_FORMS}") from None
 
 
 def open_log(
@@ -450,12 +470,7 @@ def open_log(
     A URL no backend accepts raises :class:`~profilestore.errors.InvalidSetting` naming
     ``setting``, before anything (a file, a connection) is created.
     """
-    scheme = _SCHEME.match(url)
-    module = LOG_BACKENDS.get(scheme.group().lower()) if scheme else None
-    if module is None:
-        named = f"the URL scheme {scheme.group()!r}" if scheme else "a URL without a scheme"
-        raise InvalidSetting(setting, f"{named} names no log backend; use {LOG_URL_FORMS}")
-    backend = cast(_Backend, importlib.import_module(module))
+    backend = _backend(url, setting)
     options = LogOptions(lock_timeout_s=lock_timeout_s, postgres_schema=postgres_schema)
     try:
         return backend.open_url(url, options)

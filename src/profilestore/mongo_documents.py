@@ -17,6 +17,10 @@ Promotion first drops the live section of documents the rebuild did not produce,
 renames the staging fields over the live ones. Each document changes atomically; the
 dataset as a whole changes within the two ``update_many`` calls, during which the
 dataset's lease keeps refreshes out.
+
+``open_documents`` (last in the module) is the factory :data:`DOCUMENT_BACKENDS` calls for
+``mongodb:`` and ``mongodb+srv:`` URLs; a malformed URL is a ``ConfigError`` (password
+masked) before any client exists.
 """
 
 from __future__ import annotations
@@ -24,14 +28,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from pymongo import AsyncMongoClient, MongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, ConfigurationError, DuplicateKeyError, PyMongoError
 
 from profilestore.documents import (
     DatasetSchema,
@@ -42,9 +46,15 @@ from profilestore.documents import (
     SectionWrite,
     StoredSection,
     Tracking,
+    guards_itself,
     newest_per_customer,
+    translate_errors,
+    url_error,
     utc,
 )
+
+if TYPE_CHECKING:
+    from profilestore.config import DocumentSettings
 
 DUPLICATE_KEY = 11000
 _JSON = msgspec.json.Encoder(decimal_format="string")
@@ -58,7 +68,10 @@ def _fields(dataset: str, staging: bool) -> tuple[str, str, str]:
     return dataset, f"_meta.{dataset}", f"_keys.{dataset}"
 
 
+@translate_errors(PyMongoError)
 class MongoDocumentStore(DocumentStore):
+    backend = "mongodb"
+
     def __init__(
         self,
         database: Database[dict[str, Any]],
@@ -73,21 +86,32 @@ class MongoDocumentStore(DocumentStore):
         self.tracking_records: Collection[dict[str, Any]] = database[f"{collection}_tracking"]
         self.leases: Collection[dict[str, Any]] = database[f"{collection}_leases"]
         self.records: Collection[dict[str, Any]] = database[f"{collection}_records"]
-        for name, schema in self.schemas.items():
-            if schema.keyed:
-                self.profiles.create_index(f"_keys.{name}")
+        try:
+            for name, schema in self.schemas.items():
+                if schema.keyed:
+                    self.profiles.create_index(f"_keys.{name}")
+        except PyMongoError as e:
+            failure = self.unavailable("open", e)
+            self.close()
+            raise failure from e
 
     @classmethod
     def connect(
         cls, url: str, schemas: Mapping[str, DatasetSchema], *, collection: str = "profiles"
     ) -> MongoDocumentStore:
-        client: MongoClient[dict[str, Any]] = MongoClient(url, tz_aware=True)
+        try:
+            client: MongoClient[dict[str, Any]] = MongoClient(url, tz_aware=True)
+        except (ConfigurationError, ValueError) as e:  # a malformed URL; nothing was opened
+            raise url_error(f"not a usable MongoDB URL: {e}", url) from None
         database = client.get_default_database("profilestore")
         store = cls(database, schemas, collection=collection, client=client)
         store._url = url
         return store
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         if self._client is not None:
             self._client.close()
 
@@ -106,14 +130,20 @@ class MongoDocumentStore(DocumentStore):
         database = self._async_client.get_default_database("profilestore")
         return database[self.profiles.name]
 
+    @guards_itself
     async def aget_raw(
         self, customer_id: str, datasets: Sequence[str] | None = None
     ) -> RawProfile | None:
+        if self.closed:
+            raise self.closed_error()
         collection = self._async_collection()
         if collection is None:
             return self.get_raw(customer_id, datasets)
         names = self._names(datasets)
-        document = await collection.find_one({"_id": customer_id}, self._projection(names))
+        try:
+            document = await collection.find_one({"_id": customer_id}, self._projection(names))
+        except PyMongoError as e:
+            raise self.unavailable("aget_raw", e) from e
         found = self._present(document, names)
         if found is None:
             return None
@@ -125,12 +155,18 @@ class MongoDocumentStore(DocumentStore):
             freshness={n: self._meta(meta[n]) for n in present},
         )
 
+    @guards_itself
     async def afind(self, lookup_key: str) -> list[str]:
+        if self.closed:
+            raise self.closed_error()
         collection = self._async_collection()
         if collection is None:
             return self.find(lookup_key)
         cursor = collection.find(self._find_query(lookup_key), {"_id": 1})
-        return sorted([str(d["_id"]) async for d in cursor])
+        try:
+            return sorted([str(d["_id"]) async for d in cursor])
+        except PyMongoError as e:
+            raise self.unavailable("afind", e) from e
 
     async def aclose(self) -> None:
         if self._async_client is not None:
@@ -177,9 +213,15 @@ class MongoDocumentStore(DocumentStore):
         keyed = [name for name, schema in self.schemas.items() if schema.keyed]
         return {"$or": [{f"_keys.{name}": lookup_key} for name in keyed]}
 
+    @guards_itself
     def get(self, customer_id: str, datasets: Sequence[str] | None = None) -> Profile | None:
+        if self.closed:
+            raise self.closed_error()
         names = self._names(datasets)
-        document = self.profiles.find_one({"_id": customer_id}, self._projection(names))
+        try:
+            document = self.profiles.find_one({"_id": customer_id}, self._projection(names))
+        except PyMongoError as e:
+            raise self.unavailable("get", e) from e
         found = self._present(document, names)
         if found is None:
             return None
@@ -191,11 +233,17 @@ class MongoDocumentStore(DocumentStore):
             freshness={name: self._meta(meta[name]) for name in present},
         )
 
+    @guards_itself
     def find(self, lookup_key: str) -> list[str]:
+        if self.closed:
+            raise self.closed_error()
         if not any(schema.keyed for schema in self.schemas.values()):
             return []
-        cursor = self.profiles.find(self._find_query(lookup_key), {"_id": 1})
-        return sorted(str(d["_id"]) for d in cursor)
+        try:
+            cursor = self.profiles.find(self._find_query(lookup_key), {"_id": 1})
+            return sorted(str(d["_id"]) for d in cursor)
+        except PyMongoError as e:
+            raise self.unavailable("find", e) from e
 
     def load(
         self, dataset: str, customer_ids: Iterable[str], *, staging: bool = False
@@ -325,6 +373,21 @@ class MongoDocumentStore(DocumentStore):
             upsert=True,
         )
 
+    def insert_record_if_absent(self, kind: str, key: str, value: Mapping[str, Any]) -> bool:
+        # The unique _id makes the insert the atomic test: a second one is a duplicate key.
+        try:
+            self.records.insert_one(
+                {
+                    "_id": f"{kind}/{key}",
+                    "kind": kind,
+                    "key": key,
+                    "value": msgspec.to_builtins(value),
+                }
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
     def get_records(self, kind: str, prefix: str = "") -> dict[str, dict[str, Any]]:
         query: dict[str, Any] = {"kind": kind}
         if prefix:
@@ -371,3 +434,10 @@ def _dig(document: Mapping[str, Any], path: str) -> Any:
             return None
         node = node[part]
     return node
+
+
+def open_documents(
+    url: str, schemas: Mapping[str, DatasetSchema], settings: DocumentSettings
+) -> MongoDocumentStore:
+    """The MongoDB store at ``url`` (its database, else ``profilestore``)."""
+    return MongoDocumentStore.connect(url, schemas, collection=settings.collection)

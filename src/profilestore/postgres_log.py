@@ -303,6 +303,11 @@ def open_postgres_log(url: str, *, schema: str = "", pool_size: int = 2) -> Even
     return EventLog(recorder)
 
 
+def check_url(url: str) -> None:
+    """Raise :class:`LogUrlError` unless ``url`` is a usable PostgreSQL URL."""
+    connection_params(url)
+
+
 def open_url(url: str, options: LogOptions) -> EventLog:
     """The factory :func:`profilestore.eventlog.open_log` calls for ``postgresql:`` URLs."""
     connection_params(url)  # checked before anything is created

@@ -16,6 +16,9 @@ WAL mode lets lookups read while a refresh writes; reads go through a memory map
 (``documents.sqlite_mmap_mb``), which spares a system call per page. ``synchronous=NORMAL``
 is enough here: documents are derived from the log and a lost last transaction is
 replayed on restart.
+
+``open_documents`` (last in the module) is the factory :data:`DOCUMENT_BACKENDS` calls for
+``sqlite:`` URLs. ``close()`` closes every thread's connection and none is opened again.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -40,8 +44,14 @@ from profilestore.documents import (
     SectionWrite,
     StoredSection,
     Tracking,
+    guards_itself,
     newest_per_customer,
+    translate_errors,
+    url_error,
 )
+
+if TYPE_CHECKING:
+    from profilestore.config import DocumentSettings
 
 _STAGING = "__staging"
 _Plan = tuple[str, dict[str, int], tuple[str, ...]]
@@ -61,7 +71,10 @@ def _tracking_name(dataset: str, staging: bool) -> str:
     return f"{dataset}{_STAGING if staging else ''}"
 
 
+@translate_errors(sqlite3.Error)
 class SQLiteDocumentStore(DocumentStore):
+    backend = "sqlite"
+
     def __init__(
         self, path: str, schemas: Mapping[str, DatasetSchema], *, mmap_bytes: int = 0
     ) -> None:
@@ -82,6 +95,14 @@ class SQLiteDocumentStore(DocumentStore):
             for name, schema in self.schemas.items()
             if schema.keyed
         )
+        try:
+            self._create_tables()
+        except sqlite3.Error as e:
+            failure = self.unavailable("open", e)
+            self.close()
+            raise failure from e
+
+    def _create_tables(self) -> None:
         with self._transaction() as c:
             c.execute(
                 "CREATE TABLE IF NOT EXISTS tracking ("
@@ -112,6 +133,9 @@ class SQLiteDocumentStore(DocumentStore):
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            if self.closed:
+                # close() dropped every thread's connection: never quietly open another.
+                raise self.closed_error()
             conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, cached_statements=256
             )
@@ -142,6 +166,7 @@ class SQLiteDocumentStore(DocumentStore):
             cursor.close()
 
     def close(self) -> None:
+        self.closed = True
         with self._connections_lock:
             for conn in self._connections:
                 conn.close()
@@ -211,8 +236,14 @@ class SQLiteDocumentStore(DocumentStore):
             for name, position, refreshed_at, _ in rows
         }
 
+    @guards_itself
     def get(self, customer_id: str, datasets: Sequence[str] | None = None) -> Profile | None:
-        rows = self._profile_rows(customer_id, datasets)
+        if self.closed:
+            raise self.closed_error()
+        try:
+            rows = self._profile_rows(customer_id, datasets)
+        except sqlite3.Error as e:
+            raise self.unavailable("get", e) from e
         if not rows:
             return None
         decoders = self._decoders
@@ -222,9 +253,15 @@ class SQLiteDocumentStore(DocumentStore):
             freshness=self._freshness(rows),
         )
 
+    @guards_itself
     def get_raw(self, customer_id: str, datasets: Sequence[str] | None = None) -> RawProfile | None:
         # The stored JSON is what the API sends: no decode, no re-encode.
-        rows = self._profile_rows(customer_id, datasets)
+        if self.closed:
+            raise self.closed_error()
+        try:
+            rows = self._profile_rows(customer_id, datasets)
+        except sqlite3.Error as e:
+            raise self.unavailable("get_raw", e) from e
         if not rows:
             return None
         return RawProfile(
@@ -233,10 +270,16 @@ class SQLiteDocumentStore(DocumentStore):
             freshness=self._freshness(rows),
         )
 
+    @guards_itself
     def find(self, lookup_key: str) -> list[str]:
+        if self.closed:
+            raise self.closed_error()
         if not self._find_sql:
             return []
-        rows = self._connection().execute(self._find_sql, (lookup_key,)).fetchall()
+        try:
+            rows = self._connection().execute(self._find_sql, (lookup_key,)).fetchall()
+        except sqlite3.Error as e:
+            raise self.unavailable("find", e) from e
         return sorted(row[0] for row in rows)
 
     def load(
@@ -409,6 +452,16 @@ class SQLiteDocumentStore(DocumentStore):
                 (kind, key, self._encoder.encode(value)),
             )
 
+    def insert_record_if_absent(self, kind: str, key: str, value: Mapping[str, Any]) -> bool:
+        with self._transaction() as c:
+            c.execute(
+                "INSERT INTO records (kind, key, body) VALUES (?, ?, ?) "
+                "ON CONFLICT (kind, key) DO NOTHING",
+                (kind, key, self._encoder.encode(value)),
+            )
+            inserted: bool = c.rowcount == 1
+        return inserted
+
     def get_records(self, kind: str, prefix: str = "") -> dict[str, dict[str, Any]]:
         rows = (
             self._connection()
@@ -468,3 +521,23 @@ def _parse_time(value: str) -> dt.datetime:
     # Cached: every section written by one refresh carries the same stamp, so a lookup's
     # few distinct values are parsed once, not on every read.
     return dt.datetime.fromisoformat(value)
+
+
+def sqlite_path(url: str) -> str:
+    """The file ``url`` names: ``sqlite:///RELATIVE`` or ``sqlite:////ABSOLUTE`` (the
+    SQLAlchemy convention); ``sqlite://PATH`` is read as relative too."""
+    if not url.startswith("sqlite://"):
+        raise url_error("an SQLite URL starts with sqlite:// followed by a path")
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url[9:]
+    if not path:
+        raise url_error("the SQLite URL names no file")
+    return path
+
+
+def open_documents(
+    url: str, schemas: Mapping[str, DatasetSchema], settings: DocumentSettings
+) -> SQLiteDocumentStore:
+    """The embedded store at ``url``, creating its directory (after checking the URL)."""
+    path = sqlite_path(url)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return SQLiteDocumentStore(path, schemas, mmap_bytes=settings.sqlite_mmap_mb * 2**20)

@@ -237,6 +237,11 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+def check_url(url: str) -> None:
+    """Raise :class:`LogUrlError` unless ``url`` names an SQLite file."""
+    sqlite_path(url)
+
+
 def open_url(url: str, options: LogOptions) -> EventLog:
     """The factory :func:`profilestore.eventlog.open_log` calls for ``sqlite:`` URLs."""
     path = sqlite_path(url)  # checked before anything is created

@@ -20,7 +20,6 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ParamSpec, TypeVar
 
@@ -28,7 +27,13 @@ import msgspec
 
 from profilestore.audit import Auditor
 from profilestore.config import Settings
-from profilestore.documents import DatasetSchema, DocumentStore, Profile, RawProfile
+from profilestore.documents import (
+    DatasetSchema,
+    DocumentStore,
+    Profile,
+    RawProfile,
+    open_document_store,
+)
 from profilestore.errors import (
     AmbiguousIdentifier,
     CustomerNotFound,
@@ -37,7 +42,7 @@ from profilestore.errors import (
     StoreClosed,
     UnknownDataset,
 )
-from profilestore.eventlog import AppendResult, EventLog, Subscription, event_json
+from profilestore.eventlog import AppendResult, EventLog, Subscription, check_log_url, event_json
 from profilestore.eventlog import open_log as open_log_url
 from profilestore.events import AnyEvent, Event
 from profilestore.identifiers import lookup_key
@@ -649,12 +654,6 @@ class ProfileStore:
         self.close()
 
 
-def _sqlite_path(url: str, settings: Settings) -> str:
-    path = settings.url(url).removeprefix("sqlite:///").removeprefix("sqlite://")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def load_projections(settings: Settings, source: str = "config") -> dict[str, Projection[Any]]:
     projections = {
         name: load_projection(ds.projection, source=source, path=f"datasets.{name}.projection")
@@ -669,20 +668,7 @@ def open_documents(settings: Settings, projections: Mapping[str, Projection[Any]
         name: DatasetSchema(p.section, keyed=p.lookup_keys is not None)
         for name, p in projections.items()
     }
-    url = settings.url(settings.documents.url)
-    if url.startswith("sqlite:"):
-        from profilestore.sqlite_documents import SQLiteDocumentStore
-
-        return SQLiteDocumentStore(
-            _sqlite_path(url, settings),
-            schemas,
-            mmap_bytes=settings.documents.sqlite_mmap_mb * 2**20,
-        )
-    if url.startswith(("mongodb://", "mongodb+srv://")):
-        from profilestore.mongo_documents import MongoDocumentStore
-
-        return MongoDocumentStore.connect(url, schemas, collection=settings.documents.collection)
-    raise ValueError(f"documents.url {url!r}: expected sqlite:///PATH or mongodb://...")
+    return open_document_store(settings.url(settings.documents.url), schemas, settings.documents)
 
 
 def open_log(settings: Settings) -> EventLog:
@@ -701,10 +687,13 @@ def open_store(settings: Settings | None = None, *, clock: Clock = utcnow) -> Pr
 
         settings = load_settings()
     projections = load_projections(settings)
-    log = open_log(settings)
+    # Every setting is checked before anything is created: the log's URL here, the
+    # documents' by their factory (which checks before it creates), and only then the log.
+    check_log_url(settings.url(settings.event_log.url))
+    documents = open_documents(settings, projections)
     try:
-        documents = open_documents(settings, projections)
+        log = open_log(settings)
     except BaseException:
-        log.close()
+        documents.close()
         raise
     return ProfileStore(settings, log, documents, projections, clock=clock)
