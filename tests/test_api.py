@@ -123,7 +123,7 @@ def test_anonymous_scopes_open_routes_without_a_key(settings: Settings) -> None:
 
 def test_health_and_metrics_need_no_key(client: TestClient[Any]) -> None:
     assert client.get("/health/live").json() == {"status": "ok"}
-    assert client.get("/health/ready").json() == {"status": "ready"}
+    assert client.get("/health/ready").json() == {"status": "ready", "outdated": []}
     assert client.get("/metrics").status_code == 200
 
 

@@ -281,7 +281,7 @@ def test_the_worker_runs_due_datasets_and_keeps_regular_ones_waiting(
         with Worker(opened, ["orders", "service", "carts"]) as worker:
             wait_until(lambda: any(d == "service" for d, _, _ in worker.reports))
             jobs = {job.id: job for job in worker.scheduler.get_jobs()}
-            assert set(jobs) == {"orders", "service"}
+            assert set(jobs) == {"orders", "service", "rebuild-outdated"}
             assert jobs["orders"].next_run_time > dt.datetime.now(dt.UTC) + dt.timedelta(minutes=55)
             assert jobs["orders"].coalesce is True and jobs["orders"].max_instances == 1
             wait_until(lambda: _has(opened, "ann"))

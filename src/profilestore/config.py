@@ -66,6 +66,11 @@ class ScheduleSettings(Strict, frozen=True, kw_only=True):
     """How often the real-time follower checks an SQLite log for new events."""
     follower_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 2000
     """Most events the follower folds per pass when it catches up."""
+    rebuild_outdated: bool = True
+    """Whether the worker rebuilds, in the background, a dataset whose stored documents
+    another projection version built (reads keep answering from the old ones meanwhile)."""
+    version_check_s: Annotated[int, msgspec.Meta(ge=1)] = 60
+    """How often the worker looks for such datasets."""
 
     def __post_init__(self) -> None:
         try:

@@ -168,3 +168,13 @@ class DocumentsUnavailable(ProfileStoreError):
             f"the {backend} document store failed in {operation} ({error}); check that the "
             "database is reachable and its files intact, then retry"
         )
+
+
+class StagingMissing(ProfileStoreError):
+    """A promotion was asked for a dataset whose staging area was never built."""
+
+    def __init__(self, dataset: str) -> None:
+        self.dataset = dataset
+        super().__init__(
+            f"dataset {dataset!r} has no built staging area to promote; rebuild it first"
+        )

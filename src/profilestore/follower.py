@@ -16,9 +16,10 @@ and connections, so ingest never waits for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from profilestore.errors import LeaseHeld, StoreClosed
@@ -51,6 +52,8 @@ class Follower:
         self._stop = threading.Event()
         self._woken = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pause = threading.Event()
+        self._paused = threading.Event()
         self._subscription: Any = None
         self._subscription_thread: threading.Thread | None = None
 
@@ -100,6 +103,9 @@ class Follower:
         consumer = self.consumer
         try:
             while not self._stop.is_set():
+                if self._pause.is_set():
+                    self._hold_off()
+                    continue
                 if not consumer.leased:
                     if consumer.take():
                         self._subscribe()
@@ -126,6 +132,25 @@ class Follower:
                 consumer.release()
             except StoreClosed:  # the store closed under us: its leases lapse by themselves
                 log.warning("follower stopped after its store was closed")
+
+    @contextlib.contextmanager
+    def paused(self, timeout: float = 30.0) -> Iterator[None]:
+        """Give the datasets' leases up for the duration (a promotion needs them)."""
+        self._paused.clear()
+        self._pause.set()
+        self._woken.set()
+        try:
+            if self.live and not self._paused.wait(timeout):
+                raise TimeoutError("the follower did not pause")
+            yield
+        finally:
+            self._pause.clear()
+
+    def _hold_off(self) -> None:
+        self.consumer.release()
+        self._paused.set()
+        while self._pause.is_set() and not self._stop.is_set():
+            self._stop.wait(0.005)
 
     def _subscribe(self) -> None:
         if self._subscription is not None:

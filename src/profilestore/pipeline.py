@@ -60,9 +60,10 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def lease_name(target: str) -> str:
-    """The lease guarding a dataset: one writer of its documents at a time."""
-    return f"dataset:{target}"
+def lease_name(target: str, kind: str = "dataset") -> str:
+    """The lease of a target: ``dataset:<name>`` guards a dataset's live documents (one
+    writer at a time), ``rebuild:<name>`` its staging area during a background rebuild."""
+    return f"{kind}:{target}"
 
 
 def new_holder() -> str:
@@ -119,6 +120,9 @@ class Pass(ABC):
 class Handler(ABC):
     """What a reader of the log does with what it reads."""
 
+    lease_kind = "dataset"
+    """Which of its targets' leases a run holds (see :func:`lease_name`)."""
+
     @abstractmethod
     def begin(self, targets: Sequence[str]) -> Pass: ...
 
@@ -134,7 +138,9 @@ class Leases:
         self.ttl = ttl
         self.clock = clock
 
-    def acquire(self, targets: Sequence[str], *, required: bool) -> list[str]:
+    def acquire(
+        self, targets: Sequence[str], *, required: bool, kind: str = "dataset"
+    ) -> list[str]:
         """Take the leases of ``targets``; returns those another process holds.
 
         With ``required``, raises :class:`LeaseHeld` (holding none) if any is held.
@@ -143,26 +149,27 @@ class Leases:
         locked = [
             t
             for t in targets
-            if not self.documents.acquire_lease(lease_name(t), self.holder, self.ttl, now)
+            if not self.documents.acquire_lease(lease_name(t, kind), self.holder, self.ttl, now)
         ]
         if locked and required:
-            self.release([t for t in targets if t not in locked])
-            holder = self.holder_of(locked[0])
-            raise LeaseHeld(f"dataset {locked[0]!r}", holder or "another process")
+            self.release([t for t in targets if t not in locked], kind=kind)
+            holder = self.holder_of(locked[0], kind=kind)
+            raise LeaseHeld(f"{kind} {locked[0]!r}", holder or "another process")
         return locked
 
-    def renew(self, targets: Sequence[str]) -> None:
+    def renew(self, targets: Sequence[str], *, kind: str = "dataset") -> None:
         now = self.clock()
         for target in targets:
-            if not self.documents.acquire_lease(lease_name(target), self.holder, self.ttl, now):
-                raise LeaseHeld(f"dataset {target!r}", "another process (our lease expired)")
+            name = lease_name(target, kind)
+            if not self.documents.acquire_lease(name, self.holder, self.ttl, now):
+                raise LeaseHeld(f"{kind} {target!r}", "another process (our lease expired)")
 
-    def release(self, targets: Sequence[str]) -> None:
+    def release(self, targets: Sequence[str], *, kind: str = "dataset") -> None:
         for target in targets:
-            self.documents.release_lease(lease_name(target), self.holder)
+            self.documents.release_lease(lease_name(target, kind), self.holder)
 
-    def holder_of(self, target: str) -> str | None:
-        return self.documents.lease_holder(lease_name(target), self.clock())
+    def holder_of(self, target: str, *, kind: str = "dataset") -> str | None:
+        return self.documents.lease_holder(lease_name(target, kind), self.clock())
 
 
 class Consumer:
@@ -198,7 +205,8 @@ class Consumer:
         Targets whose lease another process holds are skipped and listed in the report
         (with ``required``, :class:`LeaseHeld` is raised instead and nothing runs).
         """
-        locked = self.leases.acquire(targets, required=required)
+        kind = handler.lease_kind
+        locked = self.leases.acquire(targets, required=required, kind=kind)
         held = [t for t in targets if t not in locked]
         runs = self.journal.started(held, trigger, self.leases.holder, self.clock())
         try:
@@ -207,7 +215,7 @@ class Consumer:
             self.journal.failed(runs, error, self.clock())
             raise
         finally:
-            self.leases.release(held)
+            self.leases.release(held, kind=kind)
         self.journal.succeeded(runs, report, self.clock())
         report.skipped_locked = locked
         return report
@@ -236,7 +244,7 @@ class Consumer:
             if opened.should_commit():
                 opened.commit(page[-1].notification_id)
             if time.monotonic() - renewed > self.leases.ttl.total_seconds() / 3:
-                self.leases.renew(targets)
+                self.leases.renew(targets, kind=handler.lease_kind)
                 renewed = time.monotonic()
         opened.commit(high_water)
         opened.finish(high_water)

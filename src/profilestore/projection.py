@@ -47,6 +47,9 @@ class Projection(Generic[S]):
     """Human-readable caps, e.g. 'last 100 page views'; shown by ``datasets`` listings."""
     lookup_keys: Callable[[S], Iterable[str]] | None = None
     """Identifier keys (``email:...``) under which the profile can be found."""
+    version: int = 1
+    """Raise it when the fold changes what it makes of events already stored: stored
+    documents built by another version are reported and rebuilt (blue/green)."""
     topics: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +60,8 @@ class Projection(Generic[S]):
                 f"dataset {self.dataset!r}: default_refresh {self.default_refresh!r} must be "
                 "'realtime', 'every <N><s|m|h|d>' or 'cron <five fields>'"
             )
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise ValueError(f"dataset {self.dataset!r}: version must be an integer >= 1")
         topics = tuple(t for cls in self.reads for t in topics_for(cls))
         object.__setattr__(self, "topics", topics)
 

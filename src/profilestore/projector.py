@@ -19,7 +19,12 @@ Three modes, one fold:
   parked for that dataset, and everything else goes on.
 - *rebuild* (:class:`RebuildHandler`): into a staging area, strict (any failure aborts
   and the live dataset stays), promoted when complete; lookups read the old sections
-  until then.
+  until then. In the background (:class:`StagingHandler` then :class:`PromoteHandler`)
+  the staging area is built under a lease of its own while the live dataset keeps being
+  refreshed, and the swap plus the catch-up run under the live lease.
+
+Each promotion, and a dataset's first build, records the projection's ``version``
+(:meth:`~profilestore.runs.Journal.built_by`), so a changed fold is noticed.
 - *retry* (:class:`RetryHandler`): the parked customers of one dataset, refolded from
   their own streams up to the dataset's tracked position; released when they fold.
 """
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from profilestore.documents import DocumentStore, SectionWrite, StoredSection
+from profilestore.errors import StagingMissing
 from profilestore.eventlog import EventLog, Notified
 from profilestore.pipeline import Clock, Handler, Pass, PassReport
 from profilestore.projection import Projection
@@ -44,6 +50,8 @@ class _DatasetRun:
     position: int
     """The dataset's tracked position: events at or before it were applied by a pass."""
     parked: set[str] = field(default_factory=set)
+    first_build: bool = False
+    """Never refreshed before: the first commit records the projection version."""
     cache: dict[str, StoredSection] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
     applied: int = 0
@@ -56,6 +64,7 @@ class ProjectionHandler(Handler):
 
     staging = False
     strict = False
+    lease_kind = "dataset"
 
     def __init__(
         self,
@@ -78,7 +87,10 @@ class ProjectionHandler(Handler):
             tracked = self.documents.tracking(name, staging=self.staging)
             parked = set() if self.strict else self.journal.parked(name)
             runs[name] = _DatasetRun(
-                self.projections[name], tracked.position if tracked else 0, parked
+                self.projections[name],
+                tracked.position if tracked else 0,
+                parked,
+                first_build=tracked is None and not self.staging,
             )
         return _ProjectionPass(self, runs)
 
@@ -99,16 +111,55 @@ class ProjectionHandler(Handler):
         )
 
 
-class RebuildHandler(ProjectionHandler):
-    """Rebuild: the whole log into staging, promoted once complete."""
+class StagingHandler(ProjectionHandler):
+    """The first half of a background rebuild: the whole log into staging, strictly.
+
+    It holds the ``rebuild`` lease of its datasets, not their live one, so the follower
+    and scheduled refreshes keep the live documents fresh meanwhile; promoting
+    (:class:`PromoteHandler`) takes the live lease.
+    """
 
     staging = True
     strict = True
+    lease_kind = "rebuild"
 
     def begin(self, targets: Sequence[str]) -> _ProjectionPass:
         for name in targets:
             self.documents.start_staging(name)
+        return _StagingPass(self, super().begin(targets).runs)
+
+
+class RebuildHandler(StagingHandler):
+    """Rebuild: the whole log into staging, promoted once complete, under the live lease."""
+
+    lease_kind = "dataset"
+
+    def begin(self, targets: Sequence[str]) -> _ProjectionPass:
         return _RebuildPass(self, super().begin(targets).runs)
+
+
+class PromoteHandler(ProjectionHandler):
+    """Make a built staging area live, then fold what the live dataset had meanwhile.
+
+    Runs under the live lease: the swap and the catch-up are one run, so no other writer
+    of the dataset can slip a section folded by the old code in between.
+    """
+
+    def begin(self, targets: Sequence[str]) -> _ProjectionPass:
+        for name in targets:
+            if self.documents.tracking(name, staging=True) is None:
+                raise StagingMissing(name)
+            promote(self, name)
+        return super().begin(targets)
+
+
+def promote(handler: ProjectionHandler, dataset: str) -> None:
+    """Swap the staging area in, forget the dead letters (every event folded), and record
+    the projection version that built it."""
+    handler.documents.promote_staging(dataset)
+    for letter in handler.journal.dead_letters(dataset):
+        handler.journal.release(dataset, letter.customer_id)
+    handler.journal.built_by(dataset, handler.projections[dataset].version, handler.clock())
 
 
 class RetryHandler(ProjectionHandler):
@@ -200,9 +251,12 @@ class _ProjectionPass(Pass):
                 writes.append(SectionWrite(customer_id, stored.section, stored.position, lookup))
             run.written += documents.write(name, writes, refreshed_at=now, staging=handler.staging)
         for name, run in self.runs.items():
-            if through > run.position:
+            if through > run.position or run.first_build:
                 documents.advance(name, through, refreshed_at=now, staging=handler.staging)
                 run.position = through
+            if run.first_build:
+                handler.journal.built_by(name, run.projection.version, now)
+                run.first_build = False
             run.dirty.clear()
             run.cache.clear()
 
@@ -213,16 +267,19 @@ class _ProjectionPass(Pass):
         return report
 
 
-class _RebuildPass(_ProjectionPass):
+class _StagingPass(_ProjectionPass):
     def finish(self, through: int) -> None:
         handler = self.handler
         for name in self.runs:
             # An empty log still records a (zero) position, so promotion has a source.
             handler.documents.advance(name, through, refreshed_at=handler.clock(), staging=True)
-            handler.documents.promote_staging(name)
-            # Every event folded cleanly: nothing is parked any more.
-            for letter in handler.journal.dead_letters(name):
-                handler.journal.release(name, letter.customer_id)
+
+
+class _RebuildPass(_StagingPass):
+    def finish(self, through: int) -> None:
+        super().finish(through)
+        for name in self.runs:
+            promote(self.handler, name)
 
 
 class _RetryPass(_ProjectionPass):

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 RUNS = "run"
 DEAD_LETTERS = "dead_letter"
+VERSIONS = "projection_version"
 
 Trigger = Literal["schedule", "catch-up", "manual", "follower", "rebuild"]
 Status = Literal["running", "succeeded", "failed", "skipped"]
@@ -155,6 +156,18 @@ class Journal:
 
     def last_failure(self, dataset: str) -> RunRecord | None:
         return self._run(dataset, "failure")
+
+    # --- projection versions ------------------------------------------------------------
+
+    def built_by(self, dataset: str, version: int, now: dt.datetime) -> None:
+        """Record that ``dataset``'s live documents were built by projection ``version``."""
+        self.documents.put_record(
+            VERSIONS, dataset, {"version": version, "built_at": now.isoformat()}
+        )
+
+    def built_versions(self) -> dict[str, int]:
+        """The projection version that built each dataset with a record of one."""
+        return {k: int(v["version"]) for k, v in self.documents.get_records(VERSIONS).items()}
 
     # --- dead letters -------------------------------------------------------------------
 

@@ -57,7 +57,13 @@ from profilestore.pipeline import (
     utcnow,
 )
 from profilestore.projection import Projection, check_projections, load_projection
-from profilestore.projector import ProjectionHandler, RebuildHandler, RetryHandler
+from profilestore.projector import (
+    ProjectionHandler,
+    PromoteHandler,
+    RebuildHandler,
+    RetryHandler,
+    StagingHandler,
+)
 from profilestore.replay import VerifyReport, choose_customers, profile_as_of, verify_profiles
 from profilestore.runs import DeadLetter, Journal, RunRecord, Trigger
 from profilestore.schedule import next_due, parse_cadence, zone
@@ -146,6 +152,12 @@ class DatasetStatus(msgspec.Struct, frozen=True, kw_only=True):
     lag: Freshness
     dead_letters: int
     dead_letter_error: str | None
+    version: int = 1
+    """The projection version of the code running now."""
+    built_version: int | None = None
+    """The projection version that built the stored documents (None: never built)."""
+    outdated: bool = False
+    """The stored documents were built by another version: a rebuild is due."""
 
 
 class SubjectExport(msgspec.Struct, frozen=True, kw_only=True):
@@ -351,6 +363,50 @@ class ProfileStore:
         self.refresh(names, trigger="rebuild")
         return report
 
+    @_guarded
+    def build_staging(
+        self, datasets: Sequence[str], *, progress: Progress | None = None
+    ) -> PassReport:
+        """The first half of a background rebuild: refold ``datasets`` into staging under
+        their ``rebuild`` leases, while the live documents keep being refreshed."""
+        return self._consumer.run(
+            self._handler(StagingHandler),
+            self.datasets(datasets),
+            trigger="rebuild",
+            required=True,
+            progress=progress,
+        )
+
+    @_guarded
+    def promote(self, datasets: Sequence[str]) -> PassReport:
+        """The second half: swap each built staging area in and fold what the live
+        dataset had meanwhile, under the live lease (LeaseHeld while another holds it)."""
+        return self._consumer.run(
+            self._handler(PromoteHandler), self.datasets(datasets), trigger="rebuild", required=True
+        )
+
+    @_guarded
+    def built_versions(self) -> dict[str, int | None]:
+        """Per dataset, the projection version that built its stored documents (None: never
+        built). Documents built before versions were recorded count as version 1."""
+        recorded = self._journal.built_versions()
+        found: dict[str, int | None] = {}
+        for name in self.projections:
+            if name in recorded:
+                found[name] = recorded[name]
+            else:
+                found[name] = 1 if self._documents.tracking(name) is not None else None
+        return found
+
+    def outdated(self) -> list[str]:
+        """Datasets whose stored documents another projection version built."""
+        built = self.built_versions()
+        return [
+            name
+            for name, projection in self.projections.items()
+            if built[name] is not None and built[name] != projection.version
+        ]
+
     def live(self, datasets: Sequence[str], *, batch: int) -> Live:
         """A consumer of ``datasets`` kept running; the follower decides when it steps."""
         return self._consumer.live(
@@ -408,6 +464,7 @@ class ProfileStore:
         """Per dataset: cadence, last and next run, lag, lease holder, dead letters."""
         now = self.clock()
         lags = self.freshness()
+        built = self.built_versions()
         rows = []
         for name in self.projections:
             cadence = parse_cadence(self.cadence(name))
@@ -429,6 +486,9 @@ class ProfileStore:
                     lag=lags[name],
                     dead_letters=len(letters),
                     dead_letter_error=letters[-1].error if letters else None,
+                    version=self.projections[name].version,
+                    built_version=built[name],
+                    outdated=built[name] not in (None, self.projections[name].version),
                 )
             )
         return rows
@@ -439,10 +499,10 @@ class ProfileStore:
             return self._journal.dead_letters(self.datasets([dataset])[0])
 
     @_guarded
-    def ready(self) -> None:
-        """Raise unless both stores answer (a read of each)."""
+    def ready(self) -> list[str]:
+        """Raise unless both stores answer (a read of each); returns :meth:`outdated`."""
         self._log.head()
-        self._documents.tracking(next(iter(self.projections)))
+        return self.outdated()
 
     # --- reading ----------------------------------------------------------------------
 

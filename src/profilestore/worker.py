@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from profilestore.errors import LeaseHeld
 from profilestore.follower import Follower
 from profilestore.pipeline import PassReport
 from profilestore.runs import Trigger
@@ -28,6 +30,8 @@ from profilestore.schedule import next_due, parse_cadence, trigger
 from profilestore.store import ProfileStore
 
 log = logging.getLogger(__name__)
+
+PROMOTE_ATTEMPTS = 10
 
 
 class Worker:
@@ -78,6 +82,15 @@ class Worker:
                 name=f"refresh {job['dataset']}",
                 next_run_time=job["first_run"],
             )
+        if self.store.settings.schedule.rebuild_outdated:
+            self.scheduler.add_job(
+                self.rebuild_outdated,
+                trigger="interval",
+                seconds=self.store.settings.schedule.version_check_s,
+                id="rebuild-outdated",  # not a dataset name: those have no hyphen
+                name="rebuild datasets built by another projection version",
+                next_run_time=now,
+            )
         self.scheduler.start()
         if self.follower is not None:
             self.follower.start()
@@ -94,6 +107,41 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def rebuild_outdated(self) -> list[str]:
+        """Rebuild, blue/green, this worker's datasets that another projection version
+        built: staging first (live documents keep being refreshed and read), then the
+        swap and catch-up under the live lease (the follower pauses for it). Returns the
+        datasets rebuilt; failures are logged and retried at the next check."""
+        rebuilt = []
+        for name in self.store.outdated():
+            if name not in self.cadences:
+                continue
+            try:
+                self.store.build_staging([name])
+                self._promote(name)
+            except Exception:
+                log.exception("background rebuild of %s failed; retrying later", name)
+                continue
+            log.info(
+                "rebuilt %s with projection version %s", name, self.store.projections[name].version
+            )
+            rebuilt.append(name)
+        return rebuilt
+
+    def _promote(self, name: str) -> None:
+        for attempt in range(PROMOTE_ATTEMPTS):
+            try:
+                if self.follower is not None and name in self.follower.datasets:
+                    with self.follower.paused():
+                        self.store.promote([name])
+                else:
+                    self.store.promote([name])
+                return
+            except LeaseHeld:  # a scheduled refresh is running: it ends soon
+                if attempt == PROMOTE_ATTEMPTS - 1:
+                    raise
+                time.sleep(1.0)
 
     def run_dataset(self, dataset: str, trigger: Trigger = "schedule") -> PassReport | None:
         """One scheduled run; the scheduler calls this. Failures are recorded, not raised."""

@@ -42,6 +42,9 @@ class DatasetFreshness(msgspec.Struct, frozen=True):
     """How far the dataset as a whole has been refreshed through the log."""
     events_behind: int
     seconds_behind: float
+    outdated: bool = False
+    """The section was built by another projection version than the server runs; a
+    background rebuild replaces it (see ``GET /v1/status``)."""
 
 
 class ProfileResponse(msgspec.Struct, frozen=True):

@@ -72,6 +72,12 @@ class Metrics:
             ["dataset"],
             registry=self.registry,
         )
+        self.outdated = Gauge(
+            "profilestore_projection_outdated",
+            "1 if the dataset's documents were built by another projection version",
+            ["dataset"],
+            registry=self.registry,
+        )
         self.dead_letters = Gauge(
             "profilestore_dead_letters",
             "Events parked by failing folds",
@@ -84,6 +90,7 @@ class Metrics:
             self.lag_events.labels(row.dataset).set(row.lag.events_behind)
             self.lag_seconds.labels(row.dataset).set(row.lag.seconds_behind)
             self.dead_letters.labels(row.dataset).set(row.dead_letters)
+            self.outdated.labels(row.dataset).set(1 if row.outdated else 0)
             last = row.last_run
             if last is not None:
                 self.run_failed.labels(row.dataset).set(1 if last.status == "failed" else 0)
@@ -139,6 +146,7 @@ class FreshnessSnapshot:
         self.store = store
         self.metrics = metrics
         self.datasets: dict[str, Freshness] = {}
+        self.outdated: frozenset[str] = frozenset()
         self.updated = 0.0
 
     def refresh(self) -> None:
@@ -146,7 +154,9 @@ class FreshnessSnapshot:
         self.updated = time.monotonic()
 
     def refresh_status(self) -> None:
-        self.metrics.observe_status(self.store.status())
+        rows = self.store.status()
+        self.outdated = frozenset(row.dataset for row in rows if row.outdated)
+        self.metrics.observe_status(rows)
 
     async def run(self, interval: float, stopping: asyncio.Event) -> None:
         """Refresh every ``interval`` seconds until ``stopping`` is set.
@@ -174,6 +184,7 @@ class FreshnessSnapshot:
             dataset_position=lag.position if lag else meta.position,
             events_behind=lag.events_behind if lag else 0,
             seconds_behind=lag.seconds_behind if lag else 0.0,
+            outdated=dataset in self.outdated,
         )
 
 

@@ -194,14 +194,17 @@ async def live() -> dict[str, str]:
 
 
 @get("/health/ready", summary="The stores answer")
-async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
+async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    """503 unless both stores answer. Ready lists `outdated` datasets (built by another
+    projection version): they still answer, from the old documents, until the worker's
+    background rebuild swaps the new ones in, so they do not make the server unready."""
     store = _store(request)
     try:
         with anyio.fail_after(5):
-            await anyio.to_thread.run_sync(store.ready)
+            outdated = await anyio.to_thread.run_sync(store.ready)
     except Exception as error:
         return Response({"status": "unavailable", "reason": type(error).__name__}, status_code=503)
-    return Response({"status": "ready"})
+    return Response({"status": "ready", "outdated": outdated})
 
 
 @get("/metrics", summary="Prometheus metrics", media_type=MediaType.TEXT)
