@@ -276,6 +276,11 @@ def status(obj: _Context, as_json: bool) -> None:
                 state += f", [red]{row.dead_letters} dead letter(s)[/red]: " + escape(
                     row.dead_letter_error or ""
                 )
+            if row.outdated:
+                state += (
+                    f", [yellow]built by projection version {row.built_version}, code is "
+                    f"{row.version}[/yellow]: the worker rebuilds it (or `rebuild {row.dataset}`)"
+                )
             table.add_row(
                 row.dataset,
                 row.cadence,
