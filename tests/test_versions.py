@@ -15,7 +15,7 @@ from litestar.testing import TestClient
 
 from profilestore.api import create_app
 from profilestore.config import ApiSettings, Settings
-from profilestore.errors import StagingMissing
+from profilestore.errors import LeaseHeld, StagingMissing
 from profilestore.population import generate
 from profilestore.store import ProfileStore, open_documents, open_store
 from profilestore.worker import Worker
@@ -162,3 +162,22 @@ def test_the_worker_rebuilds_an_outdated_real_time_dataset_while_following(
     assert sum(appended) > 0
     assert store.built_versions()["carts"] == 2
     assert sections(store, "carts") == rebuilt_elsewhere(store, tmp_path, "carts")
+
+
+def test_a_rebuild_waits_for_a_background_rebuild_of_the_same_dataset(
+    store: ProfileStore,
+) -> None:
+    clashes: list[Exception] = []
+
+    def during(done: int, total: int) -> None:
+        if not clashes:  # another process (its own holder) asks for a rebuild meanwhile
+            with open_store(store.settings) as other, pytest.raises(LeaseHeld) as raised:
+                other.rebuild(["browsing"])
+            assert "rebuild 'browsing'" in str(raised.value)
+            clashes.append(raised.value)
+
+    store._consumer.page_size = 50
+    store.build_staging(["browsing"], progress=during)
+    assert clashes
+    store.promote(["browsing"])
+    assert store.outdated() == []

@@ -353,13 +353,18 @@ class ProfileStore:
         meanwhile are folded by a refresh right after.
         """
         names = self.datasets(datasets)
-        report = self._consumer.run(
-            self._handler(RebuildHandler),
-            names,
-            trigger="rebuild",
-            required=True,
-            progress=progress,
-        )
+        # The staging area is also a background rebuild's: hold its lease too.
+        self._leases.acquire(names, required=True, kind="rebuild")
+        try:
+            report = self._consumer.run(
+                self._handler(RebuildHandler),
+                names,
+                trigger="rebuild",
+                required=True,
+                progress=progress,
+            )
+        finally:
+            self._leases.release(names, kind="rebuild")
         self.refresh(names, trigger="rebuild")
         return report
 
