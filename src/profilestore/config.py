@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from profilestore.errors import ConfigError
-from profilestore.schedule import CadenceError, cron_trigger, parse_interval, zone
+from profilestore.errors import CadenceError, ConfigError
+from profilestore.schedule import cron_trigger, parse_interval, zone
 
 ENV_PREFIX = "PROFILESTORE_"
 DEFAULT_CONFIG = Path("config") / "profilestore.toml"

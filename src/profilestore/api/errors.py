@@ -11,10 +11,10 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from profilestore.api.bodies import ErrorResponse, _error
-from profilestore.api.routes import BatchTooLarge
 from profilestore.api.security import API_KEY_HEADER
 from profilestore.errors import (
     AmbiguousIdentifier,
+    BatchTooLarge,
     InvalidEvent,
     InvalidIdentifier,
     ProfileStoreError,
