@@ -69,6 +69,17 @@ class OutdatedLog(ProfileStoreError):
         )
 
 
+class InvalidProjection(ProfileStoreError, ValueError):
+    """A ``Projection(...)`` with an unusable field, refused when it is built (so when its
+    module is imported); loading it from the settings raises a :class:`ConfigError` naming
+    the module too."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"Projection field `{field}` {reason}")
+
+
 class InvalidEvent(ProfileStoreError):
     """An event of a batch is invalid; the whole batch was rejected and nothing appended."""
 
