@@ -94,24 +94,12 @@ class Projection(Generic[S]):
     def empty(self) -> S:
         return self.section()
 
-    def fold_all(self, section: S, events: Iterable[Event]) -> S:
-        for event in events:
-            section = self.fold(section, event)
-        return section
-
 
 def keep_last(items: tuple[T, ...], item: T, cap: int) -> tuple[T, ...]:
     """``items`` plus ``item`` at the end, keeping the newest ``cap``."""
     if len(items) >= cap:
         return (*items[len(items) - cap + 1 :], item)
     return (*items, item)
-
-
-def replace_where(
-    items: tuple[T, ...], match: Callable[[T], bool], change: Callable[[T], T]
-) -> tuple[T, ...]:
-    """``items`` with ``change`` applied to those matching; the input is not modified."""
-    return tuple(change(x) if match(x) else x for x in items)
 
 
 def _is_event_class(value: object) -> bool:
