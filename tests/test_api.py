@@ -15,6 +15,7 @@ from litestar.testing import TestClient
 
 from profilestore.api import create_app, openapi_document
 from profilestore.config import ApiKey, ApiSettings, Settings
+from profilestore.errors import DocumentsUnavailable, LogUnavailable
 from profilestore.store import ProfileStore, open_store
 
 REPO = Path(__file__).parent.parent
@@ -306,6 +307,39 @@ def test_ready_fails_when_a_store_does_not_answer(
     response = client.get("/health/ready")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "reason": "ConnectionError"}
+
+
+def test_an_unavailable_document_store_is_503_with_retry_after_and_no_driver_details(
+    client: TestClient[Any], store: ProfileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any) -> Any:
+        raise DocumentsUnavailable("sqlite", "aget_raw", "OperationalError")
+
+    monkeypatch.setattr(store._documents, "aget_raw", broken)
+    response = client.get("/v1/profiles/ann", headers=headers())
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    body = response.json()["error"]
+    assert body["code"] == "unavailable"
+    assert "document store" in body["message"]
+    assert "sqlite" not in body["message"] and "OperationalError" not in body["message"]
+
+
+def test_an_unavailable_event_log_is_503_with_retry_after_and_no_driver_details(
+    client: TestClient[Any], store: ProfileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise LogUnavailable("PostgreSQL", "read", ConnectionError("password=s3cret"))
+
+    monkeypatch.setattr(store._log, "stream", broken)
+    response = client.get("/v1/profiles/ann/history", headers=headers())
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    body = response.json()["error"]
+    assert body["code"] == "unavailable"
+    assert "event log" in body["message"]
+    assert "PostgreSQL" not in body["message"] and "ConnectionError" not in body["message"]
+    assert "s3cret" not in response.text
 
 
 # --- observability --------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from profilestore.audit import AuditFailed, Auditor, Digest, load_private_key, new_key_pair
+from profilestore.audit import Auditor, Digest, load_private_key, new_key_pair
+from profilestore.errors import AuditFailed
 from profilestore.eventlog import (
     EVENT_IDS_TABLE,
     EVENTS_TABLE,

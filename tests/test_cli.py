@@ -138,6 +138,29 @@ def test_config_errors_name_the_file_and_exit_2(home: Path, tmp_path: Path) -> N
     assert "projector.page_size" in outcome.stderr
 
 
+def test_an_invalid_projection_module_is_one_line_naming_module_and_field_exit_2(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "cli_bad_projection.py").write_text(
+        "from projections.carts import PROJECTION as CARTS\n"
+        "from profilestore.projection import Projection\n"
+        "PROJECTION = Projection(dataset='loyalty', reads=list(CARTS.reads), section=CARTS.section,"
+        " fold=CARTS.fold, default_refresh='realtime', retention='')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "profilestore.toml"
+    config.write_text('[datasets]\nloyalty = { projection = "cli_bad_projection" }\n')
+    outcome = CliRunner().invoke(
+        main, ["--config", str(config), "--home", str(home), "profile", "ann"]
+    )
+    assert outcome.exit_code == 2, outcome.output
+    assert "projection module 'cli_bad_projection'" in outcome.stderr
+    assert "`reads` must be a tuple" in outcome.stderr
+    assert "datasets.loyalty.projection" in outcome.stderr
+    assert "Traceback" not in outcome.stderr
+    assert len(outcome.stderr.strip().splitlines()) == 1
+
+
 def test_demo_runs_end_to_end_as_a_console_script(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "profilestore"
     result = subprocess.run(

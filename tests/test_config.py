@@ -106,6 +106,47 @@ def test_environment_overrides_any_setting_and_is_named_in_errors(tmp_path: Path
     assert raised.value.path == "projector.page_size"
 
 
+def test_only_double_underscore_names_home_and_config_are_settings(tmp_path: Path) -> None:
+    settings = load_settings(
+        REPO_CONFIG,
+        environ={
+            "PROFILESTORE_TEST_POSTGRES_URL": "postgresql://u:p@127.0.0.1:5432/db",
+            "PROFILESTORE_SOMETHING": "anything",
+            "PROFILESTORE_BENCH_SCALE": "large",
+            "PROFILESTORE_PYTHON313": "/usr/bin/python3.13",
+            "OTHER__THING": "x",
+        },
+        home=tmp_path,
+    )
+    assert settings == load_settings(REPO_CONFIG, environ={}, home=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        ("PROFILESTORE_DOCUMENTS__URLL", "documents"),
+        ("PROFILESTORE_DOCUMENT__URL", ""),
+        ("PROFILESTORE_DATASETS__CARTS__EVERYY", "datasets.carts"),
+    ],
+)
+def test_a_misspelt_section_or_key_in_a_double_underscore_name_is_an_error(
+    name: str, path: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(REPO_CONFIG, environ={name: "x"})
+    assert name in str(raised.value)
+    assert raised.value.path == path
+    assert "unknown field" in raised.value.reason
+
+
+def test_the_settings_module_names_no_test_or_benchmark_variable() -> None:
+    import profilestore.config
+
+    source = Path(profilestore.config.__file__).read_text()
+    for word in ("TEST", "BENCH", "PYTHON313"):
+        assert word not in source
+
+
 def test_a_dataset_line_without_a_cadence_uses_the_module_default(tmp_path: Path) -> None:
     path = write(tmp_path, '[datasets]\nsocial = { projection = "projections.social" }\n')
     with open_store(load_settings(path, environ={}, home=tmp_path / "home")) as store:

@@ -18,7 +18,7 @@ from profilestore.documents import (
     mask_password,
     open_document_store,
 )
-from profilestore.errors import ConfigError, DocumentsUnavailable
+from profilestore.errors import DocumentsUnavailable, InvalidSetting
 from profilestore.sqlite_documents import SQLiteDocumentStore
 from profilestore.store import load_projections, open_documents
 
@@ -68,10 +68,11 @@ def test_an_unusable_url_is_a_config_error_and_creates_nothing(
     settings = load_settings(environ={"PROFILESTORE_DOCUMENTS__URL": url}, home=tmp_path / "home")
     projections = load_projections(settings)
 
-    with pytest.raises(ConfigError) as raised:
+    with pytest.raises(InvalidSetting) as raised:
         open_documents(settings, projections)
 
-    assert raised.value.path == "documents.url"
+    assert str(raised.value).startswith(f"documents.url: {reason}")
+    assert raised.value.setting == "documents.url"
     assert reason in raised.value.reason
     assert "sqlite:///" in raised.value.reason and "mongodb://" in raised.value.reason
     assert "secret" not in str(raised.value)
@@ -90,10 +91,11 @@ def test_an_unusable_url_is_a_config_error_and_creates_nothing(
 def test_a_malformed_mongodb_url_is_a_config_error_without_the_password(
     schemas: dict[str, DatasetSchema], url: str
 ) -> None:
-    with pytest.raises(ConfigError, match="not a usable MongoDB URL") as raised:
+    with pytest.raises(InvalidSetting, match="not a usable MongoDB URL") as raised:
         open_url(url, schemas)
 
-    assert raised.value.path == "documents.url"
+    assert str(raised.value).startswith("documents.url: not a usable MongoDB URL")
+    assert "; use sqlite:///" in str(raised.value)
     assert "secret" not in str(raised.value) and "cret" not in str(raised.value)
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
 

@@ -9,9 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from profilestore.config import load_settings
-from profilestore.errors import ConfigError
+from profilestore.errors import CadenceError, ConfigError
 from profilestore.schedule import (
-    CadenceError,
     fire_times,
     next_due,
     parse_cadence,

@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from profilestore.errors import ProfileStoreError
+from profilestore.errors import AuditFailed
 from profilestore.eventlog import GENESIS, EventLog, chain_hash
 
 DIGEST_FORMAT = "profilestore-audit-digest/1"
@@ -69,15 +69,6 @@ class AuditReport(msgspec.Struct, frozen=True, kw_only=True):
     digest_checked: bool
     signature_checked: bool
     findings: list[Finding]
-
-
-class AuditFailed(ProfileStoreError):
-    def __init__(self, report: AuditReport) -> None:
-        self.report = report
-        first = report.findings[0].detail if report.findings else "unknown"
-        super().__init__(
-            f"the log fails verification ({len(report.findings)} finding(s); first: {first})"
-        )
 
 
 def merkle_root(leaves: Sequence[bytes]) -> bytes:

@@ -35,6 +35,7 @@ from profilestore.errors import (
     InvalidEvent,
     InvalidIdentifier,
     NotFound,
+    NotFoundHistory,
     ProfileStoreError,
     UnknownDataset,
 )
@@ -728,11 +729,6 @@ def audit_keygen(prefix: str) -> None:
         out.write(private)
     Path(f"{prefix}.pub").write_bytes(public)
     stderr.print(f"wrote {prefix}.key (keep it away from the stores) and {prefix}.pub")
-
-
-class NotFoundHistory(NotFound):
-    def __init__(self, customer_id: str) -> None:
-        super().__init__(f"no events for customer {customer_id!r}")
 
 
 @main.command("datasets")

@@ -4,10 +4,16 @@ The file is found from ``--config``, else ``PROFILESTORE_CONFIG``, else
 ``./config/profilestore.toml``; with none, the built-in defaults below apply (and
 ``config/profilestore.toml`` in the repository states exactly these defaults, which a test
 checks). Any setting can be overridden by an environment variable: the path in upper case
-joined with double underscores, e.g. ``PROFILESTORE_DOCUMENTS__URL`` or
-``PROFILESTORE_DATASETS__CARTS__EVERY``; values are read as TOML where they parse
-(numbers, booleans) and as strings otherwise. ``PROFILESTORE_HOME`` sets the data
-directory that ``{home}`` in URLs refers to.
+joined with double underscores, ``PROFILESTORE_<SECTION>__<KEY>[__<KEY>...]``, e.g.
+``PROFILESTORE_DOCUMENTS__URL`` or ``PROFILESTORE_DATASETS__CARTS__EVERY``; values are
+read as TOML where they parse (numbers, booleans) and as strings otherwise.
+``PROFILESTORE_HOME`` sets the data directory that ``{home}`` in URLs refers to.
+
+The rule for the environment: a name is a setting if it is ``PROFILESTORE_HOME``,
+``PROFILESTORE_CONFIG``, or ``PROFILESTORE_`` followed by a name containing ``__``. Any
+other ``PROFILESTORE_*`` name (a tool's or a test's own variable) is not a setting and is
+ignored. A ``__`` name is decoded as strictly as the file, so a misspelt section or key is
+an error naming the variable and the path.
 
 Every error names the file (or variable) and the field path, e.g.
 ``config/profilestore.toml: Expected `int` >= 1 at `projector.page_size```.
@@ -24,10 +30,11 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from profilestore.errors import ConfigError
-from profilestore.schedule import CadenceError, cron_trigger, parse_interval, zone
+from profilestore.errors import CadenceError, ConfigError
+from profilestore.schedule import cron_trigger, parse_interval, zone
 
 ENV_PREFIX = "PROFILESTORE_"
+ENV_PATH_SEPARATOR = "__"
 DEFAULT_CONFIG = Path("config") / "profilestore.toml"
 
 
@@ -230,17 +237,13 @@ def load_settings(
         tree["datasets"] = msgspec.to_builtins(_default_datasets())
     overrides = []
     for name, raw in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
-            continue
-        if name.startswith(f"{ENV_PREFIX}TEST_") or name.startswith(f"{ENV_PREFIX}BENCH_"):
-            continue
         if name == f"{ENV_PREFIX}HOME":
             _set_path(tree, ["store", "home"], raw)
-        elif name == f"{ENV_PREFIX}PYTHON313":
-            continue
-        else:
-            parts = name.removeprefix(ENV_PREFIX).lower().split("__")
+        elif name.startswith(ENV_PREFIX) and ENV_PATH_SEPARATOR in name:
+            parts = name.removeprefix(ENV_PREFIX).lower().split(ENV_PATH_SEPARATOR)
             _set_path(tree, parts, _parse_env_value(raw))
+        else:
+            continue  # PROFILESTORE_CONFIG was read above; other names are not settings
         overrides.append(name)
     if home is not None:
         _set_path(tree, ["store", "home"], str(home))

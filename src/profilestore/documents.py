@@ -35,7 +35,12 @@ from urllib.parse import unquote
 
 import msgspec
 
-from profilestore.errors import ConfigError, DocumentsUnavailable, ProfileStoreError, StoreClosed
+from profilestore.errors import (
+    DocumentsUnavailable,
+    InvalidSetting,
+    ProfileStoreError,
+    StoreClosed,
+)
 
 if TYPE_CHECKING:
     from profilestore.config import DocumentSettings
@@ -390,12 +395,10 @@ def open_document_store(
     return factory(url, schemas, settings)
 
 
-def url_error(reason: str, url: str = "") -> ConfigError:
-    """The error for an unusable ``documents.url``: ``reason`` (with any password of
-    ``url`` masked) and the accepted forms."""
-    return ConfigError(
-        "settings", "documents.url", f"{mask_password(reason, url)}; use {ACCEPTED_URLS}"
-    )
+def url_error(reason: str, url: str = "") -> InvalidSetting:
+    """The error for an unusable ``documents.url``, worded as the event log's:
+    ``documents.url: <reason>; use <accepted forms>``, any password of ``url`` masked."""
+    return InvalidSetting("documents.url", f"{mask_password(reason, url)}; use {ACCEPTED_URLS}")
 
 
 def mask_password(text: str, url: str) -> str:

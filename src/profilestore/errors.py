@@ -7,6 +7,10 @@ process exit codes are mapped from these at the edges only (the API and the CLI)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from profilestore.audit import AuditReport
 
 
 class ProfileStoreError(Exception):
@@ -33,6 +37,47 @@ class InvalidSetting(ConfigError):
     def __init__(self, setting: str, reason: str) -> None:
         super().__init__(setting, "", reason)
         self.setting = setting
+
+
+class CadenceError(ProfileStoreError, ValueError):
+    """A cadence (``every``, ``cron``, a time zone) that cannot be scheduled.
+
+    The message is the reason only (``'15x' is not an interval like '15m'``): settings raise
+    it again as a :class:`ConfigError` naming the file and the field.
+    """
+
+
+class LogUrlError(ProfileStoreError):
+    """A log URL its backend cannot use: the reason only, never quoting the URL (it may hold
+    a password). The registry (:func:`profilestore.eventlog.check_log_url`, ``open_log``)
+    raises it again as an :class:`InvalidSetting` naming the setting and the accepted forms.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class OutdatedLog(ProfileStoreError):
+    """An event log written by a profilestore without the tamper-evident chain."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        super().__init__(
+            f"the event log in {where} predates profilestore's tamper-evident chain "
+            "(no hash column); it was made by a development build: start a new log"
+        )
+
+
+class InvalidProjection(ProfileStoreError, ValueError):
+    """A ``Projection(...)`` with an unusable field, refused when it is built (so when its
+    module is imported); loading it from the settings raises a :class:`ConfigError` naming
+    the module too."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"Projection field `{field}` {reason}")
 
 
 class InvalidEvent(ProfileStoreError):
@@ -66,14 +111,33 @@ class AppendConflict(ProfileStoreError):
         )
 
 
+class BatchTooLarge(ProfileStoreError):
+    """A batch has more events than one request may append; nothing of it was appended."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+        super().__init__(
+            f"the batch has {size} events; at most {limit} are accepted: nothing was appended, "
+            f"send it again in batches of at most {limit}"
+        )
+
+
 class NotFound(ProfileStoreError):
-    """No profile answers the request."""
+    """No profile (or history) answers the request."""
 
 
 class CustomerNotFound(NotFound):
     def __init__(self, customer_id: str) -> None:
         self.customer_id = customer_id
         super().__init__(f"no profile for customer {customer_id!r}")
+
+
+class NotFoundHistory(NotFound):
+    """The log holds no event for a customer."""
+
+    def __init__(self, customer_id: str) -> None:
+        self.customer_id = customer_id
+        super().__init__(f"no events for customer {customer_id!r}; check the customer id")
 
 
 class IdentifierNotFound(NotFound):
@@ -115,6 +179,18 @@ class StoreClosed(ProfileStoreError):
 
     def __init__(self, what: str = "the profile store") -> None:
         super().__init__(f"{what} is closed (shutting down); retry against a running instance")
+
+
+class AuditFailed(ProfileStoreError):
+    """The log fails verification: a stream was altered, truncated, or the digest differs."""
+
+    def __init__(self, report: AuditReport) -> None:
+        self.report = report
+        first = report.findings[0].detail if report.findings else "unknown"
+        super().__init__(
+            f"the log fails verification ({len(report.findings)} finding(s); first: {first}) "
+            "and no digest was made; run `profilestore audit verify` for every finding"
+        )
 
 
 class InvalidIdentifier(ProfileStoreError):

@@ -51,7 +51,7 @@ from profilestore.errors import (
     AppendConflict,
     InvalidSetting,
     LogUnavailable,
-    ProfileStoreError,
+    LogUrlError,
     StoreClosed,
 )
 from profilestore.events import Event
@@ -118,16 +118,6 @@ class Notified(NamedTuple):
     """The customer's stream (the originator id): what a per-customer cipher is keyed by."""
     topic: str
     event: Event
-
-
-class OutdatedLog(ProfileStoreError):
-    """An event log written by a profilestore without the tamper-evident chain."""
-
-    def __init__(self, where: str) -> None:
-        super().__init__(
-            f"the event log in {where} predates profilestore's tamper-evident chain "
-            "(no hash column); it was made by a development build: start a new log"
-        )
 
 
 class EventRecorder(ABC):
@@ -413,8 +403,9 @@ LOG_BACKENDS: dict[str, str] = {
 """URL scheme -> the module of its backend, imported only when a log on it is opened.
 
 A backend module defines ``open_url(url: str, options: LogOptions) -> EventLog``, which
-checks the URL before it creates anything (raising :class:`LogUrlError`, whose reason
-never quotes the URL) and then opens the log."""
+checks the URL before it creates anything (raising
+:class:`~profilestore.errors.LogUrlError`, whose reason never quotes the URL) and then opens
+the log."""
 
 LOG_URL_FORMS = "sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}(?=:)")
@@ -428,10 +419,6 @@ class LogOptions:
     """SQLite: how long a writer waits for the file's write lock."""
     postgres_schema: str = ""
     """PostgreSQL: the schema of the log's tables (empty: the search path's first)."""
-
-
-class LogUrlError(ValueError):
-    """A log URL its backend cannot use; the reason never quotes the URL (its password)."""
 
 
 class _Backend(Protocol):

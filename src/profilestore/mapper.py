@@ -14,7 +14,7 @@ Struct, which is the fast path.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -63,15 +63,6 @@ class EventMapper(Mapper[UUID]):
         self._any_decoder = msgspec.json.Decoder()
         # Topics whose stored version is current: decode straight into the Struct.
         self._topics: dict[str, tuple[type[Event], msgspec.json.Decoder[Any]]] = {}
-
-    def register(self, classes: Iterable[type[Event]]) -> None:
-        """Add or replace event types (e.g. a new version of a class with upcasters)."""
-        for cls in classes:
-            tag = cls.__struct_config__.tag
-            assert isinstance(tag, str)
-            self.event_types[tag] = cls
-            self._decoders.pop(cls, None)
-        self._topics.clear()
 
     def encode_state(self, event: Event) -> bytes:
         """The canonical JSON bytes of an event, before compression or encryption."""

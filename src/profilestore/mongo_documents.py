@@ -19,7 +19,7 @@ dataset as a whole changes within the two ``update_many`` calls, during which th
 dataset's lease keeps refreshes out.
 
 ``open_documents`` (last in the module) is the factory :data:`DOCUMENT_BACKENDS` calls for
-``mongodb:`` and ``mongodb+srv:`` URLs; a malformed URL is a ``ConfigError`` (password
+``mongodb:`` and ``mongodb+srv:`` URLs; a malformed URL is an ``InvalidSetting`` (password
 masked) before any client exists.
 """
 

@@ -23,6 +23,7 @@ from psycopg.errors import DuplicateObject
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier, Literal
 
+from profilestore.errors import LogUrlError, OutdatedLog
 from profilestore.eventlog import (
     EVENT_IDS_TABLE,
     EVENTS_TABLE,
@@ -31,8 +32,6 @@ from profilestore.eventlog import (
     EventLog,
     EventRecorder,
     LogOptions,
-    LogUrlError,
-    OutdatedLog,
     StateRow,
     StateSubscription,
     database_errors,

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import importlib
 import re
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from profilestore.errors import ConfigError
-from profilestore.events import Event
+from profilestore.errors import ConfigError, InvalidProjection
+from profilestore.events import EVENT_TYPES, Event
 from profilestore.mapper import topics_for
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -53,25 +54,50 @@ class Projection(Generic[S]):
     topics: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        if not DATASET_NAME.match(self.dataset):
-            raise ValueError(f"dataset name {self.dataset!r} must match {DATASET_NAME.pattern}")
-        if not CADENCE.match(self.default_refresh):
-            raise ValueError(
-                f"dataset {self.dataset!r}: default_refresh {self.default_refresh!r} must be "
-                "'realtime', 'every <N><s|m|h|d>' or 'cron <five fields>'"
+        # Checked here, when the module is imported, so that a mistake is one error naming
+        # the field rather than a failure deep inside a refresh.
+        if not isinstance(self.dataset, str) or not DATASET_NAME.match(self.dataset):
+            raise InvalidProjection(
+                "dataset", f"{self.dataset!r} must match {DATASET_NAME.pattern}"
+            )
+        if not isinstance(self.reads, tuple):
+            raise InvalidProjection(
+                "reads", f"must be a tuple of event classes, not a {type(self.reads).__name__}"
+            )
+        for read in self.reads:
+            if not _is_event_class(read):
+                raise InvalidProjection(
+                    "reads",
+                    f"holds {read!r}, which is not an event class of the catalogue "
+                    "(profilestore.events)",
+                )
+        if not (isinstance(self.section, type) and issubclass(self.section, msgspec.Struct)):
+            raise InvalidProjection(
+                "section", f"must be a msgspec Struct class, not {self.section!r}"
+            )
+        if not callable(self.fold):
+            raise InvalidProjection(
+                "fold", f"must be a function (section, event) -> section, not {self.fold!r}"
+            )
+        if not isinstance(self.default_refresh, str) or not CADENCE.match(self.default_refresh):
+            raise InvalidProjection(
+                "default_refresh",
+                f"{self.default_refresh!r} must be 'realtime', 'manual', "
+                "'every <N><s|m|h|d>' or 'cron <five fields>'",
+            )
+        if not isinstance(self.retention, str):
+            raise InvalidProjection("retention", f"must be a text, not {self.retention!r}")
+        if self.lookup_keys is not None and not callable(self.lookup_keys):
+            raise InvalidProjection(
+                "lookup_keys", f"must be a function section -> keys, not {self.lookup_keys!r}"
             )
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
-            raise ValueError(f"dataset {self.dataset!r}: version must be an integer >= 1")
+            raise InvalidProjection("version", f"must be an integer >= 1, not {self.version!r}")
         topics = tuple(t for cls in self.reads for t in topics_for(cls))
         object.__setattr__(self, "topics", topics)
 
     def empty(self) -> S:
         return self.section()
-
-    def fold_all(self, section: S, events: Iterable[Event]) -> S:
-        for event in events:
-            section = self.fold(section, event)
-        return section
 
 
 def keep_last(items: tuple[T, ...], item: T, cap: int) -> tuple[T, ...]:
@@ -81,20 +107,37 @@ def keep_last(items: tuple[T, ...], item: T, cap: int) -> tuple[T, ...]:
     return (*items, item)
 
 
-def replace_where(
-    items: tuple[T, ...], match: Callable[[T], bool], change: Callable[[T], T]
-) -> tuple[T, ...]:
-    """``items`` with ``change`` applied to those matching; the input is not modified."""
-    return tuple(change(x) if match(x) else x for x in items)
+def _is_event_class(value: object) -> bool:
+    """An event type a projection can read: an Event subclass tagged with a type of the
+    catalogue (the log decodes no other), not the envelope or an abstract base."""
+    return (
+        isinstance(value, type)
+        and issubclass(value, Event)
+        and value.__struct_config__.tag in EVENT_TYPES
+    )
 
 
 def load_projection(module_path: str, *, source: str, path: str) -> Projection[Any]:
-    """Import ``module_path`` and return its ``PROJECTION``; errors name the config field."""
+    """Import ``module_path`` and return its ``PROJECTION``; errors name the config field,
+    the module and, for a bad ``Projection(...)``, its field."""
     try:
         module = importlib.import_module(module_path)
     except ImportError as e:
         raise ConfigError(
             source, path, f"cannot import projection module {module_path!r}: {e}"
+        ) from None
+    except InvalidProjection as e:
+        raise ConfigError(
+            source,
+            path,
+            f"projection module {module_path!r}{_where(e)}: {e}; fix its PROJECTION",
+        ) from None
+    except Exception as e:  # any error in the user's module: one line, not a traceback
+        raise ConfigError(
+            source,
+            path,
+            f"projection module {module_path!r} failed on import{_where(e)}: "
+            f"{type(e).__name__}: {e}",
         ) from None
     projection = getattr(module, "PROJECTION", None)
     if not isinstance(projection, Projection):
@@ -102,6 +145,15 @@ def load_projection(module_path: str, *, source: str, path: str) -> Projection[A
             source, path, f"module {module_path!r} defines no PROJECTION = Projection(...)"
         )
     return projection
+
+
+def _where(error: BaseException) -> str:
+    """`` (file.py, line N)`` of the innermost module-level statement that raised ``error``
+    (the module being imported, or one it imports), if any."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f" ({error.filename}, line {error.lineno})"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.name == "<module>"]
+    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
 
 
 def check_projections(projections: Mapping[str, Projection[Any]], *, source: str) -> None:

@@ -26,13 +26,11 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from profilestore.errors import CadenceError
+
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _EVERY = re.compile(r"^(\d+)([smhd])$")
-
-
-class CadenceError(ValueError):
-    """A cadence that cannot be scheduled; the message says why."""
 
 
 @dataclass(frozen=True)

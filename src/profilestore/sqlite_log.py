@@ -20,6 +20,7 @@ from uuid import UUID
 from eventsourcing.persistence import OperationalError, StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 
+from profilestore.errors import LogUrlError, OutdatedLog
 from profilestore.eventlog import (
     EVENT_IDS_TABLE,
     EVENTS_TABLE,
@@ -28,8 +29,6 @@ from profilestore.eventlog import (
     EventLog,
     EventRecorder,
     LogOptions,
-    LogUrlError,
-    OutdatedLog,
     StateRow,
     StateSubscription,
     database_errors,

@@ -11,12 +11,14 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from profilestore.api.bodies import ErrorResponse, _error
-from profilestore.api.routes import BatchTooLarge
 from profilestore.api.security import API_KEY_HEADER
 from profilestore.errors import (
     AmbiguousIdentifier,
+    BatchTooLarge,
+    DocumentsUnavailable,
     InvalidEvent,
     InvalidIdentifier,
+    LogUnavailable,
     ProfileStoreError,
     StoreClosed,
     UnknownDataset,
@@ -90,7 +92,19 @@ def handle_profilestore(
         return _error(400, "invalid_request", str(error), field=error.kind, reason=error.reason)
     if isinstance(error, StoreClosed):
         return _error(503, "unavailable", str(error))
+    if isinstance(error, (LogUnavailable, DocumentsUnavailable)):
+        return handle_unavailable(error)
     return _error(500, "internal_error", "the request failed; see the server log")
+
+
+def handle_unavailable(error: LogUnavailable | DocumentsUnavailable) -> Response[ErrorResponse]:
+    # The backend, operation and driver class go to the operator's log only: a client needs
+    # to know that retrying is right, not which database failed or how.
+    log.warning("%s", error)
+    store = "event log" if isinstance(error, LogUnavailable) else "document store"
+    response = _error(503, "unavailable", f"the {store} is unavailable; retry in a moment")
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def handle_http(_: Request[Any, Any, Any], error: HTTPException) -> Response[ErrorResponse]:

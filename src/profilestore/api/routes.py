@@ -23,7 +23,7 @@ from profilestore.api.bodies import (
 from profilestore.api.observability import FreshnessSnapshot, Metrics
 from profilestore.api.security import require
 from profilestore.documents import RawProfile
-from profilestore.errors import InvalidEvent, InvalidIdentifier, NotFound, ProfileStoreError
+from profilestore.errors import BatchTooLarge, InvalidEvent, InvalidIdentifier, NotFound
 from profilestore.identifiers import KIND_NAMES, LOOKUP_KINDS, one_identifier
 from profilestore.store import DatasetStatus, ProfileStore
 
@@ -70,12 +70,6 @@ async def append_events(
     metrics.ingested.inc(result.appended)
     metrics.duplicates.inc(result.duplicates)
     return AppendResponse(result.appended, result.duplicates, result.duplicate_event_ids)
-
-
-class BatchTooLarge(ProfileStoreError):
-    def __init__(self, size: int, limit: int) -> None:
-        self.size, self.limit = size, limit
-        super().__init__(f"the batch has {size} events; at most {limit} are accepted")
 
 
 def _profile_response(request: Request[Any, Any, Any], raw: RawProfile) -> ProfileResponse:
