@@ -451,3 +451,33 @@ def test_stream_ids_are_stable_and_distinct() -> None:
     assert stream_id("ann") != stream_id("Ann")
     # Pinned: a changed namespace would orphan every stored stream.
     assert str(stream_id("ann")) == "29bfa0da-d395-57c7-ab06-d6ee656f6f07"
+
+
+def test_an_append_chosen_as_a_deadlock_victim_is_planned_again(
+    event_log: EventLog, log_backend: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if log_backend["name"] != "postgres":
+        pytest.skip("deadlocks are PostgreSQL's; SQLite writers queue on one lock")
+    import psycopg
+    from eventsourcing.persistence import OperationalError
+
+    real = event_log._append_once
+    calls: list[int] = []
+
+    def deadlocked_once(events: Any, attempt: int) -> Any:
+        calls.append(attempt)
+        if attempt == 1:  # as the library raises it: its error wrapping the driver's
+            try:
+                raise psycopg.errors.DeadlockDetected("deadlock detected")
+            except psycopg.Error as driver:
+                raise OperationalError(driver) from driver
+        return real(events, attempt)
+
+    monkeypatch.setattr(event_log, "_append_once", deadlocked_once)
+    result = event_log.append([page_view("dl-1", "ann")])
+    assert (result.appended, result.attempts, calls) == (1, 2, [1, 2])
+    monkeypatch.setattr(
+        event_log, "_append_once", lambda *_: (_ for _ in ()).throw(OperationalError("down"))
+    )
+    with pytest.raises(LogUnavailable):  # any other database error is not retried
+        event_log.append([page_view("dl-2", "ann")])

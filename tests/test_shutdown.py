@@ -64,6 +64,7 @@ def test_start_load_and_shut_down_many_times_with_readers_and_refreshes_running(
     for cycle in range(CYCLES):
         store = open_store(fast_settings(tmp_path / "home"))
         store.append(EVENTS)  # duplicates after the first cycle: a read-and-skip
+        store.refresh()  # every dataset has its documents before the readers start
         stop = threading.Event()
         outcomes: list[str] = []
         readers = [

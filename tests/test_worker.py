@@ -372,3 +372,24 @@ def test_a_second_follower_stands_by_until_the_first_stops(settings: Settings) -
         wait_until(lambda: second.leased, timeout=20)
         wait_until(lambda: _has(second_store, "zoe"))
         second.stop()
+
+
+def test_the_live_consumer_reads_tracking_once_per_lease_hold(
+    store: ProfileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = store.live(["carts", "identities"], batch=50)
+    assert live.take()
+    reads: list[str] = []
+    tracking = store._documents.tracking
+    monkeypatch.setattr(
+        store._documents, "tracking", lambda name, **kw: reads.append(name) or tracking(name, **kw)
+    )
+    for n in range(5):
+        store.append([cart_added(f"t{n}", "ann")])
+        report = live.step()
+        assert report is not None and report.events_applied["carts"] == 1
+    assert reads == []
+    live.release()
+    assert live.take() and reads == ["carts", "identities"]  # a new hold reads them again
+    live.release()
+    assert _has(store, "ann")

@@ -127,6 +127,9 @@ class EventRecorder(ABC):
     """The backend's name in error messages, e.g. "SQLite"."""
     driver_errors: ClassVar[tuple[type[Exception], ...]]
     """The driver's error classes: :class:`EventLog` translates them where they escape."""
+    conflicts: ClassVar[tuple[type[Exception], ...]] = ()
+    """Driver errors that mean "a concurrent writer got in the way" (a deadlock, a
+    serialisation failure): the append is planned again, as for a taken version."""
 
     @abstractmethod
     def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
@@ -219,6 +222,15 @@ class Subscription(Iterator[Notified]):
         nid, stream, topic, state = row
         return Notified(nid, stream, topic, self._log.mapper.decode(topic, state))
 
+    def positions(self) -> Iterator[int]:
+        """The new events' log positions only (nothing decoded): enough to wake a reader."""
+        while True:
+            with self._log.translated("follow new events"):
+                row = next(self._states, None)
+            if row is None:
+                return
+            yield row[0]
+
     def stop(self) -> None:
         self._states.stop()
 
@@ -269,10 +281,23 @@ class EventLog:
             for attempt in range(1, MAX_APPEND_ATTEMPTS + 1):
                 try:
                     return self._append_once(events, attempt)
-                except IntegrityError:
-                    # Another writer took a version or an event id first: plan again.
+                except Exception as error:
+                    # Another writer took a version or an event id first, or the database
+                    # chose this transaction as a deadlock's victim: plan again.
+                    if not self._conflicted(error):
+                        raise
                     time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
         raise AppendConflict(MAX_APPEND_ATTEMPTS)
+
+    def _conflicted(self, error: BaseException) -> bool:
+        if isinstance(error, IntegrityError):
+            return True
+        cause: BaseException | None = error
+        while cause is not None:  # the library wraps the driver's error: look beneath
+            if isinstance(cause, self.recorder.conflicts):
+                return True
+            cause = cause.__cause__
+        return False
 
     def _append_once(self, events: Sequence[Event], attempt: int) -> AppendResult:
         unique: dict[str, Event] = {}

@@ -114,7 +114,9 @@ class Follower:
                     continue
                 try:
                     consumer.renew_if_due()
-                    if self.step() is None:
+                    stepped = self.step()
+                    # A short page reached the head: nothing more until the next wake-up.
+                    if stepped is None or stepped.events_read < self.batch:
                         self._wait()
                 except LeaseHeld:
                     log.warning("follower lost its leases; standing by")
@@ -165,7 +167,7 @@ class Follower:
 
     def _listen(self) -> None:
         try:
-            for _ in self._subscription:
+            for _ in self._subscription.positions():
                 self._woken.set()
         except Exception as error:  # the loop falls back to reading the log
             self.last_error = repr(error)

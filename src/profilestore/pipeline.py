@@ -112,6 +112,9 @@ class Pass(ABC):
     def finish(self, through: int) -> None:  # noqa: B027 - optional hook
         """After the last commit of a run that completed."""
 
+    def resume(self) -> None:  # noqa: B027 - optional hook
+        """Before the pass is used for another step of a live consumer (counts restart)."""
+
     @abstractmethod
     def report(self, report: PassReport) -> PassReport:
         """``report`` with the per-target counts filled in."""
@@ -303,6 +306,7 @@ class Live:
         self.leased = False
         self.position = 0
         self.applied = 0
+        self._pass: Pass | None = None
         self._renewed = 0.0
         self._recorded = 0.0
         self._since_record = 0
@@ -320,8 +324,15 @@ class Live:
                 return False
             self.leased = True
             self._renewed = time.monotonic()
-            self.position = self.handler.begin(self.targets).start
+            self._open()
             return True
+
+    def _open(self) -> Pass:
+        # One pass for as long as the leases are held: nobody else moves the targets'
+        # tracking or dead letters meanwhile, so they are read once, not every step.
+        self._pass = self.handler.begin(self.targets)
+        self.position = self._pass.start
+        return self._pass
 
     def renew_if_due(self) -> None:
         """Renew the leases every third of their time to live; LeaseHeld if lost."""
@@ -346,13 +357,18 @@ class Live:
         head = log.head()
         if head <= self.position:
             return None
-        opened = self.handler.begin(self.targets)
+        opened = self._pass or self._open()
+        opened.resume()
         page = log.changes(self.position, self.batch, until=head, topics=opened.topics)
         through = head if len(page) < self.batch else page[-1].notification_id
         report = PassReport(list(self.targets), self.position, through, events_read=len(page))
-        if page:
-            opened.handle(page)
-        opened.commit(through)
+        try:
+            if page:
+                opened.handle(page)
+            opened.commit(through)
+        except BaseException:
+            self._pass = None  # its buffer is in doubt: the next step starts afresh
+            raise
         self.position = through
         self.applied += len(page)
         self._since_record += len(page)
@@ -388,3 +404,4 @@ class Live:
                 self._record("succeeded", None)
             self.consumer.leases.release(self.targets)
         self.leased = False
+        self._pass = None

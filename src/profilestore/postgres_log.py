@@ -43,6 +43,7 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
 
     backend = "PostgreSQL"
     driver_errors = (psycopg.Error,)
+    conflicts = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
     def __init__(self, datastore: PostgresDatastore) -> None:
         super().__init__(datastore, events_table_name=EVENTS_TABLE)
@@ -144,11 +145,17 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
                 "SELECT pg_advisory_xact_lock(hashtext(%s))",
                 (f"profilestore:{self.datastore.schema}.{EVENTS_TABLE}",),
             )
-            for statement in self.sql_create_statements:
-                if "CREATE TYPE" in statement.as_string():
-                    with contextlib.suppress(DuplicateObject), curs.connection.transaction():
-                        curs.execute(statement, prepare=False)
-            self._create_table(curs)
+            # Checked again under the lock: a process that waited for another's DDL must
+            # not run it again, as its table locks would deadlock against that process's
+            # first appends (seen: "deadlock detected" with 4 processes starting at once).
+            curs.execute(self._schema_complete, (self.datastore.schema, EVENT_IDS_TABLE))
+            row = curs.fetchone()
+            if row is None or not row["complete"]:
+                for statement in self.sql_create_statements:
+                    if "CREATE TYPE" in statement.as_string():
+                        with contextlib.suppress(DuplicateObject), curs.connection.transaction():
+                            curs.execute(statement, prepare=False)
+                self._create_table(curs)
             curs.execute(self._has_hash_column, (self.datastore.schema, EVENT_IDS_TABLE))
             if curs.fetchone() is None:
                 raise OutdatedLog(f"schema {self.datastore.schema}")

@@ -231,6 +231,10 @@ class _ProjectionPass(Pass):
                     run.dirty.add(customer_id)
                     run.applied += applied
 
+    def resume(self) -> None:
+        for run in self.runs.values():
+            run.applied = run.written = run.dead_letters = 0
+
     def should_commit(self) -> bool:
         return sum(len(r.cache) for r in self.runs.values()) >= self.handler.cache_sections
 
