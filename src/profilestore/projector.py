@@ -68,6 +68,7 @@ class ProjectionHandler(Handler):
 
     def __init__(
         self,
+        log: EventLog,
         documents: DocumentStore,
         journal: Journal,
         projections: Mapping[str, Projection[Any]],
@@ -75,6 +76,7 @@ class ProjectionHandler(Handler):
         clock: Clock,
         cache_sections: int = 50_000,
     ) -> None:
+        self.log = log
         self.documents = documents
         self.journal = journal
         self.projections = projections
@@ -164,10 +166,6 @@ def promote(handler: ProjectionHandler, dataset: str) -> None:
 
 class RetryHandler(ProjectionHandler):
     """Retry: refold each parked customer of a dataset from its own stream."""
-
-    def __init__(self, log: EventLog, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.log = log
 
     def begin(self, targets: Sequence[str]) -> _ProjectionPass:
         opened = super().begin(targets)

@@ -1,8 +1,11 @@
 """The application service and its composition root.
 
-:func:`open_store` reads nothing but the settings it is given, builds the event log, the
-document store and the projector, and returns a :class:`ProfileStore`: the one object the
-CLI, the HTTP API and Python callers use. Nothing connects to a database at import time.
+:func:`open_store` reads nothing but the settings it is given, checks every store URL
+before it creates anything, builds the event log and the document store, and returns a
+:class:`ProfileStore`: the one door the CLI, the HTTP API, the worker, the follower and
+Python callers use. Behind it, every reader of the log runs through the consumer loop of
+:mod:`profilestore.pipeline` with a handler of :mod:`profilestore.projector`. Nothing
+connects to a database at import time.
 
 Batch semantics of :meth:`ProfileStore.append`: every event of the batch is validated
 first; if any is invalid, :class:`~profilestore.errors.InvalidEvent` names its index, the
@@ -258,16 +261,8 @@ class ProfileStore:
         self._gate = _Gate()
 
     def _handler(self, kind: type[ProjectionHandler] = ProjectionHandler) -> ProjectionHandler:
-        if kind is RetryHandler:
-            return RetryHandler(
-                self._log,
-                self._documents,
-                self._journal,
-                self._projections,
-                clock=self.clock,
-                cache_sections=self._cache_sections,
-            )
         return kind(
+            self._log,
             self._documents,
             self._journal,
             self._projections,
@@ -498,10 +493,10 @@ class ProfileStore:
             )
         return rows
 
+    @_guarded
     def dead_letters(self, dataset: str) -> list[DeadLetter]:
         """The events parked by a failing fold of ``dataset``."""
-        with self._entered():
-            return self._journal.dead_letters(self.datasets([dataset])[0])
+        return self._journal.dead_letters(self.datasets([dataset])[0])
 
     @_guarded
     def ready(self) -> list[str]:
