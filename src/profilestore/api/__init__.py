@@ -76,7 +76,9 @@ def create_app(store: ProfileStore) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # The first snapshot is whole (lag, status, outdated datasets) before any request.
         await anyio.to_thread.run_sync(snapshot.refresh)
+        await anyio.to_thread.run_sync(snapshot.refresh_status)
         stopping = asyncio.Event()
         task = asyncio.create_task(snapshot.run(settings.freshness_interval_ms / 1000, stopping))
         try:

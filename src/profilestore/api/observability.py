@@ -164,7 +164,7 @@ class FreshnessSnapshot:
         Stopping waits for a refresh in progress: a worker thread cannot be cancelled, and
         one abandoned inside the store while the store closes was a crash.
         """
-        ticks = 0
+        ticks = 1  # the lifespan took the first status snapshot
         while not stopping.is_set():
             try:
                 await anyio.to_thread.run_sync(self.refresh)
