@@ -10,7 +10,6 @@ import msgspec
 from profilestore.events import (
     Event,
     OrderCancelled,
-    OrderLine,
     OrderPlaced,
     OrderReturned,
     Timestamp,
@@ -20,11 +19,21 @@ from profilestore.projection import Projection, keep_last
 CAP_RECENT = 50
 
 
+class Line(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An order line as kept here: the event's ``OrderLine`` (same JSON) without its intake
+    checks, so a section folded from a line stored before today's bounds reads back."""
+
+    sku: str
+    name: str | None = None
+    quantity: int = 1
+    unit_price: Decimal
+
+
 class Order(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     order_id: str
     status: Literal["placed", "returned", "cancelled"] = "placed"
     placed_at: Timestamp
-    items: tuple[OrderLine, ...]
+    items: tuple[Line, ...]
     total: Decimal
     currency: str
     refunded: Decimal = Decimal(0)
@@ -63,7 +72,10 @@ def fold(section: Orders, event: Event) -> Orders:
         order = Order(
             order_id=event.order_id,
             placed_at=event.occurred_at,
-            items=event.items,
+            items=tuple(
+                Line(sku=i.sku, name=i.name, quantity=i.quantity, unit_price=i.unit_price)
+                for i in event.items
+            ),
             total=event.total,
             currency=event.currency,
             channel=event.channel,

@@ -146,7 +146,9 @@ def test_appending_says_what_was_new_and_what_was_a_duplicate(
     ("bad", "field", "reason"),
     [
         ({"quantity": 0}, "events[2].quantity", "Expected `int` >= 1"),
-        ({"unit_price": "-1"}, "events[2].unit_price", "must be a finite amount >= 0"),
+        ({"unit_price": "-1"}, "events[2].unit_price", "must be an amount from 0 to"),
+        ({"unit_price": "1E+1000000"}, "events[2].unit_price", "must be an amount from 0 to"),
+        ({"unit_price": "0.00001"}, "events[2].unit_price", "at most 4 decimal places"),
         ({"currency": "euro"}, "events[2].currency", "regex"),
         ({"type": "cart.exploded"}, "events[2].type", "Invalid value"),
         ({"quantity": "2"}, "events[2].quantity", "Expected `int`, got `str`"),
@@ -178,6 +180,17 @@ def test_batches_over_the_limit_get_422_and_bodies_over_it_413(
     )
     assert huge.status_code == 413
     assert huge.json()["error"]["code"] == "body_too_large"
+    assert store.head() == 0
+
+
+def test_a_number_literal_out_of_range_is_refused_as_by_the_cli(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    # The CLI refuses `1e400` (an amount over the maximum); the API's JSON parser refuses it
+    # before validation (400 "Number out of range"): neither stores it.
+    body = json.dumps({"events": [event("e1")]}).replace('"12.50"', "1e400")
+    response = client.post("/v1/events", headers=headers(), content=body.encode())
+    assert response.status_code in (400, 422)
     assert store.head() == 0
 
 

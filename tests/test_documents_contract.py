@@ -26,11 +26,11 @@ from profilestore.documents import (
     Tracking,
 )
 from profilestore.errors import StoreClosed
-from profilestore.events import Location, OrderLine
+from profilestore.events import Location
 from projections.attributes import Attributes, Preference
 from projections.carts import Cart, CartLine, Carts
 from projections.identities import Identifier, Identities
-from projections.orders import Order, Orders, Spend
+from projections.orders import Line, Order, Orders, Spend
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0, 123_456, tzinfo=dt.UTC)
 T1 = dt.datetime(2024, 5, 1, 12, 5, 0, 654_321, tzinfo=dt.UTC)
@@ -84,8 +84,8 @@ def orders(order_id: str = "order-1") -> Orders:
         status="returned",
         placed_at=placed,
         items=(
-            OrderLine(sku="mug-blue", name="Blue mug", quantity=2, unit_price=Decimal("19.90")),
-            OrderLine(sku="tea-01", unit_price=Decimal("4.05")),
+            Line(sku="mug-blue", name="Blue mug", quantity=2, unit_price=Decimal("19.90")),
+            Line(sku="tea-01", unit_price=Decimal("4.05")),
         ),
         total=Decimal("43.85"),
         currency="EUR",

@@ -25,7 +25,7 @@ from profilestore.config import load_settings
 from profilestore.errors import ConfigError, LogUnavailable, StoreClosed
 from profilestore.eventlog import EVENTS_TABLE, EventLog, open_log, stream_id
 from profilestore.events import Event, PageViewed
-from profilestore.mapper import EventMapper, topic_for
+from profilestore.mapper import EventMapper, lenient_type, topic_for
 from profilestore.sqlite_log import open_sqlite_log
 from profilestore.store import open_log as open_configured_log
 
@@ -425,6 +425,21 @@ def test_stored_history_is_upcast_when_an_event_changes_shape(event_log: EventLo
     topics = [s.topic for s in event_log.recorder.select_events(stream_id("ann"))]
     assert topics == ["browse.page_viewed", "browse.page_viewed#v2"]
     assert event_log.stream("ann")[1] == new
+
+
+def test_stored_events_outside_todays_bounds_still_read_back(event_log: EventLog) -> None:
+    # Written as an older profilestore could (bounds are checked on append, not here).
+    old = lenient_type(PageViewed)(
+        event_id="long", customer_id="ann", occurred_at=T0, url="u" * 20_000
+    )
+    event_log.append([old, page_view("ok", "ann")])
+    first, second = (logged.event for logged in read_log(event_log, 0, 10))
+    assert isinstance(first, PageViewed)
+    assert type(first) is lenient_type(PageViewed)
+    assert len(first.url) == 20_000
+    assert type(second) is PageViewed  # within bounds: the fast path, the catalogue's class
+    assert event_log.mapper.encode_state(first) == event_log.mapper.encode_state(old)
+    assert [e.event_id for e in event_log.stream("ann")] == ["long", "ok"]
 
 
 def test_mapper_applies_the_library_cipher_to_stored_bytes() -> None:

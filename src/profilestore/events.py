@@ -4,6 +4,12 @@ Events are data: frozen msgspec Structs in one tagged union, so a batch of JSON 
 straight into typed objects and a bad field comes back as ``$.field`` with the reason.
 All events share one envelope (the fields of :class:`Event`); each type adds its payload.
 
+Every number and every text is bounded by what it means to the business (the limits below;
+the README lists them): a value a fold could not add up, or a text that would bloat every
+document it lands in, is refused at the door with the field and the reason. The bounds
+apply to what clients send; events already stored are read back without them (see
+:mod:`profilestore.mapper`), so tightening a bound never makes history unreadable.
+
 Schema evolution: a new field always gets a default. A renamed or reshaped event bumps
 ``class_version`` and gains an ``upcast_vN_vN1(state)`` static method, the convention of
 the ``eventsourcing`` library; stored history is never edited (see :mod:`profilestore.mapper`).
@@ -21,6 +27,18 @@ import msgspec
 
 # --- shared field types -----------------------------------------------------------------
 
+MONEY_MAX = Decimal(10**12)
+"""The largest amount (price, total, refund) accepted: one trillion in any currency."""
+MONEY_PLACES = 4
+"""Decimal places an amount may have (``9.9999``; more digits only if they are zeros)."""
+_MONEY_QUANTUM = Decimal(1).scaleb(-MONEY_PLACES)
+COUNT_MAX = 1_000_000_000
+"""The largest count a client reports (search results)."""
+SAFE_INTEGER = 2**53 - 1
+"""The largest integer preference value: exact in JSON everywhere and in every store."""
+PREFERENCE_NUMBER_MAX = 1e15
+"""The largest magnitude of a float preference value (so never infinite or NaN)."""
+
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 """An identifier supplied by a client system (event id, customer id, order id, ...)."""
 
@@ -29,7 +47,8 @@ ShortText = Annotated[str, msgspec.Meta(max_length=512)]
 Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 Money = Decimal
-"""An amount; checked non-negative by the events that carry one (see ``_check_money``)."""
+"""An amount: 0 to :data:`MONEY_MAX`, at most :data:`MONEY_PLACES` decimal places, checked
+by the events that carry one (``_check_money``: msgspec has no constraints on decimals)."""
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
 Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Sentiment = Annotated[float, msgspec.Meta(ge=-1.0, le=1.0)]
@@ -55,8 +74,15 @@ TicketPriority = Literal["low", "normal", "high", "urgent"]
 def _check_money(owner: object, *names: str) -> None:
     for name in names:
         amount = getattr(owner, name)
-        if amount is not None and (not amount.is_finite() or amount < 0):
-            raise ValueError(f"`{name}` must be a finite amount >= 0, not {amount}")
+        if amount is None:
+            continue
+        if not amount.is_finite() or not 0 <= amount <= MONEY_MAX:
+            raise ValueError(f"`{name}` must be an amount from 0 to {MONEY_MAX:,}, not {amount}")
+        # Compared with its own rounding, so trailing zeros (``9.990000``) pass.
+        if amount.as_tuple().exponent < -MONEY_PLACES and amount != amount.quantize(_MONEY_QUANTUM):
+            raise ValueError(
+                f"`{name}` must have at most {MONEY_PLACES} decimal places, not {amount}"
+            )
 
 
 class Metadata(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
@@ -188,11 +214,19 @@ class LocationSet(Event, tag="profile.location_set", frozen=True, kw_only=True):
 
 
 PreferenceValue = str | int | float | bool | None
+"""The shape of a preference value (what sections keep); events bound it (below)."""
+BoundedPreferenceValue = (
+    ShortText
+    | Annotated[int, msgspec.Meta(ge=-SAFE_INTEGER, le=SAFE_INTEGER)]
+    | Annotated[float, msgspec.Meta(ge=-PREFERENCE_NUMBER_MAX, le=PREFERENCE_NUMBER_MAX)]
+    | bool
+    | None
+)
 
 
 class PreferenceSet(Event, tag="profile.preference_set", frozen=True, kw_only=True):
     key: ShortText
-    value: PreferenceValue
+    value: BoundedPreferenceValue
 
 
 # --- carts ------------------------------------------------------------------------------
@@ -288,7 +322,7 @@ class ProductViewed(Event, tag="browse.product_viewed", frozen=True, kw_only=Tru
 
 class Searched(Event, tag="browse.searched", frozen=True, kw_only=True):
     query: ShortText
-    results: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    results: Annotated[int, msgspec.Meta(ge=0, le=COUNT_MAX)] | None = None
     session_id: ShortText | None = None
 
 

@@ -10,12 +10,22 @@ move without touching history. A type at ``class_version`` N > 1 is stored under
 ``upcast_vK_vK1(state)`` methods in turn (the library's upcasting convention) before
 converting to the current class. Current-version events decode straight into their
 Struct, which is the fast path.
+
+Stored events are read leniently: the catalogue's bounds (lengths, ranges, amounts) are
+checked when an event is appended, and tightening one must not make history unreadable.
+An event that no longer passes them decodes into its class's *lenient twin*
+(:func:`lenient_type`): a subclass with the same fields, tag and JSON, without the bounds
+and the ``__post_init__`` checks. Folds see an ordinary instance of the class; one that
+cannot fold it dead-letters it like any poison event (see :mod:`profilestore.projector`).
 """
 
 from __future__ import annotations
 
+import functools
+import types
+import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, TypeVar, Union
 from uuid import UUID
 
 import msgspec
@@ -45,6 +55,65 @@ def _split_topic(topic: str) -> tuple[str, int]:
     return tag, (int(version) if sep else 1)
 
 
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def lenient_type(cls: type[S]) -> type[S]:
+    """``cls`` without its bounds: a subclass whose fields drop their ``msgspec.Meta``
+    constraints (nested Structs become their own lenient twins) and whose
+    ``__post_init__`` checks nothing. Same tag, same fields, same JSON."""
+    return typing.cast(type[S], _lenient_type(cls))
+
+
+@functools.cache
+def _lenient_type(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for info in msgspec.structs.fields(cls):
+        annotation = _unbounded(hints[info.name])
+        if info.default is not msgspec.NODEFAULT:
+            fields.append((info.name, annotation, info.default))
+        elif info.default_factory is not msgspec.NODEFAULT:
+            factory = info.default_factory
+            fields.append((info.name, annotation, msgspec.field(default_factory=factory)))
+        else:
+            fields.append((info.name, annotation))
+    config = cls.__struct_config__
+    return msgspec.defstruct(
+        f"Lenient{cls.__name__}",
+        fields,
+        bases=(cls,),
+        module=cls.__module__,
+        namespace={"__post_init__": _no_checks},
+        tag=config.tag,
+        tag_field=config.tag_field,
+        frozen=True,
+        kw_only=True,
+        forbid_unknown_fields=config.forbid_unknown_fields,
+        gc=False,
+    )
+
+
+def _no_checks(self: msgspec.Struct) -> None:
+    """Stored events were checked when appended: reading them checks nothing again."""
+
+
+def _unbounded(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Annotated:
+        return _unbounded(args[0])
+    if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
+        return lenient_type(annotation)
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_unbounded(a) for a in args)]  # noqa: UP007 - built from a tuple
+    if origin is tuple:
+        return tuple[tuple(a if a is Ellipsis else _unbounded(a) for a in args)]  # type: ignore[misc]
+    if origin in (list, dict):
+        return origin[tuple(_unbounded(a) for a in args)]
+    return annotation
+
+
 class EventMapper(Mapper[UUID]):
     """Maps :class:`~profilestore.events.Event` Structs to the library's StoredEvent."""
 
@@ -60,6 +129,7 @@ class EventMapper(Mapper[UUID]):
         self.event_types: dict[str, type[Event]] = dict(event_types or EVENT_TYPES)
         self._encoder = msgspec.json.Encoder(decimal_format="string")
         self._decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
+        self._lenient: dict[type[Event], msgspec.json.Decoder[Any]] = {}
         self._any_decoder = msgspec.json.Decoder()
         # Topics whose stored version is current: decode straight into the Struct.
         self._topics: dict[str, tuple[type[Event], msgspec.json.Decoder[Any]]] = {}
@@ -88,7 +158,10 @@ class EventMapper(Mapper[UUID]):
         """The event stored under ``topic`` as ``state`` (decrypted, decompressed, upcast)."""
         cached = self._topics.get(topic)
         if cached is not None and not (self.cipher or self.compressor):
-            fast: Event = cached[1].decode(state)
+            try:
+                fast: Event = cached[1].decode(state)
+            except msgspec.ValidationError:
+                return self._decode_lenient(cached[0], state)
             return fast
         tag, version = _split_topic(topic)
         try:
@@ -107,14 +180,28 @@ class EventMapper(Mapper[UUID]):
             if decoder is None:
                 decoder = self._decoders[cls] = msgspec.json.Decoder(cls)
             self._topics[topic] = (cls, decoder)
-            current: Event = decoder.decode(state)
+            try:
+                current: Event = decoder.decode(state)
+            except msgspec.ValidationError:
+                return self._decode_lenient(cls, state)
             return current
         document: dict[str, Any] = self._any_decoder.decode(state)
         while version < cls.class_version:
             getattr(cls, f"upcast_v{version}_v{version + 1}")(document)
             version += 1
-        upcast: Event = msgspec.convert(document, cls)
+        try:
+            upcast: Event = msgspec.convert(document, cls)
+        except msgspec.ValidationError:
+            upcast = msgspec.convert(document, lenient_type(cls))
         return upcast
+
+    def _decode_lenient(self, cls: type[Event], state: bytes) -> Event:
+        """An event stored before a bound it breaks: decoded without the bounds."""
+        decoder = self._lenient.get(cls)
+        if decoder is None:
+            decoder = self._lenient[cls] = msgspec.json.Decoder(lenient_type(cls))
+        event: Event = decoder.decode(state)
+        return event
 
 
 class _NoTranscoder(Transcoder):

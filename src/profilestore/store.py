@@ -47,7 +47,7 @@ from profilestore.errors import (
 )
 from profilestore.eventlog import AppendResult, EventLog, Subscription, check_log_url, event_json
 from profilestore.eventlog import open_log as open_log_url
-from profilestore.events import AnyEvent, Event
+from profilestore.events import EVENT_TYPES, AnyEvent, Event
 from profilestore.identifiers import lookup_key
 from profilestore.pipeline import (
     Clock,
@@ -120,9 +120,12 @@ class EventValidator:
         if isinstance(item, Event):
             # Struct constructors do not check constraints: a round trip through the
             # decoder does, so Python callers get the same validation as JSON clients.
-            decoder = self._typed.get(type(item))
+            # An event read back from a log may be a lenient twin (see mapper.lenient_type):
+            # it is checked as its catalogue class.
+            checked_as = EVENT_TYPES.get(item.type_name, type(item))
+            decoder = self._typed.get(checked_as)
             if decoder is None:
-                decoder = self._typed[type(item)] = msgspec.json.Decoder(type(item))
+                decoder = self._typed[checked_as] = msgspec.json.Decoder(checked_as)
             checked: Event = decoder.decode(self._encoder.encode(item))
             return checked
         if isinstance(item, Mapping):
