@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from poisoning import poison
 
 from profilestore.config import Settings
 from profilestore.errors import CustomerNotFound, LeaseHeld
@@ -74,24 +75,6 @@ def clock() -> Clock:
 def store(settings: Settings, clock: Clock) -> Iterator[ProfileStore]:
     with open_store(settings, clock=clock) as opened:
         yield opened
-
-
-def poison(store: ProfileStore, dataset: str, event_ids: set[str]) -> Callable[[], None]:
-    """Make ``dataset``'s fold fail on ``event_ids``; returns a function that cures it."""
-    projection = store._projections[dataset]
-    original = projection.fold
-
-    def failing(section: Any, event: Any) -> Any:
-        if event.event_id in event_ids:
-            raise ValueError(f"cannot fold {event.event_id}")
-        return original(section, event)
-
-    store._projections[dataset] = dataclasses.replace(projection, fold=failing)
-
-    def cure() -> None:
-        store._projections[dataset] = projection
-
-    return cure
 
 
 # --- runs and poison events -------------------------------------------------------------
@@ -179,15 +162,58 @@ def test_retrying_dead_letters_after_a_fix_refolds_the_parked_customer_in_order(
     assert store.profile("ann").freshness["carts"].position == 3
 
 
-def test_rebuilds_stay_strict(store: ProfileStore) -> None:
+def test_a_rebuild_finishes_past_a_poison_event_and_keeps_its_dead_letter(
+    store: ProfileStore,
+) -> None:
+    store.append([cart_added("a1", "ann"), cart_added("b1", "bob"), cart_added("b2", "bob")])
+    store.refresh()
+    ann = store.profile("ann")
+    cure = poison(store, "carts", {"b1"})
+    report = store.rebuild(["carts"])
+    assert report.dead_letters == {"carts": 1}
+    assert store.profile("ann") == ann  # everyone else rebuilt as before
+    # bob is parked at his last good state in the new documents: none, b1 was his first.
+    with pytest.raises(CustomerNotFound):
+        store.profile("bob")
+    (letter,) = store.dead_letters("carts")
+    assert (letter.customer_id, letter.event_id, letter.topic) == ("bob", "b1", "cart.item_added")
+    assert "ValueError: cannot fold b1" in letter.error
+    assert next(s for s in store.status() if s.dataset == "carts").dead_letters == 1
+    store.append([cart_added("b3", "bob", "S3")])
+    store.refresh()  # bob's later events wait behind his letter
+    assert store.dead_letters("carts") == [letter]
+    cure()
+    assert store.retry_dead_letters("carts") == (1, 0)
+    lines = store.profile("bob").sections["carts"].open[0].lines
+    assert [(line.sku, line.quantity) for line in lines] == [("S1", 2), ("S3", 1)]
+
+
+def test_a_rebuild_releases_the_live_letters_of_events_it_folded(store: ProfileStore) -> None:
+    store.append([cart_added("a1", "ann")])
+    cure = poison(store, "carts", {"a1"})
+    store.refresh()
+    assert [d.customer_id for d in store.dead_letters("carts")] == ["ann"]
+    cure()
+    assert store.rebuild(["carts"]).dead_letters == {"carts": 0}
+    assert store.dead_letters("carts") == []
+    assert _has(store, "ann")
+
+
+def test_a_background_rebuilds_letters_wait_apart_until_promoted(store: ProfileStore) -> None:
     store.append([cart_added("a1", "ann"), cart_added("b1", "bob")])
     store.refresh()
-    before = store.profile("bob")
     poison(store, "carts", {"b1"})
-    with pytest.raises(ValueError, match="cannot fold b1"):
-        store.rebuild(["carts"])
-    assert store.profile("bob") == before
-    assert store._journal.dead_letters("carts") == []
+    assert store.build_staging(["carts"]).dead_letters == {"carts": 1}
+    # Staged letters describe the staging area: the live bob is not parked meanwhile.
+    assert store.dead_letters("carts") == []
+    store.append([cart_added("b2", "bob", "S2")])
+    store.refresh(["carts"])
+    assert len(store.profile("bob").sections["carts"].open[0].lines) == 2
+    store.promote(["carts"])
+    assert [(d.customer_id, d.event_id) for d in store.dead_letters("carts")] == [("bob", "b1")]
+    assert store._journal.dead_letters("carts", staged=True) == []
+    with pytest.raises(CustomerNotFound):
+        store.profile("bob")  # the rebuilt documents, where b1 could not fold (b2 waits)
 
 
 # --- locks --------------------------------------------------------------------------------

@@ -483,7 +483,8 @@ def api_key_new(name: str, scopes: str) -> None:
 def rebuild(obj: _Context, datasets: tuple[str, ...]) -> None:
     """Rebuild DATASETS (default: all) from the whole log, then swap them in.
 
-    Lookups keep answering from the current documents until the swap.
+    Lookups keep answering from the current documents until the swap. An event that
+    cannot be folded is dead-lettered (reported) and the rebuild goes on.
     """
     with _errors(), obj.open() as store:
         names = store.datasets(list(datasets) or None)
@@ -498,6 +499,13 @@ def rebuild(obj: _Context, datasets: tuple[str, ...]) -> None:
         stderr.print(
             f"rebuilt {', '.join(names)} from {report.events_read} events in {elapsed:.1f}s"
         )
+        for name, count in report.dead_letters.items():
+            if count:
+                stderr.print(
+                    f"[yellow]dead-lettered[/yellow] {count} event(s) of {name} that could not "
+                    f"be folded; see `profilestore status`, then `profilestore refresh {name} "
+                    "--retry-dead-letters` once the fold is fixed"
+                )
 
 
 @main.command()

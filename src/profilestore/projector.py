@@ -12,21 +12,27 @@ advance. A crash anywhere leaves tracking at or behind every stored section, so 
 re-reads a little and skips what was already written: the result equals a rebuild.
 Memory is bounded by the cache size, not by the number of events.
 
-Three modes, one fold:
+Three modes, one fold, and every one lenient about poison events (see
+:mod:`profilestore.runs`): the failing event is dead-lettered, its customer parked for that
+dataset (its section stays at its last good state, its later events wait), and everything
+else goes on.
 
-- *refresh* (:class:`ProjectionHandler`): live documents, lenient about poison events
-  (see :mod:`profilestore.runs`): the failing event is dead-lettered and its customer
-  parked for that dataset, and everything else goes on.
-- *rebuild* (:class:`RebuildHandler`): into a staging area, strict (any failure aborts
-  and the live dataset stays), promoted when complete; lookups read the old sections
-  until then. In the background (:class:`StagingHandler` then :class:`PromoteHandler`)
-  the staging area is built under a lease of its own while the live dataset keeps being
-  refreshed, and the swap plus the catch-up run under the live lease.
+- *refresh* (:class:`ProjectionHandler`): the live documents; letters are live ones.
+- *rebuild* (:class:`RebuildHandler`): into a staging area, promoted when complete; lookups
+  read the old sections until then. In the background (:class:`StagingHandler` then
+  :class:`PromoteHandler`) the staging area is built under a lease of its own while the
+  live dataset keeps being refreshed, and the swap plus the catch-up run under the live
+  lease. A rebuild finishes even when an event can no longer be folded (an event stored
+  before today's bounds, a fold changed since): strictness would let one event block every
+  rebuild for as long as it is in the log. Its letters are *staged*, beside the live ones
+  and apart from them, and promotion makes them the live letters: the live letters of
+  customers it folded are released (the new documents hold those events), its own stay,
+  so ``status`` shows them and ``refresh --retry-dead-letters`` refolds them.
+- *retry* (:class:`RetryHandler`): the parked customers of one dataset, refolded from
+  their own streams up to the dataset's tracked position; released when they fold.
 
 Each promotion, and a dataset's first build, records the projection's ``version``
 (:meth:`~profilestore.runs.Journal.built_by`), so a changed fold is noticed.
-- *retry* (:class:`RetryHandler`): the parked customers of one dataset, refolded from
-  their own streams up to the dataset's tracked position; released when they fold.
 """
 
 from __future__ import annotations
@@ -63,7 +69,6 @@ class ProjectionHandler(Handler):
     """Refresh: fold new events into the live documents of the datasets."""
 
     staging = False
-    strict = False
     lease_kind = "dataset"
 
     def __init__(
@@ -87,7 +92,8 @@ class ProjectionHandler(Handler):
         runs: dict[str, _DatasetRun] = {}
         for name in targets:
             tracked = self.documents.tracking(name, staging=self.staging)
-            parked = set() if self.strict else self.journal.parked(name)
+            # A staging area starts empty, so do its letters (cleared by StagingHandler).
+            parked = set() if self.staging else self.journal.parked(name)
             runs[name] = _DatasetRun(
                 self.projections[name],
                 tracked.position if tracked else 0,
@@ -114,7 +120,7 @@ class ProjectionHandler(Handler):
 
 
 class StagingHandler(ProjectionHandler):
-    """The first half of a background rebuild: the whole log into staging, strictly.
+    """The first half of a background rebuild: the whole log into staging.
 
     It holds the ``rebuild`` lease of its datasets, not their live one, so the follower
     and scheduled refreshes keep the live documents fresh meanwhile; promoting
@@ -122,12 +128,12 @@ class StagingHandler(ProjectionHandler):
     """
 
     staging = True
-    strict = True
     lease_kind = "rebuild"
 
     def begin(self, targets: Sequence[str]) -> _ProjectionPass:
         for name in targets:
             self.documents.start_staging(name)
+            self.journal.clear_staged(name)
         return _StagingPass(self, super().begin(targets).runs)
 
 
@@ -156,11 +162,9 @@ class PromoteHandler(ProjectionHandler):
 
 
 def promote(handler: ProjectionHandler, dataset: str) -> None:
-    """Swap the staging area in, forget the dead letters (every event folded), and record
-    the projection version that built it."""
-    handler.documents.promote_staging(dataset)
-    for letter in handler.journal.dead_letters(dataset):
-        handler.journal.release(dataset, letter.customer_id)
+    """Swap the staging area in with its dead letters (they replace the live ones), and
+    record the projection version that built it."""
+    handler.journal.promote_letters(dataset, lambda: handler.documents.promote_staging(dataset))
     handler.journal.built_by(dataset, handler.projections[dataset].version, handler.clock())
 
 
@@ -212,16 +216,14 @@ class _ProjectionPass(Pass):
                 for logged in events:
                     if logged.notification_id <= position:
                         continue  # already folded into the stored section
-                    if handler.strict:
+                    try:
                         section = fold(section, logged.event)
-                    else:
-                        try:
-                            section = fold(section, logged.event)
-                        except Exception as error:
-                            handler.journal.park(handler.letter(name, customer_id, logged, error))
-                            run.parked.add(customer_id)
-                            run.dead_letters += 1
-                            break
+                    except Exception as error:
+                        letter = handler.letter(name, customer_id, logged, error)
+                        handler.journal.park(letter, staged=handler.staging)
+                        run.parked.add(customer_id)
+                        run.dead_letters += 1
+                        break
                     position = logged.notification_id
                     applied += 1
                 if applied:

@@ -9,12 +9,17 @@ customers. The event, the error and the attempt count become a :class:`DeadLette
 the customer is *parked* for that dataset: its section stays at its last good state and
 its later events wait, rather than being folded out of order around the failed one.
 Retrying refolds the customer's stream from that state.
+
+A rebuild is as lenient, into letters of its own (``staged`` ones): they describe the
+staging documents, not the live ones, so a rebuild running beside live refreshes neither
+parks a live customer nor releases one. Promoting the staging area makes its letters the
+live ones (:meth:`Journal.promote_letters`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
 
 RUNS = "run"
 DEAD_LETTERS = "dead_letter"
+STAGED_DEAD_LETTERS = "staged_dead_letter"
 VERSIONS = "projection_version"
 
 Trigger = Literal["schedule", "catch-up", "manual", "follower", "rebuild"]
@@ -171,10 +177,11 @@ class Journal:
 
     # --- dead letters -------------------------------------------------------------------
 
-    def park(self, letter: DeadLetter) -> DeadLetter:
+    def park(self, letter: DeadLetter, *, staged: bool = False) -> DeadLetter:
         """Record a failed event; a repeated failure of the same event counts an attempt."""
+        kind = STAGED_DEAD_LETTERS if staged else DEAD_LETTERS
         key = f"{letter.dataset}/{letter.customer_id}"
-        existing = self.documents.get_records(DEAD_LETTERS, key).get(key)
+        existing = self.documents.get_records(kind, key).get(key)
         if existing is not None:
             previous = msgspec.convert(existing, DeadLetter)
             if previous.notification_id == letter.notification_id:
@@ -183,15 +190,43 @@ class Journal:
                     attempts=previous.attempts + 1,
                     first_failed_at=previous.first_failed_at,
                 )
-        self.documents.put_record(DEAD_LETTERS, key, msgspec.to_builtins(letter))
+        self.documents.put_record(kind, key, msgspec.to_builtins(letter))
         return letter
 
-    def dead_letters(self, dataset: str) -> list[DeadLetter]:
-        records = self.documents.get_records(DEAD_LETTERS, f"{dataset}/")
+    def dead_letters(self, dataset: str, *, staged: bool = False) -> list[DeadLetter]:
+        kind = STAGED_DEAD_LETTERS if staged else DEAD_LETTERS
+        records = self.documents.get_records(kind, f"{dataset}/")
         return [msgspec.convert(r, DeadLetter) for r in records.values()]
 
     def parked(self, dataset: str) -> set[str]:
         return {letter.customer_id for letter in self.dead_letters(dataset)}
 
-    def release(self, dataset: str, customer_id: str) -> None:
-        self.documents.delete_record(DEAD_LETTERS, f"{dataset}/{customer_id}")
+    def release(self, dataset: str, customer_id: str, *, staged: bool = False) -> None:
+        kind = STAGED_DEAD_LETTERS if staged else DEAD_LETTERS
+        self.documents.delete_record(kind, f"{dataset}/{customer_id}")
+
+    def clear_staged(self, dataset: str) -> None:
+        """Forget a previous rebuild's letters: a new staging area is being built."""
+        for letter in self.dead_letters(dataset, staged=True):
+            self.release(dataset, letter.customer_id, staged=True)
+
+    def promote_letters(self, dataset: str, swap: Callable[[], None]) -> None:
+        """Make the staging area's letters the live ones around ``swap`` (the promotion).
+
+        The staged letters are added to the live ones first, then the documents are
+        swapped, then the live letters the rebuild did not confirm are released (its
+        documents folded those events). A crash in between leaves extra customers parked,
+        which waits (a retry releases them), never a parked customer unparked.
+        """
+        staged = self.dead_letters(dataset, staged=True)
+        for letter in staged:
+            self.documents.put_record(
+                DEAD_LETTERS, f"{dataset}/{letter.customer_id}", msgspec.to_builtins(letter)
+            )
+        swap()
+        kept = {letter.customer_id for letter in staged}
+        for letter in self.dead_letters(dataset):
+            if letter.customer_id not in kept:
+                self.release(dataset, letter.customer_id)
+        for letter in staged:
+            self.release(dataset, letter.customer_id, staged=True)

@@ -346,9 +346,11 @@ class ProfileStore:
     ) -> PassReport:
         """Refold ``datasets`` from the whole log into staging, then swap them in.
 
-        Lookups keep reading the old sections until the swap. Strict: a fold that fails
-        aborts the rebuild and leaves the live datasets as they were. Events appended
-        meanwhile are folded by a refresh right after.
+        Lookups keep reading the old sections until the swap. An event that cannot be
+        folded is dead-lettered (``report.dead_letters``) and its customer parked in the
+        new documents, as a refresh would; the rebuild finishes, and its letters replace
+        the live ones (see :mod:`profilestore.projector`). Events appended meanwhile are
+        folded by a refresh right after.
         """
         names = self.datasets(datasets)
         # The staging area is also a background rebuild's: hold its lease too.
