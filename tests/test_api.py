@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 from litestar.testing import TestClient
+from poisoning import poison
 
 from profilestore.api import create_app, openapi_document
 from profilestore.config import ApiKey, ApiSettings, Settings
@@ -457,3 +458,20 @@ def test_a_profile_as_of_a_time_is_refolded_from_the_events_known_then(
         "/v1/profiles/ann", params={"as_of": "2026-01-01T00:00:00"}, headers=headers()
     )
     assert naive.status_code == 400
+
+
+def test_a_profile_as_of_with_an_event_the_fold_refuses_is_409_naming_it_not_500(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    post_events(client, [event("e1"), seen("i1", "ann", "email", "ann@example.com")])
+    poison(store, "carts", {"e1"})
+    as_of = {"as_of": "2100-01-01T00:00:00Z"}
+    response = client.get("/v1/profiles/ann", params=as_of, headers=headers())
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert (error["code"], error["reason"]) == ("fold_failed", "ValueError")
+    assert all(part in error["message"] for part in ("'ann'", "'carts'", "'e1'", "cart.item_added"))
+    others = client.get(
+        "/v1/profiles/ann", params=as_of | {"datasets": "identities"}, headers=headers()
+    )
+    assert others.status_code == 200

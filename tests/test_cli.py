@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from profilestore.cli import main
+from profilestore.config import load_settings
+from profilestore.events import CartItemAdded
+from profilestore.mapper import lenient_type
+from profilestore.store import open_store
 
 
 def line(event_id: str, customer_id: str, **fields: object) -> str:
@@ -277,3 +283,56 @@ def test_a_bad_store_url_is_one_line_exit_2_and_creates_nothing(
     assert "Traceback" not in outcome.stderr and "secret" not in outcome.stderr
     assert len(outcome.stderr.strip().splitlines()) == 1
     assert not home.exists(), "nothing may be created before the settings are checked"
+
+
+def test_an_event_stored_before_the_bounds_is_reported_in_one_line_everywhere(
+    home: Path,
+) -> None:
+    # What an older profilestore accepted: an amount whose line value overflows.
+    with open_store(load_settings(home=home)) as store:
+        at = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+        store._log.append(
+            [
+                lenient_type(CartItemAdded)(
+                    event_id="b1",
+                    customer_id="bob",
+                    occurred_at=at,
+                    recorded_at=at,
+                    cart_id="k9",
+                    sku="S",
+                    quantity=2,
+                    unit_price=Decimal("9E+999999"),
+                    currency="EUR",
+                )
+            ]
+        )
+    assert run(home, "ingest", "-", input="\n".join(EVENTS)).returncode == 0
+    assert run(home, "refresh").returncode == 0  # bob's cart event is dead-lettered
+    rebuilt = run(home, "rebuild", "carts")
+    assert rebuilt.returncode == 0
+    assert "dead-lettered 1 event(s) of carts" in rebuilt.stderr
+    as_of = run(home, "profile", "bob", "--as-of", "2100-01-01T00:00:00")
+    assert as_of.returncode == 1
+    assert "Traceback" not in as_of.stderr
+    (message,) = as_of.stderr.strip().splitlines()
+    for part in ("'bob'", "'carts'", "'b1'", "cart.item_added", "decimal.Overflow"):
+        assert part in message
+    verified = run(home, "verify")
+    assert verified.returncode == 1
+    assert "Traceback" not in verified.stderr
+    assert "cannot fold carts: customer bob, event b1" in verified.stderr
+    assert json.loads(verified.stdout)["failures"][0]["event_id"] == "b1"
+    # Everyone else is served; the same amount sent today is refused.
+    assert run(home, "profile", "ann").returncode == 0
+    again = line(
+        "b2",
+        "bob",
+        type="cart.item_added",
+        cart_id="k9",
+        sku="S",
+        currency="EUR",
+        unit_price="9E+999999",
+    )
+    refused = run(home, "ingest", "-", input=again)
+    assert refused.returncode == 1
+    assert "$.unit_price" in refused.stderr

@@ -12,11 +12,13 @@ from typing import Any
 import msgspec
 import pytest
 from click.testing import CliRunner
+from poisoning import poison
 
 from profilestore.cli import main
 from profilestore.config import Settings
-from profilestore.errors import CustomerNotFound
+from profilestore.errors import CustomerNotFound, FoldFailed
 from profilestore.population import generate
+from profilestore.replay import FoldFailure
 from profilestore.store import ProfileStore, open_store
 
 T1 = dt.datetime(2026, 3, 1, 9, 0, tzinfo=dt.UTC)
@@ -181,3 +183,46 @@ def test_audit_and_verify_commands_exit_1_on_tampering(
     failed = runner.invoke(main, check)
     assert failed.exit_code == 1
     assert "TAMPERED" in failed.stderr
+
+
+# --- poison events ------------------------------------------------------------------------
+
+
+def _first_event_of(store: ProfileStore, customer_id: str, topic_prefix: str) -> Any:
+    return next(e for e in store.history(customer_id) if e.type_name.startswith(topic_prefix))
+
+
+def test_verify_reports_an_event_a_fold_raises_on_and_checks_the_rest(
+    store: ProfileStore,
+) -> None:
+    victim = _first_event_of(store, "cust-0000003", "browse.")
+    poison(store, "browsing", {victim.event_id})
+    report = store.verify()
+    assert not report.ok
+    assert report.drift == []
+    (failure,) = report.failures
+    assert failure == FoldFailure(
+        dataset="browsing",
+        customer_id="cust-0000003",
+        notification_id=failure.notification_id,
+        event_id=victim.event_id,
+        event_type=victim.type_name,
+        error="ValueError",
+    )
+    assert report.customers_checked == 15
+    assert report.sections_checked > 15 * 3  # every other section was compared
+
+
+def test_as_of_names_the_customer_and_event_a_fold_raises_on(store: ProfileStore) -> None:
+    victim = _first_event_of(store, "cust-0000003", "browse.")
+    poison(store, "browsing", {victim.event_id})
+    with pytest.raises(FoldFailed) as raised:
+        store.profile("cust-0000003", as_of=T2)
+    assert raised.value.failure.event_id == victim.event_id
+    message = str(raised.value)
+    for part in ("cust-0000003", "'browsing'", victim.event_id, victim.type_name, "ValueError"):
+        assert part in message
+    # The other datasets replay; other customers too.
+    others = [n for n in store.projections if n != "browsing"]
+    assert store.profile("cust-0000003", others, as_of=T2).sections
+    assert store.profile("cust-0000004", as_of=T2).sections["browsing"]

@@ -622,7 +622,9 @@ def verify(obj: _Context, sample: int | None, everyone: bool) -> None:
     """Refold customers from the log and diff them with the stored documents.
 
     Each section is compared up to the log position it records, so a dataset refreshed
-    weekly is not drift for lacking newer events. Exit 1 on drift.
+    weekly is not drift for lacking newer events. An event a fold raises on is reported
+    (customer, dataset, event, error class) and the others are checked. Exit 1 on drift or
+    such an event.
     """
     if sample and everyone:
         raise click.UsageError("give --sample N or --all, not both")
@@ -642,6 +644,15 @@ def verify(obj: _Context, sample: int | None, everyone: bool) -> None:
                     f"{first.stored!r}, log gives {first.expected!r}"
                 )
             )
+        for failure in report.failures[:100]:
+            stderr.print(
+                "[red]cannot fold[/red] "
+                + escape(
+                    f"{failure.dataset}: customer {failure.customer_id}, event "
+                    f"{failure.event_id} ({failure.event_type}, log position "
+                    f"{failure.notification_id}): {failure.error}"
+                )
+            )
         _emit(
             {
                 "ok": report.ok,
@@ -649,6 +660,7 @@ def verify(obj: _Context, sample: int | None, everyone: bool) -> None:
                 "sections_checked": report.sections_checked,
                 "drift_by_dataset": report.drift_by_dataset,
                 "drift": report.drift[:100],
+                "failures": report.failures[:100],
             },
             pretty=True,
         )

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from profilestore.audit import AuditReport
+    from profilestore.replay import FoldFailure
 
 
 class ProfileStoreError(Exception):
@@ -146,6 +147,20 @@ class IdentifierNotFound(NotFound):
         self.value = value
         # The value is personal data: it is kept on the error, never put in the message.
         super().__init__(f"no profile has this {kind}")
+
+
+class FoldFailed(ProfileStoreError):
+    """A projection's fold raised on one of the customer's events (a poison event), so a
+    replay of that dataset (a profile as of a time) cannot be built."""
+
+    def __init__(self, failure: FoldFailure) -> None:
+        self.failure = failure
+        super().__init__(
+            f"customer {failure.customer_id!r}: dataset {failure.dataset!r} cannot fold event "
+            f"{failure.event_id!r} ({failure.event_type}, log position "
+            f"{failure.notification_id}): {failure.error}; leave the dataset out (--datasets, "
+            "?datasets=) or fix its fold"
+        )
 
 
 class AmbiguousIdentifier(ProfileStoreError):

@@ -10,6 +10,12 @@ folding state.
   the log position that section records (a dataset refreshed weekly is not "drift" for
   lacking this week's events). A customer with events but no section, up to the
   dataset's tracked position, is drift too; so is a section with no events behind it.
+
+A fold that raises on one of a customer's events (a poison event: stored before today's
+bounds, or refused by a changed fold) fails that dataset for that customer only, as a
+refresh parks it: *verify* reports a :class:`FoldFailure` (the customer, dataset, event id,
+type and error class) and goes on; *as of* raises :class:`~profilestore.errors.FoldFailed`
+naming the same, which the CLI prints as one line and the API answers with 409.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 import msgspec
 
 from profilestore.documents import Profile, SectionMeta
+from profilestore.errors import FoldFailed
 from profilestore.eventlog import EventLog, Notified
 from profilestore.projection import Projection
 
@@ -35,15 +42,29 @@ class Drift(msgspec.Struct, frozen=True, kw_only=True):
     expected: Any = None
 
 
+class FoldFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """A customer's event a dataset's fold raised on: the dataset is not folded past it."""
+
+    dataset: str
+    customer_id: str
+    notification_id: int
+    event_id: str
+    event_type: str
+    error: str
+    """The exception's class (its message may quote customer data, so it is left out)."""
+
+
 class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
     customers_checked: int
     sections_checked: int
     drift: list[Drift]
     drift_by_dataset: dict[str, int]
+    failures: list[FoldFailure] = msgspec.field(default_factory=list)
+    """Sections that could not be checked: the fold raised on one of their events."""
 
     @property
     def ok(self) -> bool:
-        return not self.drift
+        return not self.drift and not self.failures
 
 
 Routes = dict[str, list[Projection[Any]]]
@@ -64,22 +85,50 @@ def fold_stream(
     *,
     until: Mapping[str, int] | None = None,
     routes: Routes | None = None,
+    failures: list[FoldFailure] | None = None,
 ) -> dict[str, tuple[Any, int]]:
     """Each dataset's section folded from ``events``, with the last position folded;
     ``until`` caps the positions per dataset. ``routes`` (from :func:`routes_for`) saves
-    a caller folding many streams from building them each time."""
+    a caller folding many streams from building them each time. With ``failures``, a fold
+    that raises is appended there and its dataset stops at its last good state (as a
+    parked customer's); without, the error propagates."""
     if routes is None:
         routes = routes_for(projections)
     folded: dict[str, tuple[Any, int]] = {}
+    failed: set[str] = set()
     for notified in events:
         for projection in routes.get(notified.topic, ()):
             name = projection.dataset
             if until is not None and notified.notification_id > until.get(name, 0):
                 continue
+            if name in failed:
+                continue
             current = folded.get(name)
             section = projection.empty() if current is None else current[0]
-            folded[name] = (projection.fold(section, notified.event), notified.notification_id)
+            try:
+                section = projection.fold(section, notified.event)
+            except Exception as error:
+                if failures is None:
+                    raise
+                failures.append(_failure(name, notified, error))
+                failed.add(name)
+                continue
+            folded[name] = (section, notified.notification_id)
     return folded
+
+
+def _failure(dataset: str, notified: Notified, error: BaseException) -> FoldFailure:
+    cause = type(error)
+    return FoldFailure(
+        dataset=dataset,
+        customer_id=notified.event.customer_id,
+        notification_id=notified.notification_id,
+        event_id=notified.event.event_id,
+        event_type=notified.event.type_name,
+        error=cause.__name__
+        if cause.__module__ == "builtins"
+        else f"{cause.__module__}.{cause.__name__}",
+    )
 
 
 def profile_as_of(
@@ -94,7 +143,10 @@ def profile_as_of(
         for n in log.customer_changes(customer_id)
         if n.event.recorded_at is not None and n.event.recorded_at <= as_of
     ]
-    folded = fold_stream(projections, known)
+    failures: list[FoldFailure] = []
+    folded = fold_stream(projections, known, failures=failures)
+    if failures:
+        raise FoldFailed(failures[0])
     if not folded:
         return None
     return Profile(
@@ -139,6 +191,7 @@ def verify_profiles(
     tracked = {name: (t.position if (t := documents.tracking(name)) else 0) for name in projections}
     routes = routes_for(projections)
     drift: list[Drift] = []
+    failures: list[FoldFailure] = []
     sections = 0
     for start in range(0, len(customer_ids), chunk):
         ids = customer_ids[start : start + chunk]
@@ -153,8 +206,14 @@ def verify_profiles(
                 )
                 for name in projections
             }
-            folded = fold_stream(projections, events, until=limits, routes=routes)
+            failed = len(failures)
+            folded = fold_stream(
+                projections, events, until=limits, routes=routes, failures=failures
+            )
+            unchecked = {f.dataset for f in failures[failed:]}
             for name in projections:
+                if name in unchecked:
+                    continue  # reported as a failure: the fold cannot say what is right
                 have = stored[name].get(customer_id)
                 want = folded.get(name)
                 sections += have is not None
@@ -208,6 +267,7 @@ def verify_profiles(
         sections_checked=sections,
         drift=drift,
         drift_by_dataset=counts,
+        failures=failures,
     )
 
 

@@ -16,6 +16,7 @@ from profilestore.errors import (
     AmbiguousIdentifier,
     BatchTooLarge,
     DocumentsUnavailable,
+    FoldFailed,
     InvalidEvent,
     InvalidIdentifier,
     LogUnavailable,
@@ -92,6 +93,9 @@ def handle_profilestore(
         return _error(400, "invalid_request", str(error), field=error.kind, reason=error.reason)
     if isinstance(error, StoreClosed):
         return _error(503, "unavailable", str(error))
+    if isinstance(error, FoldFailed):
+        # The request is fine; the customer's history holds an event the fold refuses.
+        return _error(409, "fold_failed", str(error), reason=error.failure.error)
     if isinstance(error, (LogUnavailable, DocumentsUnavailable)):
         return handle_unavailable(error)
     return _error(500, "internal_error", "the request failed; see the server log")
