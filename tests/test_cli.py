@@ -106,6 +106,28 @@ def test_unknown_customer_and_identifier_exit_1_without_a_traceback(home: Path) 
         assert result.stdout == ""
 
 
+def test_an_ambiguous_identifier_exits_1_without_naming_its_holders(home: Path) -> None:
+    shared = [
+        json.dumps(
+            {
+                "type": "identifier.seen",
+                "event_id": f"s-{who}",
+                "customer_id": f"holder-{who}",
+                "occurred_at": "2026-03-01T10:00:00Z",
+                "kind": "email",
+                "value": "family@example.com",
+            }
+        )
+        for who in ("one", "two")
+    ]
+    assert run(home, "ingest", "-", input="\n".join(shared)).returncode == 0
+    assert run(home, "refresh").returncode == 0
+    result = run(home, "find", "--email", "family@example.com")
+    assert result.returncode == 1
+    assert "ambiguous" in result.stderr and "customer id" in result.stderr
+    assert "holder-" not in result.stderr
+
+
 def test_usage_errors_exit_2(home: Path) -> None:
     assert run(home, "find").returncode == 2
     assert run(home, "find", "--email", "a@b.co", "--phone", "123456").returncode == 2

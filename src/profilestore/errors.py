@@ -149,15 +149,20 @@ class IdentifierNotFound(NotFound):
 
 
 class AmbiguousIdentifier(ProfileStoreError):
-    """Several customers hold the same identifier; the caller must choose."""
+    """Several customers hold the same identifier; the caller must choose.
+
+    The holders are kept on the error (``customer_ids``, for a Python caller) but never
+    put in the message: a reader who knows one identifier must not learn which other
+    customers hold it, nor how many do.
+    """
 
     def __init__(self, kind: str, value: str, customer_ids: Sequence[str]) -> None:
         self.kind = kind
         self.value = value
         self.customer_ids = list(customer_ids)
         super().__init__(
-            f"this {kind} belongs to {len(self.customer_ids)} customers "
-            f"({', '.join(self.customer_ids[:10])}); look them up by customer id"
+            f"more than one customer holds this {kind}; look the profile up by its "
+            "customer id or by an identifier only that customer holds"
         )
 
 

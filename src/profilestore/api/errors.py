@@ -73,12 +73,7 @@ def handle_not_found(_: Request[Any, Any, Any], error: Exception) -> Response[Er
 def handle_ambiguous(
     _: Request[Any, Any, Any], error: AmbiguousIdentifier
 ) -> Response[ErrorResponse]:
-    return _error(
-        409,
-        "ambiguous_identifier",
-        f"{len(error.customer_ids)} customers hold this {error.kind}: "
-        f"{', '.join(error.customer_ids[:20])}",
-    )
+    return _error(409, "ambiguous_identifier", str(error))
 
 
 def handle_profilestore(
