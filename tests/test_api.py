@@ -225,6 +225,25 @@ def test_unknown_customers_and_datasets_get_json_errors(
     assert bad.json()["error"]["code"] == "unknown_dataset"
 
 
+@pytest.mark.parametrize("selection", [",,,", "", " , ", ","])
+def test_a_dataset_selection_naming_none_is_400_naming_the_parameter(
+    client: TestClient[Any], store: ProfileStore, selection: str
+) -> None:
+    post_events(client, [event("e1"), seen("i1", "ann", "email", "ann@example.com")])
+    store.refresh()
+    for path, query in (("/v1/profiles/ann", {}), ("/v1/profiles", {"email": "ann@example.com"})):
+        response = client.get(path, params={**query, "datasets": selection}, headers=headers())
+        assert response.status_code == 400, (path, response.text)
+        error = response.json()["error"]
+        assert (error["code"], error["field"]) == ("invalid_request", "datasets")
+        assert "`datasets` names no dataset" in error["message"]
+    unknown = client.get("/v1/profiles/ann", params={"datasets": "carts,nope"}, headers=headers())
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["code"] == "unknown_dataset"
+    spaced = client.get("/v1/profiles/ann", params={"datasets": " carts,,"}, headers=headers())
+    assert set(spaced.json()["sections"]) == {"carts"}
+
+
 def test_profiles_are_found_by_any_identifier_normalised(
     client: TestClient[Any], store: ProfileStore
 ) -> None:

@@ -15,6 +15,7 @@ from profilestore.errors import (
     IdentifierNotFound,
     InvalidEvent,
     InvalidIdentifier,
+    NoDatasetSelected,
     UnknownDataset,
 )
 from profilestore.events import CartItemAdded, IdentifierSeen
@@ -187,6 +188,19 @@ def test_an_identifier_shared_by_two_customers_is_ambiguous(store: ProfileStore)
     with pytest.raises(AmbiguousIdentifier) as raised:
         store.find("email", "family@example.com")
     assert raised.value.customer_ids == ["ann", "bob"]
+
+
+def test_a_dataset_selection_naming_none_is_refused_not_read_as_all_or_nothing(
+    store: ProfileStore,
+) -> None:
+    store.append([seen("1", "ann", "email", "ann@example.com")])
+    store.refresh()
+    with pytest.raises(NoDatasetSelected, match="`datasets` names no dataset"):
+        store.profile("ann", [])
+    with pytest.raises(NoDatasetSelected):
+        store.find("email", "ann@example.com", [])
+    with pytest.raises(NoDatasetSelected):
+        store.profile_raw("ann", [])
 
 
 def test_profile_can_be_limited_to_datasets_and_rejects_unknown_ones(

@@ -172,6 +172,22 @@ class UnknownDataset(ProfileStoreError):
         super().__init__(f"unknown dataset {name!r}; known datasets: {', '.join(known)}")
 
 
+class NoDatasetSelected(UnknownDataset):
+    """A selection of datasets that names none (``--datasets ,,,``, ``?datasets=``).
+
+    Refused rather than read as "all" or as "nothing": either would answer something the
+    caller did not ask for (a whole profile, or a 404 for a customer who exists).
+    """
+
+    def __init__(self, known: Sequence[str]) -> None:
+        self.name = ""
+        ProfileStoreError.__init__(
+            self,
+            f"`datasets` names no dataset; name some of {', '.join(known)} "
+            "(comma-separated), or leave it out for all",
+        )
+
+
 class LeaseHeld(ProfileStoreError):
     """Another process is refreshing or rebuilding this dataset."""
 

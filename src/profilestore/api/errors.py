@@ -19,6 +19,7 @@ from profilestore.errors import (
     InvalidEvent,
     InvalidIdentifier,
     LogUnavailable,
+    NoDatasetSelected,
     ProfileStoreError,
     StoreClosed,
     UnknownDataset,
@@ -81,6 +82,8 @@ def handle_profilestore(
 ) -> Response[ErrorResponse]:
     if isinstance(error, BatchTooLarge):
         return _error(422, "batch_too_large", str(error), field="events")
+    if isinstance(error, NoDatasetSelected):
+        return _error(400, "invalid_request", str(error), field="datasets")
     if isinstance(error, UnknownDataset):
         return _error(400, "unknown_dataset", str(error), field="datasets")
     if isinstance(error, InvalidIdentifier):

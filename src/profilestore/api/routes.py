@@ -39,7 +39,9 @@ def _store(request: Request[Any, Any, Any]) -> ProfileStore:
 
 
 def _datasets(datasets: str | None) -> list[str] | None:
-    if not datasets:
+    # Given but naming nothing (``?datasets=,,,``) stays an empty selection: the store
+    # refuses it (400) rather than serve every dataset or none.
+    if datasets is None:
         return None
     return [d.strip() for d in datasets.split(",") if d.strip()]
 
