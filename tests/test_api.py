@@ -286,6 +286,23 @@ def test_profiles_are_found_by_any_identifier_normalised(
     assert two.status_code == 400
 
 
+def test_handles_whose_network_and_handle_concatenate_alike_are_two_identifiers(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    post_events(
+        client,
+        [
+            seen("1", "ann", "handle", "ann", network="twit:ter"),
+            seen("2", "bob", "handle", "ter:ann", network="twit"),
+        ],
+    )
+    store.refresh()
+    for written, holder in (("twit%3Ater:ann", "ann"), ("twit:ter:ann", "bob")):
+        found = client.get("/v1/profiles", params={"handle": written}, headers=headers())
+        assert found.status_code == 200, found.text
+        assert found.json()["customer_id"] == holder
+
+
 # --- history and status ---------------------------------------------------------------------
 
 

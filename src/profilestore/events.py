@@ -124,17 +124,37 @@ def normalise_identifier(kind: str, value: str, network: str | None = None) -> s
             raise ValueError(f"`value` {value!r} is not a phone number (6 to 15 digits)")
         return f"phone:{'+' if value.startswith('+') else ''}{digits}"
     if kind == "handle":
-        if not network:
+        if not network or not network.strip():
             raise ValueError("`network` is required when `kind` is 'handle'")
         handle = value.lstrip("@").lower()
         if not handle:
             raise ValueError("`value` is an empty handle")
-        return f"handle:{network.strip().lower()}:{handle}"
+        return f"handle:{escape_network(network.strip().lower())}:{handle}"
     if kind == "device":
         if not value:
             raise ValueError("`value` is an empty device id")
         return f"device:{value}"
     raise ValueError(f"`kind` {kind!r} is not one of email, phone, handle, device")
+
+
+_NETWORK_ESCAPE = re.compile(r"%(25|3a)", re.IGNORECASE)
+
+
+def escape_network(network: str) -> str:
+    """A network as it stands in a handle's lookup key: ``%`` and ``:`` percent-escaped.
+
+    The first ``:`` after the network then always ends it, so network ``twit:ter`` with
+    handle ``ann`` (``handle:twit%3ater:ann``) and network ``twit`` with handle ``ter:ann``
+    (``handle:twit:ter:ann``) are two keys. Networks without either character, all the
+    usual ones, are unchanged.
+    """
+    return network.replace("%", "%25").replace(":", "%3a")
+
+
+def unescape_network(text: str) -> str:
+    """The network named by the NETWORK part of a ``NETWORK:HANDLE`` lookup, where a
+    ``:`` in a network is written ``%3A`` (and ``%`` as ``%25``); other ``%`` stay."""
+    return _NETWORK_ESCAPE.sub(lambda m: "%" if m.group(1) == "25" else ":", text)
 
 
 class _IdentifierEvent(Event, frozen=True, kw_only=True):

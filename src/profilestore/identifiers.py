@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import get_args
 
 from profilestore.errors import InvalidIdentifier
-from profilestore.events import IdentifierKind, normalise_identifier
+from profilestore.events import IdentifierKind, normalise_identifier, unescape_network
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,8 @@ class LookupKind:
 _HELP = {
     "email": "An email address, e.g. ann@example.com (case and spaces ignored).",
     "phone": "A phone number, e.g. +14155550003 (punctuation ignored).",
-    "handle": "A social handle as NETWORK:HANDLE, e.g. twitter:@ann.",
+    "handle": "A social handle as NETWORK:HANDLE, e.g. twitter:@ann (a ':' in the network "
+    "as %3A, a '%' as %25).",
     "device": "A device or anonymous id, exactly as sent.",
 }
 
@@ -48,9 +49,11 @@ def lookup_key(kind: str, value: str) -> str:
         raise InvalidIdentifier(kind, f"not a kind of identifier; one of {', '.join(KIND_NAMES)}")
     network = None
     if kind == "handle":
+        # The network ends at the first ':'; a network holding one writes it '%3A'.
         network, sep, value = value.partition(":")
         if not sep or not network.strip():
             raise InvalidIdentifier(kind, "give it as NETWORK:HANDLE, e.g. twitter:@ann")
+        network = unescape_network(network)
     try:
         return normalise_identifier(kind, value, network)
     except ValueError:
