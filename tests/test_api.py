@@ -150,6 +150,8 @@ def test_appending_says_what_was_new_and_what_was_a_duplicate(
         ({"currency": "euro"}, "events[2].currency", "regex"),
         ({"type": "cart.exploded"}, "events[2].type", "Invalid value"),
         ({"quantity": "2"}, "events[2].quantity", "Expected `int`, got `str`"),
+        ({"customer_id": "ann\u0000"}, "events[2].customer_id", "regex"),
+        ({"cart_id": "k\t1"}, "events[2].cart_id", "regex"),
     ],
 )
 def test_an_invalid_event_rejects_the_batch_with_422_naming_the_field(

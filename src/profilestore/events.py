@@ -21,7 +21,12 @@ import msgspec
 
 # --- shared field types -----------------------------------------------------------------
 
-Key = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f-\x9f]*\Z"
+"""No control character (C0, DEL, C1) anywhere: PostgreSQL cannot store a NUL in text, and
+an identifier must mean the same on every backend, so none is accepted on any. (It ends
+in an end-of-string anchor, not ``$``, which would let a trailing newline through.)"""
+
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=NO_CONTROL_CHARACTERS)]
 """An identifier supplied by a client system (event id, customer id, order id, ...)."""
 
 Text = Annotated[str, msgspec.Meta(max_length=10_000)]
@@ -103,6 +108,7 @@ class Event(
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE_DIGITS = re.compile(r"\d")
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def normalise_identifier(kind: str, value: str, network: str | None = None) -> str:
@@ -112,6 +118,10 @@ def normalise_identifier(kind: str, value: str, network: str | None = None) -> s
     handles are lower-cased, lose a leading ``@`` and are qualified by their network.
     Raises ValueError naming what is wrong.
     """
+    if CONTROL_CHARACTER.search(value) or (
+        network is not None and CONTROL_CHARACTER.search(network)
+    ):
+        raise ValueError("an identifier may not contain a control character")
     value = value.strip()
     if kind == "email":
         value = value.lower()
@@ -157,10 +167,14 @@ def unescape_network(text: str) -> str:
     return _NETWORK_ESCAPE.sub(lambda m: "%" if m.group(1) == "25" else ":", text)
 
 
+Network = Annotated[str, msgspec.Meta(max_length=512, pattern=NO_CONTROL_CHARACTERS)]
+"""A social network's name: part of a handle's lookup key, so held to the rule of keys."""
+
+
 class _IdentifierEvent(Event, frozen=True, kw_only=True):
     kind: IdentifierKind
     value: Key
-    network: ShortText | None = None
+    network: Network | None = None
 
     def __post_init__(self) -> None:
         normalise_identifier(self.kind, self.value, self.network)

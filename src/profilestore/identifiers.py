@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from typing import get_args
 
 from profilestore.errors import InvalidIdentifier
-from profilestore.events import IdentifierKind, normalise_identifier, unescape_network
+from profilestore.events import (
+    CONTROL_CHARACTER,
+    IdentifierKind,
+    normalise_identifier,
+    unescape_network,
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ def lookup_key(kind: str, value: str) -> str:
         if not sep or not network.strip():
             raise InvalidIdentifier(kind, "give it as NETWORK:HANDLE, e.g. twitter:@ann")
         network = unescape_network(network)
+    if CONTROL_CHARACTER.search(value) or (network and CONTROL_CHARACTER.search(network)):
+        raise InvalidIdentifier(kind, "contains a control character; no identifier holds one")
     try:
         return normalise_identifier(kind, value, network)
     except ValueError:
