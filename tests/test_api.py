@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 import pytest
@@ -86,7 +87,7 @@ PROTECTED = [
     ("POST", "/v1/events", "ingest"),
     ("GET", "/v1/profiles/ann", "read"),
     ("GET", "/v1/profiles?email=ann@example.com", "read"),
-    ("GET", "/v1/profiles/ann/history", "audit"),
+    ("GET", "/v1/history/ann", "audit"),
     ("GET", "/v1/status", "admin"),
 ]
 
@@ -305,6 +306,49 @@ def test_handles_whose_network_and_handle_concatenate_alike_are_two_identifiers(
         assert found.json()["customer_id"] == holder
 
 
+ODD_IDS = [
+    "a/b",
+    "a/",
+    "/a",
+    "a//b",
+    "100%",
+    "a%2Fb",
+    "with space ",
+    "é ü 漢字 🙂",
+    "..",
+    ".",
+    "a/../b",
+    "x?y#z;w",
+    "victim/history",
+    "history",
+]
+
+
+def encoded(customer_id: str) -> str:
+    """A path segment naming ``customer_id`` as any client should send it."""
+    return quote(customer_id, safe="").replace(".", "%2E")
+
+
+def test_every_id_accepted_at_ingest_addresses_its_profile_and_history_and_nothing_else(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    ids = ["victim", *ODD_IDS]
+    for n, customer_id in enumerate(ids):  # one by one: the fixture's batches hold 5
+        assert post_events(client, [event(f"e{n}", customer_id)]).status_code == 200
+    store.refresh()
+    for customer_id in ids:
+        profile = client.get(f"/v1/profiles/{encoded(customer_id)}", headers=headers())
+        assert profile.status_code == 200, (customer_id, profile.text)
+        assert profile.json()["customer_id"] == customer_id
+        history = client.get(f"/v1/history/{encoded(customer_id)}", headers=headers())
+        assert history.status_code == 200, (customer_id, history.text)
+        assert [e["customer_id"] for e in history.json()["events"]] == [customer_id]
+    # The old history path is now a profile path: of customer "victim/history".
+    shadow = client.get("/v1/profiles/victim%2Fhistory", headers=headers("reader"))
+    assert shadow.json()["customer_id"] == "victim/history"
+    assert "events" not in shadow.json()
+
+
 # --- history and status ---------------------------------------------------------------------
 
 
@@ -312,7 +356,7 @@ def test_history_pages_through_a_customers_events_oldest_first(
     client: TestClient[Any],
 ) -> None:
     post_events(client, [event(f"e{i}", metadata={"actor": "pos-7"}) for i in range(5)])
-    first = client.get("/v1/profiles/ann/history?limit=2", headers=headers()).json()
+    first = client.get("/v1/history/ann?limit=2", headers=headers()).json()
     assert [e["event_id"] for e in first["events"]] == ["e0", "e1"]
     assert first["events"][0]["metadata"] == {
         "correlation_id": None,
@@ -321,11 +365,11 @@ def test_history_pages_through_a_customers_events_oldest_first(
     }
     assert first["events"][0]["recorded_at"] is not None
     assert first["next_after"] == 2
-    last = client.get("/v1/profiles/ann/history?after=4&limit=2", headers=headers()).json()
+    last = client.get("/v1/history/ann?after=4&limit=2", headers=headers()).json()
     assert [e["event_id"] for e in last["events"]] == ["e4"]
     assert last["next_after"] is None
-    assert client.get("/v1/profiles/nobody/history", headers=headers()).status_code == 404
-    assert client.get("/v1/profiles/ann/history?limit=0", headers=headers()).status_code == 400
+    assert client.get("/v1/history/nobody", headers=headers()).status_code == 404
+    assert client.get("/v1/history/ann?limit=0", headers=headers()).status_code == 400
 
 
 def test_status_has_the_same_facts_as_the_cli(client: TestClient[Any], store: ProfileStore) -> None:
@@ -372,7 +416,7 @@ def test_an_unavailable_event_log_is_503_with_retry_after_and_no_driver_details(
         raise LogUnavailable("PostgreSQL", "read", ConnectionError("password=s3cret"))
 
     monkeypatch.setattr(store._log, "stream", broken)
-    response = client.get("/v1/profiles/ann/history", headers=headers())
+    response = client.get("/v1/history/ann", headers=headers())
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     body = response.json()["error"]
