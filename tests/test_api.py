@@ -177,18 +177,61 @@ def test_batches_over_the_limit_get_422_and_bodies_over_it_413(
         "field": "events",
     }
     huge = client.post(
-        "/v1/events", headers=headers(), content=b'{"events": [' + b" " * 30_000 + b"]}"
+        "/v1/events",
+        headers=headers() | {"Content-Type": "application/json"},
+        content=b'{"events": [' + b" " * 30_000 + b"]}",
     )
     assert huge.status_code == 413
     assert huge.json()["error"]["code"] == "body_too_large"
     assert store.head() == 0
 
 
-def test_a_body_that_is_not_a_batch_gets_400(client: TestClient[Any]) -> None:
-    for body in (b"{not json", b"[]", b'{"events": 3}', b'{"evnts": []}'):
-        response = client.post("/v1/events", headers=headers(), content=body)
-        assert response.status_code in (400, 422), body
-        assert "error" in response.json()
+MALFORMED_BODIES = [
+    b"{not json",
+    b"",
+    b"null",
+    b"[]",
+    b'{"events": 3}',
+    b'{"evnts": []}',
+    b'{"events": [\xff]}',
+    b'{"events": ["\\ud800"]}',
+    b'{"events": [' + b"[" * 1000 + b"]" * 1000 + b"]}",  # 2 KB: was a 500 (RecursionError)
+    b"[" * 9000 + b"]" * 9000,
+    b'{"events": [{"metadata": ' + b'{"a": ' * 2000 + b"1" + b"}" * 2001 + b"]}",
+]
+
+
+@pytest.mark.parametrize("body", MALFORMED_BODIES, ids=lambda body: repr(body[:24]))
+def test_every_malformed_body_gets_a_json_error_and_appends_nothing(
+    client: TestClient[Any], store: ProfileStore, body: bytes
+) -> None:
+    response = client.post(
+        "/v1/events", headers=headers() | {"Content-Type": "application/json"}, content=body
+    )
+    assert response.status_code in (400, 422), response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] in ("invalid_request", "invalid_event")
+    assert error["message"]
+    assert store.head() == 0
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "text/json"]
+)
+def test_events_must_be_sent_as_application_json(
+    client: TestClient[Any], store: ProfileStore, content_type: str | None
+) -> None:
+    body = json.dumps({"events": [event("e1")]}).encode()
+    sent = {} if content_type is None else {"Content-Type": content_type}
+    response = client.post("/v1/events", headers=headers() | sent, content=body)
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+    assert store.head() == 0
+    anonymous = client.post("/v1/events", headers=sent, content=body)
+    assert anonymous.status_code == 401  # who may ingest is checked first
+    charset = {"Content-Type": "application/json; charset=utf-8"}
+    assert client.post("/v1/events", headers=headers() | charset, content=body).status_code == 200
 
 
 # --- profiles -------------------------------------------------------------------------------

@@ -107,11 +107,13 @@ def handle_unavailable(error: LogUnavailable | DocumentsUnavailable) -> Response
 
 def handle_http(_: Request[Any, Any, Any], error: HTTPException) -> Response[ErrorResponse]:
     codes = {
+        400: "invalid_request",
         401: "unauthorized",
         403: "forbidden",
         404: "not_found",
         405: "method_not_allowed",
         413: "body_too_large",
+        415: "unsupported_media_type",
     }
     response = _error(error.status_code, codes.get(error.status_code, "http_error"), error.detail)
     if error.status_code == 401:
