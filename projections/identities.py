@@ -88,4 +88,6 @@ PROJECTION = Projection(
     default_refresh="realtime",
     retention=f"up to {CAP_PER_KIND} identifiers per kind",
     lookup_keys=lookup_keys,
+    # 2: a network's ':' and '%' are escaped in handle keys, so they cannot collide.
+    version=2,
 )

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 import pytest
@@ -87,7 +88,7 @@ PROTECTED = [
     ("POST", "/v1/events", "ingest"),
     ("GET", "/v1/profiles/ann", "read"),
     ("GET", "/v1/profiles?email=ann@example.com", "read"),
-    ("GET", "/v1/profiles/ann/history", "audit"),
+    ("GET", "/v1/history/ann", "audit"),
     ("GET", "/v1/status", "admin"),
 ]
 
@@ -153,6 +154,8 @@ def test_appending_says_what_was_new_and_what_was_a_duplicate(
         ({"currency": "euro"}, "events[2].currency", "regex"),
         ({"type": "cart.exploded"}, "events[2].type", "Invalid value"),
         ({"quantity": "2"}, "events[2].quantity", "Expected `int`, got `str`"),
+        ({"customer_id": "ann\u0000"}, "events[2].customer_id", "regex"),
+        ({"cart_id": "k\t1"}, "events[2].cart_id", "regex"),
     ],
 )
 def test_an_invalid_event_rejects_the_batch_with_422_naming_the_field(
@@ -177,7 +180,9 @@ def test_batches_over_the_limit_get_422_and_bodies_over_it_413(
         "field": "events",
     }
     huge = client.post(
-        "/v1/events", headers=headers(), content=b'{"events": [' + b" " * 30_000 + b"]}"
+        "/v1/events",
+        headers=headers() | {"Content-Type": "application/json"},
+        content=b'{"events": [' + b" " * 30_000 + b"]}",
     )
     assert huge.status_code == 413
     assert huge.json()["error"]["code"] == "body_too_large"
@@ -190,16 +195,61 @@ def test_a_number_literal_out_of_range_is_refused_as_by_the_cli(
     # The CLI refuses `1e400` (an amount over the maximum); the API's JSON parser refuses it
     # before validation (400 "Number out of range"): neither stores it.
     body = json.dumps({"events": [event("e1")]}).replace('"12.50"', "1e400")
-    response = client.post("/v1/events", headers=headers(), content=body.encode())
+    response = client.post(
+        "/v1/events",
+        headers=headers() | {"Content-Type": "application/json"},
+        content=body.encode(),
+    )
     assert response.status_code in (400, 422)
     assert store.head() == 0
 
 
-def test_a_body_that_is_not_a_batch_gets_400(client: TestClient[Any]) -> None:
-    for body in (b"{not json", b"[]", b'{"events": 3}', b'{"evnts": []}'):
-        response = client.post("/v1/events", headers=headers(), content=body)
-        assert response.status_code in (400, 422), body
-        assert "error" in response.json()
+MALFORMED_BODIES = [
+    b"{not json",
+    b"",
+    b"null",
+    b"[]",
+    b'{"events": 3}',
+    b'{"evnts": []}',
+    b'{"events": [\xff]}',
+    b'{"events": ["\\ud800"]}',
+    b'{"events": [' + b"[" * 1000 + b"]" * 1000 + b"]}",  # 2 KB: was a 500 (RecursionError)
+    b"[" * 9000 + b"]" * 9000,
+    b'{"events": [{"metadata": ' + b'{"a": ' * 2000 + b"1" + b"}" * 2001 + b"]}",
+]
+
+
+@pytest.mark.parametrize("body", MALFORMED_BODIES, ids=lambda body: repr(body[:24]))
+def test_every_malformed_body_gets_a_json_error_and_appends_nothing(
+    client: TestClient[Any], store: ProfileStore, body: bytes
+) -> None:
+    response = client.post(
+        "/v1/events", headers=headers() | {"Content-Type": "application/json"}, content=body
+    )
+    assert response.status_code in (400, 422), response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] in ("invalid_request", "invalid_event")
+    assert error["message"]
+    assert store.head() == 0
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "text/json"]
+)
+def test_events_must_be_sent_as_application_json(
+    client: TestClient[Any], store: ProfileStore, content_type: str | None
+) -> None:
+    body = json.dumps({"events": [event("e1")]}).encode()
+    sent = {} if content_type is None else {"Content-Type": content_type}
+    response = client.post("/v1/events", headers=headers() | sent, content=body)
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+    assert store.head() == 0
+    anonymous = client.post("/v1/events", headers=sent, content=body)
+    assert anonymous.status_code == 401  # who may ingest is checked first
+    charset = {"Content-Type": "application/json; charset=utf-8"}
+    assert client.post("/v1/events", headers=headers() | charset, content=body).status_code == 200
 
 
 # --- profiles -------------------------------------------------------------------------------
@@ -239,6 +289,25 @@ def test_unknown_customers_and_datasets_get_json_errors(
     assert bad.json()["error"]["code"] == "unknown_dataset"
 
 
+@pytest.mark.parametrize("selection", [",,,", "", " , ", ","])
+def test_a_dataset_selection_naming_none_is_400_naming_the_parameter(
+    client: TestClient[Any], store: ProfileStore, selection: str
+) -> None:
+    post_events(client, [event("e1"), seen("i1", "ann", "email", "ann@example.com")])
+    store.refresh()
+    for path, query in (("/v1/profiles/ann", {}), ("/v1/profiles", {"email": "ann@example.com"})):
+        response = client.get(path, params={**query, "datasets": selection}, headers=headers())
+        assert response.status_code == 400, (path, response.text)
+        error = response.json()["error"]
+        assert (error["code"], error["field"]) == ("invalid_request", "datasets")
+        assert "`datasets` names no dataset" in error["message"]
+    unknown = client.get("/v1/profiles/ann", params={"datasets": "carts,nope"}, headers=headers())
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["code"] == "unknown_dataset"
+    spaced = client.get("/v1/profiles/ann", params={"datasets": " carts,,"}, headers=headers())
+    assert set(spaced.json()["sections"]) == {"carts"}
+
+
 def test_profiles_are_found_by_any_identifier_normalised(
     client: TestClient[Any], store: ProfileStore
 ) -> None:
@@ -270,13 +339,75 @@ def test_profiles_are_found_by_any_identifier_normalised(
         assert found.json()["customer_id"] == "ann"
     shared = client.get("/v1/profiles?email=family@example.com", headers=headers())
     assert shared.status_code == 409
-    assert "bob, cat" in shared.json()["error"]["message"]
+    assert shared.json()["error"]["code"] == "ambiguous_identifier"
+    assert "customer id" in shared.json()["error"]["message"]
+    assert "bob" not in shared.text and "cat" not in shared.text  # no other customers' ids
     assert "family@example.com" not in shared.text
     assert client.get("/v1/profiles?email=x@example.com", headers=headers()).status_code == 404
     assert client.get("/v1/profiles?email=not-an-email", headers=headers()).status_code == 400
     assert client.get("/v1/profiles", headers=headers()).status_code == 400
     two = client.get("/v1/profiles?email=a@b.co&device=d", headers=headers())
     assert two.status_code == 400
+
+
+def test_handles_whose_network_and_handle_concatenate_alike_are_two_identifiers(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    post_events(
+        client,
+        [
+            seen("1", "ann", "handle", "ann", network="twit:ter"),
+            seen("2", "bob", "handle", "ter:ann", network="twit"),
+        ],
+    )
+    store.refresh()
+    for written, holder in (("twit%3Ater:ann", "ann"), ("twit:ter:ann", "bob")):
+        found = client.get("/v1/profiles", params={"handle": written}, headers=headers())
+        assert found.status_code == 200, found.text
+        assert found.json()["customer_id"] == holder
+
+
+ODD_IDS = [
+    "a/b",
+    "a/",
+    "/a",
+    "a//b",
+    "100%",
+    "a%2Fb",
+    "with space ",
+    "é ü 漢字 🙂",
+    "..",
+    ".",
+    "a/../b",
+    "x?y#z;w",
+    "victim/history",
+    "history",
+]
+
+
+def encoded(customer_id: str) -> str:
+    """A path segment naming ``customer_id`` as any client should send it."""
+    return quote(customer_id, safe="").replace(".", "%2E")
+
+
+def test_every_id_accepted_at_ingest_addresses_its_profile_and_history_and_nothing_else(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    ids = ["victim", *ODD_IDS]
+    for n, customer_id in enumerate(ids):  # one by one: the fixture's batches hold 5
+        assert post_events(client, [event(f"e{n}", customer_id)]).status_code == 200
+    store.refresh()
+    for customer_id in ids:
+        profile = client.get(f"/v1/profiles/{encoded(customer_id)}", headers=headers())
+        assert profile.status_code == 200, (customer_id, profile.text)
+        assert profile.json()["customer_id"] == customer_id
+        history = client.get(f"/v1/history/{encoded(customer_id)}", headers=headers())
+        assert history.status_code == 200, (customer_id, history.text)
+        assert [e["customer_id"] for e in history.json()["events"]] == [customer_id]
+    # The old history path is now a profile path: of customer "victim/history".
+    shadow = client.get("/v1/profiles/victim%2Fhistory", headers=headers("reader"))
+    assert shadow.json()["customer_id"] == "victim/history"
+    assert "events" not in shadow.json()
 
 
 # --- history and status ---------------------------------------------------------------------
@@ -286,7 +417,7 @@ def test_history_pages_through_a_customers_events_oldest_first(
     client: TestClient[Any],
 ) -> None:
     post_events(client, [event(f"e{i}", metadata={"actor": "pos-7"}) for i in range(5)])
-    first = client.get("/v1/profiles/ann/history?limit=2", headers=headers()).json()
+    first = client.get("/v1/history/ann?limit=2", headers=headers()).json()
     assert [e["event_id"] for e in first["events"]] == ["e0", "e1"]
     assert first["events"][0]["metadata"] == {
         "correlation_id": None,
@@ -295,11 +426,11 @@ def test_history_pages_through_a_customers_events_oldest_first(
     }
     assert first["events"][0]["recorded_at"] is not None
     assert first["next_after"] == 2
-    last = client.get("/v1/profiles/ann/history?after=4&limit=2", headers=headers()).json()
+    last = client.get("/v1/history/ann?after=4&limit=2", headers=headers()).json()
     assert [e["event_id"] for e in last["events"]] == ["e4"]
     assert last["next_after"] is None
-    assert client.get("/v1/profiles/nobody/history", headers=headers()).status_code == 404
-    assert client.get("/v1/profiles/ann/history?limit=0", headers=headers()).status_code == 400
+    assert client.get("/v1/history/nobody", headers=headers()).status_code == 404
+    assert client.get("/v1/history/ann?limit=0", headers=headers()).status_code == 400
 
 
 def test_status_has_the_same_facts_as_the_cli(client: TestClient[Any], store: ProfileStore) -> None:
@@ -346,7 +477,7 @@ def test_an_unavailable_event_log_is_503_with_retry_after_and_no_driver_details(
         raise LogUnavailable("PostgreSQL", "read", ConnectionError("password=s3cret"))
 
     monkeypatch.setattr(store._log, "stream", broken)
-    response = client.get("/v1/profiles/ann/history", headers=headers())
+    response = client.get("/v1/history/ann", headers=headers())
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
     body = response.json()["error"]

@@ -100,6 +100,26 @@ def test_a_bad_line_rejects_its_batch_and_reports_line_field_and_reason(
     assert "Traceback" not in result.stderr
 
 
+def test_ingest_rejects_a_batch_with_a_nul_in_an_id_and_goes_on(home: Path) -> None:
+    lines = [
+        json.dumps(
+            {
+                "type": "cart.cleared",
+                "event_id": f"c-{n}",
+                "customer_id": "ann\u0000" if n == 2 else "ann",
+                "occurred_at": "2026-03-01T10:00:00Z",
+                "cart_id": "k1",
+            }
+        )
+        for n in range(1, 5)
+    ]
+    result = run(home, "ingest", "--batch-size", "2", "-", input="\n".join(lines))
+    assert result.returncode == 1
+    assert "line 2 is invalid at `$.customer_id`" in result.stderr
+    assert "appended 2, duplicates 0, rejected 2" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_unknown_customer_and_identifier_exit_1_without_a_traceback(home: Path) -> None:
     for args in (
         ["profile", "nobody"],
@@ -110,6 +130,28 @@ def test_unknown_customer_and_identifier_exit_1_without_a_traceback(home: Path) 
         assert result.returncode == 1
         assert "not found" in result.stderr
         assert result.stdout == ""
+
+
+def test_an_ambiguous_identifier_exits_1_without_naming_its_holders(home: Path) -> None:
+    shared = [
+        json.dumps(
+            {
+                "type": "identifier.seen",
+                "event_id": f"s-{who}",
+                "customer_id": f"holder-{who}",
+                "occurred_at": "2026-03-01T10:00:00Z",
+                "kind": "email",
+                "value": "family@example.com",
+            }
+        )
+        for who in ("one", "two")
+    ]
+    assert run(home, "ingest", "-", input="\n".join(shared)).returncode == 0
+    assert run(home, "refresh").returncode == 0
+    result = run(home, "find", "--email", "family@example.com")
+    assert result.returncode == 1
+    assert "ambiguous" in result.stderr and "customer id" in result.stderr
+    assert "holder-" not in result.stderr
 
 
 def test_usage_errors_exit_2(home: Path) -> None:

@@ -102,3 +102,4 @@ def test_a_failed_audit_says_what_to_run_next() -> None:
 def test_messages_hold_no_personal_data_or_password(error: ProfileStoreError) -> None:
     assert "ann@example.com" not in str(error)
     assert "s3cret" not in str(error)
+    assert "c-1" not in str(error)  # nor who else holds an identifier

@@ -91,11 +91,22 @@ def test_serve_ingests_over_http_and_shows_real_time_datasets(tmp_path: Path) ->
             assert profile["freshness"]["carts"]["position"] == 2
             status = {r["dataset"]: r for r in client.get("/v1/status").json()}
             assert status["carts"]["running_holder"] is not None  # the follower holds it
+            # Refused by the HTTP parser, below the app: still our JSON error shape.
+            for head in (
+                b"GET /v1/profiles/" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"NOT HTTP AT ALL\r\n\r\n",
+            ):
+                status_line, answer = _raw_request(port, head)
+                assert status_line.startswith(b"HTTP/1.1 400"), status_line
+                assert json.loads(answer)["error"]["code"] == "invalid_request"
+            long_path = client.get("/v1/profiles/" + "a" * 60_000)
+            assert long_path.status_code == 404  # under the limit: the app answers
     finally:
         server.send_signal(signal.SIGTERM)
         _, log = server.communicate(timeout=30)
     assert server.returncode == 0, log
-    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in log.splitlines() if line.strip()]  # all JSON
+    assert any(entry["message"].startswith("worker ") for entry in lines)  # the announcement
     access = [entry for entry in lines if entry.get("logger") == "profilestore.access"]
     assert {entry["route"] for entry in access} >= {
         "/v1/events",
@@ -104,6 +115,17 @@ def test_serve_ingests_over_http_and_shows_real_time_datasets(tmp_path: Path) ->
     }
     assert "e@x.co" not in log and KEY not in log
     assert any("Application shutdown complete" in entry.get("message", "") for entry in lines)
+
+
+def _raw_request(port: int, head: bytes) -> tuple[bytes, bytes]:
+    """Send ``head`` as is; the answer's status line and body (the server closes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(head)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    return head_part.split(b"\r\n", 1)[0], body
 
 
 STOPS = 6

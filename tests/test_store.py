@@ -6,6 +6,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 
 from profilestore.config import Settings
@@ -15,6 +16,7 @@ from profilestore.errors import (
     IdentifierNotFound,
     InvalidEvent,
     InvalidIdentifier,
+    NoDatasetSelected,
     UnknownDataset,
 )
 from profilestore.events import CartItemAdded, IdentifierSeen
@@ -189,6 +191,19 @@ def test_an_identifier_shared_by_two_customers_is_ambiguous(store: ProfileStore)
     assert raised.value.customer_ids == ["ann", "bob"]
 
 
+def test_a_dataset_selection_naming_none_is_refused_not_read_as_all_or_nothing(
+    store: ProfileStore,
+) -> None:
+    store.append([seen("1", "ann", "email", "ann@example.com")])
+    store.refresh()
+    with pytest.raises(NoDatasetSelected, match="`datasets` names no dataset"):
+        store.profile("ann", [])
+    with pytest.raises(NoDatasetSelected):
+        store.find("email", "ann@example.com", [])
+    with pytest.raises(NoDatasetSelected):
+        store.profile_raw("ann", [])
+
+
 def test_profile_can_be_limited_to_datasets_and_rejects_unknown_ones(
     store: ProfileStore,
 ) -> None:
@@ -203,3 +218,59 @@ def test_profile_can_be_limited_to_datasets_and_rejects_unknown_ones(
         store.profile("ann", ["cart"])
     with pytest.raises(CustomerNotFound):
         store.profile("ann", ["social"])
+
+
+# --- identifiers mean the same on every backend -------------------------------------------
+
+CONTROL_CHARACTERS = ["\x00", "\t", "\n", "\r", "\x1b", "\x7f", "\x85"]
+
+
+def store_on(settings: Settings, log_backend: dict[str, Any]) -> ProfileStore:
+    if log_backend["name"] == "sqlite":
+        return open_store(settings, clock=lambda: NOW)
+    log = msgspec.structs.replace(
+        settings.event_log, url=log_backend["url"], postgres_schema=log_backend["schema"]
+    )
+    return open_store(msgspec.structs.replace(settings, event_log=log), clock=lambda: NOW)
+
+
+@pytest.mark.parametrize("control", CONTROL_CHARACTERS, ids=repr)
+@pytest.mark.parametrize(
+    ("field", "path"),
+    [
+        ({"event_id": "e{c}1"}, "$.event_id"),
+        ({"customer_id": "ann{c}"}, "$.customer_id"),
+        ({"cart_id": "{c}k1"}, "$.cart_id"),
+    ],
+)
+def test_a_control_character_in_a_key_is_refused_on_every_backend(
+    settings: Settings,
+    log_backend: dict[str, Any],
+    control: str,
+    field: dict[str, str],
+    path: str,
+) -> None:
+    bad = {name: value.format(c=control) for name, value in field.items()}
+    with store_on(settings, log_backend) as store:
+        with pytest.raises(InvalidEvent) as raised:
+            store.append([cart_item("ok"), cart_item("e2") | bad])
+        assert (raised.value.index, raised.value.path) == (1, path)
+        assert store.head() == 0
+        assert store.append([cart_item("ok")]).appended == 1
+
+
+@pytest.mark.parametrize("control", CONTROL_CHARACTERS, ids=repr)
+def test_a_control_character_in_an_identifier_or_network_is_refused_on_every_backend(
+    settings: Settings, log_backend: dict[str, Any], control: str
+) -> None:
+    with store_on(settings, log_backend) as store:
+        for event, path in (
+            (seen("1", "ann", "device", f"dev{control}9"), "$.value"),
+            (seen("2", "ann", "handle", "ann") | {"network": f"x{control}"}, "$.network"),
+        ):
+            with pytest.raises(InvalidEvent) as raised:
+                store.append([event])
+            assert raised.value.path == path
+        with pytest.raises(InvalidIdentifier, match="control character"):
+            store.find("device", f"dev{control}9")
+        assert store.head() == 0

@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 not found or some input rejected; 2 bad usage or config
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -347,11 +348,16 @@ def worker(obj: _Context, datasets: tuple[str, ...]) -> None:
         stderr.print("stopping: finishing the current batch")
 
 
-def _announce(store: ProfileStore, running: Any) -> None:
-    stderr.print(
+def _announce(store: ProfileStore, running: Any, *, serving: bool = False) -> None:
+    text = (
         f"worker {store.holder}: real time {', '.join(running.realtime) or '-'}; "
         f"scheduled {', '.join(running.scheduled) or '-'}"
     )
+    if serving:
+        # Under `serve`, stderr is the JSON log: this line is one of its lines too.
+        logging.getLogger("profilestore.worker").info("%s", text)
+    else:
+        stderr.print(escape(text))
 
 
 def _wait_for_signal() -> None:
@@ -390,13 +396,14 @@ def serve(obj: _Context, role: str, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from profilestore.api import configure_logging, create_app
+    from profilestore.api.protocol import MAX_REQUEST_HEAD_BYTES, protocol_class
     from profilestore.worker import Worker
 
     configure_logging()
     with _errors(), obj.open() as store:
         if role == "worker":
             with Worker(store) as running:
-                _announce(store, running)
+                _announce(store, running, serving=True)
                 _wait_for_signal()
             return
         background = Worker(store) if role == "all" else None
@@ -405,13 +412,15 @@ def serve(obj: _Context, role: str, host: str | None, port: int | None) -> None:
             host=host or store.settings.api.host,
             port=store.settings.api.port if port is None else port,
             access_log=False,  # ours logs route templates; uvicorn's would log query strings
+            http=protocol_class(),  # refuses malformed HTTP in our JSON error shape
+            h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
             log_config=None,
             timeout_graceful_shutdown=30,
             lifespan="on",
         )
         if background is not None:
             background.start()
-            _announce(store, background)
+            _announce(store, background, serving=True)
         # uvicorn shuts down gracefully on TERM/INT, then re-raises the signal to the
         # handler it found: make that one ours, so the worker is stopped cleanly below.
         stopped: list[int] = []

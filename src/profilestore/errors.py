@@ -164,15 +164,20 @@ class FoldFailed(ProfileStoreError):
 
 
 class AmbiguousIdentifier(ProfileStoreError):
-    """Several customers hold the same identifier; the caller must choose."""
+    """Several customers hold the same identifier; the caller must choose.
+
+    The holders are kept on the error (``customer_ids``, for a Python caller) but never
+    put in the message: a reader who knows one identifier must not learn which other
+    customers hold it, nor how many do.
+    """
 
     def __init__(self, kind: str, value: str, customer_ids: Sequence[str]) -> None:
         self.kind = kind
         self.value = value
         self.customer_ids = list(customer_ids)
         super().__init__(
-            f"this {kind} belongs to {len(self.customer_ids)} customers "
-            f"({', '.join(self.customer_ids[:10])}); look them up by customer id"
+            f"more than one customer holds this {kind}; look the profile up by its "
+            "customer id or by an identifier only that customer holds"
         )
 
 
@@ -180,6 +185,22 @@ class UnknownDataset(ProfileStoreError):
     def __init__(self, name: str, known: Sequence[str]) -> None:
         self.name = name
         super().__init__(f"unknown dataset {name!r}; known datasets: {', '.join(known)}")
+
+
+class NoDatasetSelected(UnknownDataset):
+    """A selection of datasets that names none (``--datasets ,,,``, ``?datasets=``).
+
+    Refused rather than read as "all" or as "nothing": either would answer something the
+    caller did not ask for (a whole profile, or a 404 for a customer who exists).
+    """
+
+    def __init__(self, known: Sequence[str]) -> None:
+        self.name = ""
+        ProfileStoreError.__init__(
+            self,
+            f"`datasets` names no dataset; name some of {', '.join(known)} "
+            "(comma-separated), or leave it out for all",
+        )
 
 
 class LeaseHeld(ProfileStoreError):

@@ -39,7 +39,13 @@ SAFE_INTEGER = 2**53 - 1
 PREFERENCE_NUMBER_MAX = 1e15
 """The largest magnitude of a float preference value (so never infinite or NaN)."""
 
-Key = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f-\x9f]*\Z"
+"""No control character (C0, DEL, C1) anywhere: PostgreSQL cannot store a NUL in text, and
+an identifier must mean the same on every backend, so none is accepted on any. (It ends
+in an end-of-string anchor, not ``$``, which would let a trailing newline through.)"""
+
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=NO_CONTROL_CHARACTERS)]
 """An identifier supplied by a client system (event id, customer id, order id, ...)."""
 
 Text = Annotated[str, msgspec.Meta(max_length=10_000)]
@@ -129,6 +135,7 @@ class Event(
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE_DIGITS = re.compile(r"\d")
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def normalise_identifier(kind: str, value: str, network: str | None = None) -> str:
@@ -138,6 +145,10 @@ def normalise_identifier(kind: str, value: str, network: str | None = None) -> s
     handles are lower-cased, lose a leading ``@`` and are qualified by their network.
     Raises ValueError naming what is wrong.
     """
+    if CONTROL_CHARACTER.search(value) or (
+        network is not None and CONTROL_CHARACTER.search(network)
+    ):
+        raise ValueError("an identifier may not contain a control character")
     value = value.strip()
     if kind == "email":
         value = value.lower()
@@ -150,12 +161,12 @@ def normalise_identifier(kind: str, value: str, network: str | None = None) -> s
             raise ValueError(f"`value` {value!r} is not a phone number (6 to 15 digits)")
         return f"phone:{'+' if value.startswith('+') else ''}{digits}"
     if kind == "handle":
-        if not network:
+        if not network or not network.strip():
             raise ValueError("`network` is required when `kind` is 'handle'")
         handle = value.lstrip("@").lower()
         if not handle:
             raise ValueError("`value` is an empty handle")
-        return f"handle:{network.strip().lower()}:{handle}"
+        return f"handle:{escape_network(network.strip().lower())}:{handle}"
     if kind == "device":
         if not value:
             raise ValueError("`value` is an empty device id")
@@ -163,10 +174,34 @@ def normalise_identifier(kind: str, value: str, network: str | None = None) -> s
     raise ValueError(f"`kind` {kind!r} is not one of email, phone, handle, device")
 
 
+_NETWORK_ESCAPE = re.compile(r"%(25|3a)", re.IGNORECASE)
+
+
+def escape_network(network: str) -> str:
+    """A network as it stands in a handle's lookup key: ``%`` and ``:`` percent-escaped.
+
+    The first ``:`` after the network then always ends it, so network ``twit:ter`` with
+    handle ``ann`` (``handle:twit%3ater:ann``) and network ``twit`` with handle ``ter:ann``
+    (``handle:twit:ter:ann``) are two keys. Networks without either character, all the
+    usual ones, are unchanged.
+    """
+    return network.replace("%", "%25").replace(":", "%3a")
+
+
+def unescape_network(text: str) -> str:
+    """The network named by the NETWORK part of a ``NETWORK:HANDLE`` lookup, where a
+    ``:`` in a network is written ``%3A`` (and ``%`` as ``%25``); other ``%`` stay."""
+    return _NETWORK_ESCAPE.sub(lambda m: "%" if m.group(1) == "25" else ":", text)
+
+
+Network = Annotated[str, msgspec.Meta(max_length=512, pattern=NO_CONTROL_CHARACTERS)]
+"""A social network's name: part of a handle's lookup key, so held to the rule of keys."""
+
+
 class _IdentifierEvent(Event, frozen=True, kw_only=True):
     kind: IdentifierKind
     value: Key
-    network: ShortText | None = None
+    network: Network | None = None
 
     def __post_init__(self) -> None:
         normalise_identifier(self.kind, self.value, self.network)

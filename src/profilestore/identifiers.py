@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from typing import get_args
 
 from profilestore.errors import InvalidIdentifier
-from profilestore.events import IdentifierKind, normalise_identifier
+from profilestore.events import (
+    CONTROL_CHARACTER,
+    IdentifierKind,
+    normalise_identifier,
+    unescape_network,
+)
 
 
 @dataclass(frozen=True)
@@ -25,7 +30,8 @@ class LookupKind:
 _HELP = {
     "email": "An email address, e.g. ann@example.com (case and spaces ignored).",
     "phone": "A phone number, e.g. +14155550003 (punctuation ignored).",
-    "handle": "A social handle as NETWORK:HANDLE, e.g. twitter:@ann.",
+    "handle": "A social handle as NETWORK:HANDLE, e.g. twitter:@ann (a ':' in the network "
+    "as %3A, a '%' as %25).",
     "device": "A device or anonymous id, exactly as sent.",
 }
 
@@ -48,9 +54,13 @@ def lookup_key(kind: str, value: str) -> str:
         raise InvalidIdentifier(kind, f"not a kind of identifier; one of {', '.join(KIND_NAMES)}")
     network = None
     if kind == "handle":
+        # The network ends at the first ':'; a network holding one writes it '%3A'.
         network, sep, value = value.partition(":")
         if not sep or not network.strip():
             raise InvalidIdentifier(kind, "give it as NETWORK:HANDLE, e.g. twitter:@ann")
+        network = unescape_network(network)
+    if CONTROL_CHARACTER.search(value) or (network and CONTROL_CHARACTER.search(network)):
+        raise InvalidIdentifier(kind, "contains a control character; no identifier holds one")
     try:
         return normalise_identifier(kind, value, network)
     except ValueError:

@@ -42,6 +42,7 @@ from profilestore.errors import (
     CustomerNotFound,
     IdentifierNotFound,
     InvalidEvent,
+    NoDatasetSelected,
     StoreClosed,
     UnknownDataset,
 )
@@ -303,6 +304,14 @@ class ProfileStore:
                 raise UnknownDataset(name, list(self.projections))
         return list(names)
 
+    def _selection(self, datasets: Sequence[str] | None) -> list[str] | None:
+        """The datasets a read asked for: None for all; a selection naming none is an error."""
+        if datasets is None:
+            return None
+        if not datasets:
+            raise NoDatasetSelected(list(self.projections))
+        return self.datasets(datasets)
+
     def cadence(self, dataset: str) -> str:
         """How often ``dataset`` is refreshed: its config line, else its module's default."""
         configured = self.settings.datasets[self.datasets([dataset])[0]].cadence
@@ -522,7 +531,7 @@ class ProfileStore:
         """The stored profile; with ``as_of``, the profile folded from the customer's
         events recorded at or before that time (every dataset as if fresh then)."""
         customer_id = self.resolve(customer_id)
-        names = None if datasets is None else self.datasets(datasets)
+        names = self._selection(datasets)
         if as_of is not None:
             projections = {n: p for n, p in self.projections.items() if names is None or n in names}
             replayed = profile_as_of(self._log, projections, customer_id, as_of)
@@ -547,7 +556,7 @@ class ProfileStore:
             assert raw is not None
             return raw
         with self._entered():
-            names = None if datasets is None else self.datasets(datasets)
+            names = self._selection(datasets)
             found = self._documents.get_raw(self.resolve(customer_id), names)
         if found is None:
             raise CustomerNotFound(customer_id)
@@ -557,7 +566,7 @@ class ProfileStore:
         self, customer_id: str, datasets: Sequence[str] | None = None
     ) -> RawProfile:
         """:meth:`profile_raw` for an event loop (MongoDB through its async client)."""
-        names = None if datasets is None else self.datasets(datasets)
+        names = self._selection(datasets)
         gate = self._gate
         gate.enter()
         try:
@@ -584,7 +593,7 @@ class ProfileStore:
         :class:`IdentifierNotFound`; one several customers hold,
         :class:`AmbiguousIdentifier`.
         """
-        names = None if datasets is None else self.datasets(datasets)
+        names = self._selection(datasets)
         customer_id = self._holder_of(kind, self._documents.find(lookup_key(kind, value)))
         found = self._documents.get(customer_id, names)
         if found is None:
@@ -595,7 +604,7 @@ class ProfileStore:
         self, kind: str, value: str, datasets: Sequence[str] | None = None
     ) -> RawProfile:
         """:meth:`find` for an event loop, with sections as stored JSON."""
-        names = None if datasets is None else self.datasets(datasets)
+        names = self._selection(datasets)
         key = lookup_key(kind, value)
         gate = self._gate
         gate.enter()

@@ -27,6 +27,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from profilestore.api.bodies import JsonRequest
 from profilestore.api.errors import (
     handle_ambiguous,
     handle_http,
@@ -102,6 +103,7 @@ def create_app(store: ProfileStore) -> Litestar:
         lifespan=[lifespan],
         middleware=[access_middleware],
         request_max_body_size=settings.max_body_bytes,
+        request_class=JsonRequest,
         exception_handlers={
             InvalidEvent: handle_invalid_event,
             ValidationException: handle_validation,

@@ -20,6 +20,7 @@ from profilestore.errors import (
     InvalidEvent,
     InvalidIdentifier,
     LogUnavailable,
+    NoDatasetSelected,
     ProfileStoreError,
     StoreClosed,
     UnknownDataset,
@@ -74,12 +75,7 @@ def handle_not_found(_: Request[Any, Any, Any], error: Exception) -> Response[Er
 def handle_ambiguous(
     _: Request[Any, Any, Any], error: AmbiguousIdentifier
 ) -> Response[ErrorResponse]:
-    return _error(
-        409,
-        "ambiguous_identifier",
-        f"{len(error.customer_ids)} customers hold this {error.kind}: "
-        f"{', '.join(error.customer_ids[:20])}",
-    )
+    return _error(409, "ambiguous_identifier", str(error))
 
 
 def handle_profilestore(
@@ -87,6 +83,8 @@ def handle_profilestore(
 ) -> Response[ErrorResponse]:
     if isinstance(error, BatchTooLarge):
         return _error(422, "batch_too_large", str(error), field="events")
+    if isinstance(error, NoDatasetSelected):
+        return _error(400, "invalid_request", str(error), field="datasets")
     if isinstance(error, UnknownDataset):
         return _error(400, "unknown_dataset", str(error), field="datasets")
     if isinstance(error, InvalidIdentifier):
@@ -113,11 +111,13 @@ def handle_unavailable(error: LogUnavailable | DocumentsUnavailable) -> Response
 
 def handle_http(_: Request[Any, Any, Any], error: HTTPException) -> Response[ErrorResponse]:
     codes = {
+        400: "invalid_request",
         401: "unauthorized",
         403: "forbidden",
         404: "not_found",
         405: "method_not_allowed",
         413: "body_too_large",
+        415: "unsupported_media_type",
     }
     response = _error(error.status_code, codes.get(error.status_code, "http_error"), error.detail)
     if error.status_code == 401:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 import anyio
 import msgspec
 from litestar import MediaType, Request, Response, get, post
 from litestar.exceptions import NotFoundException, ValidationException
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
 from prometheus_client import generate_latest
 
 from profilestore.api.bodies import (
@@ -39,7 +40,9 @@ def _store(request: Request[Any, Any, Any]) -> ProfileStore:
 
 
 def _datasets(datasets: str | None) -> list[str] | None:
-    if not datasets:
+    # Given but naming nothing (``?datasets=,,,``) stays an empty selection: the store
+    # refuses it (400) rather than serve every dataset or none.
+    if datasets is None:
         return None
     return [d.strip() for d in datasets.split(",") if d.strip()]
 
@@ -81,16 +84,48 @@ def _profile_response(request: Request[Any, Any, Any], raw: RawProfile) -> Profi
     )
 
 
-@get("/v1/profiles/{customer_id:str}", guards=[require("read")], summary="A profile by id")
+PROFILES = "/v1/profiles/"
+HISTORY = "/v1/history/"
+
+
+def _customer_id(request: Request[Any, Any, Any], prefix: str, routed: str) -> str:
+    """The customer id a path names, exactly: everything after ``prefix``, percent-decoded
+    once, so any id accepted at ingest is addressable (``a/b`` as ``a%2Fb``, ``100%`` as
+    ``100%25``, ``..`` as ``%2E%2E``).
+
+    It is read from the raw path: the decoded one the router matched (``routed``) has lost
+    what routing normalises away, a leading, trailing or doubled ``/``, which an id may hold.
+    A path that is not UTF-8 once decoded names no customer.
+    """
+    raw = request.scope.get("raw_path")
+    if not raw:
+        return routed.removeprefix("/")
+    path = raw.partition(b"?")[0]  # ASGI excludes the query; some test transports do not
+    if not path.startswith(prefix.encode()):
+        return routed.removeprefix("/")
+    try:
+        return unquote_to_bytes(path[len(prefix) :]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise NotFoundException(detail="no customer has this id (not UTF-8)") from None
+
+
+@get(
+    PROFILES + "{customer_id:path}",
+    guards=[require("read")],
+    summary="A profile by id",
+)
 async def get_profile(
     request: Request[Any, Any, Any],
-    customer_id: FromPath[str],
+    customer_id: Annotated[
+        str, Parameter(description="The customer id, percent-encoded (`/` as `%2F`).")
+    ],
     datasets: FromQuery[str | None] = None,
     as_of: FromQuery[dt.datetime | None] = None,
 ) -> ProfileResponse:
     """The customer's profile (only `datasets`, comma-separated, if given) with a
     freshness block per dataset. With `as_of` (an ISO time with a zone), the profile as it
     was then: the customer's events recorded up to that time, refolded."""
+    customer_id = _customer_id(request, PROFILES, customer_id)
     store = _store(request)
     names = _datasets(datasets)
     if as_of is None:
@@ -153,19 +188,19 @@ find_profile_route = get(
 )(_with_identifier_parameters(find_profile))
 
 
-@get(
-    "/v1/profiles/{customer_id:str}/history",
-    guards=[require("audit")],
-    summary="A customer's events",
-)
+@get(HISTORY + "{customer_id:path}", guards=[require("audit")], summary="A customer's events")
 async def get_history(
     request: Request[Any, Any, Any],
-    customer_id: FromPath[str],
+    customer_id: Annotated[
+        str, Parameter(description="The customer id, percent-encoded (`/` as `%2F`).")
+    ],
     after: Annotated[int, QueryParameter(ge=0, le=MAX_VERSION)] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> HistoryPage:
     """The customer's events, oldest first, with envelope and metadata, `limit` (1-1000)
-    per page after stream version `after`."""
+    per page after stream version `after`. (Not under `/v1/profiles/{id}/`: a customer id
+    may end in `/history`, and every id must address its own profile.)"""
+    customer_id = _customer_id(request, HISTORY, customer_id)
     store = _store(request)
     try:
         events, next_after = await anyio.to_thread.run_sync(
