@@ -481,3 +481,24 @@ def test_an_append_chosen_as_a_deadlock_victim_is_planned_again(
     )
     with pytest.raises(LogUnavailable):  # any other database error is not retried
         event_log.append([page_view("dl-2", "ann")])
+
+
+def test_an_empty_insert_does_what_the_librarys_recorder_does(
+    event_log: EventLog, log_backend: dict[str, Any]
+) -> None:
+    if log_backend["name"] == "postgres":
+        from eventsourcing.postgres import PostgresApplicationRecorder
+
+        library: Any = PostgresApplicationRecorder(
+            event_log.recorder.datastore,  # type: ignore[attr-defined]
+            events_table_name=EVENTS_TABLE,
+        )
+    else:
+        from eventsourcing.sqlite import SQLiteApplicationRecorder
+
+        library = SQLiteApplicationRecorder(
+            event_log.recorder.datastore,  # type: ignore[attr-defined]
+            events_table_name=EVENTS_TABLE,
+        )
+    assert event_log.recorder.insert_events([]) == library.insert_events([])
+    assert event_log.head() == 0

@@ -11,7 +11,7 @@ so psycopg) is imported only then.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -164,14 +164,18 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
     def _insert_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
-        # Runs in the library's insert transaction, before the events themselves.
-        # Not prepared: a conflict aborts this pipelined transaction, and statements that
-        # psycopg prepared inside it would be missing from the server ("_pg3_N does not
-        # exist") when the batch is retried.
-        event_ids = [list(column) for column in zip(*kwargs["event_ids"], strict=True)]
-        curs.execute(self._insert_event_ids, event_ids, prepare=False)
-        streams = [list(column) for column in zip(*kwargs["streams"], strict=True)]
-        curs.execute(self._upsert_streams, streams, prepare=False)
+        # Runs in the library's insert transaction, before the events themselves. Nothing
+        # is prepared on our connections (see UnpreparedDatastore). An empty batch (or a
+        # call without our keyword arguments, as the library's own callers make) writes
+        # nothing, as the library's recorder does.
+        event_ids = kwargs.get("event_ids") or ()
+        if event_ids:
+            columns = [list(column) for column in zip(*event_ids, strict=True)]
+            curs.execute(self._insert_event_ids, columns)
+        streams = kwargs.get("streams") or ()
+        if streams:
+            columns = [list(column) for column in zip(*streams, strict=True)]
+            curs.execute(self._upsert_streams, columns)
 
     def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -265,10 +269,34 @@ class _NotificationStates(StateSubscription):
         self._subscription.stop()
 
 
+class UnpreparedDatastore(PostgresDatastore):
+    """The library's datastore, whose connections never prepare a statement.
+
+    The library prepares its ``LOCK TABLE`` and its insert (``prepare=True``) inside the
+    pipelined transaction that also runs our statements. When a concurrent writer makes
+    that transaction fail, psycopg may keep a statement name the server never created,
+    and the connection's next append fails with ``prepared statement "_pg3_N" does not
+    exist`` (seen in 3 of 15 trials of 8 processes appending conflicting batches).
+    psycopg's ``prepare_threshold = None`` turns preparing off on the connection, even
+    where ``prepare=True`` is asked for: each statement is parsed on every run (for an
+    append, a few statements per batch, not per event), and no name can go missing.
+    """
+
+    def after_connect_func(self) -> Callable[[psycopg.Connection[Any]], None]:
+        configure = super().after_connect_func()
+
+        def after_connect(conn: psycopg.Connection[Any]) -> None:
+            configure(conn)
+            conn.prepare_threshold = None
+
+        return after_connect
+
+
 def postgres_datastore(url: str, *, schema: str = "", pool_size: int = 2) -> PostgresDatastore:
-    """The library's PostgreSQL datastore for a ``postgresql://`` URL."""
+    """The library's PostgreSQL datastore for a ``postgresql://`` URL (see
+    :class:`UnpreparedDatastore`)."""
     params = connection_params(url)
-    return PostgresDatastore(
+    return UnpreparedDatastore(
         dbname=params.get("dbname", "postgres"),
         host=params.get("host", "127.0.0.1"),
         port=params.get("port", "5432"),

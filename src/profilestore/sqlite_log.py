@@ -104,14 +104,16 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         # Same transaction as the events: a duplicate event_id rolls the whole batch back.
+        # Without our keyword arguments (an empty batch, the library's own callers) there
+        # is nothing of ours to write, as in the library's recorder.
         c.executemany(
             f"INSERT INTO {EVENT_IDS_TABLE} VALUES (?,?,?,?)",
-            [(e, o.hex, v, h) for e, o, v, h in kwargs["event_ids"]],
+            [(e, o.hex, v, h) for e, o, v, h in kwargs.get("event_ids", ())],
         )
         c.executemany(
             f"INSERT INTO {STREAMS_TABLE} VALUES (?,?,?,?) ON CONFLICT (originator_id) "
             "DO UPDATE SET head_version = excluded.head_version, head_hash = excluded.head_hash",
-            [(o.hex, customer, v, h) for o, customer, v, h in kwargs["streams"]],
+            [(o.hex, customer, v, h) for o, customer, v, h in kwargs.get("streams", ())],
         )
         ids: Sequence[int] | None = super()._insert_events(c, stored_events)
         return ids
