@@ -341,7 +341,7 @@ def test_a_file_that_is_not_a_database_fails_to_open_as_log_unavailable(tmp_path
     path.write_bytes(b"not a database, " * 1024)
     with pytest.raises(LogUnavailable) as raised:
         open_sqlite_log(str(path))
-    assert "SQLite event log could not open (sqlite3.DatabaseError)" in str(raised.value)
+    assert f"SQLite event log at {path} could not open (sqlite3.DatabaseError)" in str(raised.value)
 
 
 def test_a_failing_read_raises_log_unavailable_not_a_driver_error(tmp_path: Path) -> None:
