@@ -341,7 +341,7 @@ def test_a_file_that_is_not_a_database_fails_to_open_as_log_unavailable(tmp_path
     path.write_bytes(b"not a database, " * 1024)
     with pytest.raises(LogUnavailable) as raised:
         open_sqlite_log(str(path))
-    assert "SQLite event log could not open (sqlite3.DatabaseError)" in str(raised.value)
+    assert f"SQLite event log at {path} could not open (sqlite3.DatabaseError)" in str(raised.value)
 
 
 def test_a_failing_read_raises_log_unavailable_not_a_driver_error(tmp_path: Path) -> None:
@@ -496,3 +496,24 @@ def test_an_append_chosen_as_a_deadlock_victim_is_planned_again(
     )
     with pytest.raises(LogUnavailable):  # any other database error is not retried
         event_log.append([page_view("dl-2", "ann")])
+
+
+def test_an_empty_insert_does_what_the_librarys_recorder_does(
+    event_log: EventLog, log_backend: dict[str, Any]
+) -> None:
+    if log_backend["name"] == "postgres":
+        from eventsourcing.postgres import PostgresApplicationRecorder
+
+        library: Any = PostgresApplicationRecorder(
+            event_log.recorder.datastore,  # type: ignore[attr-defined]
+            events_table_name=EVENTS_TABLE,
+        )
+    else:
+        from eventsourcing.sqlite import SQLiteApplicationRecorder
+
+        library = SQLiteApplicationRecorder(
+            event_log.recorder.datastore,  # type: ignore[attr-defined]
+            events_table_name=EVENTS_TABLE,
+        )
+    assert event_log.recorder.insert_events([]) == library.insert_events([])
+    assert event_log.head() == 0

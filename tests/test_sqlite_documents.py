@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import threading
 from pathlib import Path
 
 import msgspec
@@ -143,3 +144,24 @@ def test_lookups_read_through_a_memory_map_of_the_configured_size(
     (size,) = store._connection().execute("PRAGMA mmap_size").fetchone()
     store.close()
     assert size == 2**24
+
+
+def test_a_new_store_another_process_is_creating_waits_for_its_switch_to_wal(
+    tmp_path: Path, schemas: dict[str, DatasetSchema]
+) -> None:
+    # Another process writes the new file (still in rollback-journal mode): SQLite refuses
+    # the switch to WAL at once ("database is locked") rather than wait; opening must wait.
+    path = tmp_path / "documents.sqlite"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE other_process (x INTEGER)")
+    released = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    released.start()
+    try:
+        store = SQLiteDocumentStore(str(path), schemas)
+        store.close()
+    finally:
+        released.join()
+        other.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -1,7 +1,13 @@
 """The ``profilestore`` command: parse, call :class:`~profilestore.store.ProfileStore`, render.
 
 JSON goes to stdout, progress bars and summaries to stderr, so output can be piped.
-Exit codes: 0 success; 1 not found or some input rejected; 2 bad usage or configuration.
+Exit codes: 0 success; 1 not found, some input rejected, drift or tampering found; 2 bad
+usage or configuration; 3 a store is unavailable (unreachable, locked, read-only, full,
+corrupt: the message names it and says what to do; nothing half-written is kept).
+
+Reading commands (profile, find, history, export, status, datasets, schedule list, verify,
+audit digest, audit verify) open the stores read-only, so they work on a copy nobody may
+write (see :func:`~profilestore.store.open_store`).
 """
 
 from __future__ import annotations
@@ -32,12 +38,18 @@ from rich.table import Table
 from profilestore.config import load_settings
 from profilestore.errors import (
     AmbiguousIdentifier,
+    AppendConflict,
     ConfigError,
+    DocumentsUnavailable,
     InvalidEvent,
     InvalidIdentifier,
+    LogUnavailable,
     NotFound,
     NotFoundHistory,
     ProfileStoreError,
+    ReadOnlyStore,
+    StoreClosed,
+    StoreMissing,
     UnknownDataset,
 )
 from profilestore.eventlog import event_json
@@ -46,6 +58,9 @@ from profilestore.schedule import fire_times, next_due, parse_cadence
 from profilestore.store import ProfileStore, open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+UNAVAILABLE = (LogUnavailable, DocumentsUnavailable, ReadOnlyStore, StoreClosed, AppendConflict)
+"""Errors of a store rather than of the request: exit code 3."""
 
 stderr = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep
 _json = msgspec.json.Encoder(decimal_format="string")
@@ -64,8 +79,14 @@ class _Context:
         self.config = config
         self.home = home
 
-    def open(self) -> ProfileStore:
-        return open_store(load_settings(self.config, home=self.home))
+    def open(self, *, read_only: bool = False) -> ProfileStore:
+        settings = load_settings(self.config, home=self.home)
+        if read_only:
+            try:
+                return open_store(settings, read_only=True)
+            except StoreMissing:
+                pass  # a new home: nothing to protect, so it is created as by any command
+        return open_store(settings)
 
 
 @contextmanager
@@ -80,6 +101,18 @@ def _errors() -> Iterator[None]:
     except (ConfigError, UnknownDataset, InvalidIdentifier) as e:
         stderr.print(f"[red]error:[/red] {escape(str(e))}")
         sys.exit(2)
+    except UNAVAILABLE as e:
+        stderr.print(f"[red]unavailable:[/red] {escape(str(e))}")
+        sys.exit(3)
+    except OSError as e:
+        # A file the stores could not even reach (a directory not creatable, a disk full
+        # before the database saw it): one line, not a traceback.
+        where = f" ({e.filename})" if e.filename else ""
+        stderr.print(
+            f"[red]unavailable:[/red] {escape(e.strerror or type(e).__name__)}{escape(where)}; "
+            "check the disk space and the permissions of the store's files, then retry"
+        )
+        sys.exit(3)
     except ProfileStoreError as e:
         stderr.print(f"[red]error:[/red] {escape(str(e))}")
         sys.exit(1)
@@ -256,7 +289,7 @@ def refresh(obj: _Context, datasets: tuple[str, ...], retry_dead_letters: bool) 
 @click.pass_obj
 def status(obj: _Context, as_json: bool) -> None:
     """Per dataset: cadence, last and next run, lag, running or failed, dead letters."""
-    with _errors(), obj.open() as store:
+    with _errors(), obj.open(read_only=True) as store:
         rows = store.status()
         if as_json:
             _emit(rows, pretty=True)
@@ -314,7 +347,7 @@ def schedule() -> None:
 @click.pass_obj
 def schedule_list(obj: _Context, count: int) -> None:
     """Each dataset's cadence, time zone and next runs (catch-up runs are due now)."""
-    with _errors(), obj.open() as store:
+    with _errors(), obj.open(read_only=True) as store:
         now = store.clock()
         rows = []
         for name in store.projections:
@@ -539,7 +572,7 @@ def profile(
     as_of: dt.datetime | None,
 ) -> None:
     """Print the profile of CUSTOMER_ID as JSON."""
-    with _errors(), obj.open() as store:
+    with _errors(), obj.open(read_only=True) as store:
         found = store.profile(customer_id, _split(datasets), as_of=_utc(as_of))
         if freshness:
             _emit(
@@ -566,7 +599,7 @@ def find(obj: _Context, /, datasets: str | None, pretty: bool, **identifiers: st
     """Print the profile holding an identifier as JSON."""
     with _errors():
         kind, value = one_identifier(identifiers)
-        with obj.open() as store:
+        with obj.open(read_only=True) as store:
             _emit(store.find(kind, value, _split(datasets)), pretty=pretty)
 
 
@@ -591,7 +624,7 @@ def history(
     types: str | None,
 ) -> None:
     """Print the events of CUSTOMER_ID, oldest first, as JSON Lines."""
-    with _errors(), obj.open() as store:
+    with _errors(), obj.open(read_only=True) as store:
         events = store.history(
             customer_id, since=_utc(since), until=_utc(until), types=_split(types)
         )
@@ -614,7 +647,7 @@ def _utc(moment: dt.datetime | None) -> dt.datetime | None:
 def export(obj: _Context, customer_id: str) -> None:
     """Print everything held on CUSTOMER_ID (every event and the profile) as one JSON
     document, for a data subject access request."""
-    with _errors(), obj.open() as store:
+    with _errors(), obj.open(read_only=True) as store:
         _emit(store.export(customer_id), pretty=True)
 
 
@@ -637,7 +670,7 @@ def verify(obj: _Context, sample: int | None, everyone: bool) -> None:
     """
     if sample and everyone:
         raise click.UsageError("give --sample N or --all, not both")
-    with _errors(), obj.open() as store:
+    with _errors(), obj.open(read_only=True) as store:
         with _progress() as progress:
             task = progress.add_task("verify", total=None)
             report = store.verify(
@@ -695,7 +728,7 @@ def audit_digest(obj: _Context, key_file: IO[bytes] | None) -> None:
     """Print a digest (Merkle root over every stream head, position, time) as JSON."""
     from profilestore.audit import load_private_key
 
-    with _errors(), obj.open() as store:
+    with _errors(), obj.open(read_only=True) as store:
         key = load_private_key(key_file.read()) if key_file else None
         _emit(store.auditor().digest(key), pretty=True)
 
@@ -722,7 +755,7 @@ def audit_verify(
     """Recompute every hash chain and, with --digest, compare with it. Exit 1 on findings."""
     from profilestore.audit import Digest, load_public_key
 
-    with _errors(), obj.open() as store:
+    with _errors(), obj.open(read_only=True) as store:
         digest = msgspec.json.decode(digest_file.read(), type=Digest) if digest_file else None
         if public_file is not None and digest is None:
             raise click.UsageError("--public-key needs --digest")
@@ -764,7 +797,7 @@ def audit_keygen(prefix: str) -> None:
 @click.pass_obj
 def list_datasets(obj: _Context) -> None:
     """List the configured datasets with their cadence, retention and freshness."""
-    with _errors(), obj.open() as store:
+    with _errors(), obj.open(read_only=True) as store:
         rows = []
         lags = store.freshness()
         for name, projection in store.projections.items():

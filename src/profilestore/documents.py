@@ -13,7 +13,8 @@ ports, each method's contract in its docstring:
 sees it. Adapters (``sqlite_documents.py``, ``mongo_documents.py``) pass one contract
 suite (``tests/test_documents_contract.py``), and :data:`DOCUMENT_BACKENDS` picks one by
 the URL's scheme. At the adapter boundary (:func:`translate_errors`) a driver error
-becomes ``DocumentsUnavailable`` and a call after ``close`` ``StoreClosed``.
+becomes ``DocumentsUnavailable``, a call after ``close`` ``StoreClosed``, and a write to a
+store opened read-only ``ReadOnlyStore``.
 
 Every section write carries its log position and is applied only if it is newer than the
 stored one, so replaying a batch changes nothing. A dataset can be rebuilt into a staging
@@ -39,6 +40,7 @@ from profilestore.errors import (
     DocumentsUnavailable,
     InvalidSetting,
     ProfileStoreError,
+    ReadOnlyStore,
     StoreClosed,
 )
 
@@ -250,9 +252,14 @@ class DocumentStore(SectionStore, LeaseStore, RecordStore):
     backend = "document"
     """A short name of the backend, for errors (``sqlite``, ``mongodb``)."""
 
-    def __init__(self, schemas: Mapping[str, DatasetSchema]) -> None:
+    location = ""
+    """Where the store is (a file, a host and database; never a password), for errors."""
+
+    def __init__(self, schemas: Mapping[str, DatasetSchema], *, read_only: bool = False) -> None:
         super().__init__(schemas)
         self.closed = False
+        self.read_only = read_only
+        """Opened read-only: nothing was created, and every write raises ReadOnlyStore."""
 
     @abstractmethod
     def close(self) -> None:
@@ -264,13 +271,18 @@ class DocumentStore(SectionStore, LeaseStore, RecordStore):
     def closed_error(self) -> StoreClosed:
         return StoreClosed(f"the {self.backend} document store")
 
+    def read_only_error(self, operation: str) -> ReadOnlyStore:
+        return ReadOnlyStore(f"the {self.backend} document store", self.location, operation)
+
     def unavailable(self, operation: str, error: BaseException) -> ProfileStoreError:
         """What a driver error raised by ``operation`` becomes: ``StoreClosed`` if the
         store was closed meanwhile, else ``DocumentsUnavailable`` (the driver's class name
         only: its message may quote personal data)."""
         if self.closed:
             return self.closed_error()
-        return DocumentsUnavailable(self.backend, operation, type(error).__name__)
+        return DocumentsUnavailable(
+            self.backend, operation, type(error).__name__, where=self.location
+        )
 
 
 # --- the adapter boundary --------------------------------------------------------------
@@ -283,6 +295,16 @@ PORT_METHODS = (
 )
 """The methods :func:`translate_errors` guards: every method of the three ports that
 reaches the database."""
+
+WRITE_METHODS = frozenset(
+    {
+        *("write", "advance", "start_staging", "promote_staging"),
+        *("acquire_lease", "release_lease"),
+        *("put_record", "insert_record_if_absent", "delete_record"),
+    }
+)
+"""The port methods that write: a store opened read-only refuses them (ReadOnlyStore)
+before its database is asked, whatever the backend."""
 
 D = TypeVar("D", bound=DocumentStore)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -314,12 +336,15 @@ def translate_errors(*driver_errors: type[Exception]) -> Callable[[type[D]], typ
 
 def _guarded(method: Callable[..., Any], errors: tuple[type[Exception], ...]) -> Any:
     name = method.__name__
+    writes = name in WRITE_METHODS
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
         def generator(self: DocumentStore, *args: Any, **kwargs: Any) -> Iterator[Any]:
             if self.closed:
                 raise self.closed_error()
+            if writes and self.read_only:
+                raise self.read_only_error(name)
             try:
                 yield from method(self, *args, **kwargs)
             except errors as e:
@@ -332,6 +357,8 @@ def _guarded(method: Callable[..., Any], errors: tuple[type[Exception], ...]) ->
         async def coroutine(self: DocumentStore, *args: Any, **kwargs: Any) -> Any:
             if self.closed:
                 raise self.closed_error()
+            if writes and self.read_only:
+                raise self.read_only_error(name)
             try:
                 return await method(self, *args, **kwargs)
             except errors as e:
@@ -343,6 +370,8 @@ def _guarded(method: Callable[..., Any], errors: tuple[type[Exception], ...]) ->
     def function(self: DocumentStore, *args: Any, **kwargs: Any) -> Any:
         if self.closed:
             raise self.closed_error()
+        if writes and self.read_only:
+            raise self.read_only_error(name)
         try:
             return method(self, *args, **kwargs)
         except errors as e:
@@ -376,15 +405,25 @@ class OpenDocuments(Protocol):
     anything), then open the store."""
 
     def __call__(
-        self, url: str, schemas: Mapping[str, DatasetSchema], settings: DocumentSettings
+        self,
+        url: str,
+        schemas: Mapping[str, DatasetSchema],
+        settings: DocumentSettings,
+        *,
+        read_only: bool = False,
     ) -> DocumentStore: ...
 
 
 def open_document_store(
-    url: str, schemas: Mapping[str, DatasetSchema], settings: DocumentSettings
+    url: str,
+    schemas: Mapping[str, DatasetSchema],
+    settings: DocumentSettings,
+    *,
+    read_only: bool = False,
 ) -> DocumentStore:
     """The document store ``url`` names (``{home}`` already substituted), through the
-    adapter registered for its scheme in :data:`DOCUMENT_BACKENDS`."""
+    adapter registered for its scheme in :data:`DOCUMENT_BACKENDS`; ``read_only``: an
+    existing store, opened without creating anything, refusing writes."""
     scheme = url.partition(":")[0].lower() if _SCHEME.match(url) else ""
     module = DOCUMENT_BACKENDS.get(scheme)
     if module is None:
@@ -392,7 +431,7 @@ def open_document_store(
         named = f"the scheme {scheme!r}" if scheme else "a URL without a scheme"
         raise url_error(f"{named} names no document store")
     factory: OpenDocuments = importlib.import_module(module).open_documents
-    return factory(url, schemas, settings)
+    return factory(url, schemas, settings, read_only=read_only)
 
 
 def url_error(reason: str, url: str = "") -> InvalidSetting:

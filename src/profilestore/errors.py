@@ -246,15 +246,33 @@ class LogUnavailable(ProfileStoreError):
     error stays chained (``__cause__``) for the logs.
     """
 
-    def __init__(self, backend: str, operation: str, error: BaseException) -> None:
+    def __init__(
+        self, backend: str, operation: str, error: BaseException, *, where: str = ""
+    ) -> None:
         self.backend = backend
         self.operation = operation
+        self.where = where
         self.driver_error = _innermost(error)
         cause = type(self.driver_error)
+        at = f" at {where}" if where else ""
         super().__init__(
-            f"the {backend} event log could not {operation} ({cause.__module__}.{cause.__name__});"
-            " check that the database is reachable and intact, then retry"
+            f"the {backend} event log{at} could not {operation} "
+            f"({cause.__module__}.{cause.__name__}); {_advice(self.driver_error)}"
         )
+
+
+def _advice(error: BaseException) -> str:
+    """What to do about a database error, by what kind of failure it is."""
+    text = str(error).lower()
+    if isinstance(error, OverflowError) or any(
+        kind.__name__ == "DataError" for kind in type(error).__mro__
+    ):
+        return "the database refused a value (out of range or not storable): nothing was written"
+    if "readonly" in text or "read-only" in text or "read only" in text:
+        return "its files or database are read-only: make them writable, or use a reading command"
+    if "full" in text or "no space" in text:
+        return "the disk is full: free space, then retry (nothing half-written is kept)"
+    return "check that the database is reachable and intact, then retry"
 
 
 def _innermost(error: BaseException) -> BaseException:
@@ -272,13 +290,43 @@ class DocumentsUnavailable(ProfileStoreError):
     is chained (``__cause__``) for the operator's log.
     """
 
-    def __init__(self, backend: str, operation: str, error: str) -> None:
+    def __init__(self, backend: str, operation: str, error: str, *, where: str = "") -> None:
         self.backend = backend
         self.operation = operation
         self.error = error
+        self.where = where
+        at = f" at {where}" if where else ""
         super().__init__(
-            f"the {backend} document store failed in {operation} ({error}); check that the "
-            "database is reachable and its files intact, then retry"
+            f"the {backend} document store{at} failed in {operation} ({error}); check that "
+            "the database is reachable, writable for commands that write, and its files "
+            "intact, then retry"
+        )
+
+
+class StoreMissing(ProfileStoreError):
+    """A store opened read-only does not exist yet (a read-only open creates nothing)."""
+
+    def __init__(self, what: str, where: str) -> None:
+        self.what = what
+        self.where = where
+        at = f" at {where}" if where else ""
+        super().__init__(
+            f"there is no {what}{at}, and a read-only open creates none; check the home "
+            "directory or URL (nothing was ingested there yet?)"
+        )
+
+
+class ReadOnlyStore(ProfileStoreError):
+    """A store opened read-only (an auditor's copy, a reading command) was asked to write."""
+
+    def __init__(self, what: str, where: str, operation: str) -> None:
+        self.what = what
+        self.where = where
+        self.operation = operation
+        at = f" at {where}" if where else ""
+        super().__init__(
+            f"{what}{at} is open read-only and cannot {operation}; open it read-write "
+            "(a writing command, or open_store(read_only=False)) where its files are writable"
         )
 
 

@@ -52,6 +52,7 @@ from profilestore.errors import (
     InvalidSetting,
     LogUnavailable,
     LogUrlError,
+    ReadOnlyStore,
     StoreClosed,
 )
 from profilestore.events import Event
@@ -130,6 +131,8 @@ class EventRecorder(ABC):
     conflicts: ClassVar[tuple[type[Exception], ...]] = ()
     """Driver errors that mean "a concurrent writer got in the way" (a deadlock, a
     serialisation failure): the append is planned again, as for a taken version."""
+    location: str = ""
+    """Where the log is (a file; a host, database and schema; never a password)."""
 
     @abstractmethod
     def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
@@ -237,7 +240,7 @@ class Subscription(Iterator[Notified]):
 
 @contextlib.contextmanager
 def database_errors(
-    backend: str, operation: str, driver_errors: tuple[type[Exception], ...]
+    backend: str, operation: str, driver_errors: tuple[type[Exception], ...], where: str = ""
 ) -> Iterator[None]:
     """Turn the library's and the driver's database errors into :class:`LogUnavailable`:
     the adapters' factories and :class:`EventLog` use it, so none escapes the log."""
@@ -249,15 +252,23 @@ def database_errors(
     try:
         yield
     except caught as error:
-        raise LogUnavailable(backend, operation, error) from error
+        raise LogUnavailable(backend, operation, error, where=where) from error
 
 
 class EventLog:
     """Appends validated events to customer streams and reads them back."""
 
-    def __init__(self, recorder: EventRecorder, mapper: EventMapper | None = None) -> None:
+    def __init__(
+        self,
+        recorder: EventRecorder,
+        mapper: EventMapper | None = None,
+        *,
+        read_only: bool = False,
+    ) -> None:
         self.recorder = recorder
         self.mapper = mapper or EventMapper()
+        self.read_only = read_only
+        """Opened read-only: nothing was created, and :meth:`append` raises ReadOnlyStore."""
         self._closed = False
 
     @contextlib.contextmanager
@@ -266,7 +277,9 @@ class EventLog:
         if self._closed:
             raise StoreClosed("the event log")
         recorder = self.recorder
-        with database_errors(recorder.backend, operation, recorder.driver_errors):
+        with database_errors(
+            recorder.backend, operation, recorder.driver_errors, recorder.location
+        ):
             yield
 
     def append(self, events: Sequence[Event]) -> AppendResult:
@@ -276,6 +289,11 @@ class EventLog:
         their order in the batch; the first of several events sharing an ``event_id`` wins.
         """
         with self.translated("append events"):
+            if self.read_only:
+                backend = self.recorder.backend
+                raise ReadOnlyStore(
+                    f"the {backend} event log", self.recorder.location, "append events"
+                )
             if not events:
                 return AppendResult(appended=0, duplicates=0)
             for attempt in range(1, MAX_APPEND_ATTEMPTS + 1):
@@ -444,6 +462,8 @@ class LogOptions:
     """SQLite: how long a writer waits for the file's write lock."""
     postgres_schema: str = ""
     """PostgreSQL: the schema of the log's tables (empty: the search path's first)."""
+    read_only: bool = False
+    """Open an existing log without creating or changing anything; appends are refused."""
 
 
 class _Backend(Protocol):
@@ -475,6 +495,7 @@ def open_log(
     *,
     lock_timeout_s: int = 30,
     postgres_schema: str = "",
+    read_only: bool = False,
     setting: str = "event_log.url",
 ) -> EventLog:
     """Open the event log a URL names, on the backend :data:`LOG_BACKENDS` has for its scheme.
@@ -483,7 +504,9 @@ def open_log(
     ``setting``, before anything (a file, a connection) is created.
     """
     backend = _backend(url, setting)
-    options = LogOptions(lock_timeout_s=lock_timeout_s, postgres_schema=postgres_schema)
+    options = LogOptions(
+        lock_timeout_s=lock_timeout_s, postgres_schema=postgres_schema, read_only=read_only
+    )
     try:
         return backend.open_url(url, options)
     except LogUrlError as error:

@@ -79,8 +79,10 @@ class MongoDocumentStore(DocumentStore):
         *,
         collection: str = "profiles",
         client: MongoClient[dict[str, Any]] | None = None,
+        read_only: bool = False,
     ) -> None:
-        super().__init__(schemas)
+        super().__init__(schemas, read_only=read_only)
+        self.location = f"{database.name}.{collection}"
         self._client = client
         self.profiles: Collection[dict[str, Any]] = database[collection]
         self.tracking_records: Collection[dict[str, Any]] = database[f"{collection}_tracking"]
@@ -88,7 +90,7 @@ class MongoDocumentStore(DocumentStore):
         self.records: Collection[dict[str, Any]] = database[f"{collection}_records"]
         try:
             for name, schema in self.schemas.items():
-                if schema.keyed:
+                if schema.keyed and not read_only:  # read-only: no index is created
                     self.profiles.create_index(f"_keys.{name}")
         except PyMongoError as e:
             failure = self.unavailable("open", e)
@@ -97,14 +99,19 @@ class MongoDocumentStore(DocumentStore):
 
     @classmethod
     def connect(
-        cls, url: str, schemas: Mapping[str, DatasetSchema], *, collection: str = "profiles"
+        cls,
+        url: str,
+        schemas: Mapping[str, DatasetSchema],
+        *,
+        collection: str = "profiles",
+        read_only: bool = False,
     ) -> MongoDocumentStore:
         try:
             client: MongoClient[dict[str, Any]] = MongoClient(url, tz_aware=True)
         except (ConfigurationError, ValueError) as e:  # a malformed URL; nothing was opened
             raise url_error(f"not a usable MongoDB URL: {e}", url) from None
         database = client.get_default_database("profilestore")
-        store = cls(database, schemas, collection=collection, client=client)
+        store = cls(database, schemas, collection=collection, client=client, read_only=read_only)
         store._url = url
         return store
 
@@ -437,7 +444,13 @@ def _dig(document: Mapping[str, Any], path: str) -> Any:
 
 
 def open_documents(
-    url: str, schemas: Mapping[str, DatasetSchema], settings: DocumentSettings
+    url: str,
+    schemas: Mapping[str, DatasetSchema],
+    settings: DocumentSettings,
+    *,
+    read_only: bool = False,
 ) -> MongoDocumentStore:
     """The MongoDB store at ``url`` (its database, else ``profilestore``)."""
-    return MongoDocumentStore.connect(url, schemas, collection=settings.collection)
+    return MongoDocumentStore.connect(
+        url, schemas, collection=settings.collection, read_only=read_only
+    )

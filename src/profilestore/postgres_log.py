@@ -11,7 +11,7 @@ so psycopg) is imported only then.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -23,7 +23,7 @@ from psycopg.errors import DuplicateObject
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier, Literal
 
-from profilestore.errors import LogUrlError, OutdatedLog
+from profilestore.errors import LogUrlError, OutdatedLog, StoreMissing
 from profilestore.eventlog import (
     EVENT_IDS_TABLE,
     EVENTS_TABLE,
@@ -127,6 +127,15 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             "AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s)) ORDER BY originator_version"
         ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
 
+    def check_table(self) -> None:
+        """For a read-only open: raise unless the log's tables are complete; no DDL."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self._schema_complete, (self.datastore.schema, EVENT_IDS_TABLE))
+            row = curs.fetchone()
+        if row is None or not row["complete"]:
+            raise StoreMissing("PostgreSQL event log", self.location)
+        self.datastore.register_type_adapters()
+
     def create_table(self) -> None:
         # DDL takes table locks even when it has nothing to do ("IF NOT EXISTS"), which
         # deadlocks against writers holding row locks: when the schema is complete (a
@@ -164,14 +173,18 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
     def _insert_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
-        # Runs in the library's insert transaction, before the events themselves.
-        # Not prepared: a conflict aborts this pipelined transaction, and statements that
-        # psycopg prepared inside it would be missing from the server ("_pg3_N does not
-        # exist") when the batch is retried.
-        event_ids = [list(column) for column in zip(*kwargs["event_ids"], strict=True)]
-        curs.execute(self._insert_event_ids, event_ids, prepare=False)
-        streams = [list(column) for column in zip(*kwargs["streams"], strict=True)]
-        curs.execute(self._upsert_streams, streams, prepare=False)
+        # Runs in the library's insert transaction, before the events themselves. Nothing
+        # is prepared on our connections (see UnpreparedDatastore). An empty batch (or a
+        # call without our keyword arguments, as the library's own callers make) writes
+        # nothing, as the library's recorder does.
+        event_ids = kwargs.get("event_ids") or ()
+        if event_ids:
+            columns = [list(column) for column in zip(*event_ids, strict=True)]
+            curs.execute(self._insert_event_ids, columns)
+        streams = kwargs.get("streams") or ()
+        if streams:
+            columns = [list(column) for column in zip(*streams, strict=True)]
+            curs.execute(self._upsert_streams, columns)
 
     def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -265,10 +278,44 @@ class _NotificationStates(StateSubscription):
         self._subscription.stop()
 
 
-def postgres_datastore(url: str, *, schema: str = "", pool_size: int = 2) -> PostgresDatastore:
-    """The library's PostgreSQL datastore for a ``postgresql://`` URL."""
+class UnpreparedDatastore(PostgresDatastore):
+    """The library's datastore, whose connections never prepare a statement.
+
+    The library prepares its ``LOCK TABLE`` and its insert (``prepare=True``) inside the
+    pipelined transaction that also runs our statements. When a concurrent writer makes
+    that transaction fail, psycopg may keep a statement name the server never created,
+    and the connection's next append fails with ``prepared statement "_pg3_N" does not
+    exist`` (seen in 3 of 15 trials of 8 processes appending conflicting batches).
+    psycopg's ``prepare_threshold = None`` turns preparing off on the connection, even
+    where ``prepare=True`` is asked for: each statement is parsed on every run (for an
+    append, a few statements per batch, not per event), and no name can go missing.
+    """
+
+    def __init__(self, *args: Any, read_only: bool = False, **kwargs: Any) -> None:
+        self.read_only = read_only
+        """Every transaction read-only (``default_transaction_read_only``): a read-only open."""
+        super().__init__(*args, **kwargs)  # builds the pool, with after_connect_func()
+
+    def after_connect_func(self) -> Callable[[psycopg.Connection[Any]], None]:
+        configure = super().after_connect_func()
+        read_only = self.read_only
+
+        def after_connect(conn: psycopg.Connection[Any]) -> None:
+            configure(conn)
+            conn.prepare_threshold = None
+            if read_only:
+                conn.execute("SET default_transaction_read_only = on")
+
+        return after_connect
+
+
+def postgres_datastore(
+    url: str, *, schema: str = "", pool_size: int = 2, read_only: bool = False
+) -> PostgresDatastore:
+    """The library's PostgreSQL datastore for a ``postgresql://`` URL (see
+    :class:`UnpreparedDatastore`)."""
     params = connection_params(url)
-    return PostgresDatastore(
+    return UnpreparedDatastore(
         dbname=params.get("dbname", "postgres"),
         host=params.get("host", "127.0.0.1"),
         port=params.get("port", "5432"),
@@ -277,6 +324,16 @@ def postgres_datastore(url: str, *, schema: str = "", pool_size: int = 2) -> Pos
         schema=schema,
         pool_size=pool_size,
         max_overflow=4,
+        read_only=read_only,
+    )
+
+
+def location(url: str, schema: str) -> str:
+    """Where a log is, for messages: host, port, database and schema (no user, no password)."""
+    params = connection_params(url)
+    return (
+        f"{params.get('host', '127.0.0.1')}:{params.get('port', '5432')}/"
+        f"{params.get('dbname', 'postgres')} schema {schema or 'public'}"
     )
 
 
@@ -296,17 +353,28 @@ def connection_params(url: str) -> dict[str, str]:
     return {name: str(value) for name, value in params.items()}
 
 
-def open_postgres_log(url: str, *, schema: str = "", pool_size: int = 2) -> EventLog:
-    """Open (creating its tables if need be) the log in a PostgreSQL database."""
-    datastore = postgres_datastore(url, schema=schema, pool_size=pool_size)
-    with database_errors("PostgreSQL", "open", PostgresEventRecorder.driver_errors):
+def open_postgres_log(
+    url: str, *, schema: str = "", pool_size: int = 2, read_only: bool = False
+) -> EventLog:
+    """Open (creating its tables if need be) the log in a PostgreSQL database.
+
+    ``read_only``: no DDL (the tables must exist), every transaction read-only, and
+    appends refused.
+    """
+    datastore = postgres_datastore(url, schema=schema, pool_size=pool_size, read_only=read_only)
+    where = location(url, schema)
+    with database_errors("PostgreSQL", "open", PostgresEventRecorder.driver_errors, where):
         recorder = PostgresEventRecorder(datastore)
+        recorder.location = where
         try:
-            recorder.create_table()
+            if read_only:
+                recorder.check_table()
+            else:
+                recorder.create_table()
         except BaseException:
             recorder.close()
             raise
-    return EventLog(recorder)
+    return EventLog(recorder, read_only=read_only)
 
 
 def check_url(url: str) -> None:
@@ -317,4 +385,4 @@ def check_url(url: str) -> None:
 def open_url(url: str, options: LogOptions) -> EventLog:
     """The factory :func:`profilestore.eventlog.open_log` calls for ``postgresql:`` URLs."""
     connection_params(url)  # checked before anything is created
-    return open_postgres_log(url, schema=options.postgres_schema)
+    return open_postgres_log(url, schema=options.postgres_schema, read_only=options.read_only)

@@ -12,6 +12,9 @@ the dataset's live rows with them in one transaction, so readers see the old or 
 dataset, never a mix. Sections are stored as the same JSON the MongoDB adapter stores as
 BSON.
 
+Opened ``read_only`` (an auditor's copy), nothing is created or switched and every write
+raises :class:`~profilestore.errors.ReadOnlyStore` (see :mod:`profilestore.sqlite_files`).
+
 WAL mode lets lookups read while a refresh writes; reads go through a memory map
 (``documents.sqlite_mmap_mb``), which spares a system call per page. ``synchronous=NORMAL``
 is enough here: documents are derived from the log and a lost last transaction is
@@ -49,6 +52,8 @@ from profilestore.documents import (
     translate_errors,
     url_error,
 )
+from profilestore.errors import StoreMissing
+from profilestore.sqlite_files import read_only_uri, switch_to_wal
 
 if TYPE_CHECKING:
     from profilestore.config import DocumentSettings
@@ -76,10 +81,16 @@ class SQLiteDocumentStore(DocumentStore):
     backend = "sqlite"
 
     def __init__(
-        self, path: str, schemas: Mapping[str, DatasetSchema], *, mmap_bytes: int = 0
+        self,
+        path: str,
+        schemas: Mapping[str, DatasetSchema],
+        *,
+        mmap_bytes: int = 0,
+        read_only: bool = False,
     ) -> None:
-        super().__init__(schemas)
+        super().__init__(schemas, read_only=read_only)
         self.path = path
+        self.location = path
         self.mmap_bytes = mmap_bytes
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -96,7 +107,13 @@ class SQLiteDocumentStore(DocumentStore):
             if schema.keyed
         )
         try:
-            self._create_tables()
+            if read_only:
+                if not Path(path).exists():
+                    raise StoreMissing("sqlite document store", path)
+                # No DDL: the tables must be there (this reads the schema, or fails).
+                self._connection().execute("SELECT 1 FROM sections LIMIT 1").fetchone()
+            else:
+                self._create_tables()
         except sqlite3.Error as e:
             failure = self.unavailable("open", e)
             self.close()
@@ -136,20 +153,40 @@ class SQLiteDocumentStore(DocumentStore):
             if self.closed:
                 # close() dropped every thread's connection: never quietly open another.
                 raise self.closed_error()
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, cached_statements=256
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute(f"PRAGMA mmap_size={self.mmap_bytes}")
+            conn = self._connect()
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
         return conn
 
+    def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            conn = sqlite3.connect(
+                read_only_uri(self.path),
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=256,
+            )
+        else:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, cached_statements=256
+            )
+        try:
+            conn.execute("PRAGMA busy_timeout=30000")
+            if not self.read_only:
+                switch_to_wal(conn)  # processes opening a new store together race here
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA mmap_size={self.mmap_bytes}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        if self.read_only:
+            raise self.read_only_error("write")
         conn = self._connection()
         cursor = conn.cursor()
         # IMMEDIATE takes the write lock up front, so read-then-write cannot deadlock
@@ -535,9 +572,17 @@ def sqlite_path(url: str) -> str:
 
 
 def open_documents(
-    url: str, schemas: Mapping[str, DatasetSchema], settings: DocumentSettings
+    url: str,
+    schemas: Mapping[str, DatasetSchema],
+    settings: DocumentSettings,
+    *,
+    read_only: bool = False,
 ) -> SQLiteDocumentStore:
-    """The embedded store at ``url``, creating its directory (after checking the URL)."""
+    """The embedded store at ``url``, creating its directory (after checking the URL);
+    ``read_only``: the existing file, opened read-only (nothing is created)."""
     path = sqlite_path(url)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return SQLiteDocumentStore(path, schemas, mmap_bytes=settings.sqlite_mmap_mb * 2**20)
+    if not read_only:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return SQLiteDocumentStore(
+        path, schemas, mmap_bytes=settings.sqlite_mmap_mb * 2**20, read_only=read_only
+    )

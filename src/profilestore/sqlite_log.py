@@ -20,7 +20,7 @@ from uuid import UUID
 from eventsourcing.persistence import OperationalError, StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 
-from profilestore.errors import LogUrlError, OutdatedLog
+from profilestore.errors import LogUrlError, OutdatedLog, StoreMissing
 from profilestore.eventlog import (
     EVENT_IDS_TABLE,
     EVENTS_TABLE,
@@ -33,6 +33,7 @@ from profilestore.eventlog import (
     StateSubscription,
     database_errors,
 )
+from profilestore.sqlite_files import read_only_uri
 
 
 class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
@@ -94,24 +95,32 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
 
     def create_table(self) -> None:
         super().create_table()
+        self.check_table()
+
+    def check_table(self) -> None:
+        """Raise unless the log's tables are there, with the chain's hash column."""
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"PRAGMA table_info({EVENT_IDS_TABLE})")
             columns = {row[1] for row in c.fetchall()}
+        if not columns:
+            raise StoreMissing("SQLite event log", self.location)
         if "hash" not in columns:
-            raise OutdatedLog(self.datastore.pool.db_name)
+            raise OutdatedLog(self.location or self.datastore.pool.db_name)
 
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         # Same transaction as the events: a duplicate event_id rolls the whole batch back.
+        # Without our keyword arguments (an empty batch, the library's own callers) there
+        # is nothing of ours to write, as in the library's recorder.
         c.executemany(
             f"INSERT INTO {EVENT_IDS_TABLE} VALUES (?,?,?,?)",
-            [(e, o.hex, v, h) for e, o, v, h in kwargs["event_ids"]],
+            [(e, o.hex, v, h) for e, o, v, h in kwargs.get("event_ids", ())],
         )
         c.executemany(
             f"INSERT INTO {STREAMS_TABLE} VALUES (?,?,?,?) ON CONFLICT (originator_id) "
             "DO UPDATE SET head_version = excluded.head_version, head_hash = excluded.head_hash",
-            [(o.hex, customer, v, h) for o, customer, v, h in kwargs["streams"]],
+            [(o.hex, customer, v, h) for o, customer, v, h in kwargs.get("streams", ())],
         )
         ids: Sequence[int] | None = super()._insert_events(c, stored_events)
         return ids
@@ -201,10 +210,35 @@ def sqlite_datastore(path: str, *, lock_timeout: int = 30) -> SQLiteDatastore:
     return SQLiteDatastore(path, lock_timeout=lock_timeout, pool_size=4)
 
 
-def open_sqlite_log(path: str, *, lock_timeout: int = 30) -> EventLog:
-    """Open (creating if need be) the log in an SQLite file; the directory must exist."""
-    with database_errors(SQLiteEventRecorder.backend, "open", SQLiteEventRecorder.driver_errors):
+def open_sqlite_log(path: str, *, lock_timeout: int = 30, read_only: bool = False) -> EventLog:
+    """Open (creating if need be) the log in an SQLite file; the directory must exist.
+
+    ``read_only``: open the existing file read-only (see :mod:`profilestore.sqlite_files`):
+    no table is created, the journal mode is left as it is, and appends are refused.
+    """
+    recorder = SQLiteEventRecorder
+    with database_errors(recorder.backend, "open", recorder.driver_errors, path):
+        if read_only:
+            return _open_read_only(path, lock_timeout)
         return _open_retrying(path, lock_timeout)
+
+
+def _open_read_only(path: str, lock_timeout: int) -> EventLog:
+    if not Path(path).exists():
+        raise StoreMissing("SQLite event log", path)
+    datastore = sqlite_datastore(read_only_uri(path), lock_timeout=lock_timeout)
+    # The library switches a file to WAL on its first connection unless it was told the
+    # file is in WAL mode already: a read-only file must not be switched (a copy opened
+    # "immutable" reports another mode).
+    datastore.pool.is_journal_mode_wal = True
+    recorder = SQLiteEventRecorder(datastore)
+    recorder.location = path
+    try:
+        recorder.check_table()
+    except BaseException:
+        datastore.close()
+        raise
+    return EventLog(recorder, read_only=True)
 
 
 def _open_retrying(path: str, lock_timeout: int) -> EventLog:
@@ -215,6 +249,7 @@ def _open_retrying(path: str, lock_timeout: int) -> EventLog:
     # would wait 5 s for it and fail with "Timed out waiting for return of writer".
     for attempt in range(1, 41):
         recorder = SQLiteEventRecorder(sqlite_datastore(path, lock_timeout=lock_timeout))
+        recorder.location = path
         try:
             recorder.create_table()
             return EventLog(recorder)
@@ -244,5 +279,6 @@ def check_url(url: str) -> None:
 def open_url(url: str, options: LogOptions) -> EventLog:
     """The factory :func:`profilestore.eventlog.open_log` calls for ``sqlite:`` URLs."""
     path = sqlite_path(url)  # checked before anything is created
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return open_sqlite_log(path, lock_timeout=options.lock_timeout_s)
+    if not options.read_only:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return open_sqlite_log(path, lock_timeout=options.lock_timeout_s, read_only=options.read_only)

@@ -737,25 +737,38 @@ def load_projections(settings: Settings, source: str = "config") -> dict[str, Pr
     return projections
 
 
-def open_documents(settings: Settings, projections: Mapping[str, Projection[Any]]) -> DocumentStore:
+def open_documents(
+    settings: Settings, projections: Mapping[str, Projection[Any]], *, read_only: bool = False
+) -> DocumentStore:
     schemas = {
         name: DatasetSchema(p.section, keyed=p.lookup_keys is not None)
         for name, p in projections.items()
     }
-    return open_document_store(settings.url(settings.documents.url), schemas, settings.documents)
+    return open_document_store(
+        settings.url(settings.documents.url), schemas, settings.documents, read_only=read_only
+    )
 
 
-def open_log(settings: Settings) -> EventLog:
+def open_log(settings: Settings, *, read_only: bool = False) -> EventLog:
     """The event log of ``event_log.url``, on the backend its scheme names."""
     return open_log_url(
         settings.url(settings.event_log.url),
         lock_timeout_s=settings.event_log.lock_timeout_s,
         postgres_schema=settings.event_log.postgres_schema,
+        read_only=read_only,
     )
 
 
-def open_store(settings: Settings | None = None, *, clock: Clock = utcnow) -> ProfileStore:
-    """Build a ProfileStore from settings (default: :func:`load_settings` of the cwd)."""
+def open_store(
+    settings: Settings | None = None, *, clock: Clock = utcnow, read_only: bool = False
+) -> ProfileStore:
+    """Build a ProfileStore from settings (default: :func:`load_settings` of the cwd).
+
+    ``read_only``: open existing stores without writing anything to them (an auditor's
+    copy, a snapshot, files the caller may not write): no table is created, no journal
+    mode switched, no lease or run record written; reads work, and every write (append,
+    refresh, rebuild) raises :class:`~profilestore.errors.ReadOnlyStore`.
+    """
     if settings is None:
         from profilestore.config import load_settings
 
@@ -764,9 +777,9 @@ def open_store(settings: Settings | None = None, *, clock: Clock = utcnow) -> Pr
     # Every setting is checked before anything is created: the log's URL here, the
     # documents' by their factory (which checks before it creates), and only then the log.
     check_log_url(settings.url(settings.event_log.url))
-    documents = open_documents(settings, projections)
+    documents = open_documents(settings, projections, read_only=read_only)
     try:
-        log = open_log(settings)
+        log = open_log(settings, read_only=read_only)
     except BaseException:
         documents.close()
         raise
