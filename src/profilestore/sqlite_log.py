@@ -36,6 +36,19 @@ from profilestore.eventlog import (
 from profilestore.sqlite_files import read_only_uri
 
 
+def _position_range(
+    statement: str, params: list[Any], until: int | None, topics: Sequence[str]
+) -> tuple[str, list[Any]]:
+    """``statement`` narrowed to positions up to ``until`` and to ``topics`` (if given)."""
+    if until is not None:
+        statement += " AND rowid <= ?"
+        params.append(until)
+    if topics:
+        statement += f" AND topic IN ({','.join('?' * len(topics))})"
+        params.extend(topics)
+    return statement, params
+
+
 class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
     """The library's SQLite application recorder plus the event-id table."""
 
@@ -152,16 +165,12 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
     def select_stream_states(
         self, originator_id: UUID, after: int, until: int | None, topics: Sequence[str]
     ) -> list[StateRow]:
-        statement = (
-            f"SELECT rowid, topic, state FROM {EVENTS_TABLE} WHERE originator_id = ? AND rowid > ?"
+        statement, params = _position_range(
+            f"SELECT rowid, topic, state FROM {EVENTS_TABLE} WHERE originator_id = ? AND rowid > ?",
+            [originator_id.hex, after],
+            until,
+            topics,
         )
-        params: list[Any] = [originator_id.hex, after]
-        if until is not None:
-            statement += " AND rowid <= ?"
-            params.append(until)
-        if topics:
-            statement += f" AND topic IN ({','.join('?' * len(topics))})"
-            params.extend(topics)
         statement += " ORDER BY originator_version"
         with self.datastore.transaction(commit=False) as c:
             c.execute(statement, params)
@@ -170,14 +179,12 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
     def select_states(
         self, after: int, limit: int, until: int | None, topics: Sequence[str]
     ) -> list[StateRow]:
-        statement = f"SELECT rowid, originator_id, topic, state FROM {EVENTS_TABLE} WHERE rowid > ?"
-        params: list[Any] = [after]
-        if until is not None:
-            statement += " AND rowid <= ?"
-            params.append(until)
-        if topics:
-            statement += f" AND topic IN ({','.join('?' * len(topics))})"
-            params.extend(topics)
+        statement, params = _position_range(
+            f"SELECT rowid, originator_id, topic, state FROM {EVENTS_TABLE} WHERE rowid > ?",
+            [after],
+            until,
+            topics,
+        )
         statement += " ORDER BY rowid LIMIT ?"
         params.append(limit)
         with self.datastore.transaction(commit=False) as c:
