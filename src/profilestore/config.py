@@ -112,6 +112,39 @@ class ApiSettings(Strict, frozen=True, kw_only=True):
     """How often the API refreshes the lag it reports with profiles and in /metrics."""
 
 
+IdentifierKindName = Literal["email", "phone", "handle", "device"]
+
+
+def _default_shared_after() -> dict[IdentifierKindName, int]:
+    return {"email": 5, "phone": 5, "handle": 5, "device": 3}
+
+
+class IdentitySettings(Strict, frozen=True, kw_only=True):
+    """How identifiers are normalised and which ones link customer keys (README: Identity)."""
+
+    default_region: str = "US"
+    """Region (ISO 3166 alpha-2) a phone number without a country code is read in."""
+    blocked_values: list[str] = msgspec.field(default_factory=list)
+    """Values that identify nobody, beyond the built-in placeholders (null, undefined, 0,
+    anonymous, ...): never a lookup key, never a link."""
+    blocked_patterns: list[str] = msgspec.field(default_factory=list)
+    """Regular expressions of such values (matched against the whole normalised value)."""
+    auto_link: list[IdentifierKindName] = msgspec.field(
+        default_factory=lambda: ["email", "phone", "device"]
+    )
+    """Identifier kinds strong enough for a rule to link two customer keys sharing one."""
+    device_links: Literal["anonymous", "always"] = "anonymous"
+    """A shared device links an anonymous key (no email or phone) into a known one only
+    ("anonymous"), or any two keys ("always")."""
+    shared_after: dict[IdentifierKindName, Annotated[int, msgspec.Meta(ge=1)]] = msgspec.field(
+        default_factory=_default_shared_after
+    )
+    """An identifier held by more customer keys than this is shared (a household device, a
+    family email): it links nobody."""
+    max_cluster_keys: Annotated[int, msgspec.Meta(ge=2, le=10_000)] = 20
+    """Most customer keys a rule may gather into one profile; operators may link beyond."""
+
+
 class ProjectorSettings(Strict, frozen=True, kw_only=True):
     page_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5000
     cache_sections: Annotated[int, msgspec.Meta(ge=1)] = 50_000
@@ -177,6 +210,7 @@ class Settings(Strict, frozen=True, kw_only=True):
     projector: ProjectorSettings = msgspec.field(default_factory=ProjectorSettings)
     schedule: ScheduleSettings = msgspec.field(default_factory=ScheduleSettings)
     api: ApiSettings = msgspec.field(default_factory=ApiSettings)
+    identity: IdentitySettings = msgspec.field(default_factory=IdentitySettings)
     datasets: dict[str, DatasetSettings] = msgspec.field(default_factory=_default_datasets)
 
     @property
