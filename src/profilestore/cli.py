@@ -43,6 +43,7 @@ from profilestore.errors import (
     DocumentsUnavailable,
     InvalidEvent,
     InvalidIdentifier,
+    InvalidLink,
     LogUnavailable,
     NotFound,
     NotFoundHistory,
@@ -98,7 +99,7 @@ def _errors() -> Iterator[None]:
         label = "not found" if isinstance(e, NotFound) else "ambiguous"
         stderr.print(f"[red]{label}:[/red] {escape(str(e))}")
         sys.exit(1)
-    except (ConfigError, UnknownDataset, InvalidIdentifier) as e:
+    except (ConfigError, UnknownDataset, InvalidIdentifier, InvalidLink) as e:
         stderr.print(f"[red]error:[/red] {escape(str(e))}")
         sys.exit(2)
     except UNAVAILABLE as e:
@@ -708,6 +709,74 @@ def verify(obj: _Context, sample: int | None, everyone: bool) -> None:
         )
         if not report.ok:
             sys.exit(1)
+
+
+@main.group()
+def identity() -> None:
+    """Who a customer is: the keys of a profile, and the links that join them."""
+
+
+def _operator(actor: str | None) -> str:
+    if actor:
+        return actor
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+@identity.command("explain")
+@click.argument("customer_id")
+@click.option("--pretty/--compact", default=True)
+@click.pass_obj
+def identity_explain(obj: _Context, customer_id: str, pretty: bool) -> None:
+    """Print the profile CUSTOMER_ID belongs to: its keys, identifiers and every link
+    (active, retracted, refused) with its rule or operator, evidence and time."""
+    with _errors(), obj.open(read_only=True) as store:
+        _emit(store.explain(customer_id), pretty=pretty)
+
+
+_ACTOR = click.option(
+    "--actor", default=None, help="Who decides, for the record (default: cli:<user name>)."
+)
+_REASON = click.option("--reason", required=True, help="Why, for the record.")
+
+
+@identity.command("merge")
+@click.argument("key")
+@click.argument("other")
+@_REASON
+@_ACTOR
+@click.pass_obj
+def identity_merge(obj: _Context, key: str, other: str, reason: str, actor: str | None) -> None:
+    """Make customer keys KEY and OTHER one profile (idempotent). Prints the profile id."""
+    with _errors(), obj.open() as store:
+        result = store.link(key, other, actor=_operator(actor), reason=reason)
+        _emit(result, pretty=False)
+        stderr.print(
+            "merged" if result.appended else "already one profile", escape(result.profile_id)
+        )
+
+
+@identity.command("unmerge")
+@click.argument("key")
+@click.argument("other", required=False)
+@_REASON
+@_ACTOR
+@click.pass_obj
+def identity_unmerge(
+    obj: _Context, key: str, other: str | None, reason: str, actor: str | None
+) -> None:
+    """Retract the links between KEY and OTHER; without OTHER, split KEY out of its
+    profile. Rules will not link them again (a merge by hand still can). Idempotent."""
+    with _errors(), obj.open() as store:
+        result = store.unlink(key, other, actor=_operator(actor), reason=reason)
+        _emit(result, pretty=False)
+        stderr.print(
+            "unmerged" if result.appended else "already apart", escape(result.profile_id)
+        )
 
 
 @main.group()

@@ -86,7 +86,7 @@ class ScheduleSettings(Strict, frozen=True, kw_only=True):
             raise ValueError(f"`timezone`: {e}") from None
 
 
-Scope = Literal["ingest", "read", "audit", "admin"]
+Scope = Literal["ingest", "read", "audit", "admin", "identity"]
 
 
 class ApiKey(Strict, frozen=True, kw_only=True):

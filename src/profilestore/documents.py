@@ -82,6 +82,9 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     customer_id: str
     sections: dict[str, Any]
     freshness: dict[str, SectionMeta]
+    canonical_id: str | None = None
+    """The profile's id when ``customer_id`` is one of a merged profile's keys (the store
+    sets it; equal to ``customer_id`` for a key alone)."""
 
 
 class RawProfile(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,6 +93,8 @@ class RawProfile(msgspec.Struct, frozen=True, kw_only=True):
     customer_id: str
     sections: dict[str, msgspec.Raw]
     freshness: dict[str, SectionMeta]
+    canonical_id: str | None = None
+    """See :attr:`Profile.canonical_id`."""
 
 
 _RAW_ENCODER = msgspec.json.Encoder(decimal_format="string")

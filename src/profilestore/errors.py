@@ -229,6 +229,25 @@ class AuditFailed(ProfileStoreError):
         )
 
 
+class InvalidLink(ProfileStoreError):
+    """A link or unlink request names a key that cannot be linked (the key is not echoed)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"`{field}` {reason}")
+
+
+class LinkNotFound(NotFound):
+    """No link joins the keys an unlink names."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no link joins these customer keys; `profilestore identity explain KEY` lists "
+            "the links of a key"
+        )
+
+
 class InvalidIdentifier(ProfileStoreError):
     """An identifier to look a profile up by is malformed (the value is not echoed)."""
 

@@ -223,6 +223,56 @@ class IdentifierUnlinked(_IdentifierEvent, tag="identifier.unlinked", frozen=Tru
     """An identifier no longer belonging to the customer."""
 
 
+# --- identity links ---------------------------------------------------------------------
+
+RESERVED_PREFIX = "~"
+"""Customer keys may not start with it: it begins the ids of merged profiles."""
+
+
+class _LinkEvent(Event, frozen=True, kw_only=True):
+    other: Key
+    """The other customer key (the event's own is ``customer_id``)."""
+    rule: ShortText | None = None
+    """The rule that decided, e.g. ``shared-email``; None for an operator's decision."""
+    rule_version: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    actor: ShortText | None = None
+    """The operator (or client) who decided, when no rule did."""
+    reason: ShortText | None = None
+
+    def __post_init__(self) -> None:
+        if self.other == self.customer_id:
+            raise ValueError("`other` is the event's own customer_id: a key is not linked to itself")
+        if self.other.startswith(RESERVED_PREFIX):
+            raise ValueError(
+                f"`other` may not start with {RESERVED_PREFIX!r}: give a customer key, not the "
+                "id of a merged profile"
+            )
+        if (self.rule is None) == (self.actor is None):
+            raise ValueError("`rule` or `actor` (one of them) must say who decided")
+
+
+class IdentityLinked(_LinkEvent, tag="identity.linked", frozen=True, kw_only=True):
+    """Two customer keys are one person: they share one profile, the fold of both keys'
+    events, until the link is retracted (:class:`IdentityUnlinked`).
+
+    Appended by a rule (``rule``, ``rule_version``, the ``evidence``: the identifier both
+    keys presented, and ``evidence_event_id``: the event that showed it) or by an operator
+    (``actor``, ``reason``). The link's id is its ``event_id``.
+    """
+
+    evidence: Key | None = None
+    evidence_event_id: Key | None = None
+
+
+class IdentityUnlinked(_LinkEvent, tag="identity.unlinked", frozen=True, kw_only=True):
+    """A link between two customer keys is retracted: ``link_id``, or every active link
+    between the two when it is None. Their profiles become what they would be had the
+    link never existed. An operator's retraction also stops rules from linking the two
+    again (an operator may still link them)."""
+
+    link_id: Key | None = None
+
+
 # --- profile attributes -----------------------------------------------------------------
 
 
@@ -443,6 +493,8 @@ AnyEvent = (
     IdentifierSeen
     | IdentifierLinked
     | IdentifierUnlinked
+    | IdentityLinked
+    | IdentityUnlinked
     | NameSet
     | BirthdaySet
     | LocationSet

@@ -7,6 +7,12 @@ it; a second follower waits on standby until the first one's leases lapse. Each 
 the consumer reads the log after its position up to the head (at most
 ``follower_batch`` events), folds, writes and advances: the same loop as every refresh.
 
+The follower also keeps the identity graph (:mod:`profilestore.identity`) when no other
+process does: each wake-up first applies new links (and runs the linking rules), then
+steps the datasets, whose passes regroup merged profiles before folding; datasets it does
+not follow (refreshed on a schedule) are regrouped at once too, so a merge shows in the
+whole profile within moments, not at their next refresh.
+
 What the follower decides is *when*. On PostgreSQL, the ``eventsourcing`` library's
 subscription (LISTEN/NOTIFY) wakes it as soon as an event of its datasets commits, with
 a read of the log every :data:`LOG_READ_EVERY_S` as a safety net; on SQLite, which has no
@@ -19,10 +25,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from profilestore.errors import LeaseHeld, StoreClosed
+from profilestore.identity import TARGET
 from profilestore.pipeline import PassReport
 from profilestore.store import Freshness, ProfileStore
 
@@ -31,6 +39,10 @@ log = logging.getLogger(__name__)
 LOG_READ_EVERY_S = 0.5
 """With a subscription, how often the log is read anyway: to move tracking past events of
 datasets not followed, and as a safety net should the subscription miss a wake-up."""
+
+
+GRAPH_RETRY_S = 2.0
+"""How often a follower tries for the identity graph's lease while another process has it."""
 
 
 class Follower:
@@ -48,6 +60,11 @@ class Follower:
         self.poll_s = poll_s if poll_s is not None else settings.follower_poll_ms / 1000
         self.batch = batch or settings.follower_batch
         self.consumer = store.live(self.datasets, batch=self.batch)
+        self.graph = store.live_identity(batch=self.batch)
+        self.others = [n for n in store.projections if n not in self.datasets]
+        """Datasets this follower does not fold: regrouped when the graph changes."""
+        self._regroup_others = False
+        self._graph_retry_at = 0.0
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._woken = threading.Event()
@@ -132,6 +149,7 @@ class Follower:
         finally:
             try:
                 consumer.release()
+                self.graph.release()
             except StoreClosed:  # the store closed under us: its leases lapse by themselves
                 log.warning("follower stopped after its store was closed")
 
@@ -183,7 +201,27 @@ class Follower:
         # Cleared before the log is read: a notification that arrives meanwhile wakes
         # the next wait at once.
         self._woken.clear()
+        self._step_graph()
         return self.consumer.step()
+
+    def _step_graph(self) -> None:
+        """Apply new links first, if this follower keeps the graph (another may)."""
+        graph = self.graph
+        if not graph.leased:
+            # Another process keeps the graph: try for it now and then, not every poll.
+            if time.monotonic() < self._graph_retry_at:
+                return
+            if not graph.take():
+                self._graph_retry_at = time.monotonic() + GRAPH_RETRY_S
+                return
+        graph.renew_if_due()
+        stepped = graph.step()
+        if stepped is not None and stepped.sections_written.get(TARGET):
+            self._regroup_others = bool(self.others)
+        if self._regroup_others:
+            # A dataset another process holds regroups in its own pass: not waited for.
+            self.store.apply_identity(self.others)
+            self._regroup_others = False
 
     # --- lag ----------------------------------------------------------------------------
 

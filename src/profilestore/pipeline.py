@@ -115,6 +115,11 @@ class Pass(ABC):
     def resume(self) -> None:  # noqa: B027 - optional hook
         """Before the pass is used for another step of a live consumer (counts restart)."""
 
+    def pending(self) -> bool:
+        """Work waiting that is not a new event (an identity change to apply): a live
+        consumer steps for it even when the log has not moved."""
+        return False
+
     @abstractmethod
     def report(self, report: PassReport) -> PassReport:
         """``report`` with the per-target counts filled in."""
@@ -125,6 +130,9 @@ class Handler(ABC):
 
     lease_kind = "dataset"
     """Which of its targets' leases a run holds (see :func:`lease_name`)."""
+    records_runs = True
+    """Whether its runs are recorded (a run that only regroups profiles is not a refresh:
+    it must not count as one for the schedule)."""
 
     @abstractmethod
     def begin(self, targets: Sequence[str]) -> Pass: ...
@@ -211,7 +219,8 @@ class Consumer:
         kind = handler.lease_kind
         locked = self.leases.acquire(targets, required=required, kind=kind)
         held = [t for t in targets if t not in locked]
-        runs = self.journal.started(held, trigger, self.leases.holder, self.clock())
+        recorded = held if handler.records_runs else []
+        runs = self.journal.started(recorded, trigger, self.leases.holder, self.clock())
         try:
             report = self._run(handler, held, until, progress)
         except Exception as error:
@@ -318,9 +327,10 @@ class Live:
     def take(self) -> bool:
         """Take every lease, or none; True when held."""
         leases = self.consumer.leases
+        kind = self.handler.lease_kind
         with self.guard():
-            if leases.acquire(self.targets, required=False):
-                leases.release(self.targets)
+            if leases.acquire(self.targets, required=False, kind=kind):
+                leases.release(self.targets, kind=kind)
                 return False
             self.leased = True
             self._renewed = time.monotonic()
@@ -339,7 +349,7 @@ class Live:
         if time.monotonic() - self._renewed >= self.lease_ttl.total_seconds() / 3:
             try:
                 with self.guard():
-                    self.consumer.leases.renew(self.targets)
+                    self.consumer.leases.renew(self.targets, kind=self.handler.lease_kind)
             except LeaseHeld:
                 self.leased = False
                 raise
@@ -355,15 +365,16 @@ class Live:
         # The head is read first: a short page then covers everything up to it, events of
         # other targets included, so tracking can say "current".
         head = log.head()
-        if head <= self.position:
-            return None
         opened = self._pass or self._open()
+        pending = opened.pending()
+        if head <= self.position and not pending:
+            return None
         opened.resume()
         page = log.changes(self.position, self.batch, until=head, topics=opened.topics)
         through = head if len(page) < self.batch else page[-1].notification_id
         report = PassReport(list(self.targets), self.position, through, events_read=len(page))
         try:
-            if page:
+            if page or pending:
                 opened.handle(page)
             opened.commit(through)
         except BaseException:
@@ -402,6 +413,6 @@ class Live:
         with self.guard():
             if self._since_record:
                 self._record("succeeded", None)
-            self.consumer.leases.release(self.targets)
+            self.consumer.leases.release(self.targets, kind=self.handler.lease_kind)
         self.leased = False
         self._pass = None

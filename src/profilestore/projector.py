@@ -45,6 +45,16 @@ from typing import Any
 from profilestore.documents import DocumentStore, SectionWrite, StoredSection
 from profilestore.errors import StagingMissing
 from profilestore.eventlog import EventLog, Notified
+from profilestore.identity import (
+    APPLIED,
+    Change,
+    applied_key,
+    changes_between,
+    combine,
+    graph_position,
+    merged_changes,
+    profiles_at,
+)
 from profilestore.pipeline import Clock, Handler, Pass, PassReport
 from profilestore.projection import Projection
 from profilestore.runs import DeadLetter, Journal
@@ -58,6 +68,8 @@ class _DatasetRun:
     parked: set[str] = field(default_factory=set)
     first_build: bool = False
     """Never refreshed before: the first commit records the projection version."""
+    fresh: bool = False
+    """No section stored yet (a first build, a staging area): nothing to regroup."""
     cache: dict[str, StoredSection] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
     applied: int = 0
@@ -99,6 +111,7 @@ class ProjectionHandler(Handler):
                 tracked.position if tracked else 0,
                 parked,
                 first_build=tracked is None and not self.staging,
+                fresh=tracked is None,
             )
         return _ProjectionPass(self, runs)
 
@@ -164,8 +177,24 @@ class PromoteHandler(ProjectionHandler):
 def promote(handler: ProjectionHandler, dataset: str) -> None:
     """Swap the staging area in with its dead letters (they replace the live ones), and
     record the projection version that built it."""
-    handler.journal.promote_letters(dataset, lambda: handler.documents.promote_staging(dataset))
+    documents = handler.documents
+    staged = documents.get_records_for(APPLIED, [applied_key(dataset, True)])
+    if staged:
+        # Set before the swap: a crash after it leaves the live mark at or behind what the
+        # promoted sections hold, and applying a change again is harmless.
+        documents.put_records([(APPLIED, dataset, next(iter(staged.values())))])
+    handler.journal.promote_letters(dataset, lambda: documents.promote_staging(dataset))
     handler.journal.built_by(dataset, handler.projections[dataset].version, handler.clock())
+
+
+class RegroupHandler(ProjectionHandler):
+    """Apply identity changes to datasets now, between their refreshes: the profiles a
+    link regrouped are refolded; nothing else is read, and tracking does not move."""
+
+    records_runs = False
+
+    def begin(self, targets: Sequence[str]) -> _ProjectionPass:
+        return _RegroupPass(self, super().begin(targets).runs)
 
 
 class RetryHandler(ProjectionHandler):
@@ -186,20 +215,106 @@ class _ProjectionPass(Pass):
         for run in runs.values():
             for topic in run.projection.topics:
                 self.routes.setdefault(topic, []).append(run)
+        self.through = self.start
+        """Every event up to here was handled: what an early commit may advance to."""
+        self.identity = 0
+        """The last identity change applied to every dataset of the pass."""
+        self.profiles: dict[str, str] = {}
+        """Customer key -> the profile its events fold into, for keys not alone."""
+        self._regroup_all()
+
+    # --- identity ---------------------------------------------------------------------
+
+    def pending(self) -> bool:
+        return graph_position(self.handler.documents) > self.identity
+
+    def _regroup_all(self) -> None:
+        """Bring every dataset to the identity graph as it is now (see
+        :mod:`profilestore.identity`), then route events as of it."""
+        handler = self.handler
+        documents = handler.documents
+        position = graph_position(documents)
+        if self.runs and position > self.identity:
+            names = {applied_key(n, handler.staging): n for n in self.runs}
+            applied = documents.get_records_for(APPLIED, names)
+            marks = []
+            for key, name in names.items():
+                run = self.runs[name]
+                done = int(applied.get(key, {}).get("position", 0))
+                if not run.fresh and done < position:
+                    self._regroup(run, changes_between(documents, done, position))
+                if done != position:
+                    marks.append((APPLIED, key, {"position": position}))
+                run.fresh = False
+            documents.put_records(marks)
+        self.identity = position
+        self.profiles = profiles_at(documents, position)
+
+    def _regroup(self, run: _DatasetRun, changes: Sequence[tuple[int, Change]]) -> None:
+        """Refold the profiles ``changes`` regrouped from their keys' streams; remove the
+        profiles they dropped. Idempotent: a replay refolds the same events."""
+        if not changes:
+            return
+        handler = self.handler
+        name = run.projection.dataset
+        profiles, dropped = combine(change for _, change in changes)
+        keys = run.projection.lookup_keys
+        writes: list[SectionWrite] = []
+        removed = set(dropped)
+        for profile, members in profiles.items():
+            if profile in run.parked:
+                handler.journal.release(name, profile, staged=handler.staging)
+                run.parked.discard(profile)
+            section, position = run.projection.empty(), 0
+            for logged in merged_changes(handler.log, members, topics=run.projection.topics):
+                try:
+                    section = run.projection.fold(section, logged.event)
+                except Exception as error:
+                    letter = handler.letter(name, profile, logged, error)
+                    handler.journal.park(letter, staged=handler.staging)
+                    run.parked.add(profile)
+                    run.dead_letters += 1
+                    break
+                position = logged.notification_id
+            if position:
+                lookup = tuple(keys(section)) if keys else ()
+                writes.append(SectionWrite(profile, section, position, lookup))
+            else:
+                removed.add(profile)
+        for profile in dropped:
+            if profile in run.parked:
+                handler.journal.release(name, profile, staged=handler.staging)
+                run.parked.discard(profile)
+        handler.documents.regroup(
+            name,
+            writes,
+            sorted(removed - {w.customer_id for w in writes}),
+            refreshed_at=handler.clock(),
+            staging=handler.staging,
+        )
+        run.written += len(writes)
 
     def handle(self, page: Sequence[Notified]) -> None:
+        if self.pending():
+            if any(r.dirty for r in self.runs.values()):
+                self.commit(self.through)
+            self._regroup_all()
         self._fold(page, skip_applied=True)
+        if page:
+            self.through = max(self.through, page[-1].notification_id)
 
     def _fold(self, page: Sequence[Notified], *, skip_applied: bool) -> None:
         handler = self.handler
         # Group per dataset and customer first, so each dataset loads its sections once.
         grouped: dict[int, tuple[_DatasetRun, dict[str, list[Notified]]]] = {}
+        profiles = self.profiles
         for logged in page:
             for run in self.routes.get(logged.topic, ()):
                 if skip_applied and logged.notification_id <= run.position:
                     continue
                 _, by_customer = grouped.setdefault(id(run), (run, {}))
-                by_customer.setdefault(logged.event.customer_id, []).append(logged)
+                key = logged.event.customer_id
+                by_customer.setdefault(profiles.get(key, key), []).append(logged)
         for run, by_customer in grouped.values():
             name = run.projection.dataset
             missing = [c for c in by_customer if c not in run.cache]
@@ -263,6 +378,7 @@ class _ProjectionPass(Pass):
                 run.first_build = False
             run.dirty.clear()
             run.cache.clear()
+        self.through = max(self.through, through)
 
     def report(self, report: PassReport) -> PassReport:
         report.events_applied = {n: r.applied for n, r in self.runs.items()}
@@ -286,6 +402,17 @@ class _RebuildPass(_StagingPass):
             promote(self.handler, name)
 
 
+class _RegroupPass(_ProjectionPass):
+    """Regroups when opened (as every pass does), then reads nothing."""
+
+    def __init__(self, handler: ProjectionHandler, runs: dict[str, _DatasetRun]) -> None:
+        super().__init__(handler, runs)
+        self.topics = ()
+
+    def commit(self, through: int) -> None:
+        pass  # nothing was folded: tracking stays where the dataset's refreshes left it
+
+
 class _RetryPass(_ProjectionPass):
     """Pages are the parked customers' own streams, up to the dataset's position; tracking
     does not move (commit's advance is guarded), customers that fold are released."""
@@ -301,8 +428,10 @@ class _RetryPass(_ProjectionPass):
         for name, run in self.runs.items():
             for customer_id in sorted(self.retried[name]):
                 stored = self.handler.documents.load(name, [customer_id]).get(customer_id)
-                yield self.log.customer_changes(
-                    customer_id,
+                members = [k for k, p in self.profiles.items() if p == customer_id]
+                yield merged_changes(
+                    self.log,
+                    members or [customer_id],
                     after=stored.position if stored else 0,
                     until=run.position,
                     topics=run.projection.topics,

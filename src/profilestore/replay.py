@@ -30,6 +30,7 @@ import msgspec
 from profilestore.documents import Profile, SectionMeta
 from profilestore.errors import FoldFailed
 from profilestore.eventlog import EventLog, Notified
+from profilestore.identity import merged_changes
 from profilestore.projection import Projection
 
 
@@ -134,15 +135,17 @@ def _failure(dataset: str, notified: Notified, error: BaseException) -> FoldFail
 def profile_as_of(
     log: EventLog,
     projections: Mapping[str, Projection[Any]],
-    customer_id: str,
+    members: Sequence[str],
     as_of: dt.datetime,
 ) -> Profile | None:
-    """The profile from the customer's events recorded at or before ``as_of``."""
+    """The profile from the events of ``members`` (the keys of the profile as it was then)
+    recorded at or before ``as_of``, in log order."""
     known = [
         n
-        for n in log.customer_changes(customer_id)
+        for n in merged_changes(log, members)
         if n.event.recorded_at is not None and n.event.recorded_at <= as_of
     ]
+    customer_id = members[0]
     failures: list[FoldFailure] = []
     folded = fold_stream(projections, known, failures=failures)
     if failures:
@@ -184,10 +187,14 @@ def verify_profiles(
     projections: Mapping[str, Projection[Any]],
     customer_ids: Sequence[str],
     *,
+    members_of: Callable[[str], Sequence[str]] | None = None,
     progress: Callable[[int, int], None] | None = None,
     chunk: int = 200,
 ) -> VerifyReport:
-    """Refold ``customer_ids`` and compare them with the stored documents."""
+    """Refold ``customer_ids`` and compare them with the stored documents.
+
+    ``members_of`` names the keys whose events make a profile (a merged profile's keys;
+    none for a key merged into another profile, which should hold no section)."""
     tracked = {name: (t.position if (t := documents.tracking(name)) else 0) for name in projections}
     routes = routes_for(projections)
     drift: list[Drift] = []
@@ -197,7 +204,8 @@ def verify_profiles(
         ids = customer_ids[start : start + chunk]
         stored = {name: documents.load(name, ids) for name in projections}
         for customer_id in ids:
-            events = log.customer_changes(customer_id)
+            members = members_of(customer_id) if members_of else (customer_id,)
+            events = merged_changes(log, members) if members else []
             limits = {
                 name: (
                     stored[name][customer_id].position

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import hashlib
 import logging
 import re
 import threading
@@ -42,14 +43,33 @@ from profilestore.errors import (
     CustomerNotFound,
     IdentifierNotFound,
     InvalidEvent,
+    InvalidLink,
+    LinkNotFound,
     NoDatasetSelected,
     StoreClosed,
     UnknownDataset,
 )
 from profilestore.eventlog import AppendResult, EventLog, Subscription, check_log_url, event_json
 from profilestore.eventlog import open_log as open_log_url
-from profilestore.events import EVENT_TYPES, AnyEvent, Event
+from profilestore.events import (
+    EVENT_TYPES,
+    RESERVED_PREFIX,
+    AnyEvent,
+    Event,
+    IdentityLinked,
+    IdentityUnlinked,
+)
 from profilestore.identifiers import lookup_key
+from profilestore.identity import (
+    TARGET,
+    IdentityGraph,
+    IdentityHandler,
+    Link,
+    LinkRules,
+    is_canonical,
+    iter_links,
+    merged_changes,
+)
 from profilestore.pipeline import (
     Clock,
     Consumer,
@@ -65,6 +85,7 @@ from profilestore.projector import (
     ProjectionHandler,
     PromoteHandler,
     RebuildHandler,
+    RegroupHandler,
     RetryHandler,
     StagingHandler,
 )
@@ -111,6 +132,14 @@ class EventValidator:
                 raise _validation_error(index, item, e) from None
             except msgspec.DecodeError as e:
                 raise InvalidEvent(index, "$", f"not valid JSON: {e}") from None
+            if event.customer_id.startswith(RESERVED_PREFIX):
+                raise InvalidEvent(
+                    index,
+                    "$.customer_id",
+                    f"may not start with {RESERVED_PREFIX!r}: it begins the ids of merged "
+                    "profiles; send the customer key",
+                    event.event_id,
+                )
             events.append(msgspec.structs.replace(event, recorded_at=recorded_at))
         return events
 
@@ -169,9 +198,35 @@ class DatasetStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 class SubjectExport(msgspec.Struct, frozen=True, kw_only=True):
     customer_id: str
+    canonical_id: str
+    keys: list[str]
+    """Every customer key of the profile (its events are all in ``events``)."""
     exported_at: dt.datetime
     profile: Profile | None
     events: list[msgspec.Raw]
+
+
+class LinkResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a link or unlink did: the profile the key belongs to now, and how many link
+    events were appended (0: it was so already)."""
+
+    profile_id: str
+    appended: int
+
+
+class IdentityExplanation(msgspec.Struct, frozen=True, kw_only=True):
+    customer_id: str
+    """The key asked about."""
+    canonical_id: str
+    """The profile it belongs to."""
+    keys: list[str]
+    identifiers: list[Any]
+    links: list[Link]
+    """Every link naming a key of the profile: active, retracted and refused."""
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]
 
 
 class _Gate:
@@ -262,6 +317,7 @@ class ProfileStore:
             log, self._leases, self._journal, clock=clock, page_size=settings.projector.page_size
         )
         self._cache_sections = settings.projector.cache_sections
+        self._rules = LinkRules.from_settings(settings.identity)
         self._gate = _Gate()
 
     def _handler(self, kind: type[ProjectionHandler] = ProjectionHandler) -> ProjectionHandler:
@@ -276,13 +332,152 @@ class ProfileStore:
 
     # --- identity -----------------------------------------------------------------------
 
-    def resolve(self, customer_id: str) -> str:
-        """The customer key that ``customer_id`` stands for today.
+    def _graph(self) -> IdentityGraph:
+        return IdentityGraph(self._documents)
 
-        Every read and write goes through here: identity merges (redirects) and erased
-        customers will be applied in this one place. Today every key stands for itself.
+    def resolve(self, customer_id: str) -> str:
+        """The id of the profile ``customer_id`` belongs to now: itself, or the canonical id
+        of the profile its key was merged into (see :mod:`profilestore.identity`).
+
+        Every read and write goes through here: identity redirects (and, later, forgotten
+        customers) apply in this one place.
         """
-        return customer_id
+        if is_canonical(customer_id):
+            return customer_id
+        return self._graph().profile_of(customer_id)
+
+    def members(self, profile_id: str) -> tuple[str, ...]:
+        """The customer keys whose events fold into a profile (() for none)."""
+        return self._graph().members(profile_id)
+
+    @_guarded
+    def resolve_identity(self, *, trigger: Trigger = "manual", rounds: int = 10) -> PassReport:
+        """Bring the identity graph up to the log head: apply new links, run the rules, and
+        apply the links the rules appended (a few rounds at most). Skipped (the report's
+        ``skipped_locked``) while another process keeps the graph (a follower)."""
+        handler = IdentityHandler(self._log, self._documents, self._rules, clock=self.clock)
+        report = self._consumer.run(handler, [TARGET], trigger=trigger)
+        for _ in range(rounds - 1):
+            if report.skipped_locked or not report.released.get(TARGET):
+                break
+            report = self._consumer.run(handler, [TARGET], trigger=trigger)
+        return report
+
+    def live_identity(self, *, batch: int) -> Live:
+        """The identity graph's consumer, kept running by the follower."""
+        handler = IdentityHandler(self._log, self._documents, self._rules, clock=self.clock)
+        return self._consumer.live(handler, [TARGET], batch=batch, guard=self._entered)
+
+    @_guarded
+    def apply_identity(self, datasets: Sequence[str] | None = None) -> PassReport:
+        """Regroup the profiles of ``datasets`` as the identity graph says now, without
+        waiting for their next refresh. Datasets another process holds are skipped (its
+        pass applies the changes itself)."""
+        return self._consumer.run(
+            self._handler(RegroupHandler), self.datasets(datasets), trigger="manual"
+        )
+
+    def _catch_up_identity(self) -> None:
+        self.resolve_identity()
+        self.apply_identity()
+
+    def _known_key(self, key: str, name: str) -> None:
+        if is_canonical(key):
+            raise InvalidLink(name, "is the id of a merged profile; give one of its customer keys")
+        if not self._log.stream(key, limit=1):
+            raise InvalidLink(name, "no event names this customer key")
+
+    @_guarded
+    def link(self, key: str, other: str, *, actor: str, reason: str | None = None) -> LinkResult:
+        """Make two customer keys one profile (an operator's link). Idempotent: keys already
+        in one profile append nothing. The merged profile is readable on return (unless
+        another process holds the graph: its follower applies it within moments)."""
+        self._known_key(key, "key")
+        self._known_key(other, "other")
+        if key == other:
+            raise InvalidLink("other", "is the same customer key; a key is not linked to itself")
+        self.resolve_identity()
+        graph = self._graph()
+        if graph.profile_of(key) == graph.profile_of(other):
+            return LinkResult(profile_id=graph.profile_of(key), appended=0)
+        generation = sum(1 for link in graph.links_of(key) if link.joins(key) == other)
+        event = self._validator.validate(
+            [
+                IdentityLinked(
+                    event_id="link-" + _digest("operator", key, other, str(generation)),
+                    customer_id=key,
+                    other=other,
+                    occurred_at=self.clock(),
+                    source="profilestore.operator",
+                    actor=actor,
+                    reason=reason,
+                )
+            ],
+            self.clock(),
+        )
+        appended = self._log.append(event).appended
+        self._catch_up_identity()
+        return LinkResult(profile_id=self.resolve(key), appended=appended)
+
+    @_guarded
+    def unlink(
+        self, key: str, other: str | None = None, *, actor: str, reason: str | None = None
+    ) -> LinkResult:
+        """Retract the links between two keys; with no ``other``, every link of ``key`` (it
+        is split out of its profile). Idempotent: nothing to retract is an error only if no
+        link ever joined them; already retracted ones append nothing."""
+        self._known_key(key, "key")
+        if other is not None:
+            self._known_key(other, "other")
+        self.resolve_identity()
+        graph = self._graph()
+        links = [
+            link
+            for link in graph.links_of(key)
+            if link.status != "refused" and (other is None or link.joins(key) == other)
+        ]
+        if not links:
+            raise LinkNotFound()
+        active = [link for link in links if link.status == "active"]
+        now = self.clock()
+        events = [
+            IdentityUnlinked(
+                event_id="unlink-" + _digest(link.id),
+                customer_id=key,
+                other=link.joins(key),
+                link_id=link.id,
+                occurred_at=now,
+                source="profilestore.operator",
+                actor=actor,
+                reason=reason,
+            )
+            for link in active
+        ]
+        appended = self._log.append(self._validator.validate(events, now)).appended if events else 0
+        self._catch_up_identity()
+        return LinkResult(profile_id=self.resolve(key), appended=appended)
+
+    @_guarded
+    def explain(self, customer_id: str) -> IdentityExplanation:
+        """A profile's keys, identifiers and links (active, retracted and refused), each
+        with its rule or operator, evidence, time and position."""
+        profile_id = self.resolve(customer_id)
+        graph = self._graph()
+        members = graph.members(profile_id)
+        if not members:
+            raise CustomerNotFound(customer_id)
+        found = self._documents.get(profile_id, ["identities"] if "identities" in self.projections else [])
+        identifiers: list[Any] = []
+        if found is not None and "identities" in found.sections:
+            identifiers = list(getattr(found.sections["identities"], "identifiers", ()))
+        links = sorted(iter_links(graph, members), key=lambda link: (link.position, link.id))
+        return IdentityExplanation(
+            customer_id=customer_id,
+            canonical_id=profile_id,
+            keys=list(members),
+            identifiers=identifiers,
+            links=links,
+        )
 
     # --- writing ----------------------------------------------------------------------
 
@@ -330,8 +525,10 @@ class ProfileStore:
 
         Each dataset is refreshed under its lease: one held by another process (a
         scheduled run, the follower) is skipped and listed in ``skipped_locked``. Each
-        refreshed dataset gets a run record (see ``status``).
+        refreshed dataset gets a run record (see ``status``). The identity graph is brought
+        up to date first (links regroup profiles before their events are folded).
         """
+        self.resolve_identity(trigger=trigger)
         return self._consumer.run(
             self._handler(),
             self.datasets(datasets),
@@ -362,6 +559,7 @@ class ProfileStore:
         folded by a refresh right after.
         """
         names = self.datasets(datasets)
+        self.resolve_identity(trigger="rebuild")
         # The staging area is also a background rebuild's: hold its lease too.
         self._leases.acquire(names, required=True, kind="rebuild")
         try:
@@ -530,18 +728,24 @@ class ProfileStore:
     ) -> Profile:
         """The stored profile; with ``as_of``, the profile folded from the customer's
         events recorded at or before that time (every dataset as if fresh then)."""
-        customer_id = self.resolve(customer_id)
+        asked = customer_id
+        profile_id = self.resolve(customer_id)
         names = self._selection(datasets)
         if as_of is not None:
             projections = {n: p for n, p in self.projections.items() if names is None or n in names}
-            replayed = profile_as_of(self._log, projections, customer_id, as_of)
+            graph = self._graph()
+            start = graph.members(profile_id)[:1] or (profile_id,)
+            members = sorted(graph.component(start[0], at=as_of))
+            replayed = profile_as_of(self._log, projections, members, as_of)
             if replayed is None:
-                raise CustomerNotFound(customer_id)
-            return replayed
-        found = self._documents.get(customer_id, names)
+                raise CustomerNotFound(asked)
+            return msgspec.structs.replace(
+                replayed, customer_id=asked, canonical_id=graph.canonical(members, at=as_of)
+            )
+        found = self._documents.get(profile_id, names)
         if found is None:
-            raise CustomerNotFound(customer_id)
-        return found
+            raise CustomerNotFound(asked)
+        return msgspec.structs.replace(found, customer_id=asked, canonical_id=profile_id)
 
     def profile_raw(
         self,
@@ -557,10 +761,11 @@ class ProfileStore:
             return raw
         with self._entered():
             names = self._selection(datasets)
-            found = self._documents.get_raw(self.resolve(customer_id), names)
+            profile_id = self.resolve(customer_id)
+            found = self._documents.get_raw(profile_id, names)
         if found is None:
             raise CustomerNotFound(customer_id)
-        return found
+        return msgspec.structs.replace(found, customer_id=customer_id, canonical_id=profile_id)
 
     async def aprofile_raw(
         self, customer_id: str, datasets: Sequence[str] | None = None
@@ -570,12 +775,13 @@ class ProfileStore:
         gate = self._gate
         gate.enter()
         try:
-            found = await self._documents.aget_raw(self.resolve(customer_id), names)
+            profile_id = self.resolve(customer_id)
+            found = await self._documents.aget_raw(profile_id, names)
         finally:
             gate.exit()
         if found is None:
             raise CustomerNotFound(customer_id)
-        return found
+        return msgspec.structs.replace(found, customer_id=customer_id, canonical_id=profile_id)
 
     def _holder_of(self, kind: str, customer_ids: Sequence[str]) -> str:
         resolved = sorted({self.resolve(c) for c in customer_ids})
@@ -598,7 +804,7 @@ class ProfileStore:
         found = self._documents.get(customer_id, names)
         if found is None:
             raise IdentifierNotFound(kind, value)
-        return found
+        return msgspec.structs.replace(found, canonical_id=customer_id)
 
     async def afind_raw(
         self, kind: str, value: str, datasets: Sequence[str] | None = None
@@ -615,7 +821,7 @@ class ProfileStore:
             gate.exit()
         if found is None:
             raise IdentifierNotFound(kind, value)
-        return found
+        return msgspec.structs.replace(found, canonical_id=customer_id)
 
     @_guarded
     def history(
@@ -631,34 +837,51 @@ class ProfileStore:
         wanted = set(types) if types else None
         return [
             event
-            for event in self._log.stream(self.resolve(customer_id))
+            for event in self._events_of(self.resolve(customer_id))
             if (wanted is None or event.type_name in wanted)
             and (since is None or (event.recorded_at is not None and event.recorded_at >= since))
             and (until is None or (event.recorded_at is not None and event.recorded_at <= until))
         ]
 
+    def _events_of(self, profile_id: str) -> list[Event]:
+        """The events of every key of a profile, in log order."""
+        members = self._graph().members(profile_id) or (profile_id,)
+        if len(members) == 1:
+            return self._log.stream(members[0])
+        return [n.event for n in merged_changes(self._log, members)]
+
     @_guarded
     def history_page(
         self, customer_id: str, *, after: int = 0, limit: int = 100
     ) -> tuple[list[msgspec.Raw], int | None]:
-        """Up to ``limit`` of the customer's events as JSON after stream version ``after``,
-        and the ``after`` of the next page (None on the last)."""
-        events = self._log.stream(self.resolve(customer_id), after_version=after, limit=limit + 1)
-        if not events and after == 0:
+        """Up to ``limit`` of the profile's events as JSON (every key's, in log order) after
+        log position ``after``, and the ``after`` of the next page (None on the last)."""
+        profile_id = self.resolve(customer_id)
+        members = self._graph().members(profile_id) or (profile_id,)
+        found = merged_changes(self._log, members, after=after)
+        if not found and after == 0:
             raise CustomerNotFound(customer_id)
-        more = len(events) > limit
-        return [msgspec.Raw(event_json(e)) for e in events[:limit]], after + limit if more else None
+        page = found[:limit]
+        more = len(found) > limit
+        return [msgspec.Raw(event_json(n.event)) for n in page], (
+            page[-1].notification_id if more else None
+        )
 
     @_guarded
     def export(self, customer_id: str) -> SubjectExport:
         """Everything the store holds on a customer, for a data subject access request."""
+        asked = customer_id
         customer_id = self.resolve(customer_id)
-        events = self.history(customer_id)
+        events = self._events_of(customer_id)
         profile = self._documents.get(customer_id)
         if not events and profile is None:
-            raise CustomerNotFound(customer_id)
+            raise CustomerNotFound(asked)
+        if profile is not None:
+            profile = msgspec.structs.replace(profile, customer_id=asked, canonical_id=customer_id)
         return SubjectExport(
-            customer_id=customer_id,
+            customer_id=asked,
+            canonical_id=customer_id,
+            keys=list(self._graph().members(customer_id) or (customer_id,)),
             exported_at=self.clock(),
             profile=profile,
             events=[msgspec.Raw(event_json(e)) for e in events],
@@ -678,8 +901,14 @@ class ProfileStore:
             if customer_ids is not None
             else choose_customers(self._log, self._documents, self.projections, sample)
         )
+        graph = self._graph()
         return verify_profiles(
-            self._log, self._documents, self.projections, chosen, progress=progress
+            self._log,
+            self._documents,
+            self.projections,
+            chosen,
+            members_of=graph.members,
+            progress=progress,
         )
 
     def auditor(self) -> Auditor:

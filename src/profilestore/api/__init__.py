@@ -46,10 +46,13 @@ from profilestore.api.observability import (
 )
 from profilestore.api.routes import (
     append_events,
+    delete_link,
     find_profile_route,
     get_history,
+    get_identity,
     get_profile,
     get_status,
+    post_link,
     live,
     metrics,
     ready,
@@ -95,6 +98,9 @@ def create_app(store: ProfileStore) -> Litestar:
             get_profile,
             find_profile_route,
             get_history,
+            get_identity,
+            post_link,
+            delete_link,
             get_status,
             live,
             ready,

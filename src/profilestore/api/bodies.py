@@ -50,8 +50,19 @@ class DatasetFreshness(msgspec.Struct, frozen=True):
 
 class ProfileResponse(msgspec.Struct, frozen=True):
     customer_id: str
+    """The key (or id) asked for."""
+    canonical_id: str | None
+    """The profile's id: the canonical id of a merged profile (``~...``), else the key."""
     sections: dict[str, Any]
     freshness: dict[str, DatasetFreshness]
+
+
+class LinkRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Two customer keys to make one profile."""
+
+    key: str
+    other: str
+    reason: str | None = None
 
 
 class HistoryPage(msgspec.Struct, frozen=True):

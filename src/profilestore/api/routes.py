@@ -9,7 +9,7 @@ from urllib.parse import unquote_to_bytes
 
 import anyio
 import msgspec
-from litestar import MediaType, Request, Response, get, post
+from litestar import MediaType, Request, Response, delete, get, post
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
 from prometheus_client import generate_latest
@@ -18,6 +18,7 @@ from profilestore.api.bodies import (
     AppendResponse,
     EventBatch,
     HistoryPage,
+    LinkRequest,
     ProfileResponse,
     _RawBatch,
 )
@@ -26,7 +27,7 @@ from profilestore.api.security import require
 from profilestore.documents import RawProfile
 from profilestore.errors import BatchTooLarge, InvalidEvent, InvalidIdentifier, NotFound
 from profilestore.identifiers import KIND_NAMES, LOOKUP_KINDS, one_identifier
-from profilestore.store import DatasetStatus, ProfileStore
+from profilestore.store import DatasetStatus, IdentityExplanation, LinkResult, ProfileStore
 
 MAX_VERSION = 2**53
 """Largest stream version a client may name (well inside every store's integers)."""
@@ -79,6 +80,7 @@ def _profile_response(request: Request[Any, Any, Any], raw: RawProfile) -> Profi
     snapshot: FreshnessSnapshot = request.app.state.freshness
     return ProfileResponse(
         customer_id=raw.customer_id,
+        canonical_id=raw.canonical_id,
         sections=raw.sections,
         freshness={name: snapshot.block(name, meta) for name, meta in raw.freshness.items()},
     )
@@ -198,7 +200,8 @@ async def get_history(
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> HistoryPage:
     """The customer's events, oldest first, with envelope and metadata, `limit` (1-1000)
-    per page after stream version `after`. (Not under `/v1/profiles/{id}/`: a customer id
+    per page after log position `after` (a merged profile: every key's events, each
+    naming its key in `customer_id`). (Not under `/v1/profiles/{id}/`: a customer id
     may end in `/history`, and every id must address its own profile.)"""
     customer_id = _customer_id(request, HISTORY, customer_id)
     store = _store(request)
@@ -209,6 +212,63 @@ async def get_history(
     except NotFound:
         raise NotFoundException(detail=f"no events for customer {customer_id!r}") from None
     return HistoryPage(customer_id=customer_id, events=events, next_after=next_after)
+
+
+IDENTITY = "/v1/identity/profiles/"
+
+
+@get(
+    IDENTITY + "{customer_id:path}",
+    guards=[require("read")],
+    summary="Who a customer is: keys and links",
+)
+async def get_identity(
+    request: Request[Any, Any, Any],
+    customer_id: Annotated[
+        str, Parameter(description="A customer key or profile id, percent-encoded.")
+    ],
+) -> IdentityExplanation:
+    """The profile the key belongs to: its canonical id, its keys, its identifiers, and
+    every link naming one of its keys (active, retracted, refused) with the rule or
+    operator that made it, its evidence, time and log position. (Not under
+    `/v1/profiles/{id}/`: a customer id may end in `/identity`.)"""
+    customer_id = _customer_id(request, IDENTITY, customer_id)
+    store = _store(request)
+    return await anyio.to_thread.run_sync(store.explain, customer_id)
+
+
+def _actor(request: Request[Any, Any, Any]) -> str:
+    client = request.scope.get("state", {}).get("client")
+    return f"api:{client}" if client else "api:anonymous"
+
+
+@post("/v1/identity/links", guards=[require("identity")], status_code=200, summary="Merge")
+async def post_link(request: Request[Any, Any, Any], data: JSONBody[LinkRequest]) -> LinkResult:
+    """Make two customer keys one profile; idempotent (`appended` 0: they already were).
+    The link is an event in the log naming this API key as its actor."""
+    store = _store(request)
+    return await anyio.to_thread.run_sync(
+        lambda: store.link(data.key, data.other, actor=_actor(request), reason=data.reason)
+    )
+
+
+@delete("/v1/identity/links", guards=[require("identity")], status_code=200, summary="Unmerge")
+async def delete_link(
+    request: Request[Any, Any, Any],
+    key: Annotated[str, QueryParameter(description="A customer key.")],
+    other: Annotated[
+        str | None,
+        QueryParameter(description="The other key; absent: split `key` out of its profile."),
+    ] = None,
+    reason: FromQuery[str | None] = None,
+) -> LinkResult:
+    """Retract the links between `key` and `other` (or every link of `key`); the profiles
+    become what they would be without them, and rules do not link them again.
+    Idempotent; 404 if no link ever joined them."""
+    store = _store(request)
+    return await anyio.to_thread.run_sync(
+        lambda: store.unlink(key, other, actor=_actor(request), reason=reason)
+    )
 
 
 @get("/v1/status", guards=[require("admin")], summary="Datasets' refresh status")
