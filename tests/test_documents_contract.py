@@ -422,6 +422,17 @@ def test_load_returns_sections_and_positions_only_for_customers_that_have_them(
     assert s.load("orders", iter(["c1", "c3"])) == {"c3": StoredSection(orders(), 6)}
 
 
+def test_load_reads_more_customers_than_one_chunk(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write(
+        "carts", [SectionWrite(f"c{i:04}", Carts(), i) for i in range(0, 1_200, 2)], refreshed_at=T0
+    )
+
+    found = s.load("carts", [f"c{i:04}" for i in range(1_200)])
+
+    assert found == {f"c{i:04}": StoredSection(Carts(), i) for i in range(0, 1_200, 2)}
+
+
 def test_load_of_staging_reads_staging_only(document_store: DocumentStore) -> None:
     s = document_store
     s.write("carts", [SectionWrite("c1", carts("live"), 4)], refreshed_at=T0)
@@ -1054,6 +1065,76 @@ def test_raw_and_async_reads_return_what_get_and_find_return(
     assert (found, missing) == (["c1"], [])
 
 
+# --- put_records and get_records_for ------------------------------------------------------------
+
+
+def test_put_records_stores_every_record_and_replaces_those_there(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.put_record("link", "c1", {"to": "old"})
+
+    s.put_records(
+        [
+            ("link", "c1", {"to": "c9", "rule": {"name": "email", "version": 2}}),
+            ("link", "c2", {"to": "c9", "at": "2026-01-01T00:00:00Z"}),
+            ("seen", "c1", {"n": 1}),
+        ]
+    )
+    s.put_records([])
+
+    assert s.get_records("link") == {
+        "c1": {"to": "c9", "rule": {"name": "email", "version": 2}},
+        "c2": {"to": "c9", "at": "2026-01-01T00:00:00Z"},
+    }
+    assert s.get_records("seen") == {"c1": {"n": 1}}
+
+
+def test_put_records_applies_them_in_order_so_the_later_of_one_key_stays(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+
+    s.put_records([("link", "c1", {"n": 1}), ("link", "c2", {"n": 2}), ("link", "c1", {"n": 3})])
+
+    assert s.get_records("link") == {"c1": {"n": 3}, "c2": {"n": 2}}
+    # Storing the same records again changes nothing.
+    s.put_records([("link", "c1", {"n": 3}), ("link", "c2", {"n": 2})])
+    assert s.get_records("link") == {"c1": {"n": 3}, "c2": {"n": 2}}
+
+
+def test_get_records_for_answers_exact_keys_of_one_kind_omitting_absent_ones(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.put_records(
+        [
+            ("link", "c1", {"to": "c9"}),
+            ("link", "c10", {"to": "c8"}),
+            ("link", "c2", {"to": "c9"}),
+            ("seen", "c3", {"n": 1}),
+        ]
+    )
+
+    assert s.get_records_for("link", ["c1", "c3", "nobody", "c1"]) == {"c1": {"to": "c9"}}
+    assert s.get_records_for("link", iter(["c2", "c10"])) == {
+        "c2": {"to": "c9"},
+        "c10": {"to": "c8"},
+    }
+    assert s.get_records_for("seen", ["c1", "c3"]) == {"c3": {"n": 1}}
+    assert s.get_records_for("link", []) == {}
+    assert s.get_records_for("link", ["c"]) == {}  # not a prefix
+
+
+def test_get_records_for_reads_more_keys_than_one_chunk(document_store: DocumentStore) -> None:
+    s = document_store
+    s.put_records([("link", f"c{i:04}", {"n": i}) for i in range(0, 1_200, 2)])
+
+    found = s.get_records_for("link", [f"c{i:04}" for i in range(1_200)])
+
+    assert found == {f"c{i:04}": {"n": i} for i in range(0, 1_200, 2)}
+
+
 # --- insert_record_if_absent ----------------------------------------------------------------------
 
 
@@ -1131,6 +1212,8 @@ CALLS: dict[str, Callable[[DocumentStore], object]] = {
     "release_lease": lambda s: s.release_lease("l", "A"),
     "lease_holder": lambda s: s.lease_holder("l", at(0)),
     "put_record": lambda s: s.put_record("run", "k", {}),
+    "put_records": lambda s: s.put_records([("run", "k", {})]),
+    "get_records_for": lambda s: s.get_records_for("run", ["k"]),
     "insert_record_if_absent": lambda s: s.insert_record_if_absent("run", "k", {}),
     "get_records": lambda s: s.get_records("run"),
     "delete_record": lambda s: s.delete_record("run", "k"),

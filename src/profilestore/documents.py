@@ -237,6 +237,19 @@ class RecordStore(ABC):
         """Records of ``kind`` whose key starts with ``prefix``, by key, sorted by key."""
 
     @abstractmethod
+    def get_records_for(self, kind: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The records of ``kind`` under exactly these keys (no prefix matching), by key;
+        keys with no record are omitted. Any number of keys: adapters read them in chunks."""
+
+    @abstractmethod
+    def put_records(self, records: Sequence[tuple[str, str, Mapping[str, Any]]]) -> None:
+        """Store each ``(kind, key, value)`` as :meth:`put_record` does, in order (of two
+        for one (kind, key), the later stays). All or none where the database allows it
+        (SQLite: one transaction); elsewhere each record is stored atomically, in order,
+        so a failure part-way leaves a prefix stored (MongoDB). Storing the same records
+        again changes nothing, so a caller repeats the call after a failure."""
+
+    @abstractmethod
     def delete_record(self, kind: str, key: str) -> None:
         """Remove a record; removing an absent one does nothing."""
 
@@ -291,7 +304,8 @@ PORT_METHODS = (
     *("get", "find", "get_raw", "aget_raw", "afind", "load", "write", "tracking", "advance"),
     *("start_staging", "promote_staging", "customer_ids"),
     *("acquire_lease", "release_lease", "lease_holder"),
-    *("put_record", "insert_record_if_absent", "get_records", "delete_record"),
+    *("put_record", "put_records", "insert_record_if_absent"),
+    *("get_records", "get_records_for", "delete_record"),
 )
 """The methods :func:`translate_errors` guards: every method of the three ports that
 reaches the database."""
@@ -300,7 +314,7 @@ WRITE_METHODS = frozenset(
     {
         *("write", "advance", "start_staging", "promote_staging"),
         *("acquire_lease", "release_lease"),
-        *("put_record", "insert_record_if_absent", "delete_record"),
+        *("put_record", "put_records", "insert_record_if_absent", "delete_record"),
     }
 )
 """The port methods that write: a store opened read-only refuses them (ReadOnlyStore)

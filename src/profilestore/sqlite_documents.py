@@ -483,11 +483,24 @@ class SQLiteDocumentStore(DocumentStore):
 
     def put_record(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
         with self._transaction() as c:
-            c.execute(
-                "INSERT INTO records (kind, key, body) VALUES (?, ?, ?) "
-                "ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body",
-                (kind, key, self._encoder.encode(value)),
-            )
+            self._upsert_records(c, [(kind, key, value)])
+
+    def put_records(self, records: Sequence[tuple[str, str, Mapping[str, Any]]]) -> None:
+        if not records:
+            return
+        with self._transaction() as c:
+            self._upsert_records(c, records)
+
+    def _upsert_records(
+        self, c: sqlite3.Cursor, records: Iterable[tuple[str, str, Mapping[str, Any]]]
+    ) -> None:
+        # executemany runs the rows in order: of two for one (kind, key), the later stays.
+        encode = self._encoder.encode
+        c.executemany(
+            "INSERT INTO records (kind, key, body) VALUES (?, ?, ?) "
+            "ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body",
+            [(kind, key, encode(value)) for kind, key, value in records],
+        )
 
     def insert_record_if_absent(self, kind: str, key: str, value: Mapping[str, Any]) -> bool:
         with self._transaction() as c:
@@ -510,6 +523,20 @@ class SQLiteDocumentStore(DocumentStore):
             .fetchall()
         )
         return {key: msgspec.json.decode(body) for key, body in rows}
+
+    def get_records_for(self, kind: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        wanted = list(dict.fromkeys(keys))
+        conn = self._connection()
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            rows = conn.execute(
+                f"SELECT key, body FROM records WHERE kind = ? AND key IN "
+                f"({','.join('?' * len(chunk))})",
+                (kind, *chunk),
+            ).fetchall()
+            found.update((key, msgspec.json.decode(body)) for key, body in rows)
+        return found
 
     def delete_record(self, kind: str, key: str) -> None:
         with self._transaction() as c:
