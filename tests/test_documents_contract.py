@@ -20,13 +20,16 @@ import pytest
 
 from profilestore.documents import (
     PORT_METHODS,
+    WRITE_METHODS,
     DocumentStore,
     SectionWrite,
     StoredSection,
     Tracking,
 )
-from profilestore.errors import StoreClosed
+from profilestore.errors import ReadOnlyStore, StoreClosed
 from profilestore.events import Location
+from profilestore.mongo_documents import MongoDocumentStore
+from profilestore.sqlite_documents import SQLiteDocumentStore
 from projections.attributes import Attributes, Preference
 from projections.carts import Cart, CartLine, Carts
 from projections.identities import Identifier, Identities
@@ -271,6 +274,8 @@ def test_an_unregistered_dataset_is_a_key_error(document_store: DocumentStore) -
         document_store.write("no_such_dataset", [SectionWrite("c1", carts(), 1)], refreshed_at=T0)
     with pytest.raises(KeyError):
         list(document_store.customer_ids("no_such_dataset"))
+    with pytest.raises(KeyError):
+        document_store.regroup("no_such_dataset", [], ["c1"], refreshed_at=T0)
 
 
 # --- write and the position guard --------------------------------------------------------------
@@ -420,6 +425,17 @@ def test_load_returns_sections_and_positions_only_for_customers_that_have_them(
     assert s.load("carts", []) == {}
     assert s.load("carts", ["c3"]) == {}
     assert s.load("orders", iter(["c1", "c3"])) == {"c3": StoredSection(orders(), 6)}
+
+
+def test_load_reads_more_customers_than_one_chunk(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write(
+        "carts", [SectionWrite(f"c{i:04}", Carts(), i) for i in range(0, 1_200, 2)], refreshed_at=T0
+    )
+
+    found = s.load("carts", [f"c{i:04}" for i in range(1_200)])
+
+    assert found == {f"c{i:04}": StoredSection(Carts(), i) for i in range(0, 1_200, 2)}
 
 
 def test_load_of_staging_reads_staging_only(document_store: DocumentStore) -> None:
@@ -869,6 +885,184 @@ def test_promote_twice_raises_the_second_time(document_store: DocumentStore) -> 
     assert s.load("carts", ["c1"]) == {"c1": StoredSection(carts(), 5)}
 
 
+# --- regroup ------------------------------------------------------------------------------------
+
+
+def test_regroup_replaces_a_section_whatever_its_stored_position(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite("c1", carts("new"), 8)], refreshed_at=T0)
+
+    s.regroup("carts", [SectionWrite("c1", carts("regrouped"), 5)], [], refreshed_at=T1)
+
+    assert s.load("carts", ["c1"]) == {"c1": StoredSection(carts("regrouped"), 5)}
+    profile = s.get("c1")
+    assert profile is not None
+    assert profile.freshness["carts"].position == 5
+    assert_close(profile.freshness["carts"].refreshed_at, T1)
+    # Later guarded writes compare with the regrouped position.
+    assert s.write("carts", [SectionWrite("c1", carts("next"), 6)], refreshed_at=T2) == 1
+
+
+def test_regroup_replaces_the_lookup_keys_of_written_customers(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write(
+        "identities",
+        [identity_write("c1", 9, "email:ann@example.com", "phone:+331")],
+        refreshed_at=T0,
+    )
+
+    s.regroup(
+        "identities",
+        [identity_write("c1", 3, "phone:+331", "device:tablet-42")],
+        [],
+        refreshed_at=T1,
+    )
+
+    assert s.find("email:ann@example.com") == []
+    assert s.find("phone:+331") == ["c1"]
+    assert s.find("device:tablet-42") == ["c1"]
+
+
+def test_regroup_removes_sections_and_their_lookup_keys_leaving_other_datasets(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write(
+        "identities",
+        [
+            identity_write("c1", 4, "email:ann@example.com"),
+            identity_write("c2", 5, "email:ann.work@example.com", "device:shared"),
+        ],
+        refreshed_at=T0,
+    )
+    s.write("carts", [SectionWrite("c2", carts(), 6)], refreshed_at=T0)
+
+    # c2 merged into c1: c1 is refolded with both keys' identifiers, c2's section goes.
+    merged = identity_write("c1", 5, "email:ann@example.com", "email:ann.work@example.com")
+    s.regroup("identities", [merged], ["c2"], refreshed_at=T1)
+
+    assert s.find("email:ann.work@example.com") == ["c1"]
+    assert s.find("device:shared") == []
+    assert s.load("identities", ["c1", "c2"]) == {"c1": StoredSection(merged.section, 5)}
+    assert sorted(s.customer_ids("identities")) == ["c1"]
+    c2 = s.get("c2")
+    assert c2 is not None
+    assert c2.sections == {"carts": carts()}
+    assert c2.freshness["carts"].position == 6
+
+
+def test_get_of_a_customer_whose_only_section_was_removed_is_none(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write("identities", [identity_write("c2", 5, "email:bob@example.com")], refreshed_at=T0)
+
+    s.regroup("identities", [], ["c2"], refreshed_at=T1)
+
+    assert s.get("c2") is None
+    assert s.get("c2", ["identities"]) is None
+    assert s.get_raw("c2") is None
+    assert s.find("email:bob@example.com") == []
+    assert list(s.customer_ids("identities")) == []
+    # The customer can come back; no position of the removed section guards it.
+    comeback = identity_write("c2", 1, "email:bob@example.com")
+    assert s.write("identities", [comeback], refreshed_at=T1) == 1
+    assert s.find("email:bob@example.com") == ["c2"]
+
+
+def test_a_customer_both_written_and_removed_by_a_regroup_is_written(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write("identities", [identity_write("c1", 7, "email:ann@example.com")], refreshed_at=T0)
+    kept = identity_write("c1", 2, "email:ann@example.com", "phone:+331")
+
+    s.regroup("identities", [kept], ["c1", "c1"], refreshed_at=T1)
+
+    assert s.load("identities", ["c1"]) == {"c1": StoredSection(kept.section, 2)}
+    assert s.find("phone:+331") == ["c1"]
+
+
+def test_regroup_ignores_removed_customers_without_the_section(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write("orders", [SectionWrite("c3", orders(), 4)], refreshed_at=T0)
+
+    s.regroup("identities", [], ["c3", "nobody"], refreshed_at=T1)
+    s.regroup("identities", [], [], refreshed_at=T1)
+
+    profile = s.get("c3")
+    assert profile is not None
+    assert profile.sections == {"orders": orders()}
+    assert s.get("nobody") is None
+
+
+def test_regrouping_again_changes_nothing(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write(
+        "identities",
+        [
+            identity_write("c1", 4, "email:ann@example.com"),
+            identity_write("c2", 5, "email:bob@example.com"),
+        ],
+        refreshed_at=T0,
+    )
+    merged = identity_write("c1", 5, "email:ann@example.com", "email:bob@example.com")
+    s.regroup("identities", [merged], ["c2"], refreshed_at=T1)
+    before = (s.get("c1"), s.get("c2"), s.find("email:bob@example.com"))
+
+    s.regroup("identities", [merged], ["c2"], refreshed_at=T1)
+
+    assert (s.get("c1"), s.get("c2"), s.find("email:bob@example.com")) == before
+    assert before[1:] == (None, ["c1"])
+
+
+def test_a_staging_regroup_leaves_live_untouched_and_promote_carries_it(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    live = [
+        identity_write("c1", 9, "email:ann@example.com"),
+        identity_write("c2", 9, "email:bob@example.com"),
+    ]
+    s.write("identities", live, refreshed_at=T0)
+    s.start_staging("identities")
+    s.write(
+        "identities",
+        [
+            identity_write("c1", 4, "email:ann@example.com"),
+            identity_write("c2", 4, "email:bob@example.com"),
+        ],
+        refreshed_at=T1,
+        staging=True,
+    )
+    merged = identity_write("c1", 3, "email:ann@example.com", "email:bob@example.com")
+
+    s.regroup("identities", [merged], ["c2"], refreshed_at=T1, staging=True)
+
+    assert s.load("identities", ["c1", "c2"], staging=True) == {
+        "c1": StoredSection(merged.section, 3)
+    }
+    assert s.load("identities", ["c1", "c2"]) == {
+        "c1": StoredSection(live[0].section, 9),
+        "c2": StoredSection(live[1].section, 9),
+    }
+    assert s.find("email:bob@example.com") == ["c2"]
+
+    s.advance("identities", 9, refreshed_at=T1, staging=True)
+    s.promote_staging("identities")
+
+    assert s.find("email:bob@example.com") == ["c1"]
+    assert s.get("c2") is None
+    assert list(s.customer_ids("identities")) == ["c1"]
+    assert s.load("identities", ["c1"]) == {"c1": StoredSection(merged.section, 3)}
+
+
 # --- leases -------------------------------------------------------------------------------------
 
 TTL = dt.timedelta(seconds=30)
@@ -1054,6 +1248,76 @@ def test_raw_and_async_reads_return_what_get_and_find_return(
     assert (found, missing) == (["c1"], [])
 
 
+# --- put_records and get_records_for ------------------------------------------------------------
+
+
+def test_put_records_stores_every_record_and_replaces_those_there(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.put_record("link", "c1", {"to": "old"})
+
+    s.put_records(
+        [
+            ("link", "c1", {"to": "c9", "rule": {"name": "email", "version": 2}}),
+            ("link", "c2", {"to": "c9", "at": "2026-01-01T00:00:00Z"}),
+            ("seen", "c1", {"n": 1}),
+        ]
+    )
+    s.put_records([])
+
+    assert s.get_records("link") == {
+        "c1": {"to": "c9", "rule": {"name": "email", "version": 2}},
+        "c2": {"to": "c9", "at": "2026-01-01T00:00:00Z"},
+    }
+    assert s.get_records("seen") == {"c1": {"n": 1}}
+
+
+def test_put_records_applies_them_in_order_so_the_later_of_one_key_stays(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+
+    s.put_records([("link", "c1", {"n": 1}), ("link", "c2", {"n": 2}), ("link", "c1", {"n": 3})])
+
+    assert s.get_records("link") == {"c1": {"n": 3}, "c2": {"n": 2}}
+    # Storing the same records again changes nothing.
+    s.put_records([("link", "c1", {"n": 3}), ("link", "c2", {"n": 2})])
+    assert s.get_records("link") == {"c1": {"n": 3}, "c2": {"n": 2}}
+
+
+def test_get_records_for_answers_exact_keys_of_one_kind_omitting_absent_ones(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.put_records(
+        [
+            ("link", "c1", {"to": "c9"}),
+            ("link", "c10", {"to": "c8"}),
+            ("link", "c2", {"to": "c9"}),
+            ("seen", "c3", {"n": 1}),
+        ]
+    )
+
+    assert s.get_records_for("link", ["c1", "c3", "nobody", "c1"]) == {"c1": {"to": "c9"}}
+    assert s.get_records_for("link", iter(["c2", "c10"])) == {
+        "c2": {"to": "c9"},
+        "c10": {"to": "c8"},
+    }
+    assert s.get_records_for("seen", ["c1", "c3"]) == {"c3": {"n": 1}}
+    assert s.get_records_for("link", []) == {}
+    assert s.get_records_for("link", ["c"]) == {}  # not a prefix
+
+
+def test_get_records_for_reads_more_keys_than_one_chunk(document_store: DocumentStore) -> None:
+    s = document_store
+    s.put_records([("link", f"c{i:04}", {"n": i}) for i in range(0, 1_200, 2)])
+
+    found = s.get_records_for("link", [f"c{i:04}" for i in range(1_200)])
+
+    assert found == {f"c{i:04}": {"n": i} for i in range(0, 1_200, 2)}
+
+
 # --- insert_record_if_absent ----------------------------------------------------------------------
 
 
@@ -1122,6 +1386,7 @@ CALLS: dict[str, Callable[[DocumentStore], object]] = {
     "afind": lambda s: asyncio.run(s.afind("email:a@example.com")),
     "load": lambda s: s.load("carts", ["c1"]),
     "write": lambda s: s.write("carts", [SectionWrite("c1", carts(), 1)], refreshed_at=T0),
+    "regroup": lambda s: s.regroup("carts", [], ["c1"], refreshed_at=T0),
     "tracking": lambda s: s.tracking("carts"),
     "advance": lambda s: s.advance("carts", 1, refreshed_at=T0),
     "start_staging": lambda s: s.start_staging("carts"),
@@ -1131,6 +1396,8 @@ CALLS: dict[str, Callable[[DocumentStore], object]] = {
     "release_lease": lambda s: s.release_lease("l", "A"),
     "lease_holder": lambda s: s.lease_holder("l", at(0)),
     "put_record": lambda s: s.put_record("run", "k", {}),
+    "put_records": lambda s: s.put_records([("run", "k", {})]),
+    "get_records_for": lambda s: s.get_records_for("run", ["k"]),
     "insert_record_if_absent": lambda s: s.insert_record_if_absent("run", "k", {}),
     "get_records": lambda s: s.get_records("run"),
     "delete_record": lambda s: s.delete_record("run", "k"),
@@ -1150,6 +1417,32 @@ def test_every_call_after_close_raises_store_closed(
 
     with pytest.raises(StoreClosed, match="document store is closed"):
         CALLS[method](document_store)
+
+
+def read_only_twin(store: DocumentStore) -> DocumentStore:
+    """The same store opened again read-only, as an auditor's copy is."""
+    if isinstance(store, SQLiteDocumentStore):
+        return SQLiteDocumentStore(store.path, store.schemas, read_only=True)
+    assert isinstance(store, MongoDocumentStore)
+    database, name = store.profiles.database, store.profiles.name
+    return MongoDocumentStore(database, store.schemas, collection=name, read_only=True)
+
+
+@pytest.mark.parametrize("method", sorted(WRITE_METHODS))
+def test_a_read_only_store_refuses_every_write_and_changes_nothing(
+    document_store: DocumentStore, method: str
+) -> None:
+    document_store.write("carts", [SectionWrite("c1", carts(), 1)], refreshed_at=T0)
+    document_store.put_record("run", "k", {"n": 1})
+    reader = read_only_twin(document_store)
+    try:
+        with pytest.raises(ReadOnlyStore, match=f"is open read-only and cannot {method}"):
+            CALLS[method](reader)
+
+        assert reader.load("carts", ["c1"]) == {"c1": StoredSection(carts(), 1)}
+        assert reader.get_records("run") == {"k": {"n": 1}}
+    finally:
+        reader.close()
 
 
 def test_close_is_idempotent_and_nothing_reopens(document_store: DocumentStore) -> None:

@@ -4,8 +4,8 @@ A profile document is keyed by customer id and holds one section per dataset, ea
 the log position it covers and when it was refreshed. A backend provides three small
 ports, each method's contract in its docstring:
 
-- :class:`SectionStore`: sections (read, find by lookup key, guarded write, load),
-  per-dataset tracking, and the staging area of a rebuild;
+- :class:`SectionStore`: sections (read, find by lookup key, guarded write, regroup,
+  load), per-dataset tracking, and the staging area of a rebuild;
 - :class:`LeaseStore`: named leases that keep one process at a time on a dataset;
 - :class:`RecordStore`: small records by (kind, key), with an atomic insert-if-absent.
 
@@ -17,8 +17,12 @@ becomes ``DocumentsUnavailable``, a call after ``close`` ``StoreClosed``, and a 
 store opened read-only ``ReadOnlyStore``.
 
 Every section write carries its log position and is applied only if it is newer than the
-stored one, so replaying a batch changes nothing. A dataset can be rebuilt into a staging
-area while the live sections keep serving reads, then promoted in one step.
+stored one, so replaying a batch changes nothing. The one exception is
+:meth:`SectionStore.regroup`: identity resolution refolds a cluster's sections from the
+log when a link is made or retracted, so a section may move back to an older position;
+it writes unguarded, under the dataset's lease, and is idempotent instead. A dataset can
+be rebuilt into a staging area while the live sections keep serving reads, then promoted
+in one step.
 """
 
 from __future__ import annotations
@@ -173,6 +177,38 @@ class SectionStore(ABC):
         Returns how many were stored: replaying a batch stores 0 and changes nothing."""
 
     @abstractmethod
+    def regroup(
+        self,
+        dataset: str,
+        writes: Sequence[SectionWrite],
+        removed: Iterable[str],
+        *,
+        refreshed_at: dt.datetime,
+        staging: bool = False,
+    ) -> None:
+        """Store ``writes`` whatever the stored positions, and delete the sections of the
+        ``removed`` customers: how identity resolution regroups a dataset's sections when
+        a link is made or retracted (it refolds the affected customers from the log).
+
+        - Each write replaces the customer's section of ``dataset`` unconditionally (no
+          position guard: the new position may be older), with its position,
+          ``refreshed_at`` and lookup keys; of several writes for one customer the newest
+          counts, as in :meth:`write`.
+        - Each customer id in ``removed`` loses its section of ``dataset`` and the lookup
+          keys that came with it; an id without one is ignored. A customer both written
+          and removed is written.
+        - Other datasets' sections are untouched; a customer left with no section reads as
+          absent (:meth:`get` is None). ``staging``: the same on the staging area (started
+          by :meth:`start_staging`), the live sections untouched.
+
+        Nothing guards these writes against a concurrent refresh: the caller holds the
+        dataset's lease. Regrouping again with the same arguments changes nothing, so a
+        caller repeats a regroup a failure interrupted. All or none where the database
+        allows it (SQLite: one transaction); on MongoDB each customer's document changes
+        atomically, the writes first and then the removals, so a failure in between leaves
+        sections that were to be removed until the caller repeats the regroup."""
+
+    @abstractmethod
     def tracking(self, dataset: str, *, staging: bool = False) -> Tracking | None:
         """How far the dataset has been refreshed, or None if never."""
 
@@ -242,6 +278,19 @@ class RecordStore(ABC):
         """Records of ``kind`` whose key starts with ``prefix``, by key, sorted by key."""
 
     @abstractmethod
+    def get_records_for(self, kind: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The records of ``kind`` under exactly these keys (no prefix matching), by key;
+        keys with no record are omitted. Any number of keys: adapters read them in chunks."""
+
+    @abstractmethod
+    def put_records(self, records: Sequence[tuple[str, str, Mapping[str, Any]]]) -> None:
+        """Store each ``(kind, key, value)`` as :meth:`put_record` does, in order (of two
+        for one (kind, key), the later stays). All or none where the database allows it
+        (SQLite: one transaction); elsewhere each record is stored atomically, in order,
+        so a failure part-way leaves a prefix stored (MongoDB). Storing the same records
+        again changes nothing, so a caller repeats the call after a failure."""
+
+    @abstractmethod
     def delete_record(self, kind: str, key: str) -> None:
         """Remove a record; removing an absent one does nothing."""
 
@@ -293,19 +342,21 @@ class DocumentStore(SectionStore, LeaseStore, RecordStore):
 # --- the adapter boundary --------------------------------------------------------------
 
 PORT_METHODS = (
-    *("get", "find", "get_raw", "aget_raw", "afind", "load", "write", "tracking", "advance"),
+    *("get", "find", "get_raw", "aget_raw", "afind", "load", "write", "regroup"),
+    *("tracking", "advance"),
     *("start_staging", "promote_staging", "customer_ids"),
     *("acquire_lease", "release_lease", "lease_holder"),
-    *("put_record", "insert_record_if_absent", "get_records", "delete_record"),
+    *("put_record", "put_records", "insert_record_if_absent"),
+    *("get_records", "get_records_for", "delete_record"),
 )
 """The methods :func:`translate_errors` guards: every method of the three ports that
 reaches the database."""
 
 WRITE_METHODS = frozenset(
     {
-        *("write", "advance", "start_staging", "promote_staging"),
+        *("write", "regroup", "advance", "start_staging", "promote_staging"),
         *("acquire_lease", "release_lease"),
-        *("put_record", "insert_record_if_absent", "delete_record"),
+        *("put_record", "put_records", "insert_record_if_absent", "delete_record"),
     }
 )
 """The port methods that write: a store opened read-only refuses them (ReadOnlyStore)
@@ -469,6 +520,18 @@ def newest_per_customer(writes: Sequence[SectionWrite]) -> list[SectionWrite]:
         if kept is None or w.position > kept.position:
             newest[w.customer_id] = w
     return list(newest.values())
+
+
+def regroup_plan(
+    writes: Sequence[SectionWrite], removed: Iterable[str]
+) -> tuple[list[SectionWrite], list[str]]:
+    """What a :meth:`SectionStore.regroup` does: one write per customer (the newest), and
+    each removed customer id once, but those written (the write wins)."""
+    kept = newest_per_customer(writes)
+    written = {w.customer_id for w in kept}
+    return kept, [
+        customer_id for customer_id in dict.fromkeys(removed) if customer_id not in written
+    ]
 
 
 def utc(value: dt.datetime) -> dt.datetime:

@@ -11,6 +11,12 @@ Writes are guarded upserts: the filter matches the customer only while the store
 position is older, so a replayed write matches nothing, tries to insert, and is rejected
 by the ``_id`` unique index (duplicate key, code 11000), which is ignored.
 
+A regroup (identity resolution) writes unguarded upserts, then unsets the removed
+customers' section, meta and keys of the dataset and deletes the documents that hold no
+section any more. Each document changes atomically, but nothing spans documents: a crash
+between the writes and the removals leaves sections that the caller's repeated (and
+idempotent) regroup removes.
+
 Rebuilds write the ``_staging`` fields of the same documents (one collection holds every
 dataset, so a collection rename cannot swap one of them); lookups never read staging.
 Promotion first drops the live section of documents the rebuild did not produce, then
@@ -31,7 +37,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from pymongo import AsyncMongoClient, MongoClient, ReturnDocument, UpdateOne
+from pymongo import AsyncMongoClient, MongoClient, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -48,6 +54,7 @@ from profilestore.documents import (
     Tracking,
     guards_itself,
     newest_per_customer,
+    regroup_plan,
     translate_errors,
     url_error,
     utc,
@@ -59,6 +66,11 @@ if TYPE_CHECKING:
 DUPLICATE_KEY = 11000
 _JSON = msgspec.json.Encoder(decimal_format="string")
 _CHUNK = 1000
+"""Operations a bulk write sends at once."""
+_IN_CHUNK = 400
+"""Ids a ``$in`` query names at once. MongoDB takes far more; mongoeco, the wire server
+the contract suite runs against, compiles ``$in`` to one SQLite expression of about two
+levels a value, and SQLite refuses one deeper than 1000 (so about 495 values)."""
 
 
 def _fields(dataset: str, staging: bool) -> tuple[str, str, str]:
@@ -259,9 +271,9 @@ class MongoDocumentStore(DocumentStore):
         section_path, meta_path, _ = _fields(dataset, staging)
         ids = list(customer_ids)
         found: dict[str, StoredSection] = {}
-        for start in range(0, len(ids), _CHUNK):
+        for start in range(0, len(ids), _IN_CHUNK):
             cursor = self.profiles.find(
-                {"_id": {"$in": ids[start : start + _CHUNK]}, meta_path: {"$exists": True}},
+                {"_id": {"$in": ids[start : start + _IN_CHUNK]}, meta_path: {"$exists": True}},
                 {section_path: 1, meta_path: 1},
             )
             for document in cursor:
@@ -298,16 +310,10 @@ class MongoDocumentStore(DocumentStore):
             return 0
         keyed = self.check_dataset(dataset).keyed
         writes = newest_per_customer(writes)
-        section_path, meta_path, keys_path = _fields(dataset, staging)
-        position_path = f"{meta_path}.position"
+        paths = _fields(dataset, staging)
+        position_path = f"{paths[1]}.position"
         operations = []
         for w in writes:
-            update: dict[str, Any] = {
-                section_path: self._encode(w.section),
-                meta_path: {"position": w.position, "refreshed_at": refreshed_at},
-            }
-            if keyed:
-                update[keys_path] = list(w.lookup_keys)
             guard = {
                 "_id": w.customer_id,
                 "$or": [
@@ -315,7 +321,8 @@ class MongoDocumentStore(DocumentStore):
                     {position_path: {"$exists": False}},
                 ],
             }
-            operations.append(UpdateOne(guard, {"$set": update}, upsert=True))
+            update = self._section_update(w, paths, keyed, refreshed_at)
+            operations.append(UpdateOne(guard, update, upsert=True))
         written = 0
         for start in range(0, len(operations), _CHUNK):
             chunk = operations[start : start + _CHUNK]
@@ -329,6 +336,52 @@ class MongoDocumentStore(DocumentStore):
                     raise
                 written += e.details.get("nModified", 0) + e.details.get("nUpserted", 0)
         return written
+
+    def regroup(
+        self,
+        dataset: str,
+        writes: Sequence[SectionWrite],
+        removed: Iterable[str],
+        *,
+        refreshed_at: dt.datetime,
+        staging: bool = False,
+    ) -> None:
+        keyed = self.check_dataset(dataset).keyed
+        writes, gone = regroup_plan(writes, removed)
+        paths = _fields(dataset, staging)
+        # Writes first, then removals: no transaction spans documents (a sharded cluster
+        # would need a distributed one), so a failure in between leaves sections to be
+        # removed, never a customer missing; the caller's repeated regroup removes them.
+        operations = [
+            UpdateOne(
+                {"_id": w.customer_id},
+                self._section_update(w, paths, keyed, refreshed_at),
+                upsert=True,
+            )
+            for w in writes
+        ]
+        for start in range(0, len(operations), _CHUNK):
+            self.profiles.bulk_write(operations[start : start + _CHUNK], ordered=False)
+        for start in range(0, len(gone), _IN_CHUNK):
+            chunk = gone[start : start + _IN_CHUNK]
+            self.profiles.update_many({"_id": {"$in": chunk}}, {"$unset": dict.fromkeys(paths, "")})
+            # A document left with no section, live or staging, goes. Its emptiness is
+            # tested by the delete itself, atomically: a section another dataset's refresh
+            # writes meanwhile keeps the document.
+            self.profiles.delete_many({"_id": {"$in": chunk}, **_HOLDS_NO_SECTION})
+
+    def _section_update(
+        self, w: SectionWrite, paths: tuple[str, str, str], keyed: bool, refreshed_at: dt.datetime
+    ) -> dict[str, Any]:
+        """The ``$set`` storing a write's section, meta and (keyed dataset) lookup keys."""
+        section_path, meta_path, keys_path = paths
+        fields: dict[str, Any] = {
+            section_path: self._encode(w.section),
+            meta_path: {"position": w.position, "refreshed_at": refreshed_at},
+        }
+        if keyed:
+            fields[keys_path] = list(w.lookup_keys)
+        return {"$set": fields}
 
     def advance(
         self, dataset: str, position: int, *, refreshed_at: dt.datetime, staging: bool = False
@@ -375,22 +428,26 @@ class MongoDocumentStore(DocumentStore):
 
     def put_record(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
         self.records.replace_one(
-            {"_id": f"{kind}/{key}"},
-            {"kind": kind, "key": key, "value": msgspec.to_builtins(value)},
-            upsert=True,
+            {"_id": _record_id(kind, key)}, _record(kind, key, value), upsert=True
+        )
+
+    def put_records(self, records: Sequence[tuple[str, str, Mapping[str, Any]]]) -> None:
+        if not records:
+            return  # pymongo refuses an empty bulk write
+        # Ordered: the server applies them in turn and stops at the first failure, so a
+        # failure (or a crash) leaves a prefix stored; no transaction spans the records.
+        self.records.bulk_write(
+            [
+                ReplaceOne({"_id": _record_id(kind, key)}, _record(kind, key, value), upsert=True)
+                for kind, key, value in records
+            ],
+            ordered=True,
         )
 
     def insert_record_if_absent(self, kind: str, key: str, value: Mapping[str, Any]) -> bool:
         # The unique _id makes the insert the atomic test: a second one is a duplicate key.
         try:
-            self.records.insert_one(
-                {
-                    "_id": f"{kind}/{key}",
-                    "kind": kind,
-                    "key": key,
-                    "value": msgspec.to_builtins(value),
-                }
-            )
+            self.records.insert_one({"_id": _record_id(kind, key), **_record(kind, key, value)})
         except DuplicateKeyError:
             return False
         return True
@@ -402,8 +459,17 @@ class MongoDocumentStore(DocumentStore):
         found = {str(r["key"]): dict(r["value"]) for r in self.records.find(query)}
         return dict(sorted(found.items()))
 
+    def get_records_for(self, kind: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        ids = [_record_id(kind, key) for key in dict.fromkeys(keys)]
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            # By _id, not by the kind and key fields: the _id index answers it.
+            for r in self.records.find({"_id": {"$in": ids[start : start + _IN_CHUNK]}}):
+                found[str(r["key"])] = dict(r["value"])
+        return found
+
     def delete_record(self, kind: str, key: str) -> None:
-        self.records.delete_one({"_id": f"{kind}/{key}"})
+        self.records.delete_one({"_id": _record_id(kind, key)})
 
     # --- leases -------------------------------------------------------------------------
 
@@ -428,6 +494,24 @@ class MongoDocumentStore(DocumentStore):
             return None
         holder: str = record["holder"]
         return holder
+
+
+def _record_id(kind: str, key: str) -> str:
+    return f"{kind}/{key}"
+
+
+def _record(kind: str, key: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's stored fields but its ``_id``."""
+    return {"kind": kind, "key": key, "value": msgspec.to_builtins(value)}
+
+
+_HOLDS_NO_SECTION = {
+    "$and": [
+        {"$or": [{meta: {"$exists": False}}, {meta: {}}]} for meta in ("_meta", "_staging_meta")
+    ]
+}
+"""Documents with no section of any dataset, live or staging: every section is written
+with its meta, and an ``$unset`` of the last one leaves the meta map empty."""
 
 
 def _tracking_id(dataset: str, staging: bool) -> str:

@@ -9,8 +9,9 @@ lookup keys in ``k_<dataset>``.
 
 A rebuild writes ``s_<dataset>__staging`` / ``k_<dataset>__staging``; promotion replaces
 the dataset's live rows with them in one transaction, so readers see the old or the new
-dataset, never a mix. Sections are stored as the same JSON the MongoDB adapter stores as
-BSON.
+dataset, never a mix. A regroup (identity resolution) replaces and deletes a dataset's
+sections in one transaction too. Sections are stored as the same JSON the MongoDB adapter
+stores as BSON.
 
 Opened ``read_only`` (an auditor's copy), nothing is created or switched and every write
 raises :class:`~profilestore.errors.ReadOnlyStore` (see :mod:`profilestore.sqlite_files`).
@@ -49,6 +50,7 @@ from profilestore.documents import (
     Tracking,
     guards_itself,
     newest_per_customer,
+    regroup_plan,
     translate_errors,
     url_error,
 )
@@ -383,10 +385,7 @@ class SQLiteDocumentStore(DocumentStore):
         if not writes:
             return 0
         keyed = self.check_dataset(dataset).keyed
-        keys = _keys_table(dataset, staging)
         writes = newest_per_customer(writes)
-        stamp = _format_time(refreshed_at)
-        encode = self._encoder.encode
         with self._transaction() as c:
             stored: dict[str, int] = {}
             ids = [w.customer_id for w in writes]
@@ -395,33 +394,86 @@ class SQLiteDocumentStore(DocumentStore):
                 stored.update(c.fetchall())
             # The position guard: only sections newer than what is stored are written.
             fresh = [w for w in writes if w.position > stored.get(w.customer_id, -1)]
+            self._store_sections(c, dataset, fresh, refreshed_at, staging, guarded=True)
+            if keyed:
+                self._replace_keys(c, _keys_table(dataset, staging), fresh, removed=())
+        return len(fresh)
+
+    def regroup(
+        self,
+        dataset: str,
+        writes: Sequence[SectionWrite],
+        removed: Iterable[str],
+        *,
+        refreshed_at: dt.datetime,
+        staging: bool = False,
+    ) -> None:
+        keyed = self.check_dataset(dataset).keyed
+        writes, gone = regroup_plan(writes, removed)
+        if not writes and not gone:
+            return
+        with self._transaction() as c:
+            self._store_sections(c, dataset, writes, refreshed_at, staging, guarded=False)
             if staging:
                 table, _ = _staging_tables(dataset)
                 c.executemany(
-                    f"INSERT INTO {table} (customer_id, position, refreshed_at, body) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (customer_id) DO UPDATE SET "
-                    "position = excluded.position, refreshed_at = excluded.refreshed_at, "
-                    f"body = excluded.body WHERE excluded.position > {table}.position",
-                    [(w.customer_id, w.position, stamp, encode(w.section)) for w in fresh],
+                    f"DELETE FROM {table} WHERE customer_id = ?", [(cid,) for cid in gone]
                 )
             else:
                 c.executemany(
-                    "INSERT INTO sections (customer_id, dataset, position, refreshed_at, body) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_id, dataset) DO UPDATE SET "
-                    "position = excluded.position, refreshed_at = excluded.refreshed_at, "
-                    "body = excluded.body WHERE excluded.position > sections.position",
-                    [(w.customer_id, dataset, w.position, stamp, encode(w.section)) for w in fresh],
+                    "DELETE FROM sections WHERE customer_id = ? AND dataset = ?",
+                    [(cid, dataset) for cid in gone],
                 )
             if keyed:
-                c.executemany(
-                    f"DELETE FROM {keys} WHERE customer_id = ?",
-                    [(w.customer_id,) for w in fresh],
-                )
-                c.executemany(
-                    f"INSERT OR IGNORE INTO {keys} (key, customer_id) VALUES (?, ?)",
-                    [(key, w.customer_id) for w in fresh for key in w.lookup_keys],
-                )
-        return len(fresh)
+                self._replace_keys(c, _keys_table(dataset, staging), writes, gone)
+
+    def _store_sections(
+        self,
+        c: sqlite3.Cursor,
+        dataset: str,
+        writes: Sequence[SectionWrite],
+        refreshed_at: dt.datetime,
+        staging: bool,
+        *,
+        guarded: bool,
+    ) -> None:
+        """Upsert ``writes`` into the live or staging sections; ``guarded``: only over an
+        older stored position."""
+        stamp = _format_time(refreshed_at)
+        encode = self._encoder.encode
+        table = _staging_tables(dataset)[0] if staging else "sections"
+        guard = f" WHERE excluded.position > {table}.position" if guarded else ""
+        if staging:
+            c.executemany(
+                f"INSERT INTO {table} (customer_id, position, refreshed_at, body) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (customer_id) DO UPDATE SET "
+                "position = excluded.position, refreshed_at = excluded.refreshed_at, "
+                f"body = excluded.body{guard}",
+                [(w.customer_id, w.position, stamp, encode(w.section)) for w in writes],
+            )
+        else:
+            c.executemany(
+                "INSERT INTO sections (customer_id, dataset, position, refreshed_at, body) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (customer_id, dataset) DO UPDATE SET "
+                "position = excluded.position, refreshed_at = excluded.refreshed_at, "
+                f"body = excluded.body{guard}",
+                [(w.customer_id, dataset, w.position, stamp, encode(w.section)) for w in writes],
+            )
+
+    @staticmethod
+    def _replace_keys(
+        c: sqlite3.Cursor, keys: str, writes: Sequence[SectionWrite], removed: Iterable[str]
+    ) -> None:
+        """Drop the lookup keys of the written and removed customers, then add the keys
+        the writes carry."""
+        c.executemany(
+            f"DELETE FROM {keys} WHERE customer_id = ?",
+            [(w.customer_id,) for w in writes] + [(cid,) for cid in removed],
+        )
+        c.executemany(
+            f"INSERT OR IGNORE INTO {keys} (key, customer_id) VALUES (?, ?)",
+            [(key, w.customer_id) for w in writes for key in w.lookup_keys],
+        )
 
     def advance(
         self, dataset: str, position: int, *, refreshed_at: dt.datetime, staging: bool = False
@@ -483,11 +535,24 @@ class SQLiteDocumentStore(DocumentStore):
 
     def put_record(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
         with self._transaction() as c:
-            c.execute(
-                "INSERT INTO records (kind, key, body) VALUES (?, ?, ?) "
-                "ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body",
-                (kind, key, self._encoder.encode(value)),
-            )
+            self._upsert_records(c, [(kind, key, value)])
+
+    def put_records(self, records: Sequence[tuple[str, str, Mapping[str, Any]]]) -> None:
+        if not records:
+            return
+        with self._transaction() as c:
+            self._upsert_records(c, records)
+
+    def _upsert_records(
+        self, c: sqlite3.Cursor, records: Iterable[tuple[str, str, Mapping[str, Any]]]
+    ) -> None:
+        # executemany runs the rows in order: of two for one (kind, key), the later stays.
+        encode = self._encoder.encode
+        c.executemany(
+            "INSERT INTO records (kind, key, body) VALUES (?, ?, ?) "
+            "ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body",
+            [(kind, key, encode(value)) for kind, key, value in records],
+        )
 
     def insert_record_if_absent(self, kind: str, key: str, value: Mapping[str, Any]) -> bool:
         with self._transaction() as c:
@@ -510,6 +575,20 @@ class SQLiteDocumentStore(DocumentStore):
             .fetchall()
         )
         return {key: msgspec.json.decode(body) for key, body in rows}
+
+    def get_records_for(self, kind: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        wanted = list(dict.fromkeys(keys))
+        conn = self._connection()
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            rows = conn.execute(
+                f"SELECT key, body FROM records WHERE kind = ? AND key IN "
+                f"({','.join('?' * len(chunk))})",
+                (kind, *chunk),
+            ).fetchall()
+            found.update((key, msgspec.json.decode(body)) for key, body in rows)
+        return found
 
     def delete_record(self, kind: str, key: str) -> None:
         with self._transaction() as c:
