@@ -21,7 +21,8 @@ which is personal data.
 
 **Blocked values** identify nobody (:func:`is_blocked`): the placeholders of
 :data:`PLACEHOLDERS` (``null``, ``undefined``, ``0``, ``anonymous``, ...) in any case, an
-empty value, an all-zero device id (``00000000-0000-0000-0000-000000000000``), and the
+all-zero device id (``00000000-0000-0000-0000-000000000000``), an empty value (which
+:func:`normalise_identifier` refuses anyway, as no identifier), and the
 configured ``[identity] blocked_values`` (the same, case-insensitive) and
 ``blocked_patterns`` (regular expressions matching the whole normalised value: the part
 after ``KIND:``, after ``NETWORK:`` for handles). An event carrying one is still valid
@@ -32,6 +33,8 @@ value and a lookup of one answers "not found".
 see the settings, so :func:`~profilestore.store.open_store` calls
 ``configure(policy_from_settings(settings.identity))`` once, before it opens anything;
 until then the policy is the defaults of :class:`~profilestore.config.IdentitySettings`.
+(Two stores opened in one process with different ``[identity]`` settings share the policy
+of the last one opened.)
 Changing ``default_region`` or the blocked lists therefore changes what folds produce:
 after changing them, run ``profilestore rebuild identities`` (documents folded before
 keep the keys and values of the old policy until they are refolded).
