@@ -1,6 +1,14 @@
 """Identities: every email, phone, social handle and device id seen or linked.
 
-The lookup keys of this section are what ``find --email/--phone/--handle/--device`` match.
+The lookup keys of this section are what ``find --email/--phone/--handle/--device`` match,
+built by :mod:`profilestore.normalise` under the process's identifier policy.
+
+Kept only if it identifies someone: a blocked value (a placeholder such as ``null`` or
+``0``, or one the ``[identity]`` settings block) is neither kept nor a lookup key, and
+neither is an identifier stored under older rules that today's cannot normalise (a phone
+that no longer parses, in another default region say). Either is dropped rather than
+dead-lettered: the event stays valid in the log, and parking the customer's identities on
+it would hold back every later identifier of theirs.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from profilestore.events import (
     IdentifierUnlinked,
     Timestamp,
 )
+from profilestore.normalise import is_blocked
 from profilestore.projection import Projection
 
 CAP_PER_KIND = 20
@@ -42,7 +51,12 @@ class Identities(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 def fold(section: Identities, event: Event) -> Identities:
     if not isinstance(event, IdentifierSeen | IdentifierLinked | IdentifierUnlinked):
         return section
-    key = event.lookup_key
+    try:
+        key = event.lookup_key
+    except ValueError:
+        return section  # stored under rules that accepted it: it identifies nobody now
+    if is_blocked(event.kind, key):
+        return section
     others = tuple(i for i in section.identifiers if i.key != key)
     if isinstance(event, IdentifierUnlinked):
         return Identities(identifiers=others)
@@ -89,5 +103,6 @@ PROJECTION = Projection(
     retention=f"up to {CAP_PER_KIND} identifiers per kind",
     lookup_keys=lookup_keys,
     # 2: a network's ':' and '%' are escaped in handle keys, so they cannot collide.
-    version=2,
+    # 3: phones keyed in E.164, emails checked by email-validator, blocked values dropped.
+    version=3,
 )

@@ -26,6 +26,7 @@ from mongo_wire import MongoWireUnavailable, run_mongoeco_server
 from profilestore.config import DocumentSettings, Settings, load_settings
 from profilestore.documents import DatasetSchema, DocumentStore
 from profilestore.eventlog import EventLog
+from profilestore.normalise import configure, current_policy
 from profilestore.sqlite_log import open_sqlite_log
 from profilestore.store import load_projections
 
@@ -44,6 +45,15 @@ def unavailable(message: str) -> None:
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _identifier_policy_stays_with_its_test() -> Iterator[None]:
+    """``open_store`` sets the process-wide identifier policy from its settings: a test
+    that opens a store with its own ``[identity]`` must not change the next test's."""
+    before = current_policy()
+    yield
+    configure(before)
 
 
 @pytest.fixture

@@ -344,6 +344,9 @@ def test_profiles_are_found_by_any_identifier_normalised(
     assert "bob" not in shared.text and "cat" not in shared.text  # no other customers' ids
     assert "family@example.com" not in shared.text
     assert client.get("/v1/profiles?email=x@example.com", headers=headers()).status_code == 404
+    post_events(client, [seen("7", "ann", "device", "null")])  # a placeholder: valid, kept by none
+    store.refresh()
+    assert client.get("/v1/profiles?device=null", headers=headers()).status_code == 404
     assert client.get("/v1/profiles?email=not-an-email", headers=headers()).status_code == 400
     assert client.get("/v1/profiles", headers=headers()).status_code == 400
     two = client.get("/v1/profiles?email=a@b.co&device=d", headers=headers())

@@ -72,6 +72,9 @@ def test_ingest_refresh_then_profile_and_find(home: Path, tmp_path: Path) -> Non
     assert json.loads(by_email.stdout)["customer_id"] == "ann"
     by_phone = run(home, "find", "--phone", "+442079460018")
     assert json.loads(by_phone.stdout)["customer_id"] == "ann"
+    placeholder = run(home, "find", "--device", "null")  # blocked: not found, not an error
+    assert placeholder.returncode == 1
+    assert "no profile has this device" in placeholder.stderr
 
     history = run(home, "history", "ann").stdout.splitlines()
     assert [json.loads(h)["event_id"] for h in history] == ["e1", "e2", "e3"]

@@ -107,7 +107,19 @@ def _floats(info: msgspec.inspect.FloatType) -> st.SearchStrategy[Any]:
     return st.sampled_from(edges) | st.floats(info.ge, info.le) | st.integers(-5, 5)
 
 
-def _strs(info: msgspec.inspect.StrType) -> st.SearchStrategy[Any]:
+IDENTIFIER_VALUES = [
+    *("+44 20 7946 0018", "(415) 555-0003", "1-415-555-0003", "020 7946 0018", "555-01"),
+    *("Ann@Example.com", "zo\u00eb@ex\u00e4mple.com", "ann@@example.com"),
+    *("null", "UNDEFINED", "0", "00000000-0000-0000-0000-000000000000", "@ann", "dev-1", " "),
+]
+"""An identifier's ``value``: phones that parse in region US and ones that do not, emails,
+placeholders (valid events that no lookup finds), handles and device ids."""
+
+
+def _strs(info: msgspec.inspect.StrType, name: str) -> st.SearchStrategy[Any]:
+    if name == "value":
+        # Random text is almost never a phone or an email: give the identifiers' forms too.
+        return st.sampled_from(IDENTIFIER_VALUES) | _strs(info, "")
     if info.pattern is not None:
         return st.from_regex(info.pattern, fullmatch=True) | st.sampled_from(["", "usd", "X"])
     samples = ["a", "ann@example.com", "+44 20 7946 0018", "https://shop.example/p", "\u00e9\u00e9"]
@@ -141,7 +153,7 @@ def strategy(info: msgspec.inspect.Type, name: str = "") -> st.SearchStrategy[An
     if isinstance(info, msgspec.inspect.FloatType):
         return _floats(info)
     if isinstance(info, msgspec.inspect.StrType):
-        return _strs(info)
+        return _strs(info, name)
     if isinstance(info, msgspec.inspect.DecimalType):
         return _amounts()
     if isinstance(info, msgspec.inspect.DateTimeType):
@@ -179,8 +191,22 @@ def struct_strategy(info: msgspec.inspect.StructType) -> st.SearchStrategy[dict[
     )
 
 
+def identifier_strategy() -> st.SearchStrategy[dict[str, Any]]:
+    """Identifier events whose kind and value go together often enough to be accepted."""
+    return st.fixed_dictionaries(
+        {
+            "type": st.sampled_from([t for t in EVENT_TYPES if t.startswith("identifier.")]),
+            "occurred_at": _times(tz=True),
+            "kind": st.sampled_from(["email", "phone", "handle", "device"]),
+            "value": st.sampled_from(IDENTIFIER_VALUES),
+        },
+        optional={"network": st.sampled_from(["twitter", "Insta:gram", " "])},
+    )
+
+
 def event_strategy() -> st.SearchStrategy[dict[str, Any]]:
     per_type = [struct_strategy(msgspec.inspect.type_info(c)) for c in EVENT_TYPES.values()]
+    per_type.append(identifier_strategy())
     envelope = st.fixed_dictionaries({"customer_id": st.sampled_from(CUSTOMERS)})
     return st.tuples(st.one_of(per_type), envelope).map(
         # Fresh ids (not the generated ones), so accepted events are appended, not duplicates.

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from profilestore.errors import CadenceError, ConfigError
+from profilestore.normalise import check_region, compile_patterns
 from profilestore.schedule import cron_trigger, parse_interval, zone
 
 ENV_PREFIX = "PROFILESTORE_"
@@ -126,9 +127,11 @@ class IdentitySettings(Strict, frozen=True, kw_only=True):
     """Region (ISO 3166 alpha-2) a phone number without a country code is read in."""
     blocked_values: list[str] = msgspec.field(default_factory=list)
     """Values that identify nobody, beyond the built-in placeholders (null, undefined, 0,
-    anonymous, ...): never a lookup key, never a link."""
+    anonymous, ...), compared case-insensitively with the normalised value: never a lookup
+    key, never a link."""
     blocked_patterns: list[str] = msgspec.field(default_factory=list)
-    """Regular expressions of such values (matched against the whole normalised value)."""
+    """Regular expressions of such values, matched against the whole normalised value (the
+    part after ``KIND:``, and after ``NETWORK:`` for a handle; E.164 for a phone)."""
     auto_link: list[IdentifierKindName] = msgspec.field(
         default_factory=lambda: ["email", "phone", "device"]
     )
@@ -143,6 +146,12 @@ class IdentitySettings(Strict, frozen=True, kw_only=True):
     family email): it links nobody."""
     max_cluster_keys: Annotated[int, msgspec.Meta(ge=2, le=10_000)] = 20
     """Most customer keys a rule may gather into one profile; operators may link beyond."""
+
+    def __post_init__(self) -> None:
+        # Checked here so a bad region or pattern is a settings error naming its field,
+        # not a failure of the first event that needs it.
+        check_region(self.default_region)
+        compile_patterns(self.blocked_patterns)
 
 
 class ProjectorSettings(Strict, frozen=True, kw_only=True):

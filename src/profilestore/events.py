@@ -18,12 +18,18 @@ the ``eventsourcing`` library; stored history is never edited (see :mod:`profile
 from __future__ import annotations
 
 import datetime as dt
-import re
 import typing
 from decimal import Decimal
 from typing import Annotated, ClassVar, Literal
 
 import msgspec
+
+# Normalisation lives in normalise.py (it follows the process-wide identifier policy). The
+# names below stay importable from here for existing callers: `X as X` marks a re-export.
+from profilestore.normalise import CONTROL_CHARACTER as CONTROL_CHARACTER  # noqa: PLC0414
+from profilestore.normalise import escape_network as escape_network  # noqa: PLC0414
+from profilestore.normalise import normalise_identifier as normalise_identifier  # noqa: PLC0414
+from profilestore.normalise import unescape_network as unescape_network  # noqa: PLC0414
 
 # --- shared field types -----------------------------------------------------------------
 
@@ -132,67 +138,6 @@ class Event(
 
 
 # --- identifiers ------------------------------------------------------------------------
-
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_PHONE_DIGITS = re.compile(r"\d")
-CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def normalise_identifier(kind: str, value: str, network: str | None = None) -> str:
-    """The canonical lookup key of an identifier, e.g. ``email:ann@example.com``.
-
-    Emails are trimmed and lower-cased; phones keep a leading ``+`` and their digits only;
-    handles are lower-cased, lose a leading ``@`` and are qualified by their network.
-    Raises ValueError naming what is wrong.
-    """
-    if CONTROL_CHARACTER.search(value) or (
-        network is not None and CONTROL_CHARACTER.search(network)
-    ):
-        raise ValueError("an identifier may not contain a control character")
-    value = value.strip()
-    if kind == "email":
-        value = value.lower()
-        if not _EMAIL.match(value):
-            raise ValueError(f"`value` {value!r} is not an email address")
-        return f"email:{value}"
-    if kind == "phone":
-        digits = "".join(_PHONE_DIGITS.findall(value))
-        if not 6 <= len(digits) <= 15:
-            raise ValueError(f"`value` {value!r} is not a phone number (6 to 15 digits)")
-        return f"phone:{'+' if value.startswith('+') else ''}{digits}"
-    if kind == "handle":
-        if not network or not network.strip():
-            raise ValueError("`network` is required when `kind` is 'handle'")
-        handle = value.lstrip("@").lower()
-        if not handle:
-            raise ValueError("`value` is an empty handle")
-        return f"handle:{escape_network(network.strip().lower())}:{handle}"
-    if kind == "device":
-        if not value:
-            raise ValueError("`value` is an empty device id")
-        return f"device:{value}"
-    raise ValueError(f"`kind` {kind!r} is not one of email, phone, handle, device")
-
-
-_NETWORK_ESCAPE = re.compile(r"%(25|3a)", re.IGNORECASE)
-
-
-def escape_network(network: str) -> str:
-    """A network as it stands in a handle's lookup key: ``%`` and ``:`` percent-escaped.
-
-    The first ``:`` after the network then always ends it, so network ``twit:ter`` with
-    handle ``ann`` (``handle:twit%3ater:ann``) and network ``twit`` with handle ``ter:ann``
-    (``handle:twit:ter:ann``) are two keys. Networks without either character, all the
-    usual ones, are unchanged.
-    """
-    return network.replace("%", "%25").replace(":", "%3a")
-
-
-def unescape_network(text: str) -> str:
-    """The network named by the NETWORK part of a ``NETWORK:HANDLE`` lookup, where a
-    ``:`` in a network is written ``%3A`` (and ``%`` as ``%25``); other ``%`` stay."""
-    return _NETWORK_ESCAPE.sub(lambda m: "%" if m.group(1) == "25" else ":", text)
-
 
 Network = Annotated[str, msgspec.Meta(max_length=512, pattern=NO_CONTROL_CHARACTERS)]
 """A social network's name: part of a handle's lookup key, so held to the rule of keys."""

@@ -4,7 +4,8 @@ The kinds are the event catalogue's (:data:`~profilestore.events.IdentifierKind`
 ``find`` options, the HTTP API's query parameters and the validation of a lookup are all
 built from :data:`LOOKUP_KINDS`, so they cannot disagree. A malformed value is the
 caller's mistake (:class:`~profilestore.errors.InvalidIdentifier`: HTTP 400, exit code 2);
-a well-formed one nobody holds is "not found".
+a well-formed one nobody holds, or a blocked placeholder (``null``, ``0``, ...: see
+:mod:`profilestore.normalise`), is "not found".
 """
 
 from __future__ import annotations
@@ -13,12 +14,8 @@ from dataclasses import dataclass
 from typing import get_args
 
 from profilestore.errors import InvalidIdentifier
-from profilestore.events import (
-    CONTROL_CHARACTER,
-    IdentifierKind,
-    normalise_identifier,
-    unescape_network,
-)
+from profilestore.events import IdentifierKind
+from profilestore.normalise import CONTROL_CHARACTER, normalise_identifier, unescape_network
 
 
 @dataclass(frozen=True)
@@ -29,7 +26,8 @@ class LookupKind:
 
 _HELP = {
     "email": "An email address, e.g. ann@example.com (case and spaces ignored).",
-    "phone": "A phone number, e.g. +14155550003 (punctuation ignored).",
+    "phone": "A phone number, e.g. +14155550003, or (415) 555-0003 as dialled in the default "
+    "region (punctuation ignored).",
     "handle": "A social handle as NETWORK:HANDLE, e.g. twitter:@ann (a ':' in the network "
     "as %3A, a '%' as %25).",
     "device": "A device or anonymous id, exactly as sent.",
@@ -37,7 +35,8 @@ _HELP = {
 
 _MALFORMED = {
     "email": "not an email address",
-    "phone": "not a phone number (6 to 15 digits)",
+    "phone": "not a phone number: give it with its country code (+14155550003) or as dialled "
+    "in the default region (`[identity] default_region`)",
     "handle": "the handle is empty",
     "device": "the device id is empty",
 }
@@ -64,7 +63,7 @@ def lookup_key(kind: str, value: str) -> str:
     try:
         return normalise_identifier(kind, value, network)
     except ValueError:
-        # The normaliser's message quotes the value: say what is wrong without it.
+        # The normaliser's message names the event's field (`value`): say it in a lookup's terms.
         raise InvalidIdentifier(kind, _MALFORMED[kind]) from None
 
 

@@ -55,6 +55,7 @@ from profilestore.events import (
     IdentityUnlinked,
 )
 from profilestore.mapper import topics_for
+from profilestore.normalise import is_blocked
 from profilestore.pipeline import Clock, Handler, Pass, PassReport
 
 TARGET = "identity-graph"
@@ -718,12 +719,7 @@ class _IdentityPass(Pass):
 def _identifier_key(event: IdentifierSeen | IdentifierLinked | IdentifierUnlinked) -> str | None:
     """The identifier's lookup key, or None for a value that identifies nobody."""
     key = event.lookup_key
-    from profilestore import normalise
-
-    blocked = getattr(normalise, "is_blocked", None)
-    if blocked is not None and blocked(event.kind, key):
-        return None
-    return key
+    return None if is_blocked(event.kind, key) else key
 
 
 def _kind_of(evidence: str | None) -> str:

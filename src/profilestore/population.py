@@ -146,6 +146,7 @@ class _Country:
     language: str
     fx: float  # price multiplier from the USD list price
     cities: tuple[_City, ...]
+    mobile_digits: int = 10  # digits of a mobile number after the country code
 
 
 _COUNTRIES = (
@@ -170,11 +171,11 @@ _COUNTRIES = (
     _Country("FR", "EUR", "+33", "fr-FR", 0.92, (
         _City("Paris", "Ile-de-France", 48.86, 2.35, "750"),
         _City("Lyon", "Auvergne-Rhone-Alpes", 45.76, 4.84, "690"),
-    )),
+    ), mobile_digits=9),
     _Country("ES", "EUR", "+34", "es-ES", 0.92, (
         _City("Madrid", "Madrid", 40.42, -3.70, "280"),
         _City("Barcelona", "Catalonia", 41.39, 2.17, "080"),
-    )),
+    ), mobile_digits=9),
     _Country("IE", "EUR", "+353", "en-IE", 0.92, (
         _City("Dublin", "Leinster", 53.35, -6.26, "D0"),
         _City("Cork", "Munster", 51.90, -8.47, "T12"),
@@ -1004,8 +1005,11 @@ class _Customer:
         self._ev(t, LocationSet, source, location=location)
 
     def _add_phone(self, t: int, source: str) -> None:
-        # Unique: the customer number, plus how many events they had, fills the digits.
-        self.phone = f"{self.country.dial} 7{self.number:07d}{self.n % 100:02d}"
+        # Unique: a 7, the customer number, then how many events they had fill the digits
+        # (a number of the country's length, so it parses as one: see normalise.py).
+        spare = self.country.mobile_digits - 8
+        events = f"{self.n % 10**spare:0{spare}d}"
+        self.phone = f"{self.country.dial} 7{self.number:07d}{events}"
         self._ev(t, IdentifierLinked, source, kind="phone", value=self.phone)
         if self.sim.rng.random() < 0.5:
             self.sms = True

@@ -70,6 +70,7 @@ from profilestore.identity import (
     iter_links,
     merged_changes,
 )
+from profilestore.normalise import configure, is_blocked, policy_from_settings
 from profilestore.pipeline import (
     Clock,
     Consumer,
@@ -113,6 +114,16 @@ def _validation_error(index: int, item: Any, error: msgspec.ValidationError) -> 
     return InvalidEvent(
         index, path.rstrip("`"), reason, event_id if isinstance(event_id, str) else None
     )
+
+
+def _held_key(kind: str, value: str) -> str:
+    """The lookup key of an identifier someone may hold; a blocked one is not found."""
+    key = lookup_key(kind, value)
+    if is_blocked(kind, key):
+        # Asked directly, not left to the documents: ones folded before the value was
+        # blocked may still list it until the identities dataset is rebuilt.
+        raise IdentifierNotFound(kind, value)
+    return key
 
 
 class EventValidator:
@@ -795,12 +806,13 @@ class ProfileStore:
     def find(self, kind: str, value: str, datasets: Sequence[str] | None = None) -> Profile:
         """The profile holding an identifier (see :mod:`profilestore.identifiers`).
 
-        A malformed value raises :class:`InvalidIdentifier`; one nobody holds,
+        A malformed value raises :class:`InvalidIdentifier`; one nobody holds, or a
+        blocked one (:func:`~profilestore.normalise.is_blocked`),
         :class:`IdentifierNotFound`; one several customers hold,
         :class:`AmbiguousIdentifier`.
         """
         names = self._selection(datasets)
-        customer_id = self._holder_of(kind, self._documents.find(lookup_key(kind, value)))
+        customer_id = self._holder_of(kind, self._documents.find(_held_key(kind, value)))
         found = self._documents.get(customer_id, names)
         if found is None:
             raise IdentifierNotFound(kind, value)
@@ -811,7 +823,7 @@ class ProfileStore:
     ) -> RawProfile:
         """:meth:`find` for an event loop, with sections as stored JSON."""
         names = self._selection(datasets)
-        key = lookup_key(kind, value)
+        key = _held_key(kind, value)
         gate = self._gate
         gate.enter()
         try:
@@ -1002,6 +1014,9 @@ def open_store(
         from profilestore.config import load_settings
 
         settings = load_settings()
+    # Folds cannot see the settings: the identifier policy they normalise by is the
+    # process's, set before anything is opened (see profilestore.normalise).
+    configure(policy_from_settings(settings.identity))
     projections = load_projections(settings)
     # Every setting is checked before anything is created: the log's URL here, the
     # documents' by their factory (which checks before it creates), and only then the log.
