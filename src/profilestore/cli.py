@@ -774,9 +774,7 @@ def identity_unmerge(
     with _errors(), obj.open() as store:
         result = store.unlink(key, other, actor=_operator(actor), reason=reason)
         _emit(result, pretty=False)
-        stderr.print(
-            "unmerged" if result.appended else "already apart", escape(result.profile_id)
-        )
+        stderr.print("unmerged" if result.appended else "already apart", escape(result.profile_id))
 
 
 @main.group()

@@ -186,7 +186,9 @@ class _LinkEvent(Event, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.other == self.customer_id:
-            raise ValueError("`other` is the event's own customer_id: a key is not linked to itself")
+            raise ValueError(
+                "`other` is the event's own customer_id: a key is not linked to itself"
+            )
         if self.other.startswith(RESERVED_PREFIX):
             raise ValueError(
                 f"`other` may not start with {RESERVED_PREFIX!r}: give a customer key, not the "

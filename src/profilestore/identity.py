@@ -47,7 +47,6 @@ from profilestore.config import IdentitySettings
 from profilestore.documents import DocumentStore
 from profilestore.eventlog import EventLog, Notified
 from profilestore.events import (
-    Event,
     IdentifierLinked,
     IdentifierSeen,
     IdentifierUnlinked,
@@ -437,14 +436,13 @@ class IdentityGraph:
                 groups.append(group)
                 placed |= group
         profiles = {self.canonical(group): tuple(sorted(group)) for group in groups}
-        unchanged = all(
-            self.members(profile) == members for profile, members in profiles.items()
-        ) and set(profiles) == old_profiles
+        unchanged = (
+            all(self.members(profile) == members for profile, members in profiles.items())
+            and set(profiles) == old_profiles
+        )
         if unchanged:
             return None
-        change = Change(
-            profiles=profiles, dropped=tuple(sorted(old_profiles - set(profiles)))
-        )
+        change = Change(profiles=profiles, dropped=tuple(sorted(old_profiles - set(profiles))))
         self._put(CHANGE, change_key(position), change)
         for profile in change.dropped:
             if is_canonical(profile):
@@ -777,7 +775,11 @@ def combine(changes: Iterable[Change]) -> tuple[dict[str, tuple[str, ...]], set[
 
 
 def merged_changes(
-    log: EventLog, members: Sequence[str], *, after: int = 0, until: int | None = None,
+    log: EventLog,
+    members: Sequence[str],
+    *,
+    after: int = 0,
+    until: int | None = None,
     topics: Sequence[str] = (),
 ) -> list[Notified]:
     """The events of every key of a profile, in log order."""

@@ -245,8 +245,9 @@ class _ProjectionPass(Pass):
                     self._regroup(run, changes_between(documents, done, position))
                 if done != position:
                     marks.append((APPLIED, key, {"position": position}))
-                run.fresh = False
             documents.put_records(marks)
+        for run in self.runs.values():
+            run.fresh = False  # only when the pass opens: it folds from here on
         self.identity = position
         self.profiles = profiles_at(documents, position)
 

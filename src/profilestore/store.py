@@ -401,7 +401,7 @@ class ProfileStore:
     @_guarded
     def link(self, key: str, other: str, *, actor: str, reason: str | None = None) -> LinkResult:
         """Make two customer keys one profile (an operator's link). Idempotent: keys already
-        in one profile append nothing. The merged profile is readable on return (unless
+        linked to each other append nothing. The merged profile is readable on return (unless
         another process holds the graph: its follower applies it within moments)."""
         self._known_key(key, "key")
         self._known_key(other, "other")
@@ -409,9 +409,12 @@ class ProfileStore:
             raise InvalidLink("other", "is the same customer key; a key is not linked to itself")
         self.resolve_identity()
         graph = self._graph()
-        if graph.profile_of(key) == graph.profile_of(other):
+        between = [link for link in graph.links_of(key) if link.joins(key) == other]
+        if any(link.status == "active" for link in between):
             return LinkResult(profile_id=graph.profile_of(key), appended=0)
-        generation = sum(1 for link in graph.links_of(key) if link.joins(key) == other)
+        # Recorded even when another link already joins them: an operator's word keeps
+        # them together should that other link be retracted.
+        generation = len(between)
         event = self._validator.validate(
             [
                 IdentityLinked(
@@ -477,7 +480,9 @@ class ProfileStore:
         members = graph.members(profile_id)
         if not members:
             raise CustomerNotFound(customer_id)
-        found = self._documents.get(profile_id, ["identities"] if "identities" in self.projections else [])
+        found = self._documents.get(
+            profile_id, ["identities"] if "identities" in self.projections else []
+        )
         identifiers: list[Any] = []
         if found is not None and "identities" in found.sections:
             identifiers = list(getattr(found.sections["identities"], "identifiers", ()))

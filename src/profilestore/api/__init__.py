@@ -52,9 +52,9 @@ from profilestore.api.routes import (
     get_identity,
     get_profile,
     get_status,
-    post_link,
     live,
     metrics,
+    post_link,
     ready,
 )
 from profilestore.api.security import API_KEY_HEADER, Keys
