@@ -23,7 +23,7 @@ from profilestore.store import ProfileStore, open_store
 REPO = Path(__file__).parent.parent
 KEYS = {"all": "key-all", "reader": "key-reader", "ingester": "key-ingester"}
 SCOPES = {
-    "all": ["ingest", "read", "audit", "admin"],
+    "all": ["ingest", "read", "audit", "admin", "identity"],
     "reader": ["read"],
     "ingester": ["ingest"],
 }
@@ -320,14 +320,22 @@ def test_profiles_are_found_by_any_identifier_normalised(
             seen("4", "ann", "device", "dev-9"),
         ],
     )
+    family = ["bob", "cat", "dan", "eve", "fay", "gus"]  # more than shared_after.email: shared
+    for half in (family[:3], family[3:]):  # max_batch is 5 here
+        post_events(client, [seen(f"5{who}", who, "email", "family@example.com") for who in half])
     post_events(
         client,
         [
-            seen("5", "bob", "email", "family@example.com"),
-            seen("6", "cat", "email", "family@example.com"),
+            seen("8", "hal", "email", "hal@example.com"),
+            seen("9", "ivy", "email", "hal@example.com"),
         ],
     )
     store.refresh()
+    pair = client.get("/v1/profiles?email=hal@example.com", headers=headers())
+    assert pair.status_code == 200  # two keys sharing an email: linked into one profile
+    assert pair.json()["canonical_id"].startswith("~")
+    member = client.get("/v1/profiles/ivy", headers=headers()).json()
+    assert (member["customer_id"], member["canonical_id"]) == ("ivy", pair.json()["canonical_id"])
     for query in (
         "email=ANN@example.com",
         "phone=%2B33123456789",
@@ -338,10 +346,10 @@ def test_profiles_are_found_by_any_identifier_normalised(
         assert found.status_code == 200, query
         assert found.json()["customer_id"] == "ann"
     shared = client.get("/v1/profiles?email=family@example.com", headers=headers())
-    assert shared.status_code == 409
+    assert shared.status_code == 409, shared.text
     assert shared.json()["error"]["code"] == "ambiguous_identifier"
     assert "customer id" in shared.json()["error"]["message"]
-    assert "bob" not in shared.text and "cat" not in shared.text  # no other customers' ids
+    assert not any(who in shared.text for who in family)  # no other customers' ids
     assert "family@example.com" not in shared.text
     assert client.get("/v1/profiles?email=x@example.com", headers=headers()).status_code == 404
     post_events(client, [seen("7", "ann", "device", "null")])  # a placeholder: valid, kept by none
@@ -479,7 +487,7 @@ def test_an_unavailable_event_log_is_503_with_retry_after_and_no_driver_details(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise LogUnavailable("PostgreSQL", "read", ConnectionError("password=s3cret"))
 
-    monkeypatch.setattr(store._log, "stream", broken)
+    monkeypatch.setattr(store._log, "customer_changes", broken)
     response = client.get("/v1/history/ann", headers=headers())
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
@@ -609,3 +617,55 @@ def test_a_profile_as_of_with_an_event_the_fold_refuses_is_409_naming_it_not_500
         "/v1/profiles/ann", params=as_of | {"datasets": "identities"}, headers=headers()
     )
     assert others.status_code == 200
+
+
+# --- identity -------------------------------------------------------------------------------
+
+
+def test_links_are_made_undone_and_explained_with_the_identity_scope(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    post_events(client, [event("1", "web-7"), event("2", "pos/7", cart_id="k2")])
+    store.refresh()
+    body = {"key": "web-7", "other": "pos/7", "reason": "same card"}
+    refused = client.post("/v1/identity/links", json=body, headers=headers("reader"))
+    assert refused.status_code == 403
+    made = client.post("/v1/identity/links", json=body, headers=headers())
+    assert made.status_code == 200, made.text
+    profile_id = made.json()["profile_id"]
+    assert made.json()["appended"] == 1 and profile_id.startswith("~")
+    again = client.post("/v1/identity/links", json=body, headers=headers())
+    assert again.json() == {"profile_id": profile_id, "appended": 0}
+
+    merged = client.get("/v1/profiles/pos%2F7", headers=headers("reader")).json()
+    assert (merged["customer_id"], merged["canonical_id"]) == ("pos/7", profile_id)
+    explained = client.get("/v1/identity/profiles/pos%2F7", headers=headers("reader"))
+    assert explained.status_code == 200
+    explanation = explained.json()
+    assert explanation["canonical_id"] == profile_id
+    assert sorted(explanation["keys"]) == ["pos/7", "web-7"]
+    (link,) = explanation["links"]
+    assert (link["actor"], link["reason"], link["status"]) == ("api:all", "same card", "active")
+
+    undone = client.delete(
+        "/v1/identity/links",
+        params={"key": "web-7", "other": "pos/7", "reason": "two people"},
+        headers=headers(),
+    )
+    assert undone.status_code == 200 and undone.json() == {"profile_id": "web-7", "appended": 1}
+    alone = client.get("/v1/profiles/web-7", headers=headers()).json()
+    assert alone["canonical_id"] == "web-7"
+    missing = client.delete(
+        "/v1/identity/links", params={"key": "web-7", "other": "nobody"}, headers=headers()
+    )
+    assert missing.status_code == 400
+    assert missing.json()["error"] == {
+        "code": "invalid_link",
+        "message": "`other` no event names this customer key",
+        "field": "other",
+        "reason": "no event names this customer key",
+    }
+    self_link = client.post(
+        "/v1/identity/links", json={"key": "web-7", "other": "web-7"}, headers=headers()
+    )
+    assert self_link.status_code == 400 and self_link.json()["error"]["field"] == "other"

@@ -147,7 +147,7 @@ def test_an_ambiguous_identifier_exits_1_without_naming_its_holders(home: Path) 
                 "value": "family@example.com",
             }
         )
-        for who in ("one", "two")
+        for who in ("one", "two", "three", "four", "five", "six")  # shared: links nobody
     ]
     assert run(home, "ingest", "-", input="\n".join(shared)).returncode == 0
     assert run(home, "refresh").returncode == 0
@@ -381,3 +381,38 @@ def test_an_event_stored_before_the_bounds_is_reported_in_one_line_everywhere(
     refused = run(home, "ingest", "-", input=again)
     assert refused.returncode == 1
     assert "$.unit_price" in refused.stderr
+
+
+def test_identity_merge_unmerge_and_explain(home: Path) -> None:
+    lines = [
+        json.dumps(
+            {
+                "type": "profile.name_set",
+                "event_id": f"n-{who}",
+                "customer_id": who,
+                "occurred_at": "2026-03-01T10:00:00Z",
+                "first_name": who.upper(),
+            }
+        )
+        for who in ("crm-1", "shop-1")
+    ]
+    assert run(home, "ingest", "-", input="\n".join(lines)).returncode == 0
+    assert run(home, "refresh").returncode == 0
+    needs_reason = run(home, "identity", "merge", "crm-1", "shop-1")
+    assert needs_reason.returncode == 2
+    merged = run(home, "identity", "merge", "crm-1", "shop-1", "--reason", "same login")
+    assert merged.returncode == 0, merged.stderr
+    profile_id = json.loads(merged.stdout)["profile_id"]
+    assert profile_id.startswith("~")
+    profile = json.loads(run(home, "profile", "shop-1").stdout)
+    assert (profile["customer_id"], profile["canonical_id"]) == ("shop-1", profile_id)
+    explained = json.loads(run(home, "identity", "explain", "crm-1").stdout)
+    assert sorted(explained["keys"]) == ["crm-1", "shop-1"]
+    assert explained["links"][0]["reason"] == "same login"
+    assert explained["links"][0]["actor"].startswith("cli")
+    split = run(home, "identity", "unmerge", "shop-1", "--reason", "two people")
+    assert split.returncode == 0 and json.loads(split.stdout)["profile_id"] == "shop-1"
+    nothing = run(home, "identity", "unmerge", "shop-1", "crm-1", "--reason", "again")
+    assert nothing.returncode == 0 and json.loads(nothing.stdout)["appended"] == 0
+    unknown = run(home, "identity", "merge", "crm-1", "nobody", "--reason", "x")
+    assert unknown.returncode == 2 and "`other` no event names this customer key" in unknown.stderr

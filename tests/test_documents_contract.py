@@ -1464,3 +1464,17 @@ def _capture(failures: list[BaseException], call: Callable[..., object], *args: 
         call(*args)
     except BaseException as e:  # the test inspects it
         failures.append(e)
+
+
+def test_get_records_after_reads_one_kind_from_a_key_on(document_store: DocumentStore) -> None:
+    s = document_store
+    s.put_records([("change", f"{n:05d}", {"n": n}) for n in (3, 1, 12, 7)])
+    s.put_records([("changed", "00002", {"other": True}), ("chang", "00009", {"other": True})])
+    assert s.get_records_after("change", "") == {
+        "00001": {"n": 1},
+        "00003": {"n": 3},
+        "00007": {"n": 7},
+        "00012": {"n": 12},
+    }
+    assert list(s.get_records_after("change", "00003")) == ["00007", "00012"]
+    assert s.get_records_after("change", "00012") == {}

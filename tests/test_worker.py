@@ -17,6 +17,7 @@ from poisoning import poison
 from profilestore.config import Settings
 from profilestore.errors import CustomerNotFound, LeaseHeld
 from profilestore.follower import Follower
+from profilestore.identity import TARGET
 from profilestore.population import generate
 from profilestore.store import ProfileStore, open_store
 from profilestore.worker import Worker
@@ -414,8 +415,11 @@ def test_the_live_consumer_reads_tracking_once_per_lease_hold(
         store.append([cart_added(f"t{n}", "ann")])
         report = live.step()
         assert report is not None and report.events_applied["carts"] == 1
-    assert reads == []
+    # Only the identity graph's position is read per step (is a merge waiting?).
+    assert set(reads) <= {TARGET}
+    reads.clear()
     live.release()
-    assert live.take() and reads == ["carts", "identities"]  # a new hold reads them again
+    assert live.take()
+    assert [r for r in reads if r != TARGET] == ["carts", "identities"]  # a new hold reads them
     live.release()
     assert _has(store, "ann")

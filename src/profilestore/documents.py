@@ -283,6 +283,12 @@ class RecordStore(ABC):
         keys with no record are omitted. Any number of keys: adapters read them in chunks."""
 
     @abstractmethod
+    def get_records_after(self, kind: str, after: str) -> dict[str, dict[str, Any]]:
+        """The records of ``kind`` whose key sorts after ``after`` (by code point), by
+        key, sorted by key: a log of records keyed by zero-padded positions is read from
+        where a reader stopped, without reading what it has read."""
+
+    @abstractmethod
     def put_records(self, records: Sequence[tuple[str, str, Mapping[str, Any]]]) -> None:
         """Store each ``(kind, key, value)`` as :meth:`put_record` does, in order (of two
         for one (kind, key), the later stays). All or none where the database allows it
@@ -347,7 +353,7 @@ PORT_METHODS = (
     *("start_staging", "promote_staging", "customer_ids"),
     *("acquire_lease", "release_lease", "lease_holder"),
     *("put_record", "put_records", "insert_record_if_absent"),
-    *("get_records", "get_records_for", "delete_record"),
+    *("get_records", "get_records_for", "get_records_after", "delete_record"),
 )
 """The methods :func:`translate_errors` guards: every method of the three ports that
 reaches the database."""

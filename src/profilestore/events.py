@@ -179,7 +179,7 @@ class _LinkEvent(Event, frozen=True, kw_only=True):
     """The other customer key (the event's own is ``customer_id``)."""
     rule: ShortText | None = None
     """The rule that decided, e.g. ``shared-email``; None for an operator's decision."""
-    rule_version: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    rule_version: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
     actor: ShortText | None = None
     """The operator (or client) who decided, when no rule did."""
     reason: ShortText | None = None

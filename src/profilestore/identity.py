@@ -519,7 +519,7 @@ class _IdentityPass(Pass):
     def handle(self, page: Sequence[Notified]) -> None:
         graph = self.graph
         graph.prefetch(KEY, {n.event.customer_id for n in page})
-        proposals: list[IdentityLinked] = []
+        proposals: list[IdentityLinked | IdentityUnlinked] = []
         for logged in page:
             if logged.notification_id <= self.position:
                 continue
@@ -544,7 +544,7 @@ class _IdentityPass(Pass):
 
     def _presented(
         self, logged: Notified, event: IdentifierSeen | IdentifierLinked
-    ) -> list[IdentityLinked]:
+    ) -> list[IdentityLinked | IdentityUnlinked]:
         identifier = _identifier_key(event)
         if identifier is None:
             return []  # a placeholder (null, anonymous, ...) identifies nobody
@@ -561,21 +561,32 @@ class _IdentityPass(Pass):
             return []
         rule = f"shared-{event.kind}"
         if len(holders.keys) > limit:
-            self._refuse(
-                logged,
-                key,
-                others[0],
-                rule,
-                identifier,
-                f"the {event.kind} is shared by more than {limit} customer keys",
-            )
-            return []
-        proposals = []
+            shared = f"the {event.kind} is shared by more than {limit} customer keys"
+            self._refuse(logged, key, others[0], rule, identifier, shared)
+            # It links nobody: the links it made before it showed as shared are retracted
+            # (a rule's correction, not an operator's word: no veto).
+            return [
+                IdentityUnlinked(
+                    event_id="unlink-" + _digest(link.id),
+                    customer_id=link.a,
+                    other=link.b,
+                    link_id=link.id,
+                    occurred_at=event.occurred_at,
+                    recorded_at=self.handler.clock(),
+                    source="profilestore.identity",
+                    rule=rule,
+                    rule_version=RULES_VERSION,
+                    reason=shared,
+                )
+                for link in iter_links(graph, holders.keys)
+                if link.status == "active" and link.evidence == identifier and link.rule
+            ]
+        proposals: list[IdentityLinked | IdentityUnlinked] = []
         mine = graph.profile_of(key)
         for other in others:
             if graph.profile_of(other) == mine:
                 continue
-            refused = self._refusal(key, other, event.kind)
+            refused = self._refusal(key, other, identifier)
             if refused:
                 self._refuse(logged, key, other, rule, identifier, refused)
                 continue
@@ -595,11 +606,16 @@ class _IdentityPass(Pass):
             )
         return proposals
 
-    def _refusal(self, key: str, other: str, kind: str) -> str | None:
-        """Why a rule may not link ``key`` and ``other`` now, or None if it may."""
+    def _refusal(self, key: str, other: str, identifier: str | None) -> str | None:
+        """Why a rule may not link ``key`` and ``other`` on ``identifier`` now, or None."""
         graph = self.graph
+        kind = _kind_of(identifier)
         if graph.vetoed(key, other):
             return "an operator unlinked these keys"
+        holders = graph.holders(identifier) if identifier else None
+        limit = self.rules.shared_after.get(kind, 5)
+        if holders is not None and len(holders.keys) > limit:
+            return f"the {kind} is shared by more than {limit} customer keys"
         mine = graph.members(graph.profile_of(key)) or (key,)
         theirs = graph.members(graph.profile_of(other)) or (other,)
         if kind == "device" and self.rules.device_links == "anonymous":
@@ -658,7 +674,7 @@ class _IdentityPass(Pass):
         if event.rule is not None:
             # Checked again at the link's place in the log: the graph here is a function
             # of the log before it, so a rebuild refuses exactly what we refuse.
-            refused = self._refusal(a, b, _kind_of(event.evidence))
+            refused = self._refusal(a, b, event.evidence)
             if refused and graph.profile_of(a) != graph.profile_of(b):
                 graph.record_link(msgspec.structs.replace(link, status="refused", refused=refused))
                 return
@@ -739,11 +755,11 @@ def graph_position(documents: DocumentStore) -> int:
 def changes_between(documents: DocumentStore, after: int, until: int) -> list[tuple[int, Change]]:
     """The changes recorded at positions in ``(after, until]``, oldest first."""
     found = []
-    for key, value in documents.get_records(CHANGE).items():
+    for key, value in documents.get_records_after(CHANGE, change_key(after)).items():
         position = int(key)
-        if after < position <= until:
-            found.append((position, msgspec.convert(value, Change)))
-    found.sort(key=lambda item: item[0])
+        if position > until:
+            break
+        found.append((position, msgspec.convert(value, Change)))
     return found
 
 

@@ -459,6 +459,13 @@ class MongoDocumentStore(DocumentStore):
         found = {str(r["key"]): dict(r["value"]) for r in self.records.find(query)}
         return dict(sorted(found.items()))
 
+    def get_records_after(self, kind: str, after: str) -> dict[str, dict[str, Any]]:
+        # On _id (kind/key), which its index answers: "kind0" is the first id past every
+        # "kind/..." ('0' follows '/'), so the range holds this kind's keys after `after`.
+        query = {"_id": {"$gt": _record_id(kind, after), "$lt": f"{kind}0"}}
+        found = {str(r["key"]): dict(r["value"]) for r in self.records.find(query)}
+        return dict(sorted(found.items()))
+
     def get_records_for(self, kind: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         ids = [_record_id(kind, key) for key in dict.fromkeys(keys)]
         found: dict[str, dict[str, Any]] = {}

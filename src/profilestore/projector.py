@@ -217,8 +217,8 @@ class _ProjectionPass(Pass):
                 self.routes.setdefault(topic, []).append(run)
         self.through = self.start
         """Every event up to here was handled: what an early commit may advance to."""
-        self.identity = 0
-        """The last identity change applied to every dataset of the pass."""
+        self.identity = -1
+        """The last identity change applied to every dataset of the pass (-1: not yet)."""
         self.profiles: dict[str, str] = {}
         """Customer key -> the profile its events fold into, for keys not alone."""
         self._regroup_all()
@@ -234,22 +234,36 @@ class _ProjectionPass(Pass):
         handler = self.handler
         documents = handler.documents
         position = graph_position(documents)
+        opening = self.identity < 0
         if self.runs and position > self.identity:
             names = {applied_key(n, handler.staging): n for n in self.runs}
             applied = documents.get_records_for(APPLIED, names)
+            done = {
+                name: int(applied.get(key, {}).get("position", 0)) for key, name in names.items()
+            }
+            changes = changes_between(documents, min(done.values()), position)
             marks = []
             for key, name in names.items():
                 run = self.runs[name]
-                done = int(applied.get(key, {}).get("position", 0))
-                if not run.fresh and done < position:
-                    self._regroup(run, changes_between(documents, done, position))
-                if done != position:
+                if not run.fresh:
+                    self._regroup(run, [c for c in changes if c[0] > done[name]])
+                if done[name] != position:
                     marks.append((APPLIED, key, {"position": position}))
             documents.put_records(marks)
+            if not opening:
+                # Routing follows the changes just applied: no need to read every key.
+                profiles, _ = combine(c for p, c in changes if p > self.identity)
+                for profile, members in profiles.items():
+                    for member in members:
+                        if member == profile:
+                            self.profiles.pop(member, None)
+                        else:
+                            self.profiles[member] = profile
         for run in self.runs.values():
             run.fresh = False  # only when the pass opens: it folds from here on
+        if opening:
+            self.profiles = profiles_at(documents, position)
         self.identity = position
-        self.profiles = profiles_at(documents, position)
 
     def _regroup(self, run: _DatasetRun, changes: Sequence[tuple[int, Change]]) -> None:
         """Refold the profiles ``changes`` regrouped from their keys' streams; remove the

@@ -576,6 +576,17 @@ class SQLiteDocumentStore(DocumentStore):
         )
         return {key: msgspec.json.decode(body) for key, body in rows}
 
+    def get_records_after(self, kind: str, after: str) -> dict[str, dict[str, Any]]:
+        rows = (
+            self._connection()
+            .execute(
+                "SELECT key, body FROM records WHERE kind = ? AND key > ? ORDER BY key",
+                (kind, after),
+            )
+            .fetchall()
+        )
+        return {key: msgspec.json.decode(body) for key, body in rows}
+
     def get_records_for(self, kind: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         wanted = list(dict.fromkeys(keys))
         conn = self._connection()
