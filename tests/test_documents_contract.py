@@ -1384,6 +1384,8 @@ CALLS: dict[str, Callable[[DocumentStore], object]] = {
     "get_raw": lambda s: s.get_raw("c1"),
     "aget_raw": lambda s: asyncio.run(s.aget_raw("c1")),
     "afind": lambda s: asyncio.run(s.afind("email:a@example.com")),
+    "aget_record": lambda s: asyncio.run(s.aget_record("link", "c1")),
+    "get_records_after": lambda s: s.get_records_after("link", ""),
     "load": lambda s: s.load("carts", ["c1"]),
     "write": lambda s: s.write("carts", [SectionWrite("c1", carts(), 1)], refreshed_at=T0),
     "regroup": lambda s: s.regroup("carts", [], ["c1"], refreshed_at=T0),
@@ -1478,3 +1480,18 @@ def test_get_records_after_reads_one_kind_from_a_key_on(document_store: Document
     }
     assert list(s.get_records_after("change", "00003")) == ["00007", "00012"]
     assert s.get_records_after("change", "00012") == {}
+
+
+def test_aget_record_reads_one_record_from_an_event_loop(document_store: DocumentStore) -> None:
+    document_store.put_records([("link", "c1", {"to": "c9"}), ("seen", "c1", {"n": 1})])
+
+    async def reads() -> tuple[Any, Any]:
+        try:
+            return (
+                await document_store.aget_record("link", "c1"),
+                await document_store.aget_record("link", "nobody"),
+            )
+        finally:
+            await document_store.aclose()
+
+    assert asyncio.run(reads()) == ({"to": "c9"}, None)

@@ -325,6 +325,14 @@ def status(obj: _Context, as_json: bool) -> None:
                 f"{row.lag.events_behind} events, {row.lag.seconds_behind:.1f}s",
                 state,
             )
+        graph = store.identity_status()
+        kept = f"kept by {graph.running_holder}" if graph.running_holder else "idle"
+        if graph.failed:
+            kept = f"[red]failed[/red]: {escape(graph.error or '')}"
+        table.caption = (
+            f"identity graph: at position {graph.position}, "
+            f"{graph.events_behind} log positions behind, {kept}"
+        )
         Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 

@@ -282,6 +282,11 @@ class RecordStore(ABC):
         """The records of ``kind`` under exactly these keys (no prefix matching), by key;
         keys with no record are omitted. Any number of keys: adapters read them in chunks."""
 
+    async def aget_record(self, kind: str, key: str) -> dict[str, Any] | None:
+        """One record, for an event loop (a lookup's identity redirect). The default runs
+        inline: an adapter whose reads may block for long overrides it."""
+        return self.get_records_for(kind, [key]).get(key)
+
     @abstractmethod
     def get_records_after(self, kind: str, after: str) -> dict[str, dict[str, Any]]:
         """The records of ``kind`` whose key sorts after ``after`` (by code point), by
@@ -353,7 +358,7 @@ PORT_METHODS = (
     *("start_staging", "promote_staging", "customer_ids"),
     *("acquire_lease", "release_lease", "lease_holder"),
     *("put_record", "put_records", "insert_record_if_absent"),
-    *("get_records", "get_records_for", "get_records_after", "delete_record"),
+    *("get_records", "get_records_for", "get_records_after", "aget_record", "delete_record"),
 )
 """The methods :func:`translate_errors` guards: every method of the three ports that
 reaches the database."""

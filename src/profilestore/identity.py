@@ -189,6 +189,14 @@ def canonical_id(link_id: str) -> str:
     return CANONICAL_PREFIX + hashlib.sha256(link_id.encode()).hexdigest()[:24]
 
 
+async def aprofile_of(documents: DocumentStore, key: str) -> str:
+    """:meth:`IdentityGraph.profile_of` for an event loop (one record read)."""
+    if is_canonical(key):
+        return key
+    found = await documents.aget_record(KEY, key)
+    return key if found is None else str(found["profile"])
+
+
 def is_canonical(profile_id: str) -> bool:
     return profile_id.startswith(CANONICAL_PREFIX)
 

@@ -139,15 +139,16 @@ class MongoDocumentStore(DocumentStore):
     _url: str | None = None
     _async_client: AsyncMongoClient[dict[str, Any]] | None = None
 
-    def _async_collection(self) -> AsyncCollection[dict[str, Any]] | None:
-        """The profiles collection through pymongo's async client, opened on first use
-        (it binds to the running event loop); None when built from a database object."""
+    def _async_collection(self, name: str | None = None) -> AsyncCollection[dict[str, Any]] | None:
+        """A collection (the profiles, by default) through pymongo's async client, opened
+        on first use (it binds to the running event loop); None when built from a
+        database object."""
         if self._url is None:
             return None
         if self._async_client is None:
             self._async_client = AsyncMongoClient(self._url, tz_aware=True)
         database = self._async_client.get_default_database("profilestore")
-        return database[self.profiles.name]
+        return database[name or self.profiles.name]
 
     @guards_itself
     async def aget_raw(
@@ -186,6 +187,19 @@ class MongoDocumentStore(DocumentStore):
             return sorted([str(d["_id"]) async for d in cursor])
         except PyMongoError as e:
             raise self.unavailable("afind", e) from e
+
+    @guards_itself
+    async def aget_record(self, kind: str, key: str) -> dict[str, Any] | None:
+        if self.closed:
+            raise self.closed_error()
+        collection = self._async_collection(self.records.name)
+        if collection is None:
+            return self.get_records_for(kind, [key]).get(key)
+        try:
+            found = await collection.find_one({"_id": _record_id(kind, key)})
+        except PyMongoError as e:
+            raise self.unavailable("aget_record", e) from e
+        return None if found is None else dict(found["value"])
 
     async def aclose(self) -> None:
         if self._async_client is not None:

@@ -66,6 +66,7 @@ from profilestore.identity import (
     IdentityHandler,
     Link,
     LinkRules,
+    aprofile_of,
     is_canonical,
     iter_links,
     merged_changes,
@@ -217,6 +218,17 @@ class SubjectExport(msgspec.Struct, frozen=True, kw_only=True):
     events: list[msgspec.Raw]
 
 
+class GraphStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """How far the identity graph has applied the log, and who keeps it."""
+
+    position: int
+    events_behind: int
+    running_holder: str | None
+    last_run: RunRecord | None
+    failed: bool
+    error: str | None
+
+
 class LinkResult(msgspec.Struct, frozen=True, kw_only=True):
     """What a link or unlink did: the profile the key belongs to now, and how many link
     events were appended (0: it was so already)."""
@@ -357,6 +369,10 @@ class ProfileStore:
             return customer_id
         return self._graph().profile_of(customer_id)
 
+    async def aresolve(self, customer_id: str) -> str:
+        """:meth:`resolve` for an event loop (the redirect read through the async client)."""
+        return await aprofile_of(self._documents, customer_id)
+
     def members(self, profile_id: str) -> tuple[str, ...]:
         """The customer keys whose events fold into a profile (() for none)."""
         return self._graph().members(profile_id)
@@ -373,6 +389,23 @@ class ProfileStore:
                 break
             report = self._consumer.run(handler, [TARGET], trigger=trigger)
         return report
+
+    @_guarded
+    def identity_status(self) -> GraphStatus:
+        """The identity graph's position, lag, holder and last run (``status`` shows it)."""
+        tracked = self._documents.tracking(TARGET)
+        position = tracked.position if tracked else 0
+        last = self._journal.last_run(TARGET)
+        failure = self._journal.last_failure(TARGET)
+        failed = last is not None and last.status == "failed"
+        return GraphStatus(
+            position=position,
+            events_behind=max(0, self._log.head() - position),
+            running_holder=self._leases.holder_of(TARGET, kind="graph"),
+            last_run=last,
+            failed=failed,
+            error=failure.error if failed and failure else None,
+        )
 
     def live_identity(self, *, batch: int) -> Live:
         """The identity graph's consumer, kept running by the follower."""
@@ -752,12 +785,12 @@ class ProfileStore:
             graph = self._graph()
             start = graph.members(profile_id)[:1] or (profile_id,)
             members = sorted(graph.component(start[0], at=as_of))
+            then = graph.canonical(members, at=as_of)
             replayed = profile_as_of(self._log, projections, members, as_of)
-            if replayed is None:
+            if replayed is None or (is_canonical(asked) and then != asked):
+                # A merged profile's id names nobody before its keys were merged.
                 raise CustomerNotFound(asked)
-            return msgspec.structs.replace(
-                replayed, customer_id=asked, canonical_id=graph.canonical(members, at=as_of)
-            )
+            return msgspec.structs.replace(replayed, customer_id=asked, canonical_id=then)
         found = self._documents.get(profile_id, names)
         if found is None:
             raise CustomerNotFound(asked)
@@ -791,7 +824,7 @@ class ProfileStore:
         gate = self._gate
         gate.enter()
         try:
-            profile_id = self.resolve(customer_id)
+            profile_id = await self.aresolve(customer_id)
             found = await self._documents.aget_raw(profile_id, names)
         finally:
             gate.exit()
