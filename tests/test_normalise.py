@@ -131,7 +131,7 @@ def test_an_empty_value_identifies_nobody() -> None:
 
 
 def test_configured_values_block_case_insensitively() -> None:
-    configure(IdentifierPolicy(blocked_values=frozenset({"Guest", "NoReply@Example.com"})))
+    configure(IdentifierPolicy(blocked_values=frozenset({" Guest ", "NoReply@Example.com"})))
     assert is_blocked("device", "device:GUEST")
     assert is_blocked("handle", "handle:twitter:guest")
     assert is_blocked("email", normalise_identifier("email", "noreply@example.com"))
