@@ -248,7 +248,9 @@ def test_status_shows_lag_before_a_refresh_and_none_after(home: Path, tmp_path: 
     assert after["orders"]["next_run"] is not None
     table = run(home, "status")
     assert table.returncode == 0 and "carts" in table.stdout and "realtime" in table.stdout
-    assert "identity graph: at position" in table.stdout and "0 log positions behind" in table.stdout
+    assert (
+        "identity graph: at position" in table.stdout and "0 log positions behind" in table.stdout
+    )
 
 
 def test_schedule_list_shows_sunday_0300_in_the_configured_zone(home: Path) -> None:

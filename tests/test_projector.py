@@ -240,3 +240,19 @@ def test_mongodb_and_embedded_stores_hold_equal_documents(
     store.refresh()
     assert snapshot(mongo) == snapshot(store._documents)
     mongo.close()
+
+
+def test_a_dataset_a_live_consumer_of_this_process_holds_is_skipped_by_refresh(
+    store: ProfileStore,
+) -> None:
+    # The leases name the process; within it, a second run must be kept out too (a
+    # merge regrouping datasets from an API thread while the follower folds them).
+    live = store.live(["carts"], batch=100)
+    assert live.take()
+    try:
+        report = store.refresh(["carts", "orders"])
+        assert report.skipped_locked == ["carts"]
+        assert not store.live(["carts"], batch=100).take()
+    finally:
+        live.release()
+    assert store.refresh(["carts"]).skipped_locked == []

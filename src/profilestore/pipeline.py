@@ -37,6 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -139,7 +140,13 @@ class Handler(ABC):
 
 
 class Leases:
-    """The targets' leases, taken all together or per target."""
+    """The targets' leases, taken all together or per target.
+
+    A lease names the process (its holder) and keeps other processes out; within the
+    process, the leases held are also counted here, so two runs in one process (the
+    follower's, and a merge regrouping datasets from an API thread) cannot both hold one:
+    the database alone would let the second in, the holder being the same.
+    """
 
     def __init__(
         self, documents: DocumentStore, holder: str, ttl: dt.timedelta, clock: Clock
@@ -148,6 +155,17 @@ class Leases:
         self.holder = holder
         self.ttl = ttl
         self.clock = clock
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _take(self, name: str, now: dt.datetime) -> bool:
+        with self._lock:
+            if name in self._held:
+                return False
+            if not self.documents.acquire_lease(name, self.holder, self.ttl, now):
+                return False
+            self._held.add(name)
+            return True
 
     def acquire(
         self, targets: Sequence[str], *, required: bool, kind: str = "dataset"
@@ -157,11 +175,7 @@ class Leases:
         With ``required``, raises :class:`LeaseHeld` (holding none) if any is held.
         """
         now = self.clock()
-        locked = [
-            t
-            for t in targets
-            if not self.documents.acquire_lease(lease_name(t, kind), self.holder, self.ttl, now)
-        ]
+        locked = [t for t in targets if not self._take(lease_name(t, kind), now)]
         if locked and required:
             self.release([t for t in targets if t not in locked], kind=kind)
             holder = self.holder_of(locked[0], kind=kind)
@@ -173,11 +187,16 @@ class Leases:
         for target in targets:
             name = lease_name(target, kind)
             if not self.documents.acquire_lease(name, self.holder, self.ttl, now):
+                with self._lock:
+                    self._held.discard(name)
                 raise LeaseHeld(f"{kind} {target!r}", "another process (our lease expired)")
 
     def release(self, targets: Sequence[str], *, kind: str = "dataset") -> None:
         for target in targets:
-            self.documents.release_lease(lease_name(target, kind), self.holder)
+            name = lease_name(target, kind)
+            with self._lock:
+                self._held.discard(name)
+            self.documents.release_lease(name, self.holder)
 
     def holder_of(self, target: str, *, kind: str = "dataset") -> str | None:
         return self.documents.lease_holder(lease_name(target, kind), self.clock())
@@ -329,8 +348,10 @@ class Live:
         leases = self.consumer.leases
         kind = self.handler.lease_kind
         with self.guard():
-            if leases.acquire(self.targets, required=False, kind=kind):
-                leases.release(self.targets, kind=kind)
+            locked = leases.acquire(self.targets, required=False, kind=kind)
+            if locked:
+                # Only ours: a lease another run of this process holds stays held.
+                leases.release([t for t in self.targets if t not in locked], kind=kind)
                 return False
             self.leased = True
             self._renewed = time.monotonic()

@@ -241,7 +241,9 @@ class _ProjectionPass(Pass):
             done = {
                 name: int(applied.get(key, {}).get("position", 0)) for key, name in names.items()
             }
-            changes = changes_between(documents, min(done.values()), position)
+            # From what the least advanced reader (a dataset, or this pass's routing) has.
+            since = min(*done.values(), position if opening else self.identity)
+            changes = changes_between(documents, since, position)
             marks = []
             for key, name in names.items():
                 run = self.runs[name]
