@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 PROMOTE_ATTEMPTS = 10
 
 
+SKIPPED_RETRIES = 10
+SKIPPED_RETRY_S = 0.1
+
+
 class Worker:
     def __init__(self, store: ProfileStore, datasets: Sequence[str] | None = None) -> None:
         self.store = store
@@ -151,6 +155,13 @@ class Worker:
                 job.modify(args=[dataset, "schedule"])  # later fires are regular runs
         try:
             report = self.store.refresh([dataset], trigger=trigger)
+            for _ in range(SKIPPED_RETRIES):
+                # A merge regrouping the dataset holds its lease for moments only: a
+                # scheduled run waits for it rather than skip a whole period.
+                if not report.skipped_locked:
+                    break
+                time.sleep(SKIPPED_RETRY_S)
+                report = self.store.refresh([dataset], trigger=trigger)
         except Exception:
             log.exception("scheduled refresh of %s failed", dataset)
             self.reports.append((dataset, trigger, None))
