@@ -282,17 +282,8 @@ class _ProjectionPass(Pass):
             if profile in run.parked:
                 handler.journal.release(name, profile, staged=handler.staging)
                 run.parked.discard(profile)
-            section, position = run.projection.empty(), 0
-            for logged in merged_changes(handler.log, members, topics=run.projection.topics):
-                try:
-                    section = run.projection.fold(section, logged.event)
-                except Exception as error:
-                    letter = handler.letter(name, profile, logged, error)
-                    handler.journal.park(letter, staged=handler.staging)
-                    run.parked.add(profile)
-                    run.dead_letters += 1
-                    break
-                position = logged.notification_id
+            events = merged_changes(handler.log, members, topics=run.projection.topics)
+            section, position, _ = self._fold_into(run, profile, run.projection.empty(), 0, events)
             if position:
                 lookup = tuple(keys(section)) if keys else ()
                 writes.append(SectionWrite(profile, section, position, lookup))
@@ -337,31 +328,48 @@ class _ProjectionPass(Pass):
             missing = [c for c in by_customer if c not in run.cache]
             if missing:
                 run.cache.update(handler.documents.load(name, missing, staging=handler.staging))
-            fold = run.projection.fold
             empty = run.projection.empty
             for customer_id, events in by_customer.items():
                 if customer_id in run.parked:
                     continue  # waits behind its dead letter, in order
                 stored = run.cache.get(customer_id)
                 section, position = stored if stored else (empty(), 0)
-                applied = 0
-                for logged in events:
-                    if logged.notification_id <= position:
-                        continue  # already folded into the stored section
-                    try:
-                        section = fold(section, logged.event)
-                    except Exception as error:
-                        letter = handler.letter(name, customer_id, logged, error)
-                        handler.journal.park(letter, staged=handler.staging)
-                        run.parked.add(customer_id)
-                        run.dead_letters += 1
-                        break
-                    position = logged.notification_id
-                    applied += 1
+                section, position, applied = self._fold_into(
+                    run, customer_id, section, position, events
+                )
                 if applied:
                     run.cache[customer_id] = StoredSection(section, position)
                     run.dirty.add(customer_id)
                     run.applied += applied
+
+    def _fold_into(
+        self,
+        run: _DatasetRun,
+        profile: str,
+        section: Any,
+        position: int,
+        events: Iterable[Notified],
+    ) -> tuple[Any, int, int]:
+        """Fold the events newer than ``position`` into a profile's section: (section,
+        its position, events applied). An event the fold raises on is dead-lettered and
+        parks the profile: its section stays at its last good state, its later events wait."""
+        handler = self.handler
+        fold = run.projection.fold
+        applied = 0
+        for logged in events:
+            if logged.notification_id <= position:
+                continue  # already folded into the stored section
+            try:
+                section = fold(section, logged.event)
+            except Exception as error:
+                letter = handler.letter(run.projection.dataset, profile, logged, error)
+                handler.journal.park(letter, staged=handler.staging)
+                run.parked.add(profile)
+                run.dead_letters += 1
+                break
+            position = logged.notification_id
+            applied += 1
+        return section, position, applied
 
     def resume(self) -> None:
         for run in self.runs.values():
