@@ -526,7 +526,18 @@ class _IdentityPass(Pass):
 
     def handle(self, page: Sequence[Notified]) -> None:
         graph = self.graph
-        graph.prefetch(KEY, {n.event.customer_id for n in page})
+        # A page's records in a few queries, not one per event.
+        keys = {n.event.customer_id for n in page}
+        graph.prefetch(KEY, keys)
+        graph.prefetch(KINDS, keys)
+        graph.prefetch(
+            IDENTIFIER,
+            {
+                n.event.lookup_key
+                for n in page
+                if isinstance(n.event, IdentifierSeen | IdentifierLinked | IdentifierUnlinked)
+            },
+        )
         proposals: list[IdentityLinked | IdentityUnlinked] = []
         for logged in page:
             if logged.notification_id <= self.position:
