@@ -32,7 +32,6 @@ masked) before any client exists.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -467,10 +466,15 @@ class MongoDocumentStore(DocumentStore):
         return True
 
     def get_records(self, kind: str, prefix: str = "") -> dict[str, dict[str, Any]]:
-        query: dict[str, Any] = {"kind": kind}
-        if prefix:
-            query["key"] = {"$regex": f"^{re.escape(prefix)}"}
-        found = {str(r["key"]): dict(r["value"]) for r in self.records.find(query)}
+        # A range of _id (kind/key), which its index answers: no scan of other kinds.
+        # "kind0" is the first id past every "kind/..." ('0' follows '/').
+        upper = _record_id(kind, prefix) + "\U0010ffff" if prefix else f"{kind}0"
+        query = {"_id": {"$gte": _record_id(kind, prefix), "$lt": upper}}
+        found = {
+            str(r["key"]): dict(r["value"])
+            for r in self.records.find(query)
+            if str(r["key"]).startswith(prefix)
+        }
         return dict(sorted(found.items()))
 
     def get_records_after(self, kind: str, after: str) -> dict[str, dict[str, Any]]:
