@@ -393,9 +393,23 @@ def test_a_merge_reaches_scheduled_datasets_before_their_next_refresh(
     assert store.verify().ok
 
 
+@pytest.fixture
+def store_on_each_log(settings: Settings, log_backend: dict[str, Any]) -> Iterator[ProfileStore]:
+    """A store over an SQLite log, and over a PostgreSQL one."""
+    on_log = msgspec.structs.replace(
+        settings,
+        event_log=msgspec.structs.replace(
+            settings.event_log, url=log_backend["url"], postgres_schema=log_backend["schema"]
+        ),
+    )
+    with open_store(on_log, clock=Clock()) as opened:
+        yield opened
+
+
 def test_documents_after_merges_and_unmerges_equal_a_rebuild(
-    store: ProfileStore, tmp_path: Path
+    store_on_each_log: ProfileStore, tmp_path: Path
 ) -> None:
+    store = store_on_each_log
     store.append([order(k, f"o-{k}") for k in "abcdef"])
     store.append(
         [seen("a", "email", "shared@example.com"), seen("b", "email", "shared@example.com")]
