@@ -669,3 +669,29 @@ def test_links_are_made_undone_and_explained_with_the_identity_scope(
         "/v1/identity/links", json={"key": "web-7", "other": "web-7"}, headers=headers()
     )
     assert self_link.status_code == 400 and self_link.json()["error"]["field"] == "other"
+
+
+def test_consent_answers_may_we_contact_with_the_deciding_event(
+    client: TestClient[Any], store: ProfileStore
+) -> None:
+    consent = {
+        "type": "consent.given",
+        "event_id": "c-9",
+        "customer_id": "a/b",
+        "occurred_at": "2026-05-01T12:00:00Z",
+        "channel": "sms",
+        "purpose": "service",
+    }
+    post_events(client, [consent])
+    store.refresh()
+    answer = client.get(
+        "/v1/consent/a%2Fb", params={"channel": "sms", "purpose": "service"}, headers=headers()
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["allowed"], body["reason"], body["decided_by"]) == (True, "granted", "c-9")
+    unknown = client.get("/v1/consent/a%2Fb", params={"channel": "email"}, headers=headers())
+    assert unknown.json()["allowed"] is False
+    assert unknown.json()["reason"] == "no decision recorded"
+    bad = client.get("/v1/consent/a%2Fb", params={"channel": "fax"}, headers=headers())
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "channel"

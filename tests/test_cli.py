@@ -419,3 +419,20 @@ def test_identity_merge_unmerge_and_explain(home: Path) -> None:
     assert nothing.returncode == 0 and json.loads(nothing.stdout)["appended"] == 0
     unknown = run(home, "identity", "merge", "crm-1", "nobody", "--reason", "x")
     assert unknown.returncode == 2 and "`other` no event names this customer key" in unknown.stderr
+
+
+def test_consent_exits_0_when_allowed_and_1_when_not(home: Path) -> None:
+    given = {
+        "type": "consent.given",
+        "event_id": "c-1",
+        "customer_id": "ann",
+        "occurred_at": "2026-03-01T10:00:00Z",
+        "channel": "email",
+    }
+    assert run(home, "ingest", "-", input=json.dumps(given)).returncode == 0
+    assert run(home, "refresh").returncode == 0
+    allowed = run(home, "consent", "ann", "--channel", "email")
+    assert allowed.returncode == 0 and json.loads(allowed.stdout)["decided_by"] == "c-1"
+    denied = run(home, "consent", "ann", "--channel", "push")
+    assert denied.returncode == 1 and json.loads(denied.stdout)["allowed"] is False
+    assert run(home, "consent", "ann", "--channel", "fax").returncode == 2

@@ -297,14 +297,15 @@ def test_projection_leaves_section_unchanged_for_events_it_does_not_read(
 @pytest.mark.parametrize("name", PROJECTIONS)
 def test_projection_scenario_is_pure_frozen_and_round_trips(name: str) -> None:
     projection = PROJECTIONS[name]
-    section = run(projection, scenario(name))
+    history = scenario(name)
+    section = run(projection, history)
     assert section != projection.empty()
     assert_deeply_frozen(section)
     with pytest.raises(AttributeError):
         setattr(section, section.__struct_fields__[0], ())
     assert roundtrip(projection.empty()) == projection.empty()
     # Folding the same history twice gives the same section: the fold is deterministic.
-    assert run(projection, scenario(name)) == section
+    assert run(projection, history) == section
 
 
 # --- identities -------------------------------------------------------------------------
@@ -540,6 +541,14 @@ def test_consents_keep_the_latest_grant_per_channel_and_purpose_with_change_coun
     assert consent.changed_at == at(1)
     assert consent.source == "web-form"
     assert consent.changes == 2
+
+
+def test_an_email_unsubscribe_withdraws_email_marketing_naming_its_event() -> None:
+    unsubscribed = sample(EmailUnsubscribed, 1)
+    section = run(consents.PROJECTION, [sample(ConsentGiven, 0), unsubscribed])
+    (consent,) = section.consents
+    assert (consent.channel, consent.purpose, consent.granted) == ("email", "marketing", False)
+    assert consent.event_id == unsubscribed.event_id
 
 
 def test_consents_are_tracked_separately_per_channel_and_per_purpose() -> None:

@@ -14,6 +14,7 @@ from profilestore.errors import (
     AmbiguousIdentifier,
     CustomerNotFound,
     IdentifierNotFound,
+    InvalidArgument,
     InvalidEvent,
     InvalidIdentifier,
     NoDatasetSelected,
@@ -287,3 +288,39 @@ def test_a_control_character_in_an_identifier_or_network_is_refused_on_every_bac
         with pytest.raises(InvalidIdentifier, match="control character"):
             store.find("device", f"dev{control}9")
         assert store.head() == 0
+
+
+def test_may_contact_answers_from_consents_with_the_deciding_event(store: ProfileStore) -> None:
+    given = {
+        "type": "consent.given",
+        "event_id": "c-1",
+        "customer_id": "ann",
+        "occurred_at": "2026-01-01T10:00:00Z",
+        "channel": "email",
+    }
+    store.append([given, seen("s-1", "ann", "email", "ann@example.com")])
+    store.refresh()
+    decision = store.may_contact("ann", "email")
+    assert (decision.allowed, decision.reason, decision.decided_by) == (True, "granted", "c-1")
+    # Unknown means no: another purpose, another channel, another customer.
+    assert store.may_contact("ann", "email", "research").reason == "no decision recorded"
+    assert not store.may_contact("ann", "sms").allowed
+    assert not store.may_contact("nobody", "email").allowed
+    unsubscribe = {
+        "type": "email.unsubscribed",
+        "event_id": "u-1",
+        "customer_id": "ann",
+        "occurred_at": "2026-02-01T10:00:00Z",
+    }
+    store.append([unsubscribe])
+    store.refresh()
+    withdrawn = store.may_contact("ann", "email")
+    assert (withdrawn.allowed, withdrawn.reason, withdrawn.decided_by) == (
+        False,
+        "withdrawn",
+        "u-1",
+    )
+    with pytest.raises(InvalidArgument, match="`channel` is not a channel"):
+        store.may_contact("ann", "pigeon")
+    exported = store.export("ann")
+    assert [(c.channel, c.granted) for c in exported.consents] == [("email", False)]

@@ -41,9 +41,9 @@ from profilestore.errors import (
     AppendConflict,
     ConfigError,
     DocumentsUnavailable,
+    InvalidArgument,
     InvalidEvent,
     InvalidIdentifier,
-    InvalidLink,
     LogUnavailable,
     NotFound,
     NotFoundHistory,
@@ -99,7 +99,7 @@ def _errors() -> Iterator[None]:
         label = "not found" if isinstance(e, NotFound) else "ambiguous"
         stderr.print(f"[red]{label}:[/red] {escape(str(e))}")
         sys.exit(1)
-    except (ConfigError, UnknownDataset, InvalidIdentifier, InvalidLink) as e:
+    except (ConfigError, UnknownDataset, InvalidIdentifier, InvalidArgument) as e:
         stderr.print(f"[red]error:[/red] {escape(str(e))}")
         sys.exit(2)
     except UNAVAILABLE as e:
@@ -717,6 +717,21 @@ def verify(obj: _Context, sample: int | None, everyone: bool) -> None:
         )
         if not report.ok:
             sys.exit(1)
+
+
+@main.command()
+@click.argument("customer_id")
+@click.option("--channel", required=True, help="email, sms, phone, push, post, social or web.")
+@click.option("--purpose", default="marketing", show_default=True)
+@click.pass_obj
+def consent(obj: _Context, customer_id: str, channel: str, purpose: str) -> None:
+    """May we contact CUSTOMER_ID on CHANNEL for PURPOSE now? Prints the decision and the
+    event that made it; unknown means no. Exit 0 if allowed, 1 if not."""
+    with _errors(), obj.open(read_only=True) as store:
+        decision = store.may_contact(customer_id, channel, purpose)
+        _emit(decision, pretty=True)
+    if not decision.allowed:
+        sys.exit(1)
 
 
 @main.group()

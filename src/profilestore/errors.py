@@ -229,13 +229,17 @@ class AuditFailed(ProfileStoreError):
         )
 
 
-class InvalidLink(ProfileStoreError):
-    """A link or unlink request names a key that cannot be linked (the key is not echoed)."""
+class InvalidArgument(ProfileStoreError):
+    """A request's argument is malformed (named; its value is not echoed): HTTP 400, exit 2."""
 
     def __init__(self, field: str, reason: str) -> None:
         self.field = field
         self.reason = reason
         super().__init__(f"`{field}` {reason}")
+
+
+class InvalidLink(InvalidArgument):
+    """A link or unlink request names a key that cannot be linked (the key is not echoed)."""
 
 
 class LinkNotFound(NotFound):

@@ -25,7 +25,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar, get_args
 
 import msgspec
 
@@ -42,6 +42,7 @@ from profilestore.errors import (
     AmbiguousIdentifier,
     CustomerNotFound,
     IdentifierNotFound,
+    InvalidArgument,
     InvalidEvent,
     InvalidLink,
     LinkNotFound,
@@ -55,6 +56,7 @@ from profilestore.events import (
     EVENT_TYPES,
     RESERVED_PREFIX,
     AnyEvent,
+    ConsentChannel,
     Event,
     IdentityLinked,
     IdentityUnlinked,
@@ -213,6 +215,8 @@ class SubjectExport(msgspec.Struct, frozen=True, kw_only=True):
     canonical_id: str
     keys: list[str]
     """Every customer key of the profile (its events are all in ``events``)."""
+    consents: list[Any] = msgspec.field(default_factory=list)
+    """Every contact decision on record (channel, purpose, granted, when, which event)."""
     exported_at: dt.datetime
     profile: Profile | None
     events: list[msgspec.Raw]
@@ -227,6 +231,22 @@ class GraphStatus(msgspec.Struct, frozen=True, kw_only=True):
     last_run: RunRecord | None
     failed: bool
     error: str | None
+
+
+class ContactDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """May we contact this customer on this channel for this purpose now, and why."""
+
+    customer_id: str
+    canonical_id: str
+    channel: str
+    purpose: str
+    allowed: bool
+    reason: Literal["granted", "withdrawn", "no decision recorded"]
+    decided_by: str | None = None
+    """The event that made the decision (``None``: none, or one folded before consents
+    named their events)."""
+    decided_at: dt.datetime | None = None
+    source: str | None = None
 
 
 class LinkResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -874,6 +894,46 @@ class ProfileStore:
         return msgspec.structs.replace(found, canonical_id=customer_id)
 
     @_guarded
+    def may_contact(
+        self, customer_id: str, channel: str, purpose: str = "marketing"
+    ) -> ContactDecision:
+        """May we contact the customer on ``channel`` for ``purpose`` now? From the
+        consents dataset (a merged profile: the latest decision of any of its keys).
+        Unknown means no: a customer with no decision for that channel and purpose, or
+        with no profile at all, may not be contacted."""
+        if channel not in get_args(ConsentChannel):
+            raise InvalidArgument(
+                "channel", f"is not a channel; one of {', '.join(get_args(ConsentChannel))}"
+            )
+        if not purpose or len(purpose) > 512:
+            raise InvalidArgument("purpose", "must be 1 to 512 characters")
+        name = self.datasets(["consents"])[0]  # UnknownDataset if not configured
+        profile_id = self.resolve(customer_id)
+        found = self._documents.load(name, [profile_id]).get(profile_id)
+        grants = getattr(found.section, "consents", ()) if found else ()
+        grant = next((c for c in grants if c.channel == channel and c.purpose == purpose), None)
+        if grant is None:
+            return ContactDecision(
+                customer_id=customer_id,
+                canonical_id=profile_id,
+                channel=channel,
+                purpose=purpose,
+                allowed=False,
+                reason="no decision recorded",
+            )
+        return ContactDecision(
+            customer_id=customer_id,
+            canonical_id=profile_id,
+            channel=channel,
+            purpose=purpose,
+            allowed=grant.granted,
+            reason="granted" if grant.granted else "withdrawn",
+            decided_by=grant.event_id,
+            decided_at=grant.changed_at,
+            source=grant.source,
+        )
+
+    @_guarded
     def history(
         self,
         customer_id: str,
@@ -926,9 +986,12 @@ class ProfileStore:
         profile = self._documents.get(customer_id)
         if not events and profile is None:
             raise CustomerNotFound(asked)
+        consents: list[Any] = []
         if profile is not None:
             profile = msgspec.structs.replace(profile, customer_id=asked, canonical_id=customer_id)
+            consents = list(getattr(profile.sections.get("consents"), "consents", ()))
         return SubjectExport(
+            consents=consents,
             customer_id=asked,
             canonical_id=customer_id,
             keys=list(self._graph().members(customer_id) or (customer_id,)),

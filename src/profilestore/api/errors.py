@@ -17,6 +17,7 @@ from profilestore.errors import (
     BatchTooLarge,
     DocumentsUnavailable,
     FoldFailed,
+    InvalidArgument,
     InvalidEvent,
     InvalidIdentifier,
     InvalidLink,
@@ -90,8 +91,9 @@ def handle_profilestore(
         return _error(400, "unknown_dataset", str(error), field="datasets")
     if isinstance(error, InvalidIdentifier):
         return _error(400, "invalid_request", str(error), field=error.kind, reason=error.reason)
-    if isinstance(error, InvalidLink):
-        return _error(400, "invalid_link", str(error), field=error.field, reason=error.reason)
+    if isinstance(error, InvalidArgument):
+        code = "invalid_link" if isinstance(error, InvalidLink) else "invalid_request"
+        return _error(400, code, str(error), field=error.field, reason=error.reason)
     if isinstance(error, StoreClosed):
         return _error(503, "unavailable", str(error))
     if isinstance(error, FoldFailed):

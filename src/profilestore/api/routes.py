@@ -27,7 +27,13 @@ from profilestore.api.security import require
 from profilestore.documents import RawProfile
 from profilestore.errors import BatchTooLarge, InvalidEvent, InvalidIdentifier, NotFound
 from profilestore.identifiers import KIND_NAMES, LOOKUP_KINDS, one_identifier
-from profilestore.store import DatasetStatus, IdentityExplanation, LinkResult, ProfileStore
+from profilestore.store import (
+    ContactDecision,
+    DatasetStatus,
+    IdentityExplanation,
+    LinkResult,
+    ProfileStore,
+)
 
 MAX_VERSION = 2**53
 """Largest stream version a client may name (well inside every store's integers)."""
@@ -269,6 +275,27 @@ async def delete_link(
     return await anyio.to_thread.run_sync(
         lambda: store.unlink(key, other, actor=_actor(request), reason=reason)
     )
+
+
+CONSENT = "/v1/consent/"
+
+
+@get(CONSENT + "{customer_id:path}", guards=[require("read")], summary="May we contact them?")
+async def get_consent(
+    request: Request[Any, Any, Any],
+    customer_id: Annotated[
+        str, Parameter(description="A customer key or profile id, percent-encoded.")
+    ],
+    channel: Annotated[str, QueryParameter(description="email, sms, phone, push, post, ...")],
+    purpose: Annotated[str, QueryParameter(description="e.g. marketing")] = "marketing",
+) -> ContactDecision:
+    """May we contact the customer on `channel` for `purpose` now: `allowed`, the
+    `reason`, and the event that decided it. Unknown means no (a customer with no
+    decision, or no profile, is `allowed: false`). (Not under `/v1/profiles/{id}/`: a
+    customer id may end in `/consent`.)"""
+    customer_id = _customer_id(request, CONSENT, customer_id)
+    store = _store(request)
+    return await anyio.to_thread.run_sync(lambda: store.may_contact(customer_id, channel, purpose))
 
 
 @get("/v1/status", guards=[require("admin")], summary="Datasets' refresh status")
