@@ -517,3 +517,11 @@ def test_an_empty_insert_does_what_the_librarys_recorder_does(
         )
     assert event_log.recorder.insert_events([]) == library.insert_events([])
     assert event_log.head() == 0
+
+
+def test_a_customers_changes_are_read_a_page_at_a_time(event_log: EventLog) -> None:
+    event_log.append([page_view(f"v{n}", "ann" if n % 2 else "bob", n) for n in range(10)])
+    first = event_log.customer_changes("ann", limit=2)
+    assert [n.event.event_id for n in first] == ["v1", "v3"]
+    rest = event_log.customer_changes("ann", after=first[-1].notification_id, limit=10)
+    assert [n.event.event_id for n in rest] == ["v5", "v7", "v9"]

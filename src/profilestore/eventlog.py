@@ -162,9 +162,15 @@ class EventRecorder(ABC):
 
     @abstractmethod
     def select_stream_states(
-        self, originator_id: UUID, after: int, until: int | None, topics: Sequence[str]
+        self,
+        originator_id: UUID,
+        after: int,
+        until: int | None,
+        topics: Sequence[str],
+        limit: int | None = None,
     ) -> list[StateRow]:
-        """Like :meth:`select_states`, for one stream, in stream order."""
+        """Like :meth:`select_states`, for one stream, in stream order (the first
+        ``limit``, if given)."""
 
     @abstractmethod
     def select_states(
@@ -383,10 +389,14 @@ class EventLog:
         after: int = 0,
         until: int | None = None,
         topics: Sequence[str] = (),
+        limit: int | None = None,
     ) -> list[Notified]:
-        """One customer's events with notification ids in ``(after, until]``, in order."""
+        """One customer's events with notification ids in ``(after, until]``, in order
+        (the first ``limit``, if given)."""
         with self.translated("read a customer's events"):
-            rows = self.recorder.select_stream_states(stream_id(customer_id), after, until, topics)
+            rows = self.recorder.select_stream_states(
+                stream_id(customer_id), after, until, topics, limit
+            )
         return self._decoded(rows)
 
     def _decoded(self, rows: Sequence[StateRow]) -> list[Notified]:

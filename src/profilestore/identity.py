@@ -816,15 +816,21 @@ def merged_changes(
     after: int = 0,
     until: int | None = None,
     topics: Sequence[str] = (),
+    limit: int | None = None,
 ) -> list[Notified]:
-    """The events of every key of a profile, in log order."""
+    """The events of every key of a profile, in log order (the first ``limit``, if given:
+    each key's first ``limit`` hold them)."""
     if len(members) == 1:
-        return log.customer_changes(members[0], after=after, until=until, topics=topics)
+        return log.customer_changes(
+            members[0], after=after, until=until, topics=topics, limit=limit
+        )
     merged: list[Notified] = []
     for key in members:
-        merged.extend(log.customer_changes(key, after=after, until=until, topics=topics))
+        merged.extend(
+            log.customer_changes(key, after=after, until=until, topics=topics, limit=limit)
+        )
     merged.sort(key=lambda n: n.notification_id)
-    return merged
+    return merged if limit is None else merged[:limit]
 
 
 def iter_links(graph: IdentityGraph, keys: Iterable[str]) -> Iterator[Link]:

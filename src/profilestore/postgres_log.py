@@ -124,7 +124,8 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             "SELECT notification_id, originator_id, topic, state FROM {0}.{1} "
             "WHERE originator_id = %s "
             "AND notification_id > %s AND notification_id <= %s "
-            "AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s)) ORDER BY originator_version"
+            "AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s)) ORDER BY originator_version "
+            "LIMIT %s"  # NULL: no limit
         ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
 
     def check_table(self) -> None:
@@ -229,13 +230,18 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             return {r["originator_id"]: (r["head_version"], bytes(r["head_hash"])) for r in rows}
 
     def select_stream_states(
-        self, originator_id: UUID, after: int, until: int | None, topics: Sequence[str]
+        self,
+        originator_id: UUID,
+        after: int,
+        until: int | None,
+        topics: Sequence[str],
+        limit: int | None = None,
     ) -> list[StateRow]:
         stop = until if until is not None else 2**63 - 1
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(
                 self._select_stream_states,
-                (originator_id, after, stop, list(topics), list(topics)),
+                (originator_id, after, stop, list(topics), list(topics), limit),
             )
             rows: list[DictRow] = curs.fetchall()
             return [

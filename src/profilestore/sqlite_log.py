@@ -163,7 +163,12 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
         return heads
 
     def select_stream_states(
-        self, originator_id: UUID, after: int, until: int | None, topics: Sequence[str]
+        self,
+        originator_id: UUID,
+        after: int,
+        until: int | None,
+        topics: Sequence[str],
+        limit: int | None = None,
     ) -> list[StateRow]:
         statement, params = _position_range(
             f"SELECT rowid, topic, state FROM {EVENTS_TABLE} WHERE originator_id = ? AND rowid > ?",
@@ -172,6 +177,9 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
             topics,
         )
         statement += " ORDER BY originator_version"
+        if limit is not None:
+            statement += " LIMIT ?"
+            params.append(limit)
         with self.datastore.transaction(commit=False) as c:
             c.execute(statement, params)
             return [(row[0], originator_id, row[1], row[2]) for row in c.fetchall()]

@@ -968,7 +968,7 @@ class ProfileStore:
         log position ``after``, and the ``after`` of the next page (None on the last)."""
         profile_id = self.resolve(customer_id)
         members = self._graph().members(profile_id) or (profile_id,)
-        found = merged_changes(self._log, members, after=after)
+        found = merged_changes(self._log, members, after=after, limit=limit + 1)
         if not found and after == 0:
             raise CustomerNotFound(customer_id)
         page = found[:limit]
