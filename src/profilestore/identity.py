@@ -418,10 +418,11 @@ class IdentityGraph:
                 Holders(kind=current.kind, keys=tuple(k for k in current.keys if k != key)),
             )
 
-    def record_link(self, link: Link) -> None:
-        """Store a new link (or refusal) and index it under both keys."""
+    def record_link(self, link: Link, *, index_other: bool = True) -> None:
+        """Store a new link (or refusal) and index it under both keys (or under its own
+        key only: a shared identifier's refusals would pile up on its first holder)."""
         self._put(LINK, link.id, link)
-        for key in (link.a, link.b):
+        for key in (link.a, link.b) if index_other else (link.a,):
             state = self.key(key) or KeyState(profile=key)
             if link.id not in state.links:
                 self._put(KEY, key, msgspec.structs.replace(state, links=(*state.links, link.id)))
@@ -581,7 +582,7 @@ class _IdentityPass(Pass):
         rule = f"shared-{event.kind}"
         if len(holders.keys) > limit:
             shared = f"the {event.kind} is shared by more than {limit} customer keys"
-            self._refuse(logged, key, others[0], rule, identifier, shared)
+            self._refuse(logged, key, others[0], rule, identifier, shared, index_other=False)
             # It links nobody: the links it made before it showed as shared are retracted
             # (a rule's correction, not an operator's word: no veto).
             return [
@@ -649,7 +650,15 @@ class _IdentityPass(Pass):
         return None
 
     def _refuse(
-        self, logged: Notified, key: str, other: str, rule: str, identifier: str, reason: str
+        self,
+        logged: Notified,
+        key: str,
+        other: str,
+        rule: str,
+        identifier: str,
+        reason: str,
+        *,
+        index_other: bool = True,
     ) -> None:
         refusal_id = "refused-" + _digest(rule, key, identifier)
         if self.graph.link(refusal_id) is not None:
@@ -667,7 +676,8 @@ class _IdentityPass(Pass):
                 evidence_event_id=logged.event.event_id,
                 status="refused",
                 refused=reason,
-            )
+            ),
+            index_other=index_other,
         )
 
     # --- links --------------------------------------------------------------------------
