@@ -1385,6 +1385,7 @@ CALLS: dict[str, Callable[[DocumentStore], object]] = {
     "aget_raw": lambda s: asyncio.run(s.aget_raw("c1")),
     "afind": lambda s: asyncio.run(s.afind("email:a@example.com")),
     "aget_record": lambda s: asyncio.run(s.aget_record("link", "c1")),
+    "get_record": lambda s: s.get_record("link", "c1"),
     "get_records_after": lambda s: s.get_records_after("link", ""),
     "load": lambda s: s.load("carts", ["c1"]),
     "write": lambda s: s.write("carts", [SectionWrite("c1", carts(), 1)], refreshed_at=T0),
@@ -1495,3 +1496,5 @@ def test_aget_record_reads_one_record_from_an_event_loop(document_store: Documen
             await document_store.aclose()
 
     assert asyncio.run(reads()) == ({"to": "c9"}, None)
+    assert document_store.get_record("link", "c1") == {"to": "c9"}
+    assert document_store.get_record("seen", "c9") is None

@@ -208,6 +208,21 @@ def test_a_device_links_an_anonymous_key_into_a_known_one_only(store: ProfileSto
     assert refused[0].refused is not None and "both are known" in refused[0].refused
 
 
+def test_a_device_refused_while_both_were_anonymous_links_once_one_signs_up(
+    store: ProfileStore,
+) -> None:
+    # The usual order: an anonymous visit, then a sign-up whose device comes before its
+    # email. Refused at first (neither key known), linked once the sign-up gives an email.
+    store.append([seen("anon-7", "device", "tablet-7"), seen("user-7", "device", "tablet-7")])
+    store.refresh()
+    assert store.resolve("anon-7") == "anon-7"
+    store.append([seen("user-7", "email", "gil@example.com")])
+    store.refresh()
+    assert store.resolve("anon-7") == store.resolve("user-7") != "user-7"
+    statuses = sorted(link.status for link in store.explain("user-7").links)
+    assert statuses == ["active", "refused"]  # the refusal stays on record
+
+
 def test_an_identifier_shared_by_too_many_keys_links_nobody(store: ProfileStore) -> None:
     # device: shared after 3 keys (config); a fourth key sharing it is refused.
     store.append([seen("k0", "email", "owner@example.com"), seen("k0", "device", "kiosk")])

@@ -282,6 +282,11 @@ class RecordStore(ABC):
         """The records of ``kind`` under exactly these keys (no prefix matching), by key;
         keys with no record are omitted. Any number of keys: adapters read them in chunks."""
 
+    def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
+        """One record, or None: the hot path of a lookup's identity redirect (adapters
+        answer it with one point read)."""
+        return self.get_records_for(kind, [key]).get(key)
+
     async def aget_record(self, kind: str, key: str) -> dict[str, Any] | None:
         """One record, for an event loop (a lookup's identity redirect). The default runs
         inline: an adapter whose reads may block for long overrides it."""
@@ -358,7 +363,14 @@ PORT_METHODS = (
     *("start_staging", "promote_staging", "customer_ids"),
     *("acquire_lease", "release_lease", "lease_holder"),
     *("put_record", "put_records", "insert_record_if_absent"),
-    *("get_records", "get_records_for", "get_records_after", "aget_record", "delete_record"),
+    *(
+        "get_records",
+        "get_records_for",
+        "get_records_after",
+        "get_record",
+        "aget_record",
+        "delete_record",
+    ),
 )
 """The methods :func:`translate_errors` guards: every method of the three ports that
 reaches the database."""

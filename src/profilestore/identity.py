@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -74,6 +75,8 @@ CHANGE = "identity.change"
 APPLIED = "identity.applied"
 
 CANONICAL_PREFIX = "~"
+DEVICES_KEPT = 20
+"""Devices remembered per key, for the device rule to look at again."""
 KNOWN_KINDS = frozenset({"email", "phone"})
 """A key (a cluster) that presented one of these is *known*; otherwise anonymous."""
 
@@ -162,9 +165,11 @@ class Holders(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class KeyKinds(msgspec.Struct, frozen=True, kw_only=True):
-    """The identifier kinds a customer key presented (a device rule asks: is it known?)."""
+    """The identifier kinds a customer key presented (a device rule asks: is it known?),
+    and its latest devices (to look at again once the key becomes known)."""
 
     kinds: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
 
 
 class Veto(msgspec.Struct, frozen=True, kw_only=True):
@@ -187,6 +192,15 @@ def canonical_id(link_id: str) -> str:
     """The id of a cluster whose oldest active link is ``link_id`` (never a customer key:
     those may not start with ``~``)."""
     return CANONICAL_PREFIX + hashlib.sha256(link_id.encode()).hexdigest()[:24]
+
+
+def profile_of(documents: DocumentStore, key: str) -> str:
+    """The profile ``key`` belongs to now: one point read, nothing decoded beyond it (the
+    redirect every lookup pays)."""
+    if is_canonical(key):
+        return key
+    found = documents.get_record(KEY, key)
+    return key if found is None else str(found["profile"])
 
 
 async def aprofile_of(documents: DocumentStore, key: str) -> str:
@@ -268,7 +282,7 @@ class IdentityGraph:
         cached = self._cache.get((kind, key), _MISSING)
         if cached is not _MISSING:
             return cached
-        found = self.documents.get_records_for(kind, [key]).get(key)
+        found = self.documents.get_record(kind, key)
         value = None if found is None else _convert(kind, found)
         self._cache[(kind, key)] = value
         return value
@@ -382,11 +396,18 @@ class IdentityGraph:
 
     # --- writing (the graph consumer only) ----------------------------------------------
 
-    def add_kind(self, key: str, kind: str) -> None:
+    def add_kind(self, key: str, kind: str, *, device: str | None = None) -> None:
+        record: KeyKinds = self._get(KINDS, key) or KeyKinds()
+        kinds = tuple(sorted({kind, *record.kinds}))
+        devices = record.devices
+        if device is not None and device not in devices:
+            devices = (*devices, device)[-DEVICES_KEPT:]
+        if kinds != record.kinds or devices != record.devices:
+            self._put(KINDS, key, KeyKinds(kinds=kinds, devices=devices))
+
+    def devices(self, key: str) -> tuple[str, ...]:
         record: KeyKinds | None = self._get(KINDS, key)
-        if record is None or kind not in record.kinds:
-            kinds = tuple(sorted({kind, *(record.kinds if record else ())}))
-            self._put(KINDS, key, KeyKinds(kinds=kinds))
+        return record.devices if record else ()
 
     def set_veto(self, a: str, b: str, position: int, actor: str | None) -> None:
         self._put(VETO, _pair(a, b), Veto(position=position, actor=actor))
@@ -570,7 +591,25 @@ class _IdentityPass(Pass):
             return []  # a placeholder (null, anonymous, ...) identifies nobody
         graph = self.graph
         key = event.customer_id
-        graph.add_kind(key, event.kind)
+        cluster = graph.members(graph.profile_of(key)) or (key,)
+        was_known = bool(graph.kinds(cluster) & KNOWN_KINDS)
+        graph.add_kind(key, event.kind, device=identifier if event.kind == "device" else None)
+        proposals = self._shared(logged, event, key, identifier)
+        if event.kind in KNOWN_KINDS and not was_known:
+            # The profile just became known: a device it shares with an anonymous key,
+            # refused while both were anonymous, may link that key into it now.
+            proposals += self._devices_now_known(logged, event, cluster)
+        return proposals
+
+    def _shared(
+        self,
+        logged: Notified,
+        event: IdentifierSeen | IdentifierLinked,
+        key: str,
+        identifier: str,
+    ) -> list[IdentityLinked | IdentityUnlinked]:
+        """What presenting ``identifier`` links (or, once it shows as shared, unlinks)."""
+        graph = self.graph
         limit = self.rules.shared_after.get(event.kind, 5)
         before = graph.holders(identifier)
         holders = graph.hold(identifier, event.kind, key, limit)
@@ -601,6 +640,37 @@ class _IdentityPass(Pass):
                 for link in iter_links(graph, holders.keys)
                 if link.status == "active" and link.evidence == identifier and link.rule
             ]
+        return self._propose(logged, event, key, others, identifier)
+
+    def _devices_now_known(
+        self, logged: Notified, event: IdentifierSeen | IdentifierLinked, cluster: Iterable[str]
+    ) -> list[IdentityLinked | IdentityUnlinked]:
+        graph = self.graph
+        if "device" not in self.rules.auto_link:
+            return []
+        limit = self.rules.shared_after.get("device", 3)
+        proposals: list[IdentityLinked | IdentityUnlinked] = []
+        for member in cluster:
+            for device in graph.devices(member):
+                holders = graph.holders(device)
+                if holders is None or len(holders.keys) > limit:
+                    continue
+                others = [k for k in holders.keys if k != member]
+                proposals += self._propose(logged, event, member, others, device)
+        return proposals
+
+    def _propose(
+        self,
+        logged: Notified,
+        event: IdentifierSeen | IdentifierLinked,
+        key: str,
+        others: Iterable[str],
+        identifier: str,
+    ) -> list[IdentityLinked | IdentityUnlinked]:
+        """Links from ``key`` to each of ``others`` on ``identifier`` that the rules allow;
+        the refused ones are recorded with their reason."""
+        graph = self.graph
+        rule = f"shared-{_kind_of(identifier)}"
         proposals: list[IdentityLinked | IdentityUnlinked] = []
         mine = graph.profile_of(key)
         for other in others:
@@ -802,6 +872,42 @@ def profiles_at(documents: DocumentStore, position: int) -> dict[str, str]:
         if profile is not None and profile != key:
             mapping[key] = profile
     return mapping
+
+
+def route(profiles: dict[str, str], changes: Iterable[Change]) -> None:
+    """Update a routing (key -> profile id, for keys not alone) with ``changes``, in order."""
+    regrouped, _ = combine(changes)
+    for profile, members in regrouped.items():
+        for member in members:
+            if member == profile:
+                profiles.pop(member, None)
+            else:
+                profiles[member] = profile
+
+
+class Routing:
+    """Where each customer key's events go (key -> profile id, for keys not alone), as of
+    a graph position, kept between passes: a pass opening at a later position applies the
+    changes since instead of reading every key (the records of a position never change)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._position = -1
+        self._profiles: dict[str, str] = {}
+
+    def at(self, documents: DocumentStore, position: int) -> dict[str, str]:
+        """A copy of the routing as of ``position``."""
+        with self._lock:
+            if 0 <= self._position <= position:
+                changes = changes_between(documents, self._position, position)
+                route(self._profiles, (change for _, change in changes))
+                self._position = position
+                return dict(self._profiles)
+        profiles = profiles_at(documents, position)
+        with self._lock:
+            if position > self._position:
+                self._position, self._profiles = position, dict(profiles)
+        return profiles
 
 
 def combine(changes: Iterable[Change]) -> tuple[dict[str, tuple[str, ...]], set[str]]:

@@ -187,6 +187,10 @@ class MongoDocumentStore(DocumentStore):
         except PyMongoError as e:
             raise self.unavailable("afind", e) from e
 
+    def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
+        found = self.records.find_one({"_id": _record_id(kind, key)})
+        return None if found is None else dict(found["value"])
+
     @guards_itself
     async def aget_record(self, kind: str, key: str) -> dict[str, Any] | None:
         if self.closed:

@@ -48,12 +48,13 @@ from profilestore.eventlog import EventLog, Notified
 from profilestore.identity import (
     APPLIED,
     Change,
+    Routing,
     applied_key,
     changes_between,
     combine,
     graph_position,
     merged_changes,
-    profiles_at,
+    route,
 )
 from profilestore.pipeline import Clock, Handler, Pass, PassReport
 from profilestore.projection import Projection
@@ -92,6 +93,7 @@ class ProjectionHandler(Handler):
         *,
         clock: Clock,
         cache_sections: int = 50_000,
+        routing: Routing | None = None,
     ) -> None:
         self.log = log
         self.documents = documents
@@ -99,8 +101,18 @@ class ProjectionHandler(Handler):
         self.projections = projections
         self.clock = clock
         self.cache_sections = cache_sections
+        self.routing = routing or Routing()
+        """Where customer keys' events go; a store shares one between its passes."""
 
     def begin(self, targets: Sequence[str]) -> _ProjectionPass:
+        return self.opened(self._runs(targets))
+
+    def opened(self, runs: dict[str, _DatasetRun]) -> _ProjectionPass:
+        """The pass this handler runs (one per run: opening one regroups, see
+        :meth:`_ProjectionPass._regroup_all`)."""
+        return _ProjectionPass(self, runs)
+
+    def _runs(self, targets: Sequence[str]) -> dict[str, _DatasetRun]:
         runs: dict[str, _DatasetRun] = {}
         for name in targets:
             tracked = self.documents.tracking(name, staging=self.staging)
@@ -113,7 +125,7 @@ class ProjectionHandler(Handler):
                 first_build=tracked is None and not self.staging,
                 fresh=tracked is None,
             )
-        return _ProjectionPass(self, runs)
+        return runs
 
     def letter(
         self, dataset: str, customer_id: str, logged: Notified, error: BaseException
@@ -147,7 +159,10 @@ class StagingHandler(ProjectionHandler):
         for name in targets:
             self.documents.start_staging(name)
             self.journal.clear_staged(name)
-        return _StagingPass(self, super().begin(targets).runs)
+        return super().begin(targets)
+
+    def opened(self, runs: dict[str, _DatasetRun]) -> _ProjectionPass:
+        return _StagingPass(self, runs)
 
 
 class RebuildHandler(StagingHandler):
@@ -155,8 +170,8 @@ class RebuildHandler(StagingHandler):
 
     lease_kind = "dataset"
 
-    def begin(self, targets: Sequence[str]) -> _ProjectionPass:
-        return _RebuildPass(self, super().begin(targets).runs)
+    def opened(self, runs: dict[str, _DatasetRun]) -> _ProjectionPass:
+        return _RebuildPass(self, runs)
 
 
 class PromoteHandler(ProjectionHandler):
@@ -193,16 +208,15 @@ class RegroupHandler(ProjectionHandler):
 
     records_runs = False
 
-    def begin(self, targets: Sequence[str]) -> _ProjectionPass:
-        return _RegroupPass(self, super().begin(targets).runs)
+    def opened(self, runs: dict[str, _DatasetRun]) -> _ProjectionPass:
+        return _RegroupPass(self, runs)
 
 
 class RetryHandler(ProjectionHandler):
     """Retry: refold each parked customer of a dataset from its own stream."""
 
-    def begin(self, targets: Sequence[str]) -> _ProjectionPass:
-        opened = super().begin(targets)
-        return _RetryPass(self, opened.runs)
+    def opened(self, runs: dict[str, _DatasetRun]) -> _ProjectionPass:
+        return _RetryPass(self, runs)
 
 
 class _ProjectionPass(Pass):
@@ -244,45 +258,46 @@ class _ProjectionPass(Pass):
             # From what the least advanced reader (a dataset, or this pass's routing) has.
             since = min(*done.values(), position if opening else self.identity)
             changes = changes_between(documents, since, position)
+            # Each profile's streams are read once, whatever number of datasets refold it.
+            streams: dict[str, list[Notified]] = {}
             marks = []
             for key, name in names.items():
                 run = self.runs[name]
                 if not run.fresh:
-                    self._regroup(run, [c for c in changes if c[0] > done[name]])
+                    self._regroup(run, [c for p, c in changes if p > done[name]], streams)
                 if done[name] != position:
                     marks.append((APPLIED, key, {"position": position}))
             documents.put_records(marks)
             if not opening:
                 # Routing follows the changes just applied: no need to read every key.
-                profiles, _ = combine(c for p, c in changes if p > self.identity)
-                for profile, members in profiles.items():
-                    for member in members:
-                        if member == profile:
-                            self.profiles.pop(member, None)
-                        else:
-                            self.profiles[member] = profile
+                route(self.profiles, (c for p, c in changes if p > self.identity))
         for run in self.runs.values():
             run.fresh = False  # only when the pass opens: it folds from here on
         if opening:
-            self.profiles = profiles_at(documents, position)
+            self.profiles = handler.routing.at(documents, position)
         self.identity = position
 
-    def _regroup(self, run: _DatasetRun, changes: Sequence[tuple[int, Change]]) -> None:
+    def _regroup(
+        self, run: _DatasetRun, changes: Sequence[Change], streams: dict[str, list[Notified]]
+    ) -> None:
         """Refold the profiles ``changes`` regrouped from their keys' streams; remove the
         profiles they dropped. Idempotent: a replay refolds the same events."""
         if not changes:
             return
         handler = self.handler
         name = run.projection.dataset
-        profiles, dropped = combine(change for _, change in changes)
+        profiles, dropped = combine(changes)
         keys = run.projection.lookup_keys
+        topics = set(run.projection.topics)
         writes: list[SectionWrite] = []
         removed = set(dropped)
         for profile, members in profiles.items():
             if profile in run.parked:
                 handler.journal.release(name, profile, staged=handler.staging)
                 run.parked.discard(profile)
-            events = merged_changes(handler.log, members, topics=run.projection.topics)
+            if profile not in streams:
+                streams[profile] = merged_changes(handler.log, members)
+            events = [n for n in streams[profile] if n.topic in topics]
             section, position, _ = self._fold_into(run, profile, run.projection.empty(), 0, events)
             if position:
                 lookup = tuple(keys(section)) if keys else ()

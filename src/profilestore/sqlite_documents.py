@@ -576,6 +576,20 @@ class SQLiteDocumentStore(DocumentStore):
         )
         return {key: msgspec.json.decode(body) for key, body in rows}
 
+    @guards_itself
+    def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
+        if self.closed:
+            raise self.closed_error()
+        try:
+            row = (
+                self._connection()
+                .execute("SELECT body FROM records WHERE kind = ? AND key = ?", (kind, key))
+                .fetchone()
+            )
+        except sqlite3.Error as e:
+            raise self.unavailable("get_record", e) from e
+        return None if row is None else msgspec.json.decode(row[0])
+
     def get_records_after(self, kind: str, after: str) -> dict[str, dict[str, Any]]:
         rows = (
             self._connection()

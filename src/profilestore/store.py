@@ -68,10 +68,12 @@ from profilestore.identity import (
     IdentityHandler,
     Link,
     LinkRules,
+    Routing,
     aprofile_of,
     is_canonical,
     iter_links,
     merged_changes,
+    profile_of,
 )
 from profilestore.normalise import configure, is_blocked, policy_from_settings
 from profilestore.pipeline import (
@@ -327,9 +329,9 @@ class ProfileStore:
     """The one door: append events, refresh and rebuild datasets, read profiles.
 
     The CLI, the HTTP API, the worker and the follower use nothing else; the log, the
-    documents, the consumer loop and the run journal are private. Every read and write
-    names customers through :meth:`resolve`, the one place where identity redirects and
-    forgotten customers will apply.
+    documents, the consumer loop and the run journal are private. Every read names
+    customers through :meth:`resolve` (or :meth:`aresolve`), where identity redirects
+    apply; writes keep the customer keys the client sent (a merge routes their events).
     """
 
     def __init__(
@@ -361,6 +363,7 @@ class ProfileStore:
         )
         self._cache_sections = settings.projector.cache_sections
         self._rules = LinkRules.from_settings(settings.identity)
+        self._routing = Routing()
         self._gate = _Gate()
 
     def _handler(self, kind: type[ProjectionHandler] = ProjectionHandler) -> ProjectionHandler:
@@ -371,6 +374,7 @@ class ProfileStore:
             self._projections,
             clock=self.clock,
             cache_sections=self._cache_sections,
+            routing=self._routing,
         )
 
     # --- identity -----------------------------------------------------------------------
@@ -382,12 +386,10 @@ class ProfileStore:
         """The id of the profile ``customer_id`` belongs to now: itself, or the canonical id
         of the profile its key was merged into (see :mod:`profilestore.identity`).
 
-        Every read and write goes through here: identity redirects (and, later, forgotten
-        customers) apply in this one place.
+        Every read goes through here (or :meth:`aresolve`, its twin for an event loop):
+        identity redirects apply in this one place.
         """
-        if is_canonical(customer_id):
-            return customer_id
-        return self._graph().profile_of(customer_id)
+        return profile_of(self._documents, customer_id)
 
     async def aresolve(self, customer_id: str) -> str:
         """:meth:`resolve` for an event loop (the redirect read through the async client)."""
@@ -554,8 +556,6 @@ class ProfileStore:
     def append(self, events: Iterable[Any]) -> AppendResult:
         """Validate and append a batch, all or nothing (see the module docstring)."""
         validated = self._validator.validate(events, self.clock())
-        for customer_id in {e.customer_id for e in validated}:
-            self.resolve(customer_id)
         return self._log.append(validated)
 
     # --- projections ------------------------------------------------------------------
