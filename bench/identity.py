@@ -72,7 +72,7 @@ from bench.core import (  # noqa: E402
     sqlite_settings,
     stage,
 )
-from profilestore import projector  # noqa: E402
+from profilestore import identity, projector  # noqa: E402
 from profilestore.config import Settings  # noqa: E402
 from profilestore.errors import CustomerNotFound  # noqa: E402
 from profilestore.events import (  # noqa: E402
@@ -565,8 +565,8 @@ def merge_instruments(store: ProfileStore) -> CallTimes:
         {
             "resolve_identity (graph passes)": (ProfileStore, "resolve_identity"),
             "apply_identity (regroup passes)": (ProfileStore, "apply_identity"),
-            "profiles_at (reads every KEY record)": (projector, "profiles_at"),
-            "changes_between (reads every CHANGE record)": (projector, "changes_between"),
+            "profiles_at (reads every KEY record)": (identity, "profiles_at"),
+            "changes_between (reads the changes after a position)": (projector, "changes_between"),
             "merged_changes (refold reads)": (projector, "merged_changes"),
             "  select_stream_states (SQL)": (log.recorder, "select_stream_states"),
             "  _decoded (msgspec decode)": (log, "_decoded"),
