@@ -296,12 +296,20 @@ class _Message:
         return "traits" if self.call in ("identify", "group") else "properties"
 
     def object(self, name: str) -> dict[str, Any]:
-        found = self.message.get(name)
-        if found is None:
-            return {}
-        if not isinstance(found, dict):
-            raise RefusedMessage(name, "must be a JSON object")
-        return found
+        """The message's object ``name`` ({} when absent)."""
+        return _object(self.message.get(name), name)
+
+    def context_object(self, name: str) -> dict[str, Any]:
+        """The context's object ``name`` ({} when absent)."""
+        return _object(self.context.get(name), f"context.{name}")
+
+
+def _object(found: Any, field: str) -> dict[str, Any]:
+    if found is None:
+        return {}
+    if not isinstance(found, dict):
+        raise RefusedMessage(field, "must be a JSON object")
+    return found
 
 
 def _id(message: Mapping[str, Any], field: str) -> str | None:
@@ -463,7 +471,9 @@ ADDRESS_FIELDS = {
 
 
 def _identify(m: _Message, made: list[Derived], refused: list[RefusedMessage]) -> None:
-    traits = m.object("traits")
+    # RudderStack's SDKs send identify traits in context.traits; Segment's at the top.
+    where = "traits" if "traits" in m.message else "context.traits"
+    traits = m.object("traits") if where == "traits" else m.context_object("traits")
     for kind in ("email", "phone"):
         value = traits.get(kind)
         if value is None or value == "":
@@ -472,7 +482,7 @@ def _identify(m: _Message, made: list[Derived], refused: list[RefusedMessage]) -
             m.event(
                 f"identify:{kind}",
                 {"type": "identifier.seen", "kind": kind, "value": _text(value) or value},
-                {"value": f"traits.{kind}", "kind": f"traits.{kind}"},
+                {"value": f"{where}.{kind}", "kind": f"{where}.{kind}"},
             )
         )
     first_key, first = _first(traits, "firstName", "first_name")
@@ -488,7 +498,7 @@ def _identify(m: _Message, made: list[Derived], refused: list[RefusedMessage]) -
             m.event(
                 "identify:name",
                 {"type": "profile.name_set", "first_name": first, "last_name": last},
-                {"first_name": f"traits.{first_key}", "last_name": f"traits.{last_key}"},
+                {"first_name": f"{where}.{first_key}", "last_name": f"{where}.{last_key}"},
             )
         )
     birthday = traits.get("birthday")
@@ -499,7 +509,7 @@ def _identify(m: _Message, made: list[Derived], refused: list[RefusedMessage]) -
             m.event(
                 "identify:birthday",
                 {"type": "profile.birthday_set", "birthday": birthday},
-                {"birthday": "traits.birthday"},
+                {"birthday": f"{where}.birthday"},
             )
         )
     rest = {k: v for k, v in traits.items() if k not in consumed}
@@ -511,7 +521,7 @@ def _identify(m: _Message, made: list[Derived], refused: list[RefusedMessage]) -
                 m.event(
                     "identify:location",
                     {"type": "profile.location_set", "location": location},
-                    {"location": "traits.address"},
+                    {"location": f"{where}.address"},
                     leaves={"region": "state", "postal_code": "postalCode"},
                 )
             )
@@ -524,13 +534,13 @@ def _identify(m: _Message, made: list[Derived], refused: list[RefusedMessage]) -
             m.event(
                 f"identify:trait:{name}",
                 {"type": "profile.preference_set", "key": name, "value": value},
-                {"key": f"traits.{name}", "value": f"traits.{name}"},
+                {"key": f"{where}.{name}", "value": f"{where}.{name}"},
             )
         )
     if len(preferences) > TRAITS_MAX:
         refused.append(
             RefusedMessage(
-                "traits",
+                where,
                 f"{len(preferences) - TRAITS_MAX} traits past the first {TRAITS_MAX} were not kept",
             )
         )
