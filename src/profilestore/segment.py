@@ -70,6 +70,7 @@ CALLS: tuple[Call, ...] = ("identify", "track", "page", "screen", "alias", "grou
 
 _NAME_PART = re.compile(NO_CONTROL_CHARACTERS)
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_LEADING_FIELD = re.compile(r"^`(\w+)`")
 
 
 # --- what the mapping returns -----------------------------------------------------------------
@@ -102,17 +103,21 @@ class Derived:
     leaves: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Nested field names that Segment spells otherwise (``unit_price`` -> ``price``)."""
 
-    def segment_field(self, path: str) -> str:
-        """The Segment field a validation path (``$.items[0].unit_price``) points at."""
+    def segment_field(self, path: str, reason: str = "") -> str:
+        """The Segment field a validation path (``$.items[0].unit_price``) points at; a
+        field of ours not listed in :attr:`fields` has its name under the call's object."""
         rest = path.removeprefix("$").lstrip(".")
+        named = _LEADING_FIELD.match(reason)
+        if named and rest and not rest.endswith(named.group(1)):
+            rest += "." + named.group(1)  # a nested check names its field in the reason
         top = re.split(r"[.\[]", rest, maxsplit=1)[0]
         if not top:
             return self.fields.get("$", "$")
         tail = rest[len(top) :]
-        named = re.search(r"\.(\w+)$", tail)
-        if named and named.group(1) in self.leaves:
-            tail = tail[: named.start()] + "." + self.leaves[named.group(1)]
-        return self.fields.get(top, self.fields.get("$", "$")) + tail
+        leaf = re.search(r"\.(\w+)$", tail)
+        if leaf and leaf.group(1) in self.leaves:
+            tail = tail[: leaf.start()] + "." + self.leaves[leaf.group(1)]
+        return self.fields.get(top, f"{self.fields.get('$', '$')}.{top}") + tail
 
 
 class Rejection(msgspec.Struct, frozen=True):
@@ -160,7 +165,10 @@ class MappedBatch:
             derived = self.derived[error.index]
             rejected.append(
                 Rejection(
-                    derived.index, derived.call, derived.segment_field(error.path), error.reason
+                    derived.index,
+                    derived.call,
+                    derived.segment_field(error.path, error.reason),
+                    error.reason,
                 )
             )
         rejected.sort(key=lambda r: r.index)
