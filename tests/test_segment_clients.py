@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -321,34 +321,6 @@ def send_python(kind: str, host: str, calls: list[tuple[str, dict[str, Any]]]) -
     assert errors == []
 
 
-PYTHON_SDKS = ["segment", "rudder"]
-
-
-@pytest.mark.parametrize("kind", PYTHON_SDKS)
-def test_python_sdk_calls_are_stored_once_as_their_events(server: Server, kind: str) -> None:
-    send_python(kind, server.base, scenario(f"py-{kind}"))
-    check_scenario(server, f"py-{kind}")
-
-
-@pytest.mark.parametrize("kind", PYTHON_SDKS)
-def test_python_sdk_burst_of_500_is_stored_exactly_once(server: Server, kind: str) -> None:
-    calls = burst(f"py-{kind}-burst")
-    send_python(kind, server.base, calls)
-    check_exactly_once(server, calls)
-
-
-@pytest.mark.parametrize("kind", PYTHON_SDKS)
-def test_python_sdk_retries_a_503_and_nothing_is_stored_twice(server: Server, kind: str) -> None:
-    calls = burst(f"py-{kind}-retry", customers=2, count=40)
-    with FailingProxy(server.base, ["refuse", "lose"]) as proxy:
-        send_python(kind, proxy.base, calls)
-    assert proxy.seen[:3] == ["refuse", "lose", "pass"]
-    # The lost answer's batch was stored; its retry found every event already there.
-    assert proxy.answers[0]["appended"] > 0
-    assert proxy.answers[1]["duplicates"] >= proxy.answers[0]["appended"]
-    check_exactly_once(server, calls)
-
-
 # --- @segment/analytics-node ----------------------------------------------------------------------
 
 
@@ -407,22 +379,44 @@ def send_node(node_sdk: Path, host: str, calls: list[tuple[str, dict[str, Any]]]
     assert json.loads(ran.stdout) == {"delivered": len(calls), "failures": []}
 
 
-def test_node_sdk_calls_are_stored_once_as_their_events(server: Server, node_sdk: Path) -> None:
-    send_node(node_sdk, server.base, scenario("node"))
-    check_scenario(server, "node")
+# --- every SDK, the same checks ---------------------------------------------------------------
+
+Send = Callable[[str, list[tuple[str, dict[str, Any]]]], None]
+"""Sends calls with one SDK to a host, waiting until each is delivered."""
 
 
-def test_node_sdk_burst_of_500_is_stored_exactly_once(server: Server, node_sdk: Path) -> None:
-    calls = burst("node-burst")
-    send_node(node_sdk, server.base, calls)
+@pytest.fixture(params=["segment-python", "rudder-python", "segment-node"])
+def sdk(request: pytest.FixtureRequest) -> tuple[str, Send]:
+    name: str = request.param
+    if name == "segment-node":
+        installed: Path = request.getfixturevalue("node_sdk")
+        return name, lambda host, calls: send_node(installed, host, calls)
+    kind = name.removesuffix("-python")
+    return name, lambda host, calls: send_python(kind, host, calls)
+
+
+def test_sdk_calls_are_stored_once_as_their_events(server: Server, sdk: tuple[str, Send]) -> None:
+    name, send = sdk
+    send(server.base, scenario(name))
+    check_scenario(server, name)
+
+
+def test_sdk_burst_of_500_is_stored_exactly_once(server: Server, sdk: tuple[str, Send]) -> None:
+    name, send = sdk
+    calls = burst(f"{name}-burst")
+    send(server.base, calls)
     check_exactly_once(server, calls)
 
 
-def test_node_sdk_retries_a_503_and_nothing_is_stored_twice(server: Server, node_sdk: Path) -> None:
-    calls = burst("node-retry", customers=2, count=40)
+def test_sdk_retries_a_503_and_nothing_is_stored_twice(
+    server: Server, sdk: tuple[str, Send]
+) -> None:
+    name, send = sdk
+    calls = burst(f"{name}-retry", customers=2, count=40)
     with FailingProxy(server.base, ["refuse", "lose"]) as proxy:
-        send_node(node_sdk, proxy.base, calls)
+        send(proxy.base, calls)
     assert proxy.seen[:3] == ["refuse", "lose", "pass"]
+    # The lost answer's batch was stored; its retry found every event already there.
     assert proxy.answers[0]["appended"] > 0
     assert proxy.answers[1]["duplicates"] >= proxy.answers[0]["appended"]
     check_exactly_once(server, calls)
