@@ -203,6 +203,11 @@ def test_every_event_type_is_bounded_everywhere() -> None:
         elif isinstance(info, msgspec.inspect.StructType):
             for field in info.fields:
                 walk(f"{where}.{field.name}", field.type)
+        elif isinstance(info, msgspec.inspect.DictType):
+            if info.max_length is None:
+                unbounded.append(where)
+            walk(f"{where}{{key}}", info.key_type)
+            walk(f"{where}{{}}", info.value_type)
         elif isinstance(info, msgspec.inspect.ListType | msgspec.inspect.VarTupleType):
             if info.max_length is None:
                 unbounded.append(where)

@@ -173,6 +173,16 @@ def strategy(info: msgspec.inspect.Type, name: str = "") -> st.SearchStrategy[An
                 lambda few: (few * (n // max(len(few), 1) + 1))[:n]
             )
         )
+    if isinstance(info, msgspec.inspect.DictType):
+        keys, values = strategy(info.key_type, name), strategy(info.value_type, name)
+        high = info.max_length
+        # Few arbitrary entries, or exactly at and just past the cap (named apart).
+        at_cap = st.sampled_from([high, high + 1] if high else [50]).flatmap(
+            lambda n: st.lists(values, min_size=1, max_size=3).map(
+                lambda few: {f"p{i}": few[i % len(few)] for i in range(n)}
+            )
+        )
+        return st.dictionaries(keys, values, max_size=3) | at_cap
     if isinstance(info, msgspec.inspect.StructType):
         return struct_strategy(info)
     raise AssertionError(f"no strategy for {name}: {info!r}")  # a new kind of field

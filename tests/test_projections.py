@@ -20,6 +20,7 @@ import pytest
 import projections
 from profilestore.events import (
     EVENT_CLASSES,
+    ActivityTracked,
     BirthdaySet,
     CartCleared,
     CartItemAdded,
@@ -173,6 +174,7 @@ SAMPLES: dict[type[Event], dict[str, Any]] = {
     SurveyAnswered: {"survey_id": "nps-1", "nps": 9, "comment": "great"},
     ConsentGiven: {"channel": "email"},
     ConsentWithdrawn: {"channel": "sms", "purpose": "service"},
+    ActivityTracked: {"name": "Video Played", "properties": {"video.id": "v-1", "seconds": 42}},
 }
 
 

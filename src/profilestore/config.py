@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -111,6 +112,26 @@ class ApiSettings(Strict, frozen=True, kw_only=True):
     """Scopes granted without a key (e.g. ["read"] on a trusted network); none by default."""
     freshness_interval_ms: Annotated[int, msgspec.Meta(ge=10)] = 250
     """How often the API refreshes the lag it reports with profiles and in /metrics."""
+
+
+_ORIGIN = re.compile(r"^https?://[^/\s?#]+\Z")
+
+
+class SegmentSettings(Strict, frozen=True, kw_only=True):
+    """The Segment-compatible endpoints (README: Segment-compatible ingestion)."""
+
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+    """Browser origins (``https://shop.example``) that may call them; ``["*"]`` for any.
+    None by default: a key in a web page is public, so opening it to browsers is a choice
+    made per site. Requests with any other ``Origin`` are refused (403)."""
+
+    def __post_init__(self) -> None:
+        for index, origin in enumerate(self.cors_origins):
+            if origin != "*" and not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"`cors_origins[{index}]` is not an origin: give scheme://host[:port] "
+                    '(no path), e.g. "https://shop.example", or "*" for any'
+                )
 
 
 IdentifierKindName = Literal["email", "phone", "handle", "device"]
@@ -220,6 +241,7 @@ class Settings(Strict, frozen=True, kw_only=True):
     schedule: ScheduleSettings = msgspec.field(default_factory=ScheduleSettings)
     api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     identity: IdentitySettings = msgspec.field(default_factory=IdentitySettings)
+    segment: SegmentSettings = msgspec.field(default_factory=SegmentSettings)
     datasets: dict[str, DatasetSettings] = msgspec.field(default_factory=_default_datasets)
 
     @property

@@ -102,6 +102,17 @@ class InvalidEvent(ProfileStoreError):
         return f"events[{self.index}]{suffix}"
 
 
+class RefusedMessage(ProfileStoreError):
+    """A Segment message, or a part of one, that cannot become an event. It is reported in
+    the answer's ``rejected`` (field and reason, never the value), not raised to a caller:
+    the message's valid siblings are stored (see :mod:`profilestore.segment`)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"the message is refused at `{field}`: {reason}")
+
+
 class AppendConflict(ProfileStoreError):
     """Concurrent writers kept conflicting; the batch was not appended (safe to retry)."""
 

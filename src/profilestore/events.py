@@ -436,6 +436,39 @@ class ConsentWithdrawn(Event, tag="consent.withdrawn", frozen=True, kw_only=True
     purpose: ShortText = "marketing"
 
 
+# --- anything else a source tracked ------------------------------------------------------
+
+PROPERTIES_MAX = 100
+"""Most properties one generic tracked event keeps."""
+
+PropertyName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=256, pattern=NO_CONTROL_CHARACTERS)
+]
+"""A property's name: dotted for a nested one (``products.0.sku``)."""
+
+Properties = Annotated[
+    dict[PropertyName, BoundedPreferenceValue], msgspec.Meta(max_length=PROPERTIES_MAX)
+]
+"""A flat JSON object of bounded scalars (the values a preference may hold)."""
+
+
+class ActivityTracked(Event, tag="activity.tracked", frozen=True, kw_only=True):
+    """Something the customer did that no typed event describes, kept so that nothing a
+    source sends is lost: a Segment ``track`` of any other name (``call`` "track", its
+    event name in ``name``), or a ``group`` call (``call`` "group", ``group_id``).
+
+    ``properties`` is flat and capped; a sender that had more, or longer texts, says how
+    many it dropped or shortened in ``properties_cut`` (see :mod:`profilestore.segment`).
+    No dataset folds it yet: it is in the customer's history and export.
+    """
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    call: Literal["track", "group"] = "track"
+    group_id: Key | None = None
+    properties: Properties = msgspec.field(default_factory=dict)
+    properties_cut: Annotated[int, msgspec.Meta(ge=0, le=COUNT_MAX)] = 0
+
+
 AnyEvent = (
     IdentifierSeen
     | IdentifierLinked
@@ -467,6 +500,7 @@ AnyEvent = (
     | SurveyAnswered
     | ConsentGiven
     | ConsentWithdrawn
+    | ActivityTracked
 )
 """The tagged union a client's event decodes into."""
 

@@ -17,6 +17,7 @@ duplicates, so retrying a batch is always safe.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -29,6 +30,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, get_args
 
 import msgspec
 
+from profilestore import segment
 from profilestore.audit import Auditor
 from profilestore.config import Settings
 from profilestore.documents import (
@@ -140,24 +142,39 @@ class EventValidator:
         self._typed: dict[type[Event], msgspec.json.Decoder[Any]] = {}
 
     def validate(self, items: Iterable[Any], recorded_at: dt.datetime) -> list[Event]:
+        """Every item as an event; the first invalid one raises :class:`InvalidEvent`."""
+        return [self.checked(index, item, recorded_at) for index, item in enumerate(items)]
+
+    def validate_each(
+        self, items: Iterable[Any], recorded_at: dt.datetime
+    ) -> tuple[list[Event], list[InvalidEvent]]:
+        """The valid items as events, and what is wrong with each of the others."""
         events: list[Event] = []
+        rejected: list[InvalidEvent] = []
         for index, item in enumerate(items):
             try:
-                event = self._one(item)
-            except msgspec.ValidationError as e:
-                raise _validation_error(index, item, e) from None
-            except msgspec.DecodeError as e:
-                raise InvalidEvent(index, "$", f"not valid JSON: {e}") from None
-            if event.customer_id.startswith(RESERVED_PREFIX):
-                raise InvalidEvent(
-                    index,
-                    "$.customer_id",
-                    f"may not start with {RESERVED_PREFIX!r}: it begins the ids of merged "
-                    "profiles; send the customer key",
-                    event.event_id,
-                )
-            events.append(msgspec.structs.replace(event, recorded_at=recorded_at))
-        return events
+                events.append(self.checked(index, item, recorded_at))
+            except InvalidEvent as e:
+                rejected.append(e)
+        return events, rejected
+
+    def checked(self, index: int, item: Any, recorded_at: dt.datetime) -> Event:
+        """One item (the ``index``-th of its batch) as a valid event, or InvalidEvent."""
+        try:
+            event = self._one(item)
+        except msgspec.ValidationError as e:
+            raise _validation_error(index, item, e) from None
+        except msgspec.DecodeError as e:
+            raise InvalidEvent(index, "$", f"not valid JSON: {e}") from None
+        if event.customer_id.startswith(RESERVED_PREFIX):
+            raise InvalidEvent(
+                index,
+                "$.customer_id",
+                f"may not start with {RESERVED_PREFIX!r}: it begins the ids of merged "
+                "profiles; send the customer key",
+                event.event_id,
+            )
+        return msgspec.structs.replace(event, recorded_at=recorded_at)
 
     def _one(self, item: Any) -> Event:
         if isinstance(item, bytes | str | msgspec.Raw):
@@ -178,6 +195,17 @@ class EventValidator:
             converted: Event = msgspec.convert(item, AnyEvent)
             return converted
         raise msgspec.ValidationError(f"Expected an event object, got `{type(item).__name__}`")
+
+
+@dataclasses.dataclass(frozen=True)
+class PartialAppend:
+    """What :meth:`ProfileStore.append_valid` did: the valid events appended (or found
+    already stored), and why each of the others was refused."""
+
+    appended: int
+    duplicates: int
+    duplicate_event_ids: list[str]
+    rejected: list[InvalidEvent]
 
 
 class Freshness(msgspec.Struct, frozen=True, kw_only=True):
@@ -556,6 +584,39 @@ class ProfileStore:
     def append(self, events: Iterable[Any]) -> AppendResult:
         """Validate and append a batch, all or nothing (see the module docstring)."""
         validated = self._validator.validate(events, self.clock())
+        return self._append_validated(validated)
+
+    @_guarded
+    def append_valid(self, events: Iterable[Any]) -> PartialAppend:
+        """Validate each event alone and append the valid ones, in one transaction.
+
+        For sources whose clients would drop a whole batch on one error (the Segment
+        endpoints): an invalid event is returned in ``rejected`` (its index in
+        ``events``, field path and reason), not raised, and its valid siblings are
+        stored. Retrying is as safe as with :meth:`append` (duplicates are skipped).
+        """
+        validated, rejected = self._validator.validate_each(events, self.clock())
+        result = self._append_validated(validated) if validated else AppendResult(0, 0)
+        return PartialAppend(
+            appended=result.appended,
+            duplicates=result.duplicates,
+            duplicate_event_ids=result.duplicate_event_ids,
+            rejected=rejected,
+        )
+
+    @_guarded
+    def append_segment(
+        self, messages: Sequence[Any], received: segment.Received, call: segment.Call | None = None
+    ) -> tuple[segment.SegmentResult, list[str]]:
+        """Map Segment Spec messages to events and append the valid ones (see
+        :mod:`profilestore.segment`): the answer, and each message's call (for metrics).
+        ``call`` is the one a single-call endpoint implies; None reads each ``type``."""
+        mapped = segment.map_batch(messages, received, call)
+        result = self.append_valid(mapped.events)
+        answer = mapped.result(result.appended, result.duplicates, result.rejected)
+        return answer, mapped.calls
+
+    def _append_validated(self, validated: list[Event]) -> AppendResult:
         return self._log.append(validated)
 
     # --- projections ------------------------------------------------------------------

@@ -59,6 +59,7 @@ from profilestore.api.routes import (
     ready,
 )
 from profilestore.api.security import API_KEY_HEADER, Keys
+from profilestore.api.segment import SEGMENT_ROUTES, CorsPolicy, segment_cors
 from profilestore.errors import AmbiguousIdentifier, InvalidEvent, NotFound, ProfileStoreError
 from profilestore.store import ProfileStore
 
@@ -107,9 +108,10 @@ def create_app(store: ProfileStore) -> Litestar:
             live,
             ready,
             metrics,
+            *SEGMENT_ROUTES,
         ],
         lifespan=[lifespan],
-        middleware=[access_middleware],
+        middleware=[access_middleware, segment_cors],
         request_max_body_size=settings.max_body_bytes,
         request_class=JsonRequest,
         exception_handlers={
@@ -132,6 +134,11 @@ def create_app(store: ProfileStore) -> Litestar:
                     "apiKey": SecurityScheme(
                         type="apiKey", name=API_KEY_HEADER, security_scheme_in="header"
                     ),
+                    "writeKey": SecurityScheme(
+                        type="http",
+                        scheme="basic",
+                        description="Segment's form: an API key as the user name, no password.",
+                    ),
                 }
             ),
             security=[{"apiKey": []}],
@@ -142,5 +149,6 @@ def create_app(store: ProfileStore) -> Litestar:
     app.state.store = store
     app.state.api_keys = Keys(settings.keys, list(settings.anonymous_scopes))
     app.state.metrics = metrics_
+    app.state.segment_cors = CorsPolicy(store.settings.segment)
     app.state.freshness = snapshot
     return app

@@ -48,6 +48,19 @@ class Metrics:
         self.rejected = Counter(
             "profilestore_events_rejected", "Events in rejected batches", registry=self.registry
         )
+        self.segment_messages = Counter(
+            "profilestore_segment_messages",
+            "Segment calls received, by type (unknown: not a call we know)",
+            ["type"],
+            registry=self.registry,
+        )
+        self.segment_rejected = Counter(
+            "profilestore_segment_rejected",
+            "Segment messages, or parts of them, not stored (each entry of an answer's "
+            "`rejected`), by type",
+            ["type"],
+            registry=self.registry,
+        )
         self.lag_events = Gauge(
             "profilestore_projection_lag_events",
             "Log positions behind",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
@@ -41,13 +42,47 @@ class Keys:
         return None
 
 
-def _presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+def presented_key(
+    connection: ASGIConnection[Any, Any, Any, Any], *, basic: bool = False
+) -> str | None:
+    """The key in ``X-API-Key`` or ``Authorization: Bearer``; with ``basic``, also the user
+    name (else the password) of ``Authorization: Basic``, as Segment's SDKs send a write key."""
     key = connection.headers.get(API_KEY_HEADER)
     if key:
         return key
     authorization = connection.headers.get("Authorization", "")
     scheme, _, token = authorization.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        return token
+    if basic and scheme.lower() == "basic" and token:
+        try:
+            user, _, password = base64.b64decode(token, validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return user or password or None
+    return None
+
+
+def authorize(
+    connection: ASGIConnection[Any, Any, Any, Any], presented: str | None, scope: Scope
+) -> str | None:
+    """The client's name for a presented key (None: anonymous access): 401 without a valid
+    key (when one is needed), 403 without ``scope``."""
+    keys: Keys = connection.app.state.api_keys
+    granted = keys.scopes(presented)
+    if granted is None:
+        raise HTTPException(status_code=401, detail="unknown API key")
+    name, scopes = granted
+    connection.scope["state"]["client"] = name
+    if scope not in scopes:
+        if name is None:  # no key presented: presenting one may help
+            raise HTTPException(
+                status_code=401,
+                detail=f"an API key is required ({API_KEY_HEADER} or Authorization: Bearer)",
+            )
+        raise HTTPException(status_code=403, detail=f"this key lacks the {scope!r} scope")
+    return name
 
 
 def require(
@@ -57,18 +92,6 @@ def require(
 
     # async: Litestar runs a sync guard on a thread pool, a round trip per request.
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        keys: Keys = connection.app.state.api_keys
-        granted = keys.scopes(_presented_key(connection))
-        if granted is None:
-            raise HTTPException(status_code=401, detail="unknown API key")
-        name, scopes = granted
-        connection.scope["state"]["client"] = name
-        if scope not in scopes:
-            if name is None:  # no key presented: presenting one may help
-                raise HTTPException(
-                    status_code=401,
-                    detail=f"an API key is required ({API_KEY_HEADER} or Authorization: Bearer)",
-                )
-            raise HTTPException(status_code=403, detail=f"this key lacks the {scope!r} scope")
+        authorize(connection, presented_key(connection), scope)
 
     return guard
