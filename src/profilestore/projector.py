@@ -101,6 +101,14 @@ class ProjectionHandler(Handler):
         self.cache_sections = cache_sections
 
     def begin(self, targets: Sequence[str]) -> _ProjectionPass:
+        # One pass per run: opening one regroups its datasets (a write), so a subclass
+        # opens its own pass over these runs rather than one built on a base pass.
+        return self._open(self._runs(targets))
+
+    def _open(self, runs: dict[str, _DatasetRun]) -> _ProjectionPass:
+        return _ProjectionPass(self, runs)
+
+    def _runs(self, targets: Sequence[str]) -> dict[str, _DatasetRun]:
         runs: dict[str, _DatasetRun] = {}
         for name in targets:
             tracked = self.documents.tracking(name, staging=self.staging)
@@ -113,7 +121,7 @@ class ProjectionHandler(Handler):
                 first_build=tracked is None and not self.staging,
                 fresh=tracked is None,
             )
-        return _ProjectionPass(self, runs)
+        return runs
 
     def letter(
         self, dataset: str, customer_id: str, logged: Notified, error: BaseException
@@ -147,7 +155,10 @@ class StagingHandler(ProjectionHandler):
         for name in targets:
             self.documents.start_staging(name)
             self.journal.clear_staged(name)
-        return _StagingPass(self, super().begin(targets).runs)
+        return super().begin(targets)
+
+    def _open(self, runs: dict[str, _DatasetRun]) -> _ProjectionPass:
+        return _StagingPass(self, runs)
 
 
 class RebuildHandler(StagingHandler):
@@ -155,8 +166,8 @@ class RebuildHandler(StagingHandler):
 
     lease_kind = "dataset"
 
-    def begin(self, targets: Sequence[str]) -> _ProjectionPass:
-        return _RebuildPass(self, super().begin(targets).runs)
+    def _open(self, runs: dict[str, _DatasetRun]) -> _ProjectionPass:
+        return _RebuildPass(self, runs)
 
 
 class PromoteHandler(ProjectionHandler):
@@ -193,16 +204,15 @@ class RegroupHandler(ProjectionHandler):
 
     records_runs = False
 
-    def begin(self, targets: Sequence[str]) -> _ProjectionPass:
-        return _RegroupPass(self, super().begin(targets).runs)
+    def _open(self, runs: dict[str, _DatasetRun]) -> _ProjectionPass:
+        return _RegroupPass(self, runs)
 
 
 class RetryHandler(ProjectionHandler):
     """Retry: refold each parked customer of a dataset from its own stream."""
 
-    def begin(self, targets: Sequence[str]) -> _ProjectionPass:
-        opened = super().begin(targets)
-        return _RetryPass(self, opened.runs)
+    def _open(self, runs: dict[str, _DatasetRun]) -> _ProjectionPass:
+        return _RetryPass(self, runs)
 
 
 class _ProjectionPass(Pass):
