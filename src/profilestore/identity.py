@@ -934,12 +934,19 @@ def merged_changes(
     topics: Sequence[str] = (),
     limit: int | None = None,
 ) -> list[Notified]:
-    """The events of every key of a profile, in log order (the first ``limit``, if given:
+    """The events of every key of a profile, in log order, as of one moment: up to
+    ``until``, else up to the head as it is when called (the first ``limit``, if given:
     each key's first ``limit`` hold them)."""
     if len(members) == 1:
         return log.customer_changes(
             members[0], after=after, until=until, topics=topics, limit=limit
         )
+    if until is None:
+        # One cut for every key: each stream is read by its own query, and a batch
+        # committed between two of them would be seen for one key and not the other. A
+        # refolded section records its last event's position, so the event missed would
+        # then be skipped by every later fold as if it were in the section.
+        until = log.head()
     merged: list[Notified] = []
     for key in members:
         merged.extend(

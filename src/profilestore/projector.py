@@ -105,6 +105,8 @@ class ProjectionHandler(Handler):
         """Where customer keys' events go; a store shares one between its passes."""
 
     def begin(self, targets: Sequence[str]) -> _ProjectionPass:
+        # One pass per run: opening one regroups its datasets (a write), so a subclass
+        # opens its own pass over these runs rather than one built on a base pass.
         return self.opened(self._runs(targets))
 
     def opened(self, runs: dict[str, _DatasetRun]) -> _ProjectionPass:

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal, ParamSpec, TypeVar, get_args
@@ -47,6 +48,7 @@ from profilestore.errors import (
     InvalidArgument,
     InvalidEvent,
     InvalidLink,
+    LeaseHeld,
     LinkNotFound,
     NoDatasetSelected,
     StoreClosed,
@@ -65,6 +67,7 @@ from profilestore.events import (
 )
 from profilestore.identifiers import lookup_key
 from profilestore.identity import (
+    LINK_TOPICS,
     TARGET,
     IdentityGraph,
     IdentityHandler,
@@ -72,6 +75,7 @@ from profilestore.identity import (
     LinkRules,
     Routing,
     aprofile_of,
+    graph_position,
     is_canonical,
     iter_links,
     merged_changes,
@@ -105,6 +109,8 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 _LEADING_FIELD = re.compile(r"^`(\w+)`")
+GRAPH_WAIT_S = 0.01
+"""How often a link or unlink checks whether the graph's keeper has caught up."""
 
 
 def _validation_error(index: int, item: Any, error: msgspec.ValidationError) -> InvalidEvent:
@@ -471,8 +477,32 @@ class ProfileStore:
             self._handler(RegroupHandler), self.datasets(datasets), trigger="manual"
         )
 
+    def _current_graph(self) -> IdentityGraph:
+        """The graph once it has applied the log up to its head as it is now.
+
+        Link and unlink decide on it (already linked? which links to retract? the new
+        link's generation, in its event id), so it must hold every call made before: a
+        graph kept by another process (a follower, another call) may not have applied the
+        last link yet, and deciding on it would lose a relink after an unlink (the graph
+        still says linked: nothing appended) or refuse an unlink of a link just made. We
+        catch it up ourselves, else wait for its keeper; a keeper that died lets its lease
+        lapse within the lease's time to live, and then we take over.
+        """
+        head = self._log.head()
+        deadline = time.monotonic() + self._leases.ttl.total_seconds() + 1
+        while True:
+            report = self.resolve_identity()
+            if not report.skipped_locked or graph_position(self._documents) >= head:
+                return self._graph()
+            if time.monotonic() > deadline:
+                holder = self._leases.holder_of(TARGET, kind="graph")
+                raise LeaseHeld("the identity graph", holder or "another process")
+            time.sleep(GRAPH_WAIT_S)
+
     def _catch_up_identity(self) -> None:
-        self.resolve_identity()
+        """Apply what a link or unlink just appended: the graph (ours, or its keeper's,
+        waited for), then the datasets we can lease (a follower regroups its own)."""
+        self._current_graph()
         self.apply_identity()
 
     def _known_key(self, key: str, name: str) -> None:
@@ -490,8 +520,7 @@ class ProfileStore:
         self._known_key(other, "other")
         if key == other:
             raise InvalidLink("other", "is the same customer key; a key is not linked to itself")
-        self.resolve_identity()
-        graph = self._graph()
+        graph = self._current_graph()
         between = [link for link in graph.links_of(key) if link.joins(key) == other]
         if any(link.status == "active" for link in between):
             return LinkResult(profile_id=graph.profile_of(key), appended=0)
@@ -526,8 +555,7 @@ class ProfileStore:
         self._known_key(key, "key")
         if other is not None:
             self._known_key(other, "other")
-        self.resolve_identity()
-        graph = self._graph()
+        graph = self._current_graph()
         links = [
             link
             for link in graph.links_of(key)
@@ -759,7 +787,10 @@ class ProfileStore:
     def subscribe(self, datasets: Sequence[str]) -> Subscription | None:
         """Notifications of new events of ``datasets``, to wake a follower; None where the
         log has no subscription (SQLite: poll). Iterate it; ``stop()`` ends it."""
-        topics = sorted({t for n in self.datasets(datasets) for t in self.projections[n].topics})
+        topics = sorted(
+            {t for n in self.datasets(datasets) for t in self.projections[n].topics}
+            | set(LINK_TOPICS)  # a link regroups profiles: wake for it too
+        )
         return self._log.subscribe(self._log.head(), topics)
 
     # --- freshness ----------------------------------------------------------------------

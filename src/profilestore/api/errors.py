@@ -21,6 +21,7 @@ from profilestore.errors import (
     InvalidEvent,
     InvalidIdentifier,
     InvalidLink,
+    LeaseHeld,
     LogUnavailable,
     NoDatasetSelected,
     ProfileStoreError,
@@ -96,6 +97,12 @@ def handle_profilestore(
         return _error(400, code, str(error), field=error.field, reason=error.reason)
     if isinstance(error, StoreClosed):
         return _error(503, "unavailable", str(error))
+    if isinstance(error, LeaseHeld):
+        # Another process is busy with what the request needs (the identity graph):
+        # transient, so retrying is right.
+        response = _error(503, "busy", "the store is busy with this request's data; retry")
+        response.headers["Retry-After"] = "1"
+        return response
     if isinstance(error, FoldFailed):
         # The request is fine; the customer's history holds an event the fold refuses.
         return _error(409, "fold_failed", str(error), reason=error.failure.error)
