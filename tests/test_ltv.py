@@ -242,6 +242,34 @@ def test_discounted_lifetime_value_matches_lifetimes() -> None:
     assert scores.expected_spend == pytest.approx(LIFETIMES_CLV_12_MONTHS_1PCT_MONTHLY, rel=1e-9)
 
 
+# At the formula's removable singularities scipy's hyp2f1 returns NaN (r - a a whole
+# number, large x), a wrong finite value (r - a whole, x = 0, a long horizon: 34.6 for
+# 7.88) or 0 / 0 (a = 1; a + b = 1 with x = 0). Reference values from mpmath's hyp2f1 at 50
+# digits (mpmath 1.4.1, the limits taken 1e-30 away), computed once outside the suite.
+SINGULAR_CASES = [
+    # (r, alpha, a, b), horizon, (x, t_x, T), expected purchases
+    ((2.0, 3.0, 3.0, 5.0), 365.0, (1000, 0.999, 1.0), 501.51504827836052),
+    ((0.3, 20.0, 1.3, 4.0), 36500.0, (0, 0.0, 1.0), 7.8801649014931822),
+    ((3.0, 50.0, 0.5, 0.5), 36500.0, (0, 0.0, 1.0), 50.153576507717932),
+    ((0.5, 10.0, 1.0, 2.0), 365.0, (3, 100.0, 200.0), 1.1520659836133561),
+    ((1.5, 5.0, 1.5, 1.5), 3650.0, (20, 300.0, 365.0), 5.391519612524064),
+]
+
+
+@pytest.mark.parametrize(("params", "horizon", "history", "expected"), SINGULAR_CASES)
+def test_expected_purchases_at_the_formulas_singular_points(
+    params: tuple[float, float, float, float],
+    horizon: float,
+    history: tuple[float, float, float],
+    expected: float,
+) -> None:
+    r, alpha, a, b = params
+    purchases = ltv.BgNbdParams(r=r, alpha=alpha, a=a, b=b)
+    assert float(ltv.expected_purchases(purchases, horizon, *history)) == pytest.approx(
+        expected, rel=1e-8
+    )
+
+
 # --- scoring -------------------------------------------------------------------------------
 
 

@@ -82,9 +82,9 @@ Floats = npt.NDArray[np.float64]
 # Log-parameters stay inside +-20 (a factor of ~5e8 either way) so that no trial point of
 # the optimiser overflows a gamma function; a fit that ends on a bound is not converged.
 _LOG_BOUND = 20.0
-# a = 1 is a removable singularity of the expected-purchases formula (0/0); closer than
-# this it is evaluated at a = 1 + this, a relative error of the same order.
-_A_NEAR_ONE = 1e-7
+# Distance from a removable singularity of the expected-purchases formula within which
+# it is interpolated (see _purchases_if_alive).
+_NEAR = 1e-5
 
 
 class _Value(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -474,10 +474,44 @@ def expected_purchases(
 
 
 def _purchases_if_alive(params: BgNbdParams, t: Floats, x: Floats, age: Floats) -> Floats:
-    r, alpha, b = params.r, params.alpha, params.b
-    a = params.a
-    if abs(a - 1.0) < _A_NEAR_ONE:
-        a = 1.0 + _A_NEAR_ONE
+    """E[purchases in (T, T + t] | alive at T]: the bracket of :func:`expected_purchases`.
+
+    The formula has removable singularities: a = 1 (0 / 0), a + b = 1 with x = 0 (a pole of
+    2F1 times a zero), and r - a a whole number, where 2F1's z -> 1 - z transformation is
+    degenerate and scipy's hyp2f1 returns NaN or, worse, a wrong finite value (an error of
+    ~1e-16 / d at a distance d from it). Within ``_NEAR`` of one, the value is interpolated
+    linearly between two points ``2 _NEAR`` either side, where both errors are ~1e-10.
+    """
+    r, a, b = params.r, params.a, params.b
+    if abs(a - 1.0) < _NEAR:
+        return _interpolate(lambda v: msgspec.structs.replace(params, a=v), a, 1.0, t, x, age)
+    if abs(a + b - 1.0) < _NEAR:
+        return _interpolate(lambda v: msgspec.structs.replace(params, b=v), b, 1.0 - a, t, x, age)
+    whole = round(r - a)
+    if abs(r - a - whole) < _NEAR:
+        return _interpolate(lambda v: msgspec.structs.replace(params, r=v), r, a + whole, t, x, age)
+    return _purchases_if_alive_regular(params, t, x, age)
+
+
+def _interpolate(
+    at: Callable[[float], BgNbdParams],
+    value: float,
+    singular: float,
+    t: Floats,
+    x: Floats,
+    age: Floats,
+) -> Floats:
+    # Points 2 _NEAR away, so that rounding cannot bring them back within _NEAR; both on
+    # the positive side when the lower one would not be a valid parameter.
+    low = singular - 2 * _NEAR if singular - 2 * _NEAR > 0 else singular + 2 * _NEAR
+    high = low + 4 * _NEAR
+    at_low = _purchases_if_alive(at(low), t, x, age)
+    at_high = _purchases_if_alive(at(high), t, x, age)
+    return at_low + (at_high - at_low) * ((value - low) / (high - low))
+
+
+def _purchases_if_alive_regular(params: BgNbdParams, t: Floats, x: Floats, age: Floats) -> Floats:
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
     log_one_minus_z = np.log(alpha + age) - np.log(alpha + age + t)
     z = t / (alpha + age + t)
     c = a + b + x - 1.0
@@ -485,7 +519,8 @@ def _purchases_if_alive(params: BgNbdParams, t: Floats, x: Floats, age: Floats) 
     # 1 - (1-z)^(a-1) F, with the power's own 1 - e^u taken by expm1 for small horizons.
     power = np.exp((a - 1.0) * log_one_minus_z)
     bracket = -np.expm1((a - 1.0) * log_one_minus_z) - power * (hyp - 1.0)
-    return np.asarray(c / (a - 1.0) * bracket, dtype=np.float64)
+    # max: a horizon of 0 gives -0.0, and rounding may leave -1e-17 for a tiny one.
+    return np.asarray(np.maximum(c / (a - 1.0) * bracket, 0.0), dtype=np.float64)
 
 
 def expected_average_spend(
