@@ -8,6 +8,7 @@ b, p, q and gamma are unit-free, alpha (a rate) is in days, 7 x its value in wee
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -371,6 +372,19 @@ def test_an_unusable_history_names_the_input_and_the_first_customer(
     with pytest.raises(InvalidCustomerSummary, match=reason) as raised:
         ltv.fit_bgnbd(frequency, recency, age)
     assert (raised.value.field, raised.value.count, raised.value.first_index) == (field, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "fit",
+    [
+        lambda: ltv.fit_bgnbd([0, 0, 0], [0.0, 0.0, 0.0], [10.0, 20.0, 30.0]),
+        lambda: ltv.fit_gamma_gamma([0, 0, 0], [np.nan, 0.0, 0.0]),
+    ],
+    ids=["purchases", "spend"],
+)
+def test_a_population_without_a_repeat_buyer_cannot_be_fitted(fit: Callable[[], object]) -> None:
+    with pytest.raises(InvalidCustomerSummary, match="no repeat buyer"):
+        fit()
 
 
 def test_a_repeat_buyer_without_a_positive_mean_spend_is_refused_by_the_spend_fit() -> None:

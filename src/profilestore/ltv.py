@@ -109,8 +109,8 @@ class GammaGammaParams(_Value, frozen=True, kw_only=True):
 
 
 class FitDiagnostics(_Value, frozen=True, kw_only=True):
-    """How a fit went. ``log_likelihood`` is the total over the customers; the BG/NBD's
-    has times in days, so it is a fit in weeks' minus (total repeat purchases) x log 7."""
+    """How a fit went. ``log_likelihood`` is the total over the customers. The BG/NBD's has
+    units of time ** -x per customer: in days it is a fit in weeks' minus sum(x) log 7."""
 
     log_likelihood: float
     iterations: int
@@ -188,7 +188,7 @@ def _weights(weights: npt.ArrayLike | None, size: int) -> Floats:
         return np.ones(size)
     w = _floats("weights", weights).reshape(-1)
     if w.size != size:
-        raise InvalidCustomerSummary("weights", f"has {w.size} values for {size} rows", 1, 0)
+        raise InvalidCustomerSummary("weights", f"has {w.size} values for {size} rows", 0, 0)
     _refuse("weights", "is negative", w < 0)
     return w
 
@@ -317,8 +317,12 @@ def fit_bgnbd(
     started = time.perf_counter()
     x, t_x, age_ = (v.reshape(-1) for v in _history(frequency, recency, age))
     w = _weights(weights, x.size)
-    if w.sum() <= 0:
-        raise InvalidCustomerSummary("frequency", "has no customer to fit on", 0, 0)
+    if not (w * x).sum() > 0:
+        # Without one repeat purchase the likelihood only falls towards 0 as r / alpha does,
+        # and says nothing of a and b: any "fit" would be arbitrary.
+        raise InvalidCustomerSummary(
+            "frequency", "has no repeat buyer: the purchase model needs some", 0, 0
+        )
     # Start where the mean purchase rate r / alpha matches the observed repeat rate.
     rate = max(_dot(w, x) / _dot(w, age_), 1e-6)
     start = np.log(np.array([1.0, 1.0 / rate, 1.0, 1.0]))
@@ -378,7 +382,7 @@ def fit_gamma_gamma(
     x = _floats("frequency", frequency).reshape(-1)
     m = np.asarray(mean_spend, dtype=np.float64).reshape(-1)
     if m.size != x.size:
-        raise InvalidCustomerSummary("mean_spend", f"has {m.size} values for {x.size}", 1, 0)
+        raise InvalidCustomerSummary("mean_spend", f"has {m.size} values for {x.size} rows", 0, 0)
     w = _weights(weights, x.size)
     _refuse("frequency", "is not a whole number >= 0", (x < 0) | (x != np.floor(x)))
     repeat = x > 0
@@ -573,9 +577,9 @@ def score(
                 "refit it",
             )
     if not (math.isfinite(horizon_days) and horizon_days >= 0):
-        raise InvalidCustomerSummary("horizon_days", "is not a finite number >= 0", 1, 0)
+        raise InvalidCustomerSummary("horizon_days", "is not a finite number >= 0", 0, 0)
     if not (math.isfinite(annual_discount_rate) and annual_discount_rate > -1):
-        raise InvalidCustomerSummary("annual_discount_rate", "is not a number > -1", 1, 0)
+        raise InvalidCustomerSummary("annual_discount_rate", "is not a number > -1", 0, 0)
     purchases = model.purchases.params
     x, t_x, age_ = _history(frequency, recency, age)
     average_spend = expected_average_spend(model.spend.params, x, mean_spend)
