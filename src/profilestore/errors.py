@@ -372,3 +372,29 @@ class StagingMissing(ProfileStoreError):
         super().__init__(
             f"dataset {dataset!r} has no built staging area to promote; rebuild it first"
         )
+
+
+class InvalidCustomerSummary(ProfileStoreError, ValueError):
+    """A per-customer input of the lifetime-value model is unusable (:mod:`profilestore.ltv`).
+
+    Says which input, why, how many customers and the index of the first, never a value.
+    """
+
+    def __init__(self, field: str, reason: str, count: int, first_index: int) -> None:
+        self.field = field
+        self.reason = reason
+        self.count = count
+        self.first_index = first_index
+        where = f" for {count} customer(s), the first at index {first_index}" if count else ""
+        super().__init__(
+            f"lifetime-value input `{field}` {reason}{where}; fix the per-customer summary "
+            "(frequency = repeat purchases, recency and age in days) before fitting or scoring"
+        )
+
+
+class UnusableLtvModel(ProfileStoreError):
+    """A stored lifetime-value model that cannot score customers."""
+
+    def __init__(self, reason: str, remedy: str) -> None:
+        self.reason = reason
+        super().__init__(f"the lifetime-value model {reason}: {remedy}")

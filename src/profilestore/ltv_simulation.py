@@ -1,0 +1,97 @@
+"""Customers drawn from the BG/NBD and Gamma-Gamma generative processes, with their future.
+
+The population whose latent truth is known: the tests check that :mod:`profilestore.ltv`
+recovers the parameters it was drawn with, and the benchmark ranks customers by predicted
+spend against what they go on to spend in a held-out period. Vectorised, with no loop over
+customers or purchases, so a million customers take about a second:
+
+- purchases while alive follow a Poisson process, so the count in (0, T] is
+  N ~ Poisson(lambda T), and given N = n the time of the k-th purchase is the k-th of n
+  uniform order statistics, T * Beta(k, n - k + 1);
+- a customer drops out right after repeat purchase J ~ Geometric(p) (J >= 1), so she made
+  x = min(N, J) repeat purchases by T and is alive at T when J > N; alive, she buys
+  min(Poisson(lambda h), J - N) times in the next h days;
+- order values are Gamma(p, rate nu): the mean of x of them is Gamma(p x, rate x nu), the sum
+  of k is Gamma(p k, rate nu).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from profilestore.ltv import BgNbdParams, GammaGammaParams
+
+Floats = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class SimulatedCustomers:
+    """Observed summaries up to T, the latent truth, and the held-out period after T."""
+
+    frequency: Floats
+    recency: Floats
+    age: Floats
+    mean_spend: Floats  # of the repeat orders; 0 where frequency is 0
+    past_spend: Floats  # every order up to T, the first included
+    purchase_rate: Floats  # lambda, per day
+    dropout: Floats  # p
+    alive: npt.NDArray[np.bool_]
+    future_purchases: Floats
+    future_spend: Floats
+    horizon_days: float
+
+
+def simulate(
+    purchases: BgNbdParams,
+    spend: GammaGammaParams,
+    customers: int,
+    *,
+    min_age_days: float = 30.0,
+    max_age_days: float = 730.0,
+    horizon_days: float = 365.25,
+    seed: int = 7,
+) -> SimulatedCustomers:
+    """``customers`` drawn with ages uniform in [min_age_days, max_age_days] (first orders
+    spread over the past two years by default), observed to now and followed for
+    ``horizon_days`` more."""
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(min_age_days, max_age_days, customers)
+    rate = rng.gamma(purchases.r, 1.0 / purchases.alpha, customers)
+    dropout = rng.beta(purchases.a, purchases.b, customers)
+    in_window = rng.poisson(rate * age).astype(np.float64)
+    dropout_after = rng.geometric(dropout).astype(np.float64)
+    frequency = np.minimum(in_window, dropout_after)
+    repeat = frequency > 0
+    # Beta's parameters must be > 0: the x = 0 rows draw a dummy that is then zeroed.
+    last = rng.beta(np.maximum(frequency, 1.0), np.maximum(in_window - frequency + 1.0, 1.0))
+    recency = np.where(repeat, age * last, 0.0)
+    alive = dropout_after > in_window
+
+    value_rate = rng.gamma(spend.q, 1.0 / spend.gamma, customers)  # nu, per customer
+    shape = spend.p * np.maximum(frequency, 1.0)
+    mean_spend = np.where(
+        repeat, rng.gamma(shape, 1.0 / (value_rate * np.maximum(frequency, 1))), 0.0
+    )
+    first_order = rng.gamma(spend.p, 1.0 / value_rate)
+    past_spend = first_order + frequency * mean_spend
+
+    later = rng.poisson(rate * horizon_days).astype(np.float64)
+    future_purchases = np.where(alive, np.minimum(later, dropout_after - in_window), 0.0)
+    future_shape = spend.p * np.maximum(future_purchases, 1.0)
+    future_spend = np.where(future_purchases > 0, rng.gamma(future_shape, 1.0 / value_rate), 0.0)
+    return SimulatedCustomers(
+        frequency=frequency,
+        recency=recency,
+        age=age,
+        mean_spend=mean_spend,
+        past_spend=past_spend,
+        purchase_rate=rate,
+        dropout=dropout,
+        alive=alive,
+        future_purchases=future_purchases,
+        future_spend=future_spend,
+        horizon_days=horizon_days,
+    )
