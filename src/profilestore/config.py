@@ -114,6 +114,21 @@ class ApiSettings(Strict, frozen=True, kw_only=True):
 
 
 IdentifierKindName = Literal["email", "phone", "handle", "device"]
+ChannelName = Literal["email", "sms", "phone", "push", "post", "social", "web"]
+"""The consent channels (``profilestore.events.ConsentChannel``)."""
+LifeEventName = Literal[
+    "moved",
+    "new_job",
+    "engaged",
+    "married",
+    "new_baby",
+    "graduation",
+    "retirement",
+    "new_pet",
+    "bereavement",
+    "other",
+]
+"""The life events of the catalogue (``profilestore.events.LifeEventKind``)."""
 
 
 def _default_shared_after() -> dict[IdentifierKindName, int]:
@@ -212,6 +227,81 @@ def _default_datasets() -> dict[str, DatasetSettings]:
     }
 
 
+class TriggerSettings(Strict, frozen=True, kw_only=True):
+    """One trigger (README: Triggers): its module and how it is tuned."""
+
+    trigger: str
+    """Import path of the module defining ``TRIGGER``."""
+    enabled: bool = False
+    """Off by default: turning a trigger on is a decision to write to customers."""
+    since: Annotated[dt.datetime, msgspec.Meta(tz=True)] | None = None
+    """Fire only for events recorded at or after this time; none: from when the engine
+    first ran the trigger enabled (so enabling it on an old store sends nothing old)."""
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The trigger's knobs, decoded strictly into its module's ``settings`` Struct."""
+
+
+HOUR_MINUTE = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class QuietHours(Strict, frozen=True, kw_only=True):
+    """A window of the customer's local day in which nothing but transactional messages
+    is sent; a message decided inside it waits for its end. ``start == end``: none."""
+
+    start: Annotated[str, msgspec.Meta(pattern=HOUR_MINUTE)] = "21:00"
+    end: Annotated[str, msgspec.Meta(pattern=HOUR_MINUTE)] = "08:00"
+    channels: list[ChannelName] = msgspec.field(
+        default_factory=lambda: ["email", "sms", "phone", "push"]
+    )
+
+
+class Cap(Strict, frozen=True, kw_only=True):
+    daily: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """Most messages per rolling 24 hours on the channel (none: ``[contact] daily_cap``)."""
+    weekly: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """Most messages per rolling 7 days (none: ``[contact] weekly_cap``)."""
+
+
+class ContactSettings(Strict, frozen=True, kw_only=True):
+    """The contact policy every non-transactional firing passes (README: Triggers)."""
+
+    timezone: str = "UTC"
+    """IANA zone of customers who gave none (``profile.location_set`` with a timezone)."""
+    quiet_hours: QuietHours = msgspec.field(default_factory=QuietHours)
+    daily_cap: Annotated[int, msgspec.Meta(ge=0)] = 2
+    """Most non-transactional messages per channel per customer in 24 hours."""
+    weekly_cap: Annotated[int, msgspec.Meta(ge=0)] = 5
+    """... and in 7 days."""
+    caps: dict[ChannelName, Cap] = msgspec.field(default_factory=dict)
+    """Per channel, instead of the two above, e.g. ``{ sms = { daily = 1, weekly = 2 } }``."""
+    sensitive_life_events: list[LifeEventName] = msgspec.field(
+        default_factory=lambda: ["bereavement"]
+    )
+    """Life events after which no non-transactional message goes out for a while."""
+    sensitive_for_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 90
+
+    def __post_init__(self) -> None:
+        try:
+            zone(self.timezone)
+        except CadenceError as e:
+            raise ValueError(f"`timezone`: {e}") from None
+
+    def cap(self, channel: str) -> tuple[int, int]:
+        """(daily, weekly) caps of ``channel``."""
+        own = self.caps.get(channel)  # type: ignore[call-overload]
+        daily = own.daily if own is not None and own.daily is not None else self.daily_cap
+        weekly = own.weekly if own is not None and own.weekly is not None else self.weekly_cap
+        return daily, weekly
+
+
+def _default_triggers() -> dict[str, TriggerSettings]:
+    return {name: TriggerSettings(trigger=f"triggers.{name}") for name in SHIPPED_TRIGGERS}
+
+
+SHIPPED_TRIGGERS = ("welcome", "receipt")
+"""The trigger modules shipped in ``triggers/``, listed (disabled) in the default config."""
+
+
 class Settings(Strict, frozen=True, kw_only=True):
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     event_log: EventLogSettings = msgspec.field(default_factory=EventLogSettings)
@@ -221,6 +311,8 @@ class Settings(Strict, frozen=True, kw_only=True):
     api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     identity: IdentitySettings = msgspec.field(default_factory=IdentitySettings)
     datasets: dict[str, DatasetSettings] = msgspec.field(default_factory=_default_datasets)
+    triggers: dict[str, TriggerSettings] = msgspec.field(default_factory=_default_triggers)
+    contact: ContactSettings = msgspec.field(default_factory=ContactSettings)
 
     @property
     def home(self) -> Path:
@@ -278,6 +370,8 @@ def load_settings(
         source = "built-in defaults"
     if not tree.get("datasets"):
         tree["datasets"] = msgspec.to_builtins(_default_datasets())
+    if "triggers" not in tree:
+        tree["triggers"] = msgspec.to_builtins(_default_triggers())
     overrides = []
     for name, raw in sorted(env.items()):
         if name == f"{ENV_PREFIX}HOME":
@@ -297,6 +391,10 @@ def load_settings(
         # Decoded one by one: msgspec reports a dict entry's path as `datasets[...]`.
         for name, entry in datasets.items():
             _convert(entry, DatasetSettings, source, f"datasets.{name}")
+    triggers = tree.get("triggers")
+    if isinstance(triggers, dict):
+        for name, entry in triggers.items():
+            _convert(entry, TriggerSettings, source, f"triggers.{name}")
     return _convert(tree, Settings, source, "")
 
 

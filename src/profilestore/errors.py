@@ -361,3 +361,14 @@ class StagingMissing(ProfileStoreError):
         super().__init__(
             f"dataset {dataset!r} has no built staging area to promote; rebuild it first"
         )
+
+
+class InvalidTrigger(ProfileStoreError, ValueError):
+    """A ``Trigger(...)`` with an unusable field, refused when it is built (so when its
+    module is imported); loading it from the settings raises a :class:`ConfigError` naming
+    the module too."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"Trigger field `{field}` {reason}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import typing
+import zoneinfo
 from decimal import Decimal
 from typing import Annotated, ClassVar, Literal
 
@@ -81,6 +82,15 @@ LifeEventKind = Literal[
     "other",
 ]
 TicketPriority = Literal["low", "normal", "high", "urgent"]
+
+
+def is_time_zone(name: str) -> bool:
+    """Whether ``name`` is an IANA time zone this machine knows."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _check_money(owner: object, *names: str) -> None:
@@ -239,10 +249,19 @@ class Location(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     postal_code: ShortText | None = None
     latitude: Annotated[float, msgspec.Meta(ge=-90, le=90)] | None = None
     longitude: Annotated[float, msgspec.Meta(ge=-180, le=180)] | None = None
+    timezone: ShortText | None = None
+    """The customer's IANA time zone (``Europe/Paris``): birthdays and quiet hours are
+    read in it. Checked by :class:`LocationSet` at intake, not here, so a stored section
+    holding one reads back wherever it is decoded."""
 
 
 class LocationSet(Event, tag="profile.location_set", frozen=True, kw_only=True):
     location: Location
+
+    def __post_init__(self) -> None:
+        zone = self.location.timezone
+        if zone is not None and not is_time_zone(zone):
+            raise ValueError("`location.timezone` is not an IANA time zone such as 'Europe/Paris'")
 
 
 PreferenceValue = str | int | float | bool | None

@@ -31,6 +31,7 @@ import msgspec
 
 from profilestore.audit import Auditor
 from profilestore.config import Settings
+from profilestore.contact import ContactPolicy, latest_grant
 from profilestore.documents import (
     DatasetSchema,
     DocumentStore,
@@ -40,6 +41,7 @@ from profilestore.documents import (
 )
 from profilestore.errors import (
     AmbiguousIdentifier,
+    ConfigError,
     CustomerNotFound,
     IdentifierNotFound,
     InvalidArgument,
@@ -61,6 +63,9 @@ from profilestore.events import (
     IdentityLinked,
     IdentityUnlinked,
 )
+from profilestore.firing import LEASE_KIND as TRIGGER_LEASE
+from profilestore.firing import TARGET as TRIGGER_TARGET
+from profilestore.firing import Outcome, TriggerHandler, read_outcomes
 from profilestore.identifiers import lookup_key
 from profilestore.identity import (
     TARGET,
@@ -96,11 +101,12 @@ from profilestore.projector import (
 from profilestore.replay import VerifyReport, choose_customers, profile_as_of, verify_profiles
 from profilestore.runs import DeadLetter, Journal, RunRecord, Trigger
 from profilestore.schedule import next_due, parse_cadence, zone
+from profilestore.trigger import EnabledTrigger, check_needs, load_trigger, settings_of
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
-_LEADING_FIELD = re.compile(r"^`(\w+)`")
+_LEADING_FIELD = re.compile(r"^`([\w.]+)`")
 
 
 def _validation_error(index: int, item: Any, error: msgspec.ValidationError) -> InvalidEvent:
@@ -340,11 +346,16 @@ class ProfileStore:
         projections: Mapping[str, Projection[Any]],
         *,
         clock: Clock = utcnow,
+        triggers: Mapping[str, EnabledTrigger] | None = None,
     ) -> None:
         self.settings = settings
         self._projections = dict(projections)
         self.projections: Mapping[str, Projection[Any]] = MappingProxyType(self._projections)
         """The configured datasets' projections, in config order (read-only)."""
+        self._triggers = dict(triggers or {})
+        self.triggers: Mapping[str, EnabledTrigger] = MappingProxyType(self._triggers)
+        """The enabled triggers, in config order (read-only; see :func:`load_triggers`)."""
+        self._policy = ContactPolicy(settings.contact)
         self.clock = clock
         self.timezone = zone(settings.schedule.timezone)
         self.holder = new_holder()
@@ -547,6 +558,69 @@ class ProfileStore:
             identifiers=identifiers,
             links=links,
         )
+
+    # --- triggers -------------------------------------------------------------------------
+
+    def _trigger_handler(self) -> TriggerHandler:
+        return TriggerHandler(
+            self._log,
+            self._documents,
+            self.projections,
+            self.triggers,
+            self._policy,
+            clock=self.clock,
+        )
+
+    @_guarded
+    def run_triggers(
+        self,
+        *,
+        trigger: Trigger = "manual",
+        until: int | None = None,
+        progress: Progress | None = None,
+    ) -> PassReport:
+        """Decide every enabled trigger on the events recorded since the engine's last
+        run (up to the log head now), then the timers due; skipped (``skipped_locked``)
+        while another process runs the engine. The identity graph is brought up to date
+        first, so a merged customer is decided as one."""
+        if not self.triggers:
+            head = self._log.head()
+            return PassReport([], head, head)
+        self.resolve_identity(trigger=trigger)
+        return self._consumer.run(
+            self._trigger_handler(),
+            [TRIGGER_TARGET],
+            trigger=trigger,
+            until=until,
+            progress=progress,
+        )
+
+    def live_triggers(self, *, batch: int) -> Live | None:
+        """The trigger engine's consumer, kept running by the follower (None: no trigger
+        is enabled)."""
+        if not self.triggers:
+            return None
+        return self._consumer.live(
+            self._trigger_handler(), [TRIGGER_TARGET], batch=batch, guard=self._entered
+        )
+
+    def trigger_topics(self) -> list[str]:
+        """The event topics the enabled triggers read (a follower is woken by them too)."""
+        return sorted({t for entry in self.triggers.values() for t in entry.trigger.topics})
+
+    @_guarded
+    def trigger_log(self, customer_id: str) -> list[Outcome]:
+        """Every trigger decision recorded for the customer (every key of a merged
+        profile): fired, duplicate, deferred or waiting until when, suppressed and why,
+        cancelled, failed; oldest first."""
+        profile_id = self.resolve(customer_id)
+        members = self._graph().members(profile_id) or (profile_id,)
+        return read_outcomes(self._documents, members)
+
+    @_guarded
+    def triggers_running(self) -> str | None:
+        """The process running the trigger engine now, if any."""
+        return self._leases.holder_of(TRIGGER_TARGET, kind=TRIGGER_LEASE)
 
     # --- writing ----------------------------------------------------------------------
 
@@ -910,8 +984,7 @@ class ProfileStore:
         name = self.datasets(["consents"])[0]  # UnknownDataset if not configured
         profile_id = self.resolve(customer_id)
         found = self._documents.load(name, [profile_id]).get(profile_id)
-        grants = getattr(found.section, "consents", ()) if found else ()
-        grant = next((c for c in grants if c.channel == channel and c.purpose == purpose), None)
+        grant = latest_grant(found.section if found else None, channel, purpose)
         if grant is None:
             return ContactDecision(
                 customer_id=customer_id,
@@ -1079,6 +1152,24 @@ def load_projections(settings: Settings, source: str = "config") -> dict[str, Pr
     return projections
 
 
+def load_triggers(settings: Settings, source: str = "config") -> dict[str, EnabledTrigger]:
+    """Every configured trigger's module, loaded and checked (disabled ones too, so a
+    mistake shows before it is enabled); returns the enabled ones, in config order."""
+    enabled = {}
+    for name, entry in settings.triggers.items():
+        path = f"triggers.{name}"
+        trigger = load_trigger(entry.trigger, source=source, path=f"{path}.trigger")
+        if trigger.name != name:
+            raise ConfigError(
+                source, path, f"the module's TRIGGER is named {trigger.name!r}, not {name!r}"
+            )
+        tuned = settings_of(trigger, entry.settings, source=source, path=f"{path}.settings")
+        if entry.enabled:
+            enabled[name] = EnabledTrigger(trigger, tuned, entry.since)
+    check_needs(list(enabled.values()), list(settings.datasets), source=source)
+    return enabled
+
+
 def open_documents(
     settings: Settings, projections: Mapping[str, Projection[Any]], *, read_only: bool = False
 ) -> DocumentStore:
@@ -1119,6 +1210,7 @@ def open_store(
     # process's, set before anything is opened (see profilestore.normalise).
     configure(policy_from_settings(settings.identity))
     projections = load_projections(settings)
+    triggers = load_triggers(settings)
     # Every setting is checked before anything is created: the log's URL here, the
     # documents' by their factory (which checks before it creates), and only then the log.
     check_log_url(settings.url(settings.event_log.url))
@@ -1128,4 +1220,4 @@ def open_store(
     except BaseException:
         documents.close()
         raise
-    return ProfileStore(settings, log, documents, projections, clock=clock)
+    return ProfileStore(settings, log, documents, projections, clock=clock, triggers=triggers)

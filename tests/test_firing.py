@@ -1,0 +1,352 @@
+"""The trigger engine: decided once, fired once, every outcome recorded, warm-up respected."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from profilestore.config import Settings, load_settings
+from profilestore.firing import FIRED, OUTCOME, TARGET, TIMER, read_firings
+from profilestore.pipeline import LEASE_TTL
+from profilestore.store import ProfileStore, open_store
+
+T0 = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)  # a Monday, noon UTC
+
+
+class Clock:
+    def __init__(self, now: dt.datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += dt.timedelta(**delta)
+
+
+def trigger_settings(home: Path, *names: str, **overrides: str) -> Settings:
+    environ = {f"PROFILESTORE_TRIGGERS__{n.upper()}__ENABLED": "true" for n in names}
+    environ.update({f"PROFILESTORE_{k.upper()}": v for k, v in overrides.items()})
+    return load_settings(environ=environ, home=home)
+
+
+def order(event_id: str, customer_id: str, order_id: str, total: str = "9.99") -> dict[str, Any]:
+    return {
+        "type": "order.placed",
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "occurred_at": "2026-03-02T11:00:00Z",
+        "order_id": order_id,
+        "items": [{"sku": "S1", "name": "socks", "unit_price": total}],
+        "total": total,
+        "currency": "EUR",
+    }
+
+
+def consent(
+    event_id: str, customer_id: str, *, given: bool = True, purpose: str = "marketing"
+) -> dict[str, Any]:
+    return {
+        "type": "consent.given" if given else "consent.withdrawn",
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "occurred_at": "2026-03-02T11:00:00Z",
+        "channel": "email",
+        "purpose": purpose,
+    }
+
+
+def signed_up(event_id: str, customer_id: str) -> dict[str, Any]:
+    return {
+        "type": "identifier.linked",
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "occurred_at": "2026-03-02T11:00:00Z",
+        "kind": "email",
+        "value": f"{customer_id}@example.com",
+    }
+
+
+def statuses(store: ProfileStore, customer_id: str) -> list[tuple[str, str]]:
+    return [(o.trigger, o.status) for o in store.trigger_log(customer_id)]
+
+
+def records(store: ProfileStore, kind: str) -> dict[str, dict[str, Any]]:
+    return store._documents.get_records(kind)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[ProfileStore]:
+    settings = trigger_settings(tmp_path / "home", "receipt", "welcome")
+    with open_store(settings, clock=clock) as opened:
+        opened.run_triggers()  # the triggers are enabled from now on
+        clock.advance(seconds=1)
+        yield opened
+
+
+# --- once -------------------------------------------------------------------------------
+
+
+def test_every_order_gets_one_receipt_and_a_second_run_decides_nothing(
+    store: ProfileStore,
+) -> None:
+    store.append([order("o1", "ann", "A-1"), order("o2", "ann", "A-2"), order("o3", "bob", "B-1")])
+    report = store.run_triggers()
+    assert report.outcomes == {"fired": 3}
+    firings = {f.dedupe_key: f for f in read_firings(store._documents)}
+    assert set(firings) == {"order:A-1", "order:A-2", "order:B-1"}
+    receipt = firings["order:A-1"]
+    assert (receipt.channel, receipt.purpose, receipt.transactional) == (
+        "email",
+        "transactional",
+        True,
+    )
+    assert receipt.payload["total"] == "9.99"
+    assert receipt.payload["items"] == [
+        {"sku": "S1", "name": "socks", "quantity": 1, "unit_price": "9.99"}
+    ]
+    assert receipt.message_id.startswith("msg_")
+    again = store.run_triggers()
+    assert (again.events_read, again.outcomes) == (0, {})
+    assert statuses(store, "ann") == [("receipt", "fired"), ("receipt", "fired")]
+
+
+def test_the_same_order_sent_twice_gets_one_receipt(store: ProfileStore) -> None:
+    store.append([order("o1", "ann", "A-1"), order("o1-again", "ann", "A-1")])
+    assert store.run_triggers().outcomes == {"fired": 1, "duplicate": 1}
+    assert len(records(store, FIRED)) == 1
+
+
+def test_replaying_events_already_decided_changes_nothing(
+    store: ProfileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first run records every outcome but dies before advancing its position, so
+    # the second run reads every event again.
+    store.append([order("o1", "ann", "A-1"), consent("c1", "ann"), signed_up("s1", "bob")])
+    advance = store._documents.advance
+
+    def crash(name: str, *args: Any, **kwargs: Any) -> None:
+        if name == TARGET:
+            raise RuntimeError("killed before advancing")
+        advance(name, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store._documents, "advance", crash)
+        with pytest.raises(RuntimeError):
+            store.run_triggers()
+    before = (records(store, FIRED), records(store, OUTCOME))
+    assert len(before[0]) == 2  # the receipt and ann's welcome; bob has no consent
+    replay = store.run_triggers()
+    assert replay.events_read == 3
+    assert replay.outcomes == {}
+    assert (records(store, FIRED), records(store, OUTCOME)) == before
+
+
+def test_a_crash_between_the_claim_and_its_outcome_records_the_firing_once(
+    store: ProfileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.append([order("o1", "ann", "A-1")])
+    insert = store._documents.insert_record_if_absent
+
+    def crash(kind: str, *args: Any) -> bool:
+        if kind == OUTCOME:
+            raise RuntimeError("killed after the claim")
+        return insert(kind, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store._documents, "insert_record_if_absent", crash)
+        with pytest.raises(RuntimeError):
+            store.run_triggers()
+    assert len(records(store, FIRED)) == 1
+    assert store.run_triggers().outcomes == {"fired": 1}
+    assert statuses(store, "ann") == [("receipt", "fired")]
+    assert len(records(store, FIRED)) == 1
+
+
+KILLED_ENGINE = textwrap.dedent(
+    """
+    import sys, time
+    from profilestore.config import load_settings
+    from profilestore.store import open_store
+
+    environ = {"PROFILESTORE_TRIGGERS__RECEIPT__ENABLED": "true"}
+    store = open_store(load_settings(environ=environ, home=sys.argv[1]))
+    store._consumer.page_size = 10
+
+    def progress(done, total):
+        print(done, flush=True)
+        time.sleep(0.02)  # slow enough to be killed in the middle
+
+    store.run_triggers(progress=progress)
+    print("finished", flush=True)
+    """
+)
+
+
+def test_an_engine_killed_with_sigkill_then_restarted_fires_each_receipt_once(
+    tmp_path: Path,
+) -> None:
+    settings = trigger_settings(tmp_path / "home", "receipt")
+    with open_store(settings) as store:
+        store.run_triggers()  # enabled before the orders arrive
+        store.append([order(f"o{i}", f"c{i % 7}", f"N-{i}") for i in range(120)])
+        head = store.head()
+        process = subprocess.Popen(
+            [sys.executable, "-c", KILLED_ENGINE, str(settings.home)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.strip() == b"finished" or int(line) >= head // 2:
+                break
+        os.kill(process.pid, signal.SIGKILL)
+        process.communicate(timeout=30)
+        assert process.returncode == -signal.SIGKILL
+        tracked = store._documents.tracking(TARGET)
+        assert tracked is not None and 0 < tracked.position < head, "killed mid-run"
+        assert 0 < len(records(store, FIRED)) < 120
+        # The dead engine's lease lapses before another takes over.
+        assert store.run_triggers().skipped_locked == [TARGET]
+        later = dt.datetime.now(dt.UTC) + 2 * LEASE_TTL
+        store._leases.clock = lambda: later
+        assert store.run_triggers().skipped_locked == []
+        firings = read_firings(store._documents)
+        assert sorted(f.dedupe_key for f in firings) == sorted(f"order:N-{i}" for i in range(120))
+        fired = [o for c in range(7) for o in store.trigger_log(f"c{c}") if o.status == "fired"]
+        assert len(fired) == 120
+
+
+# --- warm-up ------------------------------------------------------------------------------
+
+
+def test_enabling_a_trigger_on_a_store_with_history_fires_nothing_old(
+    tmp_path: Path, clock: Clock
+) -> None:
+    home = tmp_path / "home"
+    with open_store(trigger_settings(home), clock=clock) as plain:
+        plain.append([order("o1", "ann", "A-1"), consent("c1", "ann")])
+    clock.advance(hours=1)
+    with open_store(trigger_settings(home, "receipt", "welcome"), clock=clock) as store:
+        assert store.run_triggers().outcomes == {}
+        clock.advance(seconds=1)
+        store.append([order("o2", "ann", "A-2")])
+        assert store.run_triggers().outcomes == {"fired": 1}
+        assert [f.dedupe_key for f in read_firings(store._documents)] == ["order:A-2"]
+    # Disabled and enabled again later: its cut-off stays when it was first enabled.
+    clock.advance(days=1)
+    with open_store(trigger_settings(home, "receipt"), clock=clock) as store:
+        store.append([order("o3", "ann", "A-3")])
+        assert store.run_triggers().outcomes == {"fired": 1}
+
+
+def test_since_sets_the_cut_off(tmp_path: Path, clock: Clock) -> None:
+    home = tmp_path / "home"
+    with open_store(trigger_settings(home), clock=clock) as plain:
+        plain.append([order("o1", "ann", "A-1")])
+        clock.advance(hours=2)
+        plain.append([order("o2", "ann", "A-2")])
+    since = (T0 + dt.timedelta(hours=1)).isoformat()
+    settings = trigger_settings(home, "receipt", triggers__receipt__since=since)
+    with open_store(settings, clock=clock) as store:
+        assert store.run_triggers().outcomes == {"fired": 1}
+        assert [f.dedupe_key for f in read_firings(store._documents)] == ["order:A-2"]
+
+
+# --- consent and merged customers ---------------------------------------------------------
+
+
+def test_a_sign_up_without_consent_is_suppressed_and_the_consent_welcomes(
+    store: ProfileStore,
+) -> None:
+    store.append([signed_up("s1", "ann")])
+    store.run_triggers()
+    [suppressed] = store.trigger_log("ann")
+    assert (suppressed.status, suppressed.reason) == (
+        "suppressed",
+        "no consent on record for marketing on email",
+    )
+    store.append([consent("c1", "ann")])
+    store.run_triggers()
+    assert statuses(store, "ann") == [("welcome", "suppressed"), ("welcome", "fired")]
+    [welcome] = read_firings(store._documents)
+    assert welcome.payload == {"first_name": None, "occasion": "consented"}
+
+
+def test_a_merged_customer_is_welcomed_once(store: ProfileStore) -> None:
+    store.append([consent("c1", "ann"), signed_up("s1", "web-7")])
+    store.run_triggers()
+    store.link("ann", "web-7", actor="test", reason="same person")
+    store.refresh()
+    store.append([consent("c2", "web-7")])
+    store.run_triggers()
+    log = store.trigger_log("web-7")
+    assert [(o.customer_id, o.status) for o in log] == [
+        ("ann", "fired"),
+        ("web-7", "suppressed"),
+        ("web-7", "duplicate"),
+    ]
+    assert log[-1].profile_id == store.resolve("ann") != "ann"
+    assert log[-1].message_id == log[0].message_id
+
+
+def test_a_receipt_ignores_a_marketing_unsubscribe_but_not_a_transactional_withdrawal(
+    store: ProfileStore,
+) -> None:
+    store.append([consent("c1", "ann", given=False), order("o1", "ann", "A-1")])
+    store.append([consent("c2", "bob", given=False, purpose="transactional")])
+    store.append([order("o2", "bob", "B-1")])
+    store.run_triggers()
+    assert statuses(store, "ann") == [("receipt", "fired")]
+    [(_, status)] = statuses(store, "bob")
+    assert status == "suppressed"
+    assert store.trigger_log("bob")[0].reason == "the customer withdrew transactional on email"
+
+
+def test_a_decision_that_raises_is_recorded_and_the_engine_goes_on(
+    store: ProfileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    entry = store.triggers["welcome"]
+
+    def broken(*args: Any) -> None:
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setitem(
+        store._triggers,
+        "welcome",
+        dataclasses.replace(entry, trigger=dataclasses.replace(entry.trigger, decide=broken)),
+    )
+    store.append([consent("c1", "ann"), order("o1", "ann", "A-1")])
+    assert store.run_triggers().outcomes == {"failed": 1, "fired": 1}
+    failed = store.trigger_log("ann")[0]
+    assert (failed.trigger, failed.status, failed.reason) == (
+        "welcome",
+        "failed",
+        "ZeroDivisionError: oops",
+    )
+    assert not records(store, TIMER)
+
+
+def test_outcomes_are_json_a_reader_can_decode(store: ProfileStore) -> None:
+    store.append([order("o1", "ann", "A-1")])
+    store.run_triggers()
+    [outcome] = store.trigger_log("ann")
+    decoded = msgspec.json.decode(msgspec.json.encode(outcome))
+    assert decoded["status"] == "fired" and decoded["channel"] == "email"
