@@ -350,3 +350,97 @@ def test_outcomes_are_json_a_reader_can_decode(store: ProfileStore) -> None:
     [outcome] = store.trigger_log("ann")
     decoded = msgspec.json.decode(msgspec.json.encode(outcome))
     assert decoded["status"] == "fired" and decoded["channel"] == "email"
+
+
+# --- the contact policy, through the engine -----------------------------------------------
+
+
+def test_a_welcome_decided_in_quiet_hours_is_sent_when_they_end(
+    tmp_path: Path, clock: Clock
+) -> None:
+    clock.now = dt.datetime(2026, 3, 2, 22, 30, tzinfo=dt.UTC)  # 22:30 UTC
+    with open_store(trigger_settings(tmp_path / "home", "welcome"), clock=clock) as store:
+        store.run_triggers()
+        store.append([consent("c1", "ann"), signed_up("s1", "ann")])
+        assert store.run_triggers().outcomes == {"deferred": 2}
+        [deferred, _] = store.trigger_log("ann")
+        assert deferred.until == dt.datetime(2026, 3, 3, 8, 0, tzinfo=dt.UTC)
+        assert deferred.reason == "quiet hours in the customer's time zone"
+        assert len(records(store, TIMER)) == 1  # one timer per trigger, customer and key
+        clock.now = dt.datetime(2026, 3, 3, 7, 59, tzinfo=dt.UTC)
+        assert store.run_triggers().outcomes == {}
+        clock.now = dt.datetime(2026, 3, 3, 8, 0, tzinfo=dt.UTC)
+        assert store.run_triggers().outcomes == {"fired": 1}
+        assert [o.status for o in store.trigger_log("ann")] == ["deferred", "deferred", "fired"]
+        assert not records(store, TIMER)
+        assert len(read_firings(store._documents)) == 1
+        assert store.run_triggers().outcomes == {}
+
+
+def test_a_deferred_welcome_is_not_sent_if_consent_was_withdrawn_meanwhile(
+    tmp_path: Path, clock: Clock
+) -> None:
+    clock.now = dt.datetime(2026, 3, 2, 23, 0, tzinfo=dt.UTC)
+    with open_store(trigger_settings(tmp_path / "home", "welcome"), clock=clock) as store:
+        store.run_triggers()
+        store.append([consent("c1", "ann")])
+        store.run_triggers()
+        store.append([{**consent("c2", "ann", given=False), "occurred_at": "2026-03-03T01:00:00Z"}])
+        clock.now = dt.datetime(2026, 3, 3, 9, 0, tzinfo=dt.UTC)
+        assert store.run_triggers().outcomes == {"suppressed": 1}
+        assert store.trigger_log("ann")[-1].reason == "the customer withdrew marketing on email"
+        assert not read_firings(store._documents)
+
+
+def test_marketing_is_capped_per_customer_and_channel(tmp_path: Path, clock: Clock) -> None:
+    settings = trigger_settings(tmp_path / "home", "welcome", contact__daily_cap="0")
+    with open_store(settings, clock=clock) as store:
+        store.run_triggers()
+        store.append([consent("c1", "ann")])
+        store.run_triggers()
+        [capped] = store.trigger_log("ann")
+        assert (capped.status, capped.reason) == (
+            "suppressed",
+            "frequency cap: 0 email message(s) in 24 hours",
+        )
+
+
+def test_triggers_log_lists_every_outcome_as_json_lines(store: ProfileStore) -> None:
+    from click.testing import CliRunner
+
+    from profilestore.cli import main
+
+    store.append([order("o1", "ann", "A-1"), signed_up("s1", "ann")])
+    store.run_triggers()
+    home = str(store.settings.home)
+    environ = {"PROFILESTORE_TRIGGERS__RECEIPT__ENABLED": "true"}
+    result = CliRunner().invoke(main, ["--home", home, "triggers", "log", "ann"], env=environ)
+    assert result.exit_code == 0, result.output
+    lines = [msgspec.json.decode(line) for line in result.stdout.splitlines()]
+    assert [(o["trigger"], o["status"]) for o in lines] == [
+        ("receipt", "fired"),
+        ("welcome", "suppressed"),
+    ]
+    listed = CliRunner().invoke(main, ["--home", home, "triggers", "list"], env=environ)
+    assert listed.exit_code == 0, listed.output
+    catalogue = {t["trigger"]: t for t in msgspec.json.decode(listed.stdout)}
+    assert catalogue["receipt"]["enabled"] and not catalogue["welcome"]["enabled"]
+    assert catalogue["receipt"]["reads"] == ["order.placed"]
+
+
+def test_the_worker_fires_in_real_time(tmp_path: Path) -> None:
+    import time
+
+    from profilestore.worker import Worker
+
+    with open_store(trigger_settings(tmp_path / "home", "receipt")) as store:
+        with Worker(store):
+            deadline = time.monotonic() + 10
+            while store.triggers_running() is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            store.append([order("o1", "ann", "A-1")])
+            while not read_firings(store._documents):
+                assert time.monotonic() < deadline, "no receipt within 10 s"
+                time.sleep(0.005)
+        assert [o.status for o in store.trigger_log("ann")] == ["fired"]

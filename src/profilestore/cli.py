@@ -6,8 +6,8 @@ usage or configuration; 3 a store is unavailable (unreachable, locked, read-only
 corrupt: the message names it and says what to do; nothing half-written is kept).
 
 Reading commands (profile, find, history, export, status, datasets, schedule list, verify,
-audit digest, audit verify) open the stores read-only, so they work on a copy nobody may
-write (see :func:`~profilestore.store.open_store`).
+audit digest, audit verify, triggers list, triggers log) open the stores read-only, so they
+work on a copy nobody may write (see :func:`~profilestore.store.open_store`).
 """
 
 from __future__ import annotations
@@ -732,6 +732,51 @@ def consent(obj: _Context, customer_id: str, channel: str, purpose: str) -> None
         _emit(decision, pretty=True)
     if not decision.allowed:
         sys.exit(1)
+
+
+@main.group()
+def triggers() -> None:
+    """Triggers: what they are, what they decided, running them now."""
+
+
+@triggers.command("list")
+@click.pass_obj
+def triggers_list(obj: _Context) -> None:
+    """Every configured trigger: enabled or not, channel, purpose, what it does."""
+    with _errors(), obj.open(read_only=True) as store:
+        _emit(store.trigger_catalogue(), pretty=True)
+
+
+@triggers.command("log")
+@click.argument("customer_id")
+@click.pass_obj
+def triggers_log(obj: _Context, customer_id: str) -> None:
+    """Every trigger decision for CUSTOMER_ID (every key of a merged profile), oldest
+    first, as JSON Lines: fired, duplicate, deferred or waiting until when, suppressed
+    and why, cancelled, failed."""
+    with _errors(), obj.open(read_only=True) as store:
+        for outcome in store.trigger_log(customer_id):
+            _emit(outcome, pretty=False)
+
+
+@triggers.command("run")
+@click.pass_obj
+def triggers_run(obj: _Context) -> None:
+    """Decide the enabled triggers on the events recorded since the last run, and the
+    timers due, now (the worker does this continuously)."""
+    with _errors(), obj.open() as store:
+        report = store.run_triggers()
+        if report.skipped_locked:
+            stderr.print("[yellow]skipped[/yellow]: another process runs the trigger engine")
+        _emit(
+            {
+                "high_water": report.high_water,
+                "events_read": report.events_read,
+                "outcomes": report.outcomes,
+                "skipped_locked": report.skipped_locked,
+            },
+            pretty=False,
+        )
 
 
 @main.group()

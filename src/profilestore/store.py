@@ -62,6 +62,7 @@ from profilestore.events import (
     Event,
     IdentityLinked,
     IdentityUnlinked,
+    event_type_name,
 )
 from profilestore.firing import LEASE_KIND as TRIGGER_LEASE
 from profilestore.firing import TARGET as TRIGGER_TARGET
@@ -253,6 +254,20 @@ class ContactDecision(msgspec.Struct, frozen=True, kw_only=True):
     named their events)."""
     decided_at: dt.datetime | None = None
     source: str | None = None
+
+
+class TriggerListing(msgspec.Struct, frozen=True, kw_only=True):
+    """A configured trigger, as ``profilestore triggers list`` shows it."""
+
+    trigger: str
+    enabled: bool
+    channel: str
+    purpose: str
+    transactional: bool
+    reads: list[str]
+    description: str
+    since: dt.datetime | None = None
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class LinkResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -604,6 +619,31 @@ class ProfileStore:
             self._trigger_handler(), [TRIGGER_TARGET], batch=batch, guard=self._entered
         )
 
+    def trigger_catalogue(self) -> list[TriggerListing]:
+        """Every configured trigger (enabled or not), in config order."""
+        rows = []
+        for name, entry in self.settings.triggers.items():
+            enabled = self.triggers.get(name)
+            trigger = (
+                enabled.trigger
+                if enabled
+                else load_trigger(entry.trigger, source="config", path=f"triggers.{name}.trigger")
+            )
+            rows.append(
+                TriggerListing(
+                    trigger=name,
+                    enabled=enabled is not None,
+                    channel=trigger.channel,
+                    purpose=trigger.purpose,
+                    transactional=trigger.transactional,
+                    reads=[event_type_name(c) for c in trigger.reads],
+                    description=trigger.description,
+                    since=entry.since,
+                    settings=msgspec.to_builtins(enabled.settings) if enabled else entry.settings,
+                )
+            )
+        return rows
+
     def trigger_topics(self) -> list[str]:
         """The event topics the enabled triggers read (a follower is woken by them too)."""
         return sorted({t for entry in self.triggers.values() for t in entry.trigger.topics})
@@ -769,11 +809,14 @@ class ProfileStore:
         )
 
     @_guarded
-    def subscribe(self, datasets: Sequence[str]) -> Subscription | None:
-        """Notifications of new events of ``datasets``, to wake a follower; None where the
-        log has no subscription (SQLite: poll). Iterate it; ``stop()`` ends it."""
-        topics = sorted({t for n in self.datasets(datasets) for t in self.projections[n].topics})
-        return self._log.subscribe(self._log.head(), topics)
+    def subscribe(self, datasets: Sequence[str], *, triggers: bool = False) -> Subscription | None:
+        """Notifications of new events of ``datasets`` (and, with ``triggers``, of the
+        enabled triggers), to wake a follower; None where the log has no subscription
+        (SQLite: poll). Iterate it; ``stop()`` ends it."""
+        topics = {t for n in self.datasets(datasets) for t in self.projections[n].topics}
+        if triggers:
+            topics.update(self.trigger_topics())
+        return self._log.subscribe(self._log.head(), sorted(topics))
 
     # --- freshness ----------------------------------------------------------------------
 

@@ -45,7 +45,8 @@ class Worker:
         self.cadences = {n: parse_cadence(store.cadence(n)) for n in names}
         self.realtime = [n for n, c in self.cadences.items() if c.kind == "realtime"]
         self.scheduled = [n for n, c in self.cadences.items() if c.scheduled]
-        self.follower = Follower(store, self.realtime) if self.realtime else None
+        self.follower = Follower(store, self.realtime) if self.realtime or store.triggers else None
+        """Follows the real-time datasets, and runs the trigger engine if one is enabled."""
         settings = store.settings.schedule
         self.scheduler = BackgroundScheduler(
             timezone=store.timezone,
