@@ -444,3 +444,165 @@ def test_the_worker_fires_in_real_time(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "no receipt within 10 s"
                 time.sleep(0.005)
         assert [o.status for o in store.trigger_log("ann")] == ["fired"]
+
+
+# --- timers: abandoned carts and birthdays ------------------------------------------------
+
+
+def cart_added(event_id: str, customer_id: str, cart_id: str, at: dt.datetime) -> dict[str, Any]:
+    return {
+        "type": "cart.item_added",
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "occurred_at": at.isoformat(),
+        "cart_id": cart_id,
+        "sku": "S1",
+        "name": "socks",
+        "unit_price": "5.00",
+        "currency": "EUR",
+    }
+
+
+@pytest.fixture
+def carts(tmp_path: Path, clock: Clock) -> Iterator[ProfileStore]:
+    settings = trigger_settings(tmp_path / "home", "abandoned_cart", "receipt")
+    with open_store(settings, clock=clock) as opened:
+        opened.append([consent("c0", "ann"), consent("c1", "bob")])
+        opened.run_triggers()
+        clock.advance(seconds=1)
+        yield opened
+
+
+def test_an_idle_cart_is_recalled_once_when_its_timer_is_due(
+    carts: ProfileStore, clock: Clock
+) -> None:
+    carts.append([cart_added("a1", "ann", "k1", clock.now)])
+    assert carts.run_triggers().outcomes == {"waiting": 1}
+    [waiting] = carts.trigger_log("ann")
+    assert waiting.until == clock.now + dt.timedelta(minutes=60)
+    clock.advance(minutes=30)
+    carts.append([cart_added("a2", "ann", "k1", clock.now)])  # the timer moves
+    carts.run_triggers()
+    clock.advance(minutes=45)
+    assert carts.run_triggers().outcomes == {}
+    clock.advance(minutes=15)
+    assert carts.run_triggers().outcomes == {"fired": 1}
+    [recall] = read_firings(carts._documents)
+    assert recall.dedupe_key == "cart:k1"
+    assert recall.payload == {
+        "cart_id": "k1",
+        "items": [{"sku": "S1", "name": "socks", "quantity": 2}],
+        "value": "10.00",
+        "currency": "EUR",
+    }
+    clock.advance(hours=5)
+    assert carts.run_triggers().outcomes == {}
+    assert not records(carts, TIMER)
+
+
+def test_a_cart_ordered_or_emptied_before_its_timer_is_not_recalled(
+    carts: ProfileStore, clock: Clock
+) -> None:
+    carts.append(
+        [cart_added("a1", "ann", "k1", clock.now), cart_added("b1", "bob", "k2", clock.now)]
+    )
+    carts.run_triggers()
+    clock.advance(minutes=10)
+    ordered = {**order("o1", "ann", "A-1"), "cart_id": "k1", "occurred_at": clock.now.isoformat()}
+    emptied = {
+        "type": "cart.cleared",
+        "event_id": "b2",
+        "customer_id": "bob",
+        "occurred_at": clock.now.isoformat(),
+        "cart_id": "k2",
+    }
+    carts.append([ordered, emptied])
+    carts.run_triggers()
+    clock.advance(hours=2)
+    assert carts.run_triggers().outcomes == {"cancelled": 2}
+    assert [f.trigger for f in read_firings(carts._documents)] == ["receipt"]
+    assert [o.status for o in carts.trigger_log("bob")] == ["waiting", "cancelled"]
+    assert not records(carts, TIMER)
+
+
+def test_a_cart_found_long_after_it_was_left_is_not_recalled(
+    carts: ProfileStore, clock: Clock
+) -> None:
+    carts.append([cart_added("a1", "ann", "k1", clock.now - dt.timedelta(days=5))])
+    assert carts.run_triggers().outcomes == {}
+    assert not records(carts, TIMER)
+
+
+@pytest.fixture
+def birthdays(tmp_path: Path, clock: Clock) -> Iterator[ProfileStore]:
+    settings = trigger_settings(tmp_path / "home", "birthday")
+    with open_store(settings, clock=clock) as opened:
+        yield opened
+
+
+def born(event_id: str, customer_id: str, day: str) -> dict[str, Any]:
+    return {
+        "type": "profile.birthday_set",
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "occurred_at": "2026-01-01T00:00:00Z",
+        "birthday": day,
+    }
+
+
+def lives_in(event_id: str, customer_id: str, zone: str) -> dict[str, Any]:
+    return {
+        "type": "profile.location_set",
+        "event_id": event_id,
+        "customer_id": customer_id,
+        "occurred_at": "2026-01-01T00:00:00Z",
+        "location": {"timezone": zone},
+    }
+
+
+def test_a_birthday_set_before_the_trigger_was_enabled_is_still_greeted_on_the_day(
+    birthdays: ProfileStore, clock: Clock, tmp_path: Path
+) -> None:
+    # Set before the trigger runs for the first time: it plans ahead from history.
+    birthdays.append(
+        [
+            consent("c0", "ann"),
+            lives_in("l0", "ann", "Asia/Tokyo"),
+            born("b0", "ann", "1990-03-05"),
+        ]
+    )
+    clock.advance(minutes=1)
+    assert birthdays.run_triggers().outcomes == {"waiting": 1}
+    [waiting] = birthdays.trigger_log("ann")
+    # 09:00 on 5 March in Tokyo is midnight UTC.
+    assert waiting.until == dt.datetime(2026, 3, 5, 0, 0, tzinfo=dt.UTC)
+    clock.now = dt.datetime(2026, 3, 5, 0, 0, tzinfo=dt.UTC)
+    assert birthdays.run_triggers().outcomes == {"fired": 1}
+    [greeting] = read_firings(birthdays._documents)
+    assert greeting.dedupe_key == "birthday:2026"
+    [next_year] = records(birthdays, TIMER).values()
+    assert (next_year["dedupe_key"], next_year["due"]) == ("birthday:2027", "2027-03-05T00:00:00Z")
+    clock.now = dt.datetime(2027, 3, 5, 0, 0, tzinfo=dt.UTC)
+    assert birthdays.run_triggers().outcomes == {"fired": 1}
+    assert len(read_firings(birthdays._documents)) == 2
+
+
+def test_a_changed_birthday_moves_the_greeting(birthdays: ProfileStore, clock: Clock) -> None:
+    birthdays.run_triggers()
+    clock.advance(seconds=1)
+    birthdays.append([consent("c0", "ann"), born("b1", "ann", "1990-03-10")])
+    birthdays.run_triggers()
+    birthdays.append([born("b2", "ann", "1990-04-01")])
+    birthdays.run_triggers()
+    clock.now = dt.datetime(2026, 3, 10, 9, 0, tzinfo=dt.UTC)
+    assert birthdays.run_triggers().outcomes == {}  # its one timer moved to April
+    clock.now = dt.datetime(2026, 4, 1, 9, 0, tzinfo=dt.UTC)
+    assert birthdays.run_triggers().outcomes == {"fired": 1}
+    assert [f.dedupe_key for f in read_firings(birthdays._documents)] == ["birthday:2026"]
+
+
+def test_a_leap_day_birthday_is_greeted_on_the_28th_in_common_years() -> None:
+    from triggers.birthday import occurrence
+
+    assert occurrence(dt.date(2000, 2, 29), 2027) == dt.date(2027, 2, 28)
+    assert occurrence(dt.date(2000, 2, 29), 2028) == dt.date(2028, 2, 29)

@@ -274,7 +274,7 @@ class _TriggerPass(Pass):
                 (logged, entry)
                 for logged in fresh
                 for entry in self.routes.get(logged.topic, ())
-                if self._after_cutoff(entry, logged)
+                if entry.trigger.warm_up == "plan" or self._after_cutoff(entry, logged)
             ]
             decided = self.documents.get_records_for(
                 OUTCOME,
@@ -326,6 +326,7 @@ class _TriggerPass(Pass):
             origin=f"event:{logged.notification_id}",
             occasion="e",
             timer=None,
+            planning=not self._after_cutoff(entry, logged),
         )
 
     def _decide(
@@ -337,7 +338,10 @@ class _TriggerPass(Pass):
         origin: str,
         occasion: str,
         timer: Timer | None,
+        planning: bool = False,
     ) -> None:
+        """Decide, and record the outcome; ``planning``: an event before the cut-off of
+        a trigger that plans ahead, of whose decision only a Wait to come is kept."""
         handler = self.handler
         trigger = entry.trigger
         event = logged.event
@@ -363,6 +367,11 @@ class _TriggerPass(Pass):
             if timer_key:
                 self._drop_timer(timer_key)
             return
+        if planning:
+            if isinstance(decision, Fire):
+                decision = decision.then
+            if decision is None or decision.until <= now:
+                return  # history: nothing past is sent, nothing is recorded
         if decision is None:
             if timer is not None:
                 self._record(
@@ -392,6 +401,19 @@ class _TriggerPass(Pass):
         self._fire(entry, decision, logged, view, base, record, origin, now)
         if timer_key and timer_key != key:
             self._drop_timer(timer_key)
+        then = decision.then
+        if then is not None:
+            # Set whatever became of the firing: next year's birthday does not depend on
+            # whether this year's greeting was sent.
+            until = max(then.until, now + RETRY_WAIT) if then.until <= now else then.until
+            self._set_timer(
+                claim_key(trigger.name, customer_id, then.dedupe_key),
+                entry,
+                logged,
+                until,
+                then.dedupe_key,
+                None,
+            )
 
     def _fire(
         self,

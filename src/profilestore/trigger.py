@@ -26,7 +26,7 @@ import importlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, get_args
+from typing import Any, Generic, Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -67,22 +67,24 @@ class ProfileView:
 
 
 @dataclass(frozen=True)
-class Fire:
-    """Send ``payload`` now (through the contact policy), once per ``dedupe_key`` and
-    customer: a second firing with the same key, from any event or any key of a merged
-    customer, is recorded as a duplicate and not sent."""
-
-    payload: Mapping[str, Any]
-    dedupe_key: str
-
-
-@dataclass(frozen=True)
 class Wait:
     """Decide again at ``until``: one timer per ``dedupe_key`` and customer (a later Wait
     with the same key moves it)."""
 
     until: dt.datetime
     dedupe_key: str
+
+
+@dataclass(frozen=True)
+class Fire:
+    """Send ``payload`` now (through the contact policy), once per ``dedupe_key`` and
+    customer: a second firing with the same key, from any event or any key of a merged
+    customer, is recorded as a duplicate and not sent. ``then``: also look again later
+    (next year's birthday, the next reminder), whatever becomes of this firing."""
+
+    payload: Mapping[str, Any]
+    dedupe_key: str
+    then: Wait | None = None
 
 
 Decision = Fire | Wait | None
@@ -111,6 +113,11 @@ class Trigger(Generic[S]):
     """The datasets its decision reads (checked against ``[datasets]`` when loaded)."""
     settings: type[S] = NoSettings  # type: ignore[assignment]
     """Its knobs: a Struct whose every field has a default (``[triggers.NAME.settings]``)."""
+    warm_up: Literal["skip", "plan"] = "skip"
+    """What becomes of events recorded before the trigger's cut-off: ``skip`` (not
+    decided at all), or ``plan``: decided, and only a :class:`Wait` for a moment still
+    to come is kept (a birthday set years ago still gets this year's greeting; nothing
+    past is sent)."""
     topics: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -147,6 +154,8 @@ class Trigger(Generic[S]):
             raise InvalidTrigger("description", f"must be a text, not {self.description!r}")
         if not isinstance(self.needs, tuple) or not all(isinstance(n, str) for n in self.needs):
             raise InvalidTrigger("needs", "must be a tuple of dataset names")
+        if self.warm_up not in ("skip", "plan"):
+            raise InvalidTrigger("warm_up", f"must be 'skip' or 'plan', not {self.warm_up!r}")
         if not (isinstance(self.settings, type) and issubclass(self.settings, msgspec.Struct)):
             raise InvalidTrigger(
                 "settings", f"must be a msgspec Struct class, not {self.settings!r}"
@@ -229,6 +238,10 @@ def check_decision(decision: object) -> Decision:
     """A decision as the engine accepts it; a bad one is a TypeError naming what is wrong."""
     if decision is None:
         return None
+    if isinstance(decision, Fire) and decision.then is not None:
+        if not isinstance(decision.then, Wait):
+            raise TypeError("Fire.then must be a Wait or None")
+        check_decision(decision.then)
     if isinstance(decision, Fire | Wait):
         key = decision.dedupe_key
         if not isinstance(key, str) or not 1 <= len(key) <= DEDUPE_KEY_CHARS:
