@@ -6,8 +6,8 @@ usage or configuration; 3 a store is unavailable (unreachable, locked, read-only
 corrupt: the message names it and says what to do; nothing half-written is kept).
 
 Reading commands (profile, find, history, export, status, datasets, schedule list, verify,
-audit digest, audit verify, triggers list, triggers log) open the stores read-only, so they
-work on a copy nobody may write (see :func:`~profilestore.store.open_store`).
+audit digest, audit verify, triggers list, triggers log, outbox list) open the stores
+read-only, so they work on a copy nobody may write (see :func:`~profilestore.store.open_store`).
 """
 
 from __future__ import annotations
@@ -777,6 +777,40 @@ def triggers_run(obj: _Context) -> None:
             },
             pretty=False,
         )
+
+
+@main.group()
+def outbox() -> None:
+    """Fired messages on their way: pending, delivered, dead letters, redrive."""
+
+
+@outbox.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "dead", "delivered"]),
+    default="pending",
+    show_default=True,
+)
+@click.pass_obj
+def outbox_list(obj: _Context, status: str) -> None:
+    """The deliveries with STATUS, oldest first, as JSON Lines (attempts, last error)."""
+    with _errors(), obj.open(read_only=True) as store:
+        for delivery in store.outbox(status):  # type: ignore[arg-type]
+            _emit(delivery, pretty=False)
+
+
+@outbox.command("retry")
+@click.argument("message_ids", nargs=-1)
+@click.pass_obj
+def outbox_retry(obj: _Context, message_ids: tuple[str, ...]) -> None:
+    """Queue dead letters again (MESSAGE_IDS, or all), enabling their endpoints again;
+    the worker delivers them under the same message ids."""
+    with _errors(), obj.open() as store:
+        moved = store.redrive(list(message_ids) or None)
+        _emit({"redriven": moved}, pretty=False)
+        if message_ids and not moved:
+            stderr.print("[yellow]no dead letter[/yellow] has these message ids")
+            sys.exit(1)
 
 
 @main.group()

@@ -294,6 +294,38 @@ class ContactSettings(Strict, frozen=True, kw_only=True):
         return daily, weekly
 
 
+class Endpoint(Strict, frozen=True, kw_only=True):
+    """A webhook receiver of fired messages, signed per Standard Webhooks."""
+
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    secrets: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
+    """``whsec_`` + base64 secrets: the first signs, every one is sent as a signature
+    (``webhook-signature: v1,... v1,...``), so a receiver can rotate its secret."""
+    channels: list[ChannelName] = msgspec.field(
+        default_factory=lambda: ["email", "sms", "phone", "push", "post", "social", "web"]
+    )
+    """The channels whose messages it receives."""
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+
+
+class DeliverySettings(Strict, frozen=True, kw_only=True):
+    """Where fired messages go (README: Triggers): webhooks and a JSON Lines file."""
+
+    endpoints: dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,39}$")], Endpoint] = (
+        msgspec.field(default_factory=dict)
+    )
+    file: str = ""
+    """A JSON Lines file every message is appended to (``{home}`` allowed; "": none)."""
+    retry_base_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    """Retries wait exponentially from this, with full jitter ..."""
+    retry_max_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    """... at most this long between two attempts ..."""
+    retry_horizon_s: Annotated[int, msgspec.Meta(ge=0)] = 86_400
+    """... for this long after the first attempt: then the message is a dead letter."""
+    poll_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 200
+    """How often the worker looks for messages to deliver."""
+
+
 def _default_triggers() -> dict[str, TriggerSettings]:
     return {name: TriggerSettings(trigger=f"triggers.{name}") for name in SHIPPED_TRIGGERS}
 
@@ -313,6 +345,7 @@ class Settings(Strict, frozen=True, kw_only=True):
     datasets: dict[str, DatasetSettings] = msgspec.field(default_factory=_default_datasets)
     triggers: dict[str, TriggerSettings] = msgspec.field(default_factory=_default_triggers)
     contact: ContactSettings = msgspec.field(default_factory=ContactSettings)
+    delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
 
     @property
     def home(self) -> Path:

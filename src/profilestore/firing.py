@@ -10,9 +10,10 @@ and records what came of it:
   suppress. To send is to *claim* ``(trigger, customer key, dedupe key)`` in the record
   store with an atomic insert-if-absent (:meth:`RecordStore.insert_record_if_absent`):
   the claim is the message (its id is derived from the claim, so it is stable across
-  retries). A claim under any key of the customer's profile makes a second firing a
-  duplicate, so merged customers are one customer for dedupe whatever their canonical id
-  becomes. A deferral (quiet hours) is a timer at the window's end.
+  retries), queued in the outbox (:mod:`profilestore.outbox`) for each destination. A
+  claim under any key of the customer's profile makes a second firing a duplicate, so
+  merged customers are one customer for dedupe whatever their canonical id becomes. A
+  deferral (quiet hours) is a timer at the window's end.
 - **Wait**: a durable timer in the record store. When it is due, the decision is made
   again with the same event, the profile as it is then and the time then, so it checks
   its exit conditions itself (the cart was ordered or emptied: nothing).
@@ -44,7 +45,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,6 +55,7 @@ from profilestore.contact import ContactPolicy, Sent, customer_zone
 from profilestore.documents import DocumentStore
 from profilestore.eventlog import EventLog, Notified
 from profilestore.identity import KEY, IdentityGraph, merged_changes
+from profilestore.outbox import FIRED, enqueue
 from profilestore.pipeline import Clock, Handler, Pass, PassReport
 from profilestore.projection import Projection
 from profilestore.trigger import (
@@ -71,7 +73,6 @@ LEASE_KIND = "triggers"
 
 ENABLED = "trigger.enabled"
 OUTCOME = "trigger.outcome"
-FIRED = "trigger.fired"
 TIMER = "trigger.timer"
 CONTACTS = "trigger.contacts"
 
@@ -184,7 +185,10 @@ class TriggerHandler(Handler):
         policy: ContactPolicy,
         *,
         clock: Clock,
+        routes: Callable[[str], list[str]] = lambda channel: [],
     ) -> None:
+        self.routes = routes
+        """Channel -> the outbox destinations of its messages."""
         self.log = log
         self.documents = documents
         self.projections = projections
@@ -436,6 +440,7 @@ class _TriggerPass(Pass):
         if own is not None and own.get("origin") == origin:
             # Fired by this very decision before a crash: finish what it started.
             firing = msgspec.convert(own, Firing)
+            self._enqueue(key, own)
             self._note_contact(firing)
             self._drop_timer(key)
             self._record(record, self._fired(base, firing))
@@ -492,7 +497,8 @@ class _TriggerPass(Pass):
             event_id=logged.event.event_id,
             fired_at=now,
         )
-        if not self.documents.insert_record_if_absent(FIRED, key, msgspec.to_builtins(firing)):
+        claimed = msgspec.to_builtins(firing)
+        if not self.documents.insert_record_if_absent(FIRED, key, claimed):
             # Only another engine past an expired lease gets here: its claim stands.
             self._record(
                 record,
@@ -501,6 +507,7 @@ class _TriggerPass(Pass):
                 ),
             )
             return
+        self._enqueue(key, claimed)
         self._note_contact(firing)
         self._drop_timer(key)
         self._record(record, self._fired(base, firing))
@@ -512,6 +519,13 @@ class _TriggerPass(Pass):
         )
 
     # --- records ------------------------------------------------------------------------
+
+    def _enqueue(self, claim: str, firing: Mapping[str, Any]) -> None:
+        routes = self.handler.routes(str(firing["channel"]))
+        if routes:
+            enqueue(
+                self.documents, claim=claim, firing=firing, routes=routes, now=self.handler.clock()
+            )
 
     def _record(self, key: str, outcome: Outcome) -> None:
         # Insert-if-absent: a replay never rewrites what was decided the first time.

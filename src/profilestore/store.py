@@ -24,6 +24,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, ParamSpec, TypeVar, get_args
 
@@ -80,6 +81,15 @@ from profilestore.identity import (
     merged_changes,
 )
 from profilestore.normalise import configure, is_blocked, policy_from_settings
+from profilestore.outbox import (
+    Courier,
+    Delivery,
+    DrainReport,
+    destinations,
+    list_deliveries,
+    redrive,
+)
+from profilestore.outbox import Status as OutboxStatus
 from profilestore.pipeline import (
     Clock,
     Consumer,
@@ -105,6 +115,8 @@ from profilestore.schedule import next_due, parse_cadence, zone
 from profilestore.trigger import EnabledTrigger, check_needs, load_trigger, settings_of
 
 log = logging.getLogger(__name__)
+OUTBOX_TARGET = "outbox"
+"""The courier's lease target (kind ``delivery``): one process delivers at a time."""
 P = ParamSpec("P")
 R = TypeVar("R")
 _LEADING_FIELD = re.compile(r"^`([\w.]+)`")
@@ -371,6 +383,9 @@ class ProfileStore:
         self.triggers: Mapping[str, EnabledTrigger] = MappingProxyType(self._triggers)
         """The enabled triggers, in config order (read-only; see :func:`load_triggers`)."""
         self._policy = ContactPolicy(settings.contact)
+        self._courier: Courier | None = None
+        self._transport: Any = None
+        """An httpx transport for the courier (tests: a mock one); None: the network."""
         self.clock = clock
         self.timezone = zone(settings.schedule.timezone)
         self.holder = new_holder()
@@ -577,6 +592,7 @@ class ProfileStore:
     # --- triggers -------------------------------------------------------------------------
 
     def _trigger_handler(self) -> TriggerHandler:
+        delivery = self.settings.delivery
         return TriggerHandler(
             self._log,
             self._documents,
@@ -584,7 +600,44 @@ class ProfileStore:
             self.triggers,
             self._policy,
             clock=self.clock,
+            routes=lambda channel: destinations(delivery, channel),
         )
+
+    # --- the outbox -----------------------------------------------------------------------
+
+    def _open_courier(self) -> Courier:
+        if self._courier is None:
+            file = self.settings.delivery.file
+            self._courier = Courier(
+                self._documents,
+                self.settings.delivery,
+                file=Path(self.settings.url(file)) if file else None,
+                clock=self.clock,
+                transport=self._transport,
+            )
+        return self._courier
+
+    @_guarded
+    def deliver(self, limit: int = 1000) -> DrainReport | None:
+        """Deliver the messages due (webhooks, the file); None while another process
+        delivers (one at a time, under the ``delivery`` lease)."""
+        if self._leases.acquire([OUTBOX_TARGET], required=False, kind="delivery"):
+            return None
+        try:
+            return self._open_courier().drain(limit)
+        finally:
+            self._leases.release([OUTBOX_TARGET], kind="delivery")
+
+    @_guarded
+    def outbox(self, status: OutboxStatus = "pending") -> list[Delivery]:
+        """The deliveries ``pending`` (with their attempts), ``dead`` or ``delivered``."""
+        return list_deliveries(self._documents, status)
+
+    @_guarded
+    def redrive(self, message_ids: Sequence[str] | None = None) -> int:
+        """Queue dead letters again (all, or those of ``message_ids``), enabling their
+        endpoints again; returns how many."""
+        return redrive(self._documents, message_ids, self.clock())
 
     @_guarded
     def run_triggers(
@@ -1171,6 +1224,8 @@ class ProfileStore:
             log.warning("store closed with calls still in flight; leaving its stores open")
             return
         try:
+            if self._courier is not None:
+                self._courier.close()
             self._documents.close()
         finally:
             self._log.close()
