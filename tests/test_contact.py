@@ -150,3 +150,48 @@ def test_the_customers_zone_comes_from_their_location() -> None:
     assert customer_zone(paris, utc) == PARIS
     unknown = Attributes(location=Location(timezone="Nowhere/Land"))
     assert customer_zone(unknown, utc) is utc
+
+
+def test_discretion_keeps_allowlisted_fields_and_leaves_out_the_sensitive(
+    policy: ContactPolicy,
+) -> None:
+    payload = {
+        "first_name": "Ann",
+        "items": [
+            {"sku": "S1", "name": "rug", "category": "Home"},
+            {"sku": "S2", "name": "cream", "category": "Skin Conditions"},
+        ],
+        "product_view_count": 40,
+        "seconds_browsing": 1200,
+        "internal_score": 0.93,
+        "occasion": "bereavement",
+    }
+    kept, left_out = policy.discreet(payload)
+    assert kept == {
+        "first_name": "Ann",
+        "items": [{"sku": "S1", "name": "rug", "category": "Home"}],
+    }
+    assert left_out == [
+        "$.items[1]",
+        "$.product_view_count",
+        "$.seconds_browsing",
+        "$.internal_score",
+        "$.occasion",
+    ]
+    assert not policy.emptied(payload, kept)
+    only_sensitive = {"items": [{"sku": "S2", "category": "pharmacy"}]}
+    assert policy.emptied(only_sensitive, policy.discreet(only_sensitive)[0])
+
+
+def test_browsing_fields_are_left_out_even_when_allowlisted() -> None:
+    policy = ContactPolicy(ContactSettings(payload_fields=["page_views", "name"]))
+    assert policy.discreet({"page_views": 3, "name": "x"}) == ({"name": "x"}, ["$.page_views"])
+
+
+def test_a_receipt_keeps_every_line_without_naming_a_sensitive_category(
+    policy: ContactPolicy,
+) -> None:
+    payload = {"items": [{"sku": "S2", "name": "cream", "category": "Pharmacy"}]}
+    kept, left_out = policy.discreet(payload, transactional=True)
+    assert kept == {"items": [{"sku": "S2", "name": "cream"}]}
+    assert left_out == ["$.items[0].category"]

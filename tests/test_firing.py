@@ -118,7 +118,7 @@ def test_every_order_gets_one_receipt_and_a_second_run_decides_nothing(
     )
     assert receipt.payload["total"] == "9.99"
     assert receipt.payload["items"] == [
-        {"sku": "S1", "name": "socks", "quantity": 1, "unit_price": "9.99"}
+        {"sku": "S1", "name": "socks", "quantity": 1, "unit_price": "9.99", "category": None}
     ]
     assert receipt.message_id.startswith("msg_")
     again = store.run_triggers()

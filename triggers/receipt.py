@@ -29,6 +29,7 @@ def decide(
                     "name": line.name,
                     "quantity": line.quantity,
                     "unit_price": line.unit_price,
+                    "category": line.category,
                 }
                 for line in event.items
             ],

@@ -262,6 +262,27 @@ class Cap(Strict, frozen=True, kw_only=True):
     """Most messages per rolling 7 days (none: ``[contact] weekly_cap``)."""
 
 
+SENSITIVE_CATEGORIES = (
+    "health",
+    "medical",
+    "pharmacy",
+    "sexual wellness",
+    "intimate apparel",
+    "pregnancy",
+    "weight loss",
+    "skin conditions",
+    "adult",
+)
+PAYLOAD_FIELDS = (
+    *("first_name", "occasion", "offer", "discount_percent"),
+    *("order_id", "placed_at", "items", "sku", "name", "quantity", "unit_price", "total"),
+    *("currency", "cart_id", "value", "category", "categories", "brand", "product"),
+    *("tier", "orders", "spend", "event_key", "title", "starts_at", "url", "days_before"),
+)
+"""What a message may say by default: names of things bought, carted or signed up for,
+amounts the customer paid, an offer; never a count or duration of browsing."""
+
+
 class ContactSettings(Strict, frozen=True, kw_only=True):
     """The contact policy every non-transactional firing passes (README: Triggers)."""
 
@@ -279,6 +300,15 @@ class ContactSettings(Strict, frozen=True, kw_only=True):
     )
     """Life events after which no non-transactional message goes out for a while."""
     sensitive_for_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 90
+    sensitive_categories: list[Annotated[str, msgspec.Meta(min_length=1, max_length=512)]] = (
+        msgspec.field(default_factory=lambda: list(SENSITIVE_CATEGORIES))
+    )
+    """Product categories that never appear in a message (compared case-insensitively):
+    lines of them are left out, and a message left with nothing is not sent."""
+    payload_fields: list[Annotated[str, msgspec.Meta(min_length=1, max_length=100)]] = (
+        msgspec.field(default_factory=lambda: list(PAYLOAD_FIELDS))
+    )
+    """The only field names a message may carry (at any depth); others are left out."""
 
     def __post_init__(self) -> None:
         try:

@@ -18,6 +18,13 @@ Every firing passes :meth:`ContactPolicy.check` before anything is sent, in this
    non-transactional messages fired to any key of the customer. Transactional messages
    neither count nor are capped.
 
+And **discretion** (seed item 9, "I'm not a fan of creepy"), a rule of the engine rather
+than of any trigger: :meth:`ContactPolicy.discreet` leaves out of every payload the
+fields not in ``payload_fields`` (at any depth), anything naming browsing behaviour
+(views, searches, sessions, durations: never, even if allowlisted), lines whose
+``category`` is sensitive, and any text naming a sensitive category or life event. A
+message left with nothing to say (every line it was about was sensitive) is suppressed.
+
 The functions here are pure: the engine gives them the profile's sections, the messages
 already fired and the time.
 """
@@ -25,7 +32,8 @@ already fired and the time.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -34,6 +42,8 @@ from profilestore.config import ContactSettings
 from profilestore.schedule import zone
 
 DAY = dt.timedelta(days=1)
+BEHAVIOUR = re.compile(r"view|search|session|brows|duration|seconds|dwell|time_spent", re.I)
+"""Field names about browsing behaviour: left out of every message, allowlisted or not."""
 WEEK = dt.timedelta(days=7)
 
 
@@ -89,6 +99,59 @@ class ContactPolicy:
         self.quiet_channels = frozenset(quiet.channels)
         self.sensitive = frozenset(settings.sensitive_life_events)
         self.sensitive_for = dt.timedelta(days=settings.sensitive_for_days)
+        self.payload_fields = frozenset(settings.payload_fields)
+        self.sensitive_words = frozenset(
+            w.strip().casefold()
+            for w in (*settings.sensitive_categories, *settings.sensitive_life_events)
+        )
+
+    def discreet(
+        self, payload: Mapping[str, Any], *, transactional: bool = False
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The payload as it may go out, and the paths of what was left out. A
+        transactional message (a receipt) keeps every line, only without a sensitive
+        category named: the customer needs all of it."""
+        left_out: list[str] = []
+        kept = self._clean(payload, "$", left_out, keep_lines=transactional)
+        return kept, left_out
+
+    def _clean(self, value: Any, path: str, left_out: list[str], *, keep_lines: bool) -> Any:
+        if isinstance(value, Mapping):
+            kept = {}
+            for key, item in value.items():
+                name = str(key)
+                where = f"{path}.{name}"
+                if name not in self.payload_fields or BEHAVIOUR.search(name):
+                    left_out.append(where)
+                    continue
+                if self._sensitive_text(item):
+                    left_out.append(where)
+                    continue
+                kept[name] = self._clean(item, where, left_out, keep_lines=keep_lines)
+            return kept
+        if isinstance(value, list | tuple):
+            cleaned = []
+            for index, item in enumerate(value):
+                where = f"{path}[{index}]"
+                category = item.get("category") if isinstance(item, Mapping) else item
+                if self._sensitive_text(category) and not (
+                    keep_lines and isinstance(item, Mapping)
+                ):
+                    left_out.append(where)
+                    continue
+                cleaned.append(self._clean(item, where, left_out, keep_lines=keep_lines))
+            return cleaned
+        return value
+
+    def _sensitive_text(self, value: Any) -> bool:
+        return isinstance(value, str) and value.strip().casefold() in self.sensitive_words
+
+    def emptied(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+        """Whether leaving things out emptied a list the message was about."""
+        return any(
+            isinstance(value, list | tuple) and value and not after.get(key)
+            for key, value in before.items()
+        )
 
     def check(
         self,

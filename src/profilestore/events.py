@@ -319,6 +319,9 @@ class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     name: ShortText | None = None
     quantity: Quantity = 1
     unit_price: Money
+    category: ShortText | None = None
+    """The product's category (cross-sell reads it; sensitive ones never go out)."""
+    brand: ShortText | None = None
 
     def __post_init__(self) -> None:
         _check_money(self, "unit_price")

@@ -119,6 +119,8 @@ class Firing(msgspec.Struct, frozen=True, kw_only=True):
     purpose: str
     transactional: bool
     payload: dict[str, Any]
+    left_out: list[str] = msgspec.field(default_factory=list)
+    """Paths the discretion rule took out of the trigger's payload (never sent)."""
     origin: str
     """What decided it (``event:<position>`` or ``timer:<position>:<due>``): a replay
     of the same origin finds its own claim."""
@@ -483,6 +485,13 @@ class _TriggerPass(Pass):
                 record, msgspec.structs.replace(base, status="suppressed", reason=verdict.reason)
             )
             return
+        policy = self.handler.policy
+        payload, left_out = policy.discreet(decision.payload, transactional=trigger.transactional)
+        if policy.emptied(decision.payload, payload):
+            self._drop_timer(key)
+            reason = "nothing left to say once sensitive categories were left out"
+            self._record(record, msgspec.structs.replace(base, status="suppressed", reason=reason))
+            return
         firing = Firing(
             message_id=message_id(trigger.name, customer_id, decision.dedupe_key),
             trigger=trigger.name,
@@ -492,7 +501,8 @@ class _TriggerPass(Pass):
             channel=trigger.channel,
             purpose=trigger.purpose,
             transactional=trigger.transactional,
-            payload=msgspec.to_builtins(dict(decision.payload)),
+            payload=msgspec.to_builtins(payload),
+            left_out=left_out,
             origin=origin,
             event_id=logged.event.event_id,
             fired_at=now,
