@@ -360,7 +360,14 @@ def _default_triggers() -> dict[str, TriggerSettings]:
     return {name: TriggerSettings(trigger=f"triggers.{name}") for name in SHIPPED_TRIGGERS}
 
 
-SHIPPED_TRIGGERS = ("welcome", "receipt", "birthday", "abandoned_cart")
+SHIPPED_TRIGGERS = (
+    "welcome",
+    "intro_offer",
+    "receipt",
+    "birthday",
+    "loyalty",
+    "abandoned_cart",
+)
 """The trigger modules shipped in ``triggers/``, listed (disabled) in the default config."""
 
 

@@ -1,0 +1,120 @@
+"""The shipped triggers' decisions, as pure functions of (event, profile, now, settings)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from profilestore.config import load_settings
+from profilestore.events import AnyEvent, Event
+from profilestore.store import load_projections
+from profilestore.trigger import Fire, ProfileView, Wait
+
+PROJECTIONS = load_projections(load_settings(environ={}))
+NOW = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
+_IDS = itertools.count(1)
+
+
+def event(**fields: Any) -> Event:
+    base = {"event_id": f"e{next(_IDS)}", "customer_id": "ann", "occurred_at": NOW.isoformat()}
+    decoded: Event = msgspec.convert(base | fields, AnyEvent)
+    return decoded
+
+
+def placed(order_id: str, total: str = "100", currency: str = "EUR", **line: Any) -> Event:
+    return event(
+        type="order.placed",
+        order_id=order_id,
+        items=[{"sku": line.pop("sku", "S1"), "unit_price": total, **line}],
+        total=total,
+        currency=currency,
+    )
+
+
+def profile(*events: Event) -> ProfileView:
+    """The profile those events fold into, every dataset."""
+    sections = {name: p.empty() for name, p in PROJECTIONS.items()}
+    for folded in events:
+        for name, projection in PROJECTIONS.items():
+            if type(folded) in projection.reads:
+                sections[name] = projection.fold(sections[name], folded)
+    return ProfileView("ann", ("ann",), sections, ZoneInfo("UTC"))
+
+
+# --- loyalty (8) ------------------------------------------------------------------------------
+
+
+def test_loyalty_thanks_the_order_that_reaches_a_count_threshold() -> None:
+    from triggers.loyalty import Settings, decide
+
+    orders = [placed(f"O{i}", "10") for i in range(1, 7)]
+    seen = profile(*orders)  # a section already past the orders decided
+    decisions = [decide(o, seen, NOW, Settings()) for o in orders]  # type: ignore[arg-type]
+    assert [d.dedupe_key if d else None for d in decisions] == [
+        None,
+        None,
+        None,
+        None,
+        "orders:5",
+        None,
+    ]
+    fifth = decisions[4]
+    assert isinstance(fifth, Fire) and fifth.payload["orders"] == 5
+
+
+def test_loyalty_thanks_spend_crossing_a_threshold_in_the_orders_currency() -> None:
+    from triggers.loyalty import Settings, decide
+
+    first, second = placed("O1", "400"), placed("O2", "250")
+    seen = profile(first, second)
+    assert decide(first, seen, NOW, Settings()) is None  # type: ignore[arg-type]
+    thanks = decide(second, seen, NOW, Settings())  # type: ignore[arg-type]
+    assert isinstance(thanks, Fire)
+    assert thanks.dedupe_key == "spend:EUR:500"
+    assert thanks.payload["tier"] == "500 EUR"
+    assert (
+        decide(placed("O3", "900", "GBP"), profile(placed("O3", "900", "GBP")), NOW, Settings())
+        is None
+    )  # type: ignore[arg-type]
+
+
+# --- introductory offer (2) --------------------------------------------------------------------
+
+
+def test_an_intro_offer_waits_then_goes_to_a_customer_without_orders_only() -> None:
+    from triggers.intro_offer import Settings, decide
+
+    signed = event(type="identifier.linked", kind="email", value="ann@example.com")
+    waiting = decide(signed, profile(signed), NOW, Settings())
+    assert waiting == Wait(until=NOW + dt.timedelta(days=7), dedupe_key="intro")
+    later = NOW + dt.timedelta(days=7)
+    offer = decide(signed, profile(signed), later, Settings())
+    assert isinstance(offer, Fire) and offer.dedupe_key == "intro"
+    assert offer.payload["discount_percent"] == 10
+    assert decide(signed, profile(signed, placed("O1")), later, Settings()) is None
+    device = event(type="identifier.linked", kind="device", value="d-1")
+    assert decide(device, profile(device), NOW, Settings()) is None
+
+
+def test_an_intro_offer_cannot_be_configured_immodest() -> None:
+    import pytest
+
+    from triggers.intro_offer import Settings
+
+    with pytest.raises(msgspec.ValidationError, match="<= 20"):
+        msgspec.convert({"discount_percent": 50}, Settings)
+
+
+def test_amounts_in_payloads_are_decimals_rendered_exactly() -> None:
+    from triggers.receipt import decide
+
+    order = placed("O1", "19.90")
+    receipt = decide(order, profile(order), NOW, None)  # type: ignore[arg-type]
+    assert isinstance(receipt, Fire)
+    assert receipt.payload["total"] == Decimal("19.90")
+    assert msgspec.to_builtins(receipt.payload)["total"] == "19.90"
