@@ -118,3 +118,49 @@ def test_amounts_in_payloads_are_decimals_rendered_exactly() -> None:
     assert isinstance(receipt, Fire)
     assert receipt.payload["total"] == Decimal("19.90")
     assert msgspec.to_builtins(receipt.payload)["total"] == "19.90"
+
+
+# --- cross-sell (4) ----------------------------------------------------------------------------
+
+
+def test_cross_sell_waits_then_suggests_what_goes_with_the_category_bought_most() -> None:
+    from triggers.cross_sell import Settings, decide
+
+    bedding = placed("O1", "80", category="Bedding", sku="B1", quantity=2)
+    viewed = event(type="browse.product_viewed", sku="R1", category="rugs")
+    rug = placed("O0", "40", sku="R1")  # no category on the line: the view names it
+    seen = profile(viewed, rug, bedding)
+    assert decide(bedding, seen, NOW, Settings()) == Wait(  # type: ignore[arg-type]
+        until=NOW + dt.timedelta(days=3), dedupe_key="order:O1"
+    )
+    later = NOW + dt.timedelta(days=3)
+    suggestion = decide(bedding, seen, later, Settings())  # type: ignore[arg-type]
+    assert isinstance(suggestion, Fire)
+    assert suggestion.payload["category"] == "bedding"
+    assert suggestion.payload["categories"] == ["window treatments", "bath accessories"]
+    cancelled = event(type="order.cancelled", order_id="O1")
+    assert decide(bedding, profile(viewed, rug, bedding, cancelled), later, Settings()) is None  # type: ignore[arg-type]
+
+
+# --- try something new (5) ---------------------------------------------------------------------
+
+
+def test_the_third_order_of_the_same_brand_is_nudged_once() -> None:
+    from triggers.try_new import Settings, decide
+
+    orders = [placed(f"O{i}", "20", brand="Crocs", category="shoes", sku=f"C{i}") for i in range(4)]
+    seen = profile(*orders)
+    decisions = [decide(o, seen, NOW, Settings()) for o in orders]  # type: ignore[arg-type]
+    assert [d.dedupe_key if d else None for d in decisions] == [None, None, "brand:crocs", None]
+    third = decisions[2]
+    assert isinstance(third, Fire)
+    assert third.payload == {"first_name": None, "brand": "Crocs", "category": "shoes"}
+
+
+def test_the_same_product_without_a_brand_is_nudged_too() -> None:
+    from triggers.try_new import Settings, decide
+
+    orders = [placed(f"O{i}", "5", sku="TEA", name="green tea") for i in range(3)]
+    nudge = decide(orders[2], profile(*orders), NOW, Settings())  # type: ignore[arg-type]
+    assert isinstance(nudge, Fire) and nudge.payload["product"] == "green tea"
+    assert nudge.dedupe_key == "sku:TEA"

@@ -365,6 +365,8 @@ SHIPPED_TRIGGERS = (
     "intro_offer",
     "receipt",
     "birthday",
+    "cross_sell",
+    "try_new",
     "loyalty",
     "abandoned_cart",
 )
