@@ -164,3 +164,51 @@ def test_the_same_product_without_a_brand_is_nudged_too() -> None:
     nudge = decide(orders[2], profile(*orders), NOW, Settings())  # type: ignore[arg-type]
     assert isinstance(nudge, Fire) and nudge.payload["product"] == "green tea"
     assert nudge.dedupe_key == "sku:TEA"
+
+
+# --- reminders (7) -----------------------------------------------------------------------------
+
+
+def test_reminders_come_at_each_offset_and_follow_the_occasion() -> None:
+    from triggers.reminders import Settings, decide
+
+    starts = NOW + dt.timedelta(days=10)
+    shown = event(
+        type="interest.shown",
+        occasion_id="sale-1",
+        title="Spring sale",
+        starts_at=starts.isoformat(),
+    )
+    seen = profile(shown)
+    week = starts - dt.timedelta(days=7)
+    assert decide(shown, seen, NOW, Settings()) == Wait(until=week, dedupe_key="sale-1:7d")
+    first = decide(shown, seen, week, Settings())
+    assert isinstance(first, Fire) and first.dedupe_key == "sale-1:7d"
+    assert first.payload["days_before"] == 7 and first.payload["title"] == "Spring sale"
+    assert first.then == Wait(until=starts - dt.timedelta(days=1), dedupe_key="sale-1:1d")
+    last = decide(shown, seen, starts - dt.timedelta(days=1), Settings())
+    assert isinstance(last, Fire) and last.then is None
+    assert decide(shown, seen, starts, Settings()) is None
+    moved = event(
+        type="interest.shown",
+        occasion_id="sale-1",
+        title="Spring sale",
+        starts_at=(starts + dt.timedelta(days=2)).isoformat(),
+    )
+    assert decide(shown, profile(shown, moved), week, Settings()) == Wait(
+        until=week + dt.timedelta(days=2), dedupe_key="sale-1:7d"
+    )
+    withdrawn = event(type="interest.withdrawn", occasion_id="sale-1")
+    assert decide(shown, profile(shown, withdrawn), week, Settings()) is None
+
+
+def test_a_reminder_long_past_is_skipped_for_the_next() -> None:
+    from triggers.reminders import Settings, decide
+
+    starts = NOW + dt.timedelta(days=3)
+    shown = event(
+        type="interest.shown", occasion_id="gig", title="Gig", starts_at=starts.isoformat()
+    )
+    assert decide(shown, profile(shown), NOW, Settings()) == Wait(
+        until=starts - dt.timedelta(days=1), dedupe_key="gig:1d"
+    )

@@ -224,6 +224,7 @@ def _default_datasets() -> dict[str, DatasetSettings]:
         "orders": dataset("orders", every="1h"),
         "service": dataset("service", every="1h"),
         "social": dataset("social", cron="0 3 * * sun"),
+        "interests": dataset("interests", refresh="realtime"),
     }
 
 
@@ -368,6 +369,7 @@ SHIPPED_TRIGGERS = (
     "cross_sell",
     "try_new",
     "loyalty",
+    "reminders",
     "abandoned_cart",
 )
 """The trigger modules shipped in ``triggers/``, listed (disabled) in the default config."""

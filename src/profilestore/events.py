@@ -86,9 +86,11 @@ TicketPriority = Literal["low", "normal", "high", "urgent"]
 
 def is_time_zone(name: str) -> bool:
     """Whether ``name`` is an IANA time zone this machine knows."""
+    if not 1 <= len(name) <= 64:
+        return False  # the longest IANA name is 32 characters; longer is no file name
     try:
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         return False
     return True
 
@@ -458,6 +460,26 @@ class ConsentWithdrawn(Event, tag="consent.withdrawn", frozen=True, kw_only=True
     purpose: ShortText = "marketing"
 
 
+# --- interests --------------------------------------------------------------------------
+
+
+class InterestShown(Event, tag="interest.shown", frozen=True, kw_only=True):
+    """The customer showed interest in an upcoming occasion (a sale, a launch, a concert):
+    saved it, registered, asked to be reminded. Sent again with the same ``occasion_id``
+    when it moves."""
+
+    occasion_id: Key
+    title: ShortText
+    starts_at: Timestamp
+    url: Text | None = None
+
+
+class InterestWithdrawn(Event, tag="interest.withdrawn", frozen=True, kw_only=True):
+    """The customer is no longer interested in the occasion (or it was called off)."""
+
+    occasion_id: Key
+
+
 AnyEvent = (
     IdentifierSeen
     | IdentifierLinked
@@ -489,6 +511,8 @@ AnyEvent = (
     | SurveyAnswered
     | ConsentGiven
     | ConsentWithdrawn
+    | InterestShown
+    | InterestWithdrawn
 )
 """The tagged union a client's event decodes into."""
 
