@@ -606,3 +606,25 @@ def test_a_leap_day_birthday_is_greeted_on_the_28th_in_common_years() -> None:
 
     assert occurrence(dt.date(2000, 2, 29), 2027) == dt.date(2027, 2, 28)
     assert occurrence(dt.date(2000, 2, 29), 2028) == dt.date(2028, 2, 29)
+
+
+def test_the_engine_on_a_mongodb_document_store_fires_once_too(
+    store: ProfileStore, clock: Clock
+) -> None:
+    import mongomock_ng
+
+    from profilestore.mongo_documents import MongoDocumentStore
+
+    client: Any = mongomock_ng.MongoClient(tz_aware=True)
+    mongo = MongoDocumentStore(client["triggers"], store._documents.schemas, client=client)
+    # A second door onto the same log (not closed: it would close the shared log).
+    other = ProfileStore(
+        store.settings, store._log, mongo, store.projections, clock=clock, triggers=store.triggers
+    )
+    other.run_triggers()
+    clock.advance(seconds=1)
+    other.append([order("o1", "ann", "A-1"), order("o2", "ann", "A-1"), consent("c1", "ann")])
+    assert other.run_triggers().outcomes == {"fired": 2, "duplicate": 1}
+    assert other.run_triggers().outcomes == {}
+    assert sorted(f.dedupe_key for f in read_firings(mongo)) == ["order:A-1", "welcome"]
+    mongo.close()
