@@ -628,3 +628,17 @@ def test_the_engine_on_a_mongodb_document_store_fires_once_too(
     assert other.run_triggers().outcomes == {}
     assert sorted(f.dedupe_key for f in read_firings(mongo)) == ["order:A-1", "welcome"]
     mongo.close()
+
+
+def test_a_message_decided_days_after_its_event_is_too_late_to_send(
+    store: ProfileStore, clock: Clock
+) -> None:
+    store.append([order("o1", "ann", "A-1")])
+    clock.advance(hours=73)  # the engine was down meanwhile
+    store.append([order("o2", "ann", "A-2")])
+    assert store.run_triggers().outcomes == {"suppressed": 1, "fired": 1}
+    late = store.trigger_log("ann")[0]
+    assert (late.status, late.reason) == (
+        "suppressed",
+        "decided 73 hours after the moment: too late to send",
+    )

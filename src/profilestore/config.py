@@ -240,6 +240,10 @@ class TriggerSettings(Strict, frozen=True, kw_only=True):
     first ran the trigger enabled (so enabling it on an old store sends nothing old)."""
     settings: dict[str, Any] = msgspec.field(default_factory=dict)
     """The trigger's knobs, decoded strictly into its module's ``settings`` Struct."""
+    stale_after_hours: Annotated[int, msgspec.Meta(ge=0)] = 72
+    """A message decided this long after its event (an engine down for days) is not
+    sent, but suppressed as too late; 0: no limit. Triggers that plan ahead decide
+    about the present and are not held to it."""
 
 
 HOUR_MINUTE = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"

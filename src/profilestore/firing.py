@@ -378,6 +378,19 @@ class _TriggerPass(Pass):
                 decision = decision.then
             if decision is None or decision.until <= now:
                 return  # history: nothing past is sent, nothing is recorded
+        if isinstance(decision, Fire) and entry.stale_after is not None:
+            # Decided long after the moment it was about (an engine down for days): a
+            # welcome a week late is not sent. Triggers that plan ahead decide about now.
+            moment = timer.due if timer is not None else event.recorded_at or now
+            if trigger.warm_up == "skip" and now - moment > entry.stale_after:
+                hours = (now - moment) / dt.timedelta(hours=1)
+                reason = f"decided {hours:.0f} hours after the moment: too late to send"
+                stale = msgspec.structs.replace(
+                    base, status="suppressed", dedupe_key=decision.dedupe_key, reason=reason
+                )
+                self._record(record, stale)
+                self._drop_timer(timer_key)
+                return
         if decision is None:
             if timer is not None:
                 self._record(

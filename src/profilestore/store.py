@@ -1263,7 +1263,10 @@ def load_triggers(settings: Settings, source: str = "config") -> dict[str, Enabl
             )
         tuned = settings_of(trigger, entry.settings, source=source, path=f"{path}.settings")
         if entry.enabled:
-            enabled[name] = EnabledTrigger(trigger, tuned, entry.since)
+            stale = entry.stale_after_hours
+            enabled[name] = EnabledTrigger(
+                trigger, tuned, entry.since, dt.timedelta(hours=stale) if stale else None
+            )
     check_needs(list(enabled.values()), list(settings.datasets), source=source)
     return enabled
 

@@ -176,6 +176,8 @@ class EnabledTrigger:
     trigger: Trigger[Any]
     settings: Any
     since: dt.datetime | None = None
+    stale_after: dt.timedelta | None = None
+    """A firing decided this long after its event (or its timer's due time) is not sent."""
 
     @property
     def name(self) -> str:
