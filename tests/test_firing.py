@@ -642,3 +642,28 @@ def test_a_message_decided_days_after_its_event_is_too_late_to_send(
         "suppressed",
         "decided 73 hours after the moment: too late to send",
     )
+
+
+def test_a_subject_access_export_and_status_show_the_engines_work(store: ProfileStore) -> None:
+    from click.testing import CliRunner
+
+    from profilestore.cli import main
+
+    store.append([order("o1", "ann", "A-1"), signed_up("s1", "ann")])
+    store.run_triggers()
+    export = store.export("ann")
+    assert [(o.trigger, o.status) for o in export.trigger_outcomes] == [
+        ("receipt", "fired"),
+        ("welcome", "suppressed"),
+    ]
+    [message] = export.messages
+    assert message.payload["order_id"] == "A-1"
+    status = store.trigger_status()
+    assert (status.enabled, status.events_behind, status.timers) == (["welcome", "receipt"], 0, 0)
+    environ = {
+        "PROFILESTORE_TRIGGERS__RECEIPT__ENABLED": "true",
+        "PROFILESTORE_TRIGGERS__WELCOME__ENABLED": "true",
+    }
+    shown = CliRunner().invoke(main, ["--home", str(store.settings.home), "status"], env=environ)
+    assert shown.exit_code == 0, shown.output
+    assert "trigger engine (welcome, receipt): at position 2" in " ".join(shown.stdout.split())

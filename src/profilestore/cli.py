@@ -333,6 +333,19 @@ def status(obj: _Context, as_json: bool) -> None:
             f"identity graph: at position {graph.position}, "
             f"{graph.events_behind} log positions behind, {kept}"
         )
+        engine = store.trigger_status()
+        if engine.enabled:
+            running = f"run by {engine.running_holder}" if engine.running_holder else "idle"
+            if engine.failed:
+                running = f"[red]failed[/red]: {escape(engine.error or '')}"
+            dead = (
+                f", [red]{engine.dead_letters} dead letter(s)[/red]" if engine.dead_letters else ""
+            )
+            table.caption += (
+                f"\ntrigger engine ({', '.join(engine.enabled)}): at position {engine.position}, "
+                f"{engine.events_behind} log positions behind, {running}; {engine.timers} "
+                f"timer(s), {engine.pending_deliveries} delivery(ies) pending{dead}"
+            )
         Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 

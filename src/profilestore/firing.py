@@ -716,3 +716,18 @@ def read_outcomes(documents: DocumentStore, customer_ids: Iterable[str]) -> list
 def read_firings(documents: DocumentStore) -> list[Firing]:
     """Every message fired, in no set order."""
     return [msgspec.convert(v, Firing) for v in documents.get_records(FIRED).values()]
+
+
+def read_messages(documents: DocumentStore, outcomes: Iterable[Outcome]) -> list[Firing]:
+    """The messages the ``fired`` outcomes sent, in their order."""
+    keys = [
+        claim_key(o.trigger, o.customer_id, o.dedupe_key)
+        for o in outcomes
+        if o.status == "fired" and o.dedupe_key is not None
+    ]
+    found = documents.get_records_for(FIRED, keys)
+    return [msgspec.convert(found[k], Firing) for k in dict.fromkeys(keys) if k in found]
+
+
+def count_timers(documents: DocumentStore) -> int:
+    return len(documents.get_records(TIMER))

@@ -67,7 +67,14 @@ from profilestore.events import (
 )
 from profilestore.firing import LEASE_KIND as TRIGGER_LEASE
 from profilestore.firing import TARGET as TRIGGER_TARGET
-from profilestore.firing import Outcome, TriggerHandler, read_outcomes
+from profilestore.firing import (
+    Firing,
+    Outcome,
+    TriggerHandler,
+    count_timers,
+    read_messages,
+    read_outcomes,
+)
 from profilestore.identifiers import lookup_key
 from profilestore.identity import (
     TARGET,
@@ -239,6 +246,26 @@ class SubjectExport(msgspec.Struct, frozen=True, kw_only=True):
     exported_at: dt.datetime
     profile: Profile | None
     events: list[msgspec.Raw]
+    trigger_outcomes: list[Outcome] = msgspec.field(default_factory=list)
+    """Every trigger decision about the customer (``profilestore triggers log``)."""
+    messages: list[Firing] = msgspec.field(default_factory=list)
+    """Every message fired to the customer, with what it said."""
+
+
+class EngineStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The trigger engine: how far it has decided the log, who runs it, what waits."""
+
+    enabled: list[str]
+    position: int
+    events_behind: int
+    running_holder: str | None
+    last_run: RunRecord | None
+    failed: bool
+    error: str | None
+    timers: int
+    """Decisions waiting for a moment (abandoned carts, birthdays, deferrals)."""
+    pending_deliveries: int
+    dead_letters: int
 
 
 class GraphStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -711,6 +738,27 @@ class ProfileStore:
         return read_outcomes(self._documents, members)
 
     @_guarded
+    def trigger_status(self) -> EngineStatus:
+        """The engine's position, lag, holder, last run, timers and outbox (``status``)."""
+        tracked = self._documents.tracking(TRIGGER_TARGET)
+        position = tracked.position if tracked else 0
+        last = self._journal.last_run(TRIGGER_TARGET)
+        failure = self._journal.last_failure(TRIGGER_TARGET)
+        failed = last is not None and last.status == "failed"
+        return EngineStatus(
+            enabled=list(self.triggers),
+            position=position,
+            events_behind=max(0, self._log.head() - position),
+            running_holder=self._leases.holder_of(TRIGGER_TARGET, kind=TRIGGER_LEASE),
+            last_run=last,
+            failed=failed,
+            error=failure.error if failed and failure else None,
+            timers=count_timers(self._documents),
+            pending_deliveries=len(list_deliveries(self._documents, "pending")),
+            dead_letters=len(list_deliveries(self._documents, "dead")),
+        )
+
+    @_guarded
     def triggers_running(self) -> str | None:
         """The process running the trigger engine now, if any."""
         return self._leases.holder_of(TRIGGER_TARGET, kind=TRIGGER_LEASE)
@@ -1159,7 +1207,11 @@ class ProfileStore:
         if profile is not None:
             profile = msgspec.structs.replace(profile, customer_id=asked, canonical_id=customer_id)
             consents = list(getattr(profile.sections.get("consents"), "consents", ()))
+        members = list(self._graph().members(customer_id) or (customer_id,))
+        outcomes = read_outcomes(self._documents, members)
         return SubjectExport(
+            trigger_outcomes=outcomes,
+            messages=read_messages(self._documents, outcomes),
             consents=consents,
             customer_id=asked,
             canonical_id=customer_id,
