@@ -60,7 +60,9 @@ def test_unknown_consent_means_no_and_a_grant_means_yes(policy: ContactPolicy) -
         "send"
     )
     withdrawn = check(policy, sections={"consents": granted(("email", "marketing", False))})
-    assert withdrawn == Verdict("suppress", "the customer withdrew marketing on email")
+    assert withdrawn == Verdict(
+        "suppress", "the customer withdrew marketing on email", code="withdrawn"
+    )
 
 
 def test_transactional_needs_no_grant_but_stops_at_its_own_withdrawal(
@@ -73,7 +75,7 @@ def test_transactional_needs_no_grant_but_stops_at_its_own_withdrawal(
     ).action == ("send")
     refused = {"consents": granted(("email", "transactional", False))}
     assert check(policy, sections=refused, transactional=True, purpose="transactional") == Verdict(
-        "suppress", "the customer withdrew transactional on email"
+        "suppress", "the customer withdrew transactional on email", code="withdrawn"
     )
 
 
@@ -111,13 +113,13 @@ def test_caps_count_non_transactional_messages_per_channel_in_rolling_windows() 
     yes = {"consents": granted(("email", "marketing", True), ("sms", "marketing", True))}
     hours_ago = [Sent(channel="email", at=NOON - dt.timedelta(hours=3), transactional=False)]
     assert check(policy, sections=yes, sent=hours_ago) == Verdict(
-        "suppress", "frequency cap: 1 email message(s) in 24 hours"
+        "suppress", "frequency cap: 1 email message(s) in 24 hours", code="frequency_cap"
     )
     days_ago = [
         Sent(channel="email", at=NOON - dt.timedelta(days=d), transactional=False) for d in (2, 5)
     ]
     assert check(policy, sections=yes, sent=days_ago) == Verdict(
-        "suppress", "frequency cap: 2 email message(s) in 7 days"
+        "suppress", "frequency cap: 2 email message(s) in 7 days", code="frequency_cap"
     )
     long_ago = [Sent(channel="email", at=NOON - dt.timedelta(days=8), transactional=False)]
     receipts = [Sent(channel="email", at=NOON, transactional=True)] * 5
@@ -133,7 +135,9 @@ def test_a_sensitive_life_event_suppresses_marketing_for_a_while(policy: Contact
     )
     sections = {"consents": granted(("email", "marketing", True)), "social": social}
     assert check(policy, sections=sections) == Verdict(
-        "suppress", "a sensitive life event (bereavement) was detected lately"
+        "suppress",
+        "a sensitive life event (bereavement) was detected lately",
+        code="sensitive_life_event",
     )
     later = NOON + dt.timedelta(days=90)
     assert check(policy, sections=sections, now=later).action == "send"

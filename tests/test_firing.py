@@ -123,6 +123,7 @@ def test_every_order_gets_one_receipt_and_a_second_run_decides_nothing(
     assert receipt.message_id.startswith("msg_")
     again = store.run_triggers()
     assert (again.events_read, again.outcomes) == (0, {})
+    assert store.tally.outcomes() == {("receipt", "fired", ""): 3}  # what /metrics shows
     assert statuses(store, "ann") == [("receipt", "fired"), ("receipt", "fired")]
 
 
@@ -149,12 +150,14 @@ def test_replaying_events_already_decided_changes_nothing(
         patch.setattr(store._documents, "advance", crash)
         with pytest.raises(RuntimeError):
             store.run_triggers()
+    counted = store.tally.outcomes()
     before = (records(store, FIRED), records(store, OUTCOME))
     assert len(before[0]) == 2  # the receipt and ann's welcome; bob has no consent
     replay = store.run_triggers()
     assert replay.events_read == 3
     assert replay.outcomes == {}
     assert (records(store, FIRED), records(store, OUTCOME)) == before
+    assert store.tally.outcomes() == counted  # a replay counts nothing twice
 
 
 def test_a_crash_between_the_claim_and_its_outcome_records_the_firing_once(

@@ -134,6 +134,7 @@ def test_every_message_reaches_the_receiver_once_signed_and_the_file(
         assert store.deliver() is not None and not store.outbox("pending")
         assert receiver.rejected == 0
         assert len(receiver.received) == 20 and set(receiver.received.values()) == {1}
+        assert store.tally.deliveries() == {("receipt", "delivered"): 40}
         lines = [
             json.loads(x) for x in (tmp_path / "home" / "outbox.jsonl").read_text().split("\n") if x
         ]

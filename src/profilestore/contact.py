@@ -73,6 +73,9 @@ class Verdict:
     action: Literal["send", "defer", "suppress"]
     reason: str | None = None
     until: dt.datetime | None = None
+    code: str | None = None
+    """The reason as a short code (a metric's label): ``no_consent``, ``withdrawn``,
+    ``sensitive_life_event``, ``quiet_hours``, ``frequency_cap``."""
 
 
 SEND = Verdict("send")
@@ -169,18 +172,30 @@ class ContactPolicy:
         grant = latest_grant(sections.get("consents"), channel, purpose)
         if transactional:
             if grant is not None and not grant.granted:
-                return Verdict("suppress", f"the customer withdrew {purpose} on {channel}")
+                return Verdict(
+                    "suppress", f"the customer withdrew {purpose} on {channel}", code="withdrawn"
+                )
             return SEND
         if grant is None:
-            return Verdict("suppress", f"no consent on record for {purpose} on {channel}")
+            return Verdict(
+                "suppress", f"no consent on record for {purpose} on {channel}", code="no_consent"
+            )
         if not grant.granted:
-            return Verdict("suppress", f"the customer withdrew {purpose} on {channel}")
+            return Verdict(
+                "suppress", f"the customer withdrew {purpose} on {channel}", code="withdrawn"
+            )
         sensitive = self.sensitive_event(sections.get("social"), now)
         if sensitive is not None:
-            return Verdict("suppress", f"a sensitive life event ({sensitive}) was detected lately")
+            return Verdict(
+                "suppress",
+                f"a sensitive life event ({sensitive}) was detected lately",
+                code="sensitive_life_event",
+            )
         quiet_until = self.quiet_until(channel, timezone, now)
         if quiet_until is not None:
-            return Verdict("defer", "quiet hours in the customer's time zone", quiet_until)
+            return Verdict(
+                "defer", "quiet hours in the customer's time zone", quiet_until, "quiet_hours"
+            )
         return self.capped(channel, sent, now)
 
     def sensitive_event(self, social: Any, now: dt.datetime) -> str | None:
@@ -218,7 +233,15 @@ class ContactPolicy:
         today = sum(1 for at in counted if now - at < DAY)
         week = sum(1 for at in counted if now - at < WEEK)
         if today >= daily:
-            return Verdict("suppress", f"frequency cap: {today} {channel} message(s) in 24 hours")
+            return Verdict(
+                "suppress",
+                f"frequency cap: {today} {channel} message(s) in 24 hours",
+                code="frequency_cap",
+            )
         if week >= weekly:
-            return Verdict("suppress", f"frequency cap: {week} {channel} message(s) in 7 days")
+            return Verdict(
+                "suppress",
+                f"frequency cap: {week} {channel} message(s) in 7 days",
+                code="frequency_cap",
+            )
         return SEND

@@ -58,6 +58,7 @@ from profilestore.identity import KEY, IdentityGraph, merged_changes
 from profilestore.outbox import FIRED, enqueue
 from profilestore.pipeline import Clock, Handler, Pass, PassReport
 from profilestore.projection import Projection
+from profilestore.tally import Tally
 from profilestore.trigger import (
     Decision,
     EnabledTrigger,
@@ -105,6 +106,10 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     until: dt.datetime | None = None
     """Deferred or waiting: when the decision is made again."""
     message_id: str | None = None
+    code: str | None = None
+    """Why, as a short code (a metric's label): ``no_consent``, ``withdrawn``,
+    ``sensitive_life_event``, ``frequency_cap``, ``quiet_hours``, ``too_late``,
+    ``sensitive_content``, ``already_fired``, ``conditions_changed``, ``decision_raised``."""
 
 
 class Firing(msgspec.Struct, frozen=True, kw_only=True):
@@ -188,7 +193,9 @@ class TriggerHandler(Handler):
         *,
         clock: Clock,
         routes: Callable[[str], list[str]] = lambda channel: [],
+        tally: Tally | None = None,
     ) -> None:
+        self.tally = tally or Tally()
         self.routes = routes
         """Channel -> the outbox destinations of its messages."""
         self.log = log
@@ -369,7 +376,10 @@ class _TriggerPass(Pass):
         try:
             decision: Decision = check_decision(trigger.decide(event, view, now, entry.settings))
         except Exception as error:  # a decision's bug is this event's, not the engine's
-            self._record(record, msgspec.structs.replace(base, reason=_summary(error)))
+            self._record(
+                record,
+                msgspec.structs.replace(base, reason=_summary(error), code="decision_raised"),
+            )
             if timer_key:
                 self._drop_timer(timer_key)
             return
@@ -386,7 +396,11 @@ class _TriggerPass(Pass):
                 hours = (now - moment) / dt.timedelta(hours=1)
                 reason = f"decided {hours:.0f} hours after the moment: too late to send"
                 stale = msgspec.structs.replace(
-                    base, status="suppressed", dedupe_key=decision.dedupe_key, reason=reason
+                    base,
+                    status="suppressed",
+                    dedupe_key=decision.dedupe_key,
+                    reason=reason,
+                    code="too_late",
                 )
                 self._record(record, stale)
                 self._drop_timer(timer_key)
@@ -400,6 +414,7 @@ class _TriggerPass(Pass):
                         status="cancelled",
                         dedupe_key=timer.dedupe_key,
                         reason="the trigger's conditions no longer hold",
+                        code="conditions_changed",
                     ),
                 )
                 self._drop_timer(timer_key)
@@ -470,6 +485,7 @@ class _TriggerPass(Pass):
                     status="duplicate",
                     message_id=first.get("message_id"),
                     reason=f"already fired for {decision.dedupe_key!r}",
+                    code="already_fired",
                 ),
             )
             return
@@ -488,14 +504,21 @@ class _TriggerPass(Pass):
             self._record(
                 record,
                 msgspec.structs.replace(
-                    base, status="deferred", until=verdict.until, reason=verdict.reason
+                    base,
+                    status="deferred",
+                    until=verdict.until,
+                    reason=verdict.reason,
+                    code=verdict.code,
                 ),
             )
             return
         if verdict.action == "suppress":
             self._drop_timer(key)
             self._record(
-                record, msgspec.structs.replace(base, status="suppressed", reason=verdict.reason)
+                record,
+                msgspec.structs.replace(
+                    base, status="suppressed", reason=verdict.reason, code=verdict.code
+                ),
             )
             return
         policy = self.handler.policy
@@ -503,7 +526,12 @@ class _TriggerPass(Pass):
         if policy.emptied(decision.payload, payload):
             self._drop_timer(key)
             reason = "nothing left to say once sensitive categories were left out"
-            self._record(record, msgspec.structs.replace(base, status="suppressed", reason=reason))
+            self._record(
+                record,
+                msgspec.structs.replace(
+                    base, status="suppressed", reason=reason, code="sensitive_content"
+                ),
+            )
             return
         firing = Firing(
             message_id=message_id(trigger.name, customer_id, decision.dedupe_key),
@@ -526,7 +554,10 @@ class _TriggerPass(Pass):
             self._record(
                 record,
                 msgspec.structs.replace(
-                    base, status="duplicate", reason=f"already fired for {decision.dedupe_key!r}"
+                    base,
+                    status="duplicate",
+                    reason=f"already fired for {decision.dedupe_key!r}",
+                    code="already_fired",
                 ),
             )
             return
@@ -552,7 +583,8 @@ class _TriggerPass(Pass):
 
     def _record(self, key: str, outcome: Outcome) -> None:
         # Insert-if-absent: a replay never rewrites what was decided the first time.
-        self.documents.insert_record_if_absent(OUTCOME, key, msgspec.to_builtins(outcome))
+        if self.documents.insert_record_if_absent(OUTCOME, key, msgspec.to_builtins(outcome)):
+            self.handler.tally.outcome(outcome.trigger, outcome.status, outcome.code)
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
 
     def _set_timer(

@@ -41,6 +41,7 @@ from standardwebhooks.webhooks import Webhook
 
 from profilestore.config import DeliverySettings, Endpoint
 from profilestore.documents import DocumentStore
+from profilestore.tally import Tally
 
 if TYPE_CHECKING:
     import httpx
@@ -186,7 +187,9 @@ class Courier:
         file: Path | None,
         clock: Callable[[], dt.datetime],
         transport: httpx.BaseTransport | None = None,
+        tally: Tally | None = None,
     ) -> None:
+        self.tally = tally or Tally()
         self.documents = documents
         self.settings = settings
         self.file = file
@@ -304,6 +307,7 @@ class Courier:
         self.documents.put_record(DELIVERED, key, msgspec.to_builtins(done))
         self.documents.delete_record(PENDING, key)
         report.delivered += 1
+        self.tally.delivery(delivery.trigger, "delivered")
         report.by_destination[delivery.destination] = (
             report.by_destination.get(delivery.destination, 0) + 1
         )
@@ -320,6 +324,7 @@ class Courier:
         key = delivery_key(delivery.message_id, delivery.destination)
         self.documents.put_record(PENDING, key, msgspec.to_builtins(later))
         report.retried += 1
+        self.tally.delivery(delivery.trigger, "retried")
 
     def _dead(
         self,
@@ -336,6 +341,7 @@ class Courier:
         self.documents.put_record(DEAD, key, msgspec.to_builtins(dead))
         self.documents.delete_record(PENDING, key)
         report.dead += 1
+        self.tally.delivery(delivery.trigger, "dead")
 
 
 def list_deliveries(documents: DocumentStore, status: Status) -> list[Delivery]:

@@ -119,6 +119,7 @@ from profilestore.projector import (
 from profilestore.replay import VerifyReport, choose_customers, profile_as_of, verify_profiles
 from profilestore.runs import DeadLetter, Journal, RunRecord, Trigger
 from profilestore.schedule import next_due, parse_cadence, zone
+from profilestore.tally import Tally
 from profilestore.trigger import EnabledTrigger, check_needs, load_trigger, settings_of
 
 log = logging.getLogger(__name__)
@@ -411,6 +412,8 @@ class ProfileStore:
         """The enabled triggers, in config order (read-only; see :func:`load_triggers`)."""
         self._policy = ContactPolicy(settings.contact)
         self._courier: Courier | None = None
+        self.tally = Tally()
+        """What the trigger engine and the courier did in this process (``/metrics``)."""
         self._transport: Any = None
         """An httpx transport for the courier (tests: a mock one); None: the network."""
         self.clock = clock
@@ -628,6 +631,7 @@ class ProfileStore:
             self._policy,
             clock=self.clock,
             routes=lambda channel: destinations(delivery, channel),
+            tally=self.tally,
         )
 
     # --- the outbox -----------------------------------------------------------------------
@@ -641,6 +645,7 @@ class ProfileStore:
                 file=Path(self.settings.url(file)) if file else None,
                 clock=self.clock,
                 transport=self._transport,
+                tally=self.tally,
             )
         return self._courier
 
