@@ -406,7 +406,9 @@ def worker(obj: _Context, datasets: tuple[str, ...]) -> None:
 def _announce(store: ProfileStore, running: Any, *, serving: bool = False) -> None:
     text = (
         f"worker {store.holder}: real time {', '.join(running.realtime) or '-'}; "
-        f"scheduled {', '.join(running.scheduled) or '-'}"
+        f"scheduled {', '.join(running.scheduled) or '-'}; "
+        f"triggers {', '.join(store.triggers) or '-'}"
+        f"{'; delivering the outbox' if running.delivers else ''}"
     )
     if serving:
         # Under `serve`, stderr is the JSON log: this line is one of its lines too.
