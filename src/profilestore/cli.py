@@ -6,8 +6,9 @@ usage or configuration; 3 a store is unavailable (unreachable, locked, read-only
 corrupt: the message names it and says what to do; nothing half-written is kept).
 
 Reading commands (profile, find, history, export, status, datasets, schedule list, verify,
-audit digest, audit verify, triggers list, triggers log, outbox list) open the stores
-read-only, so they work on a copy nobody may write (see :func:`~profilestore.store.open_store`).
+audit digest, audit verify, triggers list, triggers log, outbox list, experiments report)
+open the stores read-only, so they work on a copy nobody may write (see
+:func:`~profilestore.store.open_store`).
 """
 
 from __future__ import annotations
@@ -792,6 +793,21 @@ def triggers_run(obj: _Context) -> None:
             },
             pretty=False,
         )
+
+
+@main.group()
+def experiments() -> None:
+    """Experiments on triggers: variants and a holdout, and how they convert."""
+
+
+@experiments.command("report")
+@click.argument("name")
+@click.pass_obj
+def experiments_report(obj: _Context, name: str) -> None:
+    """Per variant and the holdout of experiment NAME: customers, conversions (an order
+    within the window after the firing), the rate and its 95% interval."""
+    with _errors(), obj.open(read_only=True) as store:
+        _emit(store.experiment_report(name), pretty=True)
 
 
 @main.group()

@@ -361,6 +361,29 @@ class DeliverySettings(Strict, frozen=True, kw_only=True):
     """How often the worker looks for messages to deliver."""
 
 
+ArmName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+
+
+class ExperimentSettings(Strict, frozen=True, kw_only=True):
+    """A test of a trigger (README: Triggers): variants by weight and a holdout share."""
+
+    trigger: str
+    """The trigger (a name under ``[triggers]``) whose firings it splits."""
+    variants: dict[ArmName, Annotated[float, msgspec.Meta(gt=0)]]
+    """Variant -> weight, e.g. ``{ plain = 1, coupon = 1 }``; the receiver gets the
+    variant with the message and picks the content."""
+    holdout: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+    """The share of customers never sent it: the baseline."""
+    window_days: Annotated[int, msgspec.Meta(ge=1, le=365)] = 7
+    """A conversion is an order within this many days after the firing."""
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            raise ValueError("`variants` must name at least one variant")
+        if "holdout" in self.variants:
+            raise ValueError("`variants`: 'holdout' is the name of the held-out share")
+
+
 def _default_triggers() -> dict[str, TriggerSettings]:
     return {name: TriggerSettings(trigger=f"triggers.{name}") for name in SHIPPED_TRIGGERS}
 
@@ -391,6 +414,7 @@ class Settings(Strict, frozen=True, kw_only=True):
     triggers: dict[str, TriggerSettings] = msgspec.field(default_factory=_default_triggers)
     contact: ContactSettings = msgspec.field(default_factory=ContactSettings)
     delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
+    experiments: dict[str, ExperimentSettings] = msgspec.field(default_factory=dict)
 
     @property
     def home(self) -> Path:
@@ -469,6 +493,16 @@ def load_settings(
         # Decoded one by one: msgspec reports a dict entry's path as `datasets[...]`.
         for name, entry in datasets.items():
             _convert(entry, DatasetSettings, source, f"datasets.{name}")
+    experiments = tree.get("experiments")
+    if isinstance(experiments, dict):
+        for name, entry in experiments.items():
+            _convert(entry, ExperimentSettings, source, f"experiments.{name}")
+            if isinstance(entry, dict) and entry.get("trigger") not in tree.get("triggers", {}):
+                raise ConfigError(
+                    source,
+                    f"experiments.{name}.trigger",
+                    f"names no trigger under [triggers]: {entry.get('trigger')!r}",
+                )
     triggers = tree.get("triggers")
     if isinstance(triggers, dict):
         for name, entry in triggers.items():

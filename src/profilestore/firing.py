@@ -54,6 +54,7 @@ import msgspec
 from profilestore.contact import ContactPolicy, Sent, customer_zone
 from profilestore.documents import DocumentStore
 from profilestore.eventlog import EventLog, Notified
+from profilestore.experiment import HOLDOUT, Experiment, assign
 from profilestore.identity import KEY, IdentityGraph, merged_changes
 from profilestore.outbox import FIRED, enqueue
 from profilestore.pipeline import Clock, Handler, Pass, PassReport
@@ -84,7 +85,9 @@ RETRY_WAIT = dt.timedelta(minutes=1)
 CONTACT_MEMORY = dt.timedelta(days=8)
 """How long a customer's contact ledger remembers a message (caps look back 7 days)."""
 
-Status = Literal["fired", "duplicate", "deferred", "waiting", "suppressed", "cancelled", "failed"]
+Status = Literal[
+    "fired", "held_out", "duplicate", "deferred", "waiting", "suppressed", "cancelled", "failed"
+]
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,6 +109,8 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     until: dt.datetime | None = None
     """Deferred or waiting: when the decision is made again."""
     message_id: str | None = None
+    variant: str | None = None
+    """The experiment arm the customer is in (``holdout``: not sent), if any."""
     code: str | None = None
     """Why, as a short code (a metric's label): ``no_consent``, ``withdrawn``,
     ``sensitive_life_event``, ``frequency_cap``, ``quiet_hours``, ``too_late``,
@@ -131,6 +136,9 @@ class Firing(msgspec.Struct, frozen=True, kw_only=True):
     of the same origin finds its own claim."""
     event_id: str
     fired_at: dt.datetime
+    experiment: str | None = None
+    variant: str | None = None
+    """Its experiment's arm; ``holdout``: claimed but never queued."""
 
 
 class Timer(msgspec.Struct, frozen=True, kw_only=True):
@@ -194,8 +202,11 @@ class TriggerHandler(Handler):
         clock: Clock,
         routes: Callable[[str], list[str]] = lambda channel: [],
         tally: Tally | None = None,
+        experiments: Mapping[str, Experiment] | None = None,
     ) -> None:
         self.tally = tally or Tally()
+        self.experiments = experiments or {}
+        """Trigger name -> the experiment splitting its firings."""
         self.routes = routes
         """Channel -> the outbox destinations of its messages."""
         self.log = log
@@ -470,8 +481,9 @@ class _TriggerPass(Pass):
         if own is not None and own.get("origin") == origin:
             # Fired by this very decision before a crash: finish what it started.
             firing = msgspec.convert(own, Firing)
-            self._enqueue(key, own)
-            self._note_contact(firing)
+            if firing.variant != HOLDOUT:
+                self._enqueue(key, own)
+                self._note_contact(firing)
             self._drop_timer(key)
             self._record(record, self._fired(base, firing))
             return
@@ -533,7 +545,15 @@ class _TriggerPass(Pass):
                 ),
             )
             return
+        experiment = self.handler.experiments.get(trigger.name)
+        variant = (
+            assign(self.documents, experiment, view.customer_ids, customer_id, now)
+            if experiment is not None
+            else None
+        )
         firing = Firing(
+            experiment=experiment.name if experiment is not None else None,
+            variant=variant,
             message_id=message_id(trigger.name, customer_id, decision.dedupe_key),
             trigger=trigger.name,
             customer_id=customer_id,
@@ -561,15 +581,20 @@ class _TriggerPass(Pass):
                 ),
             )
             return
-        self._enqueue(key, claimed)
-        self._note_contact(firing)
+        if variant != HOLDOUT:  # held out: decided once like the others, never sent
+            self._enqueue(key, claimed)
+            self._note_contact(firing)
         self._drop_timer(key)
         self._record(record, self._fired(base, firing))
 
     @staticmethod
     def _fired(base: Outcome, firing: Firing) -> Outcome:
         return msgspec.structs.replace(
-            base, status="fired", message_id=firing.message_id, decided_at=firing.fired_at
+            base,
+            status="held_out" if firing.variant == HOLDOUT else "fired",
+            message_id=firing.message_id,
+            decided_at=firing.fired_at,
+            variant=firing.variant,
         )
 
     # --- records ------------------------------------------------------------------------
@@ -751,11 +776,11 @@ def read_firings(documents: DocumentStore) -> list[Firing]:
 
 
 def read_messages(documents: DocumentStore, outcomes: Iterable[Outcome]) -> list[Firing]:
-    """The messages the ``fired`` outcomes sent, in their order."""
+    """The messages the ``fired`` (and ``held_out``) outcomes claimed, in their order."""
     keys = [
         claim_key(o.trigger, o.customer_id, o.dedupe_key)
         for o in outcomes
-        if o.status == "fired" and o.dedupe_key is not None
+        if o.status in ("fired", "held_out") and o.dedupe_key is not None
     ]
     found = documents.get_records_for(FIRED, keys)
     return [msgspec.convert(found[k], Firing) for k in dict.fromkeys(keys) if k in found]

@@ -135,6 +135,9 @@ def message_body(firing: Mapping[str, Any]) -> bytes:
         "fired_at": firing["fired_at"],
         "payload": firing["payload"],
     }
+    if firing.get("experiment"):
+        data["experiment"] = firing["experiment"]
+        data["variant"] = firing["variant"]
     envelope = {
         "type": f"trigger.{firing['trigger']}",
         "timestamp": firing["fired_at"],

@@ -65,6 +65,8 @@ from profilestore.events import (
     IdentityUnlinked,
     event_type_name,
 )
+from profilestore.experiment import Experiment, ExperimentReport, Exposure
+from profilestore.experiment import report as report_experiment
 from profilestore.firing import LEASE_KIND as TRIGGER_LEASE
 from profilestore.firing import TARGET as TRIGGER_TARGET
 from profilestore.firing import (
@@ -72,6 +74,7 @@ from profilestore.firing import (
     Outcome,
     TriggerHandler,
     count_timers,
+    read_firings,
     read_messages,
     read_outcomes,
 )
@@ -412,6 +415,10 @@ class ProfileStore:
         """The enabled triggers, in config order (read-only; see :func:`load_triggers`)."""
         self._policy = ContactPolicy(settings.contact)
         self._courier: Courier | None = None
+        self.experiments: Mapping[str, Experiment] = MappingProxyType(
+            {n: Experiment.from_settings(n, e) for n, e in settings.experiments.items()}
+        )
+        """The configured experiments, by name."""
         self.tally = Tally()
         """What the trigger engine and the courier did in this process (``/metrics``)."""
         self._transport: Any = None
@@ -632,7 +639,29 @@ class ProfileStore:
             clock=self.clock,
             routes=lambda channel: destinations(delivery, channel),
             tally=self.tally,
+            experiments={e.trigger: e for e in self.experiments.values()},
         )
+
+    @_guarded
+    def experiment_report(self, name: str) -> ExperimentReport:
+        """Per variant and the holdout: customers, conversions (an order within the
+        window after the firing), the rate and its 95% interval."""
+        experiment = self.experiments.get(name)
+        if experiment is None:
+            raise InvalidArgument(
+                "experiment", f"is not configured; known: {', '.join(self.experiments) or 'none'}"
+            )
+        exposures = [
+            Exposure(customer_id=f.customer_id, arm=f.variant, at=f.fired_at)
+            for f in read_firings(self._documents)
+            if f.experiment == name and f.variant is not None
+        ]
+        graph = self._graph()
+
+        def members_of(key: str) -> Sequence[str]:
+            return graph.members(graph.profile_of(key)) or (key,)
+
+        return report_experiment(self._log, experiment, exposures, members_of)
 
     # --- the outbox -----------------------------------------------------------------------
 
