@@ -27,6 +27,8 @@ class Line(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     name: str | None = None
     quantity: int = 1
     unit_price: Decimal
+    category: str | None = None
+    brand: str | None = None
 
 
 class Order(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -73,7 +75,14 @@ def fold(section: Orders, event: Event) -> Orders:
             order_id=event.order_id,
             placed_at=event.occurred_at,
             items=tuple(
-                Line(sku=i.sku, name=i.name, quantity=i.quantity, unit_price=i.unit_price)
+                Line(
+                    sku=i.sku,
+                    name=i.name,
+                    quantity=i.quantity,
+                    unit_price=i.unit_price,
+                    category=i.category,
+                    brand=i.brand,
+                )
                 for i in event.items
             ),
             total=event.total,

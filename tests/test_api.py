@@ -695,3 +695,22 @@ def test_consent_answers_may_we_contact_with_the_deciding_event(
     assert unknown.json()["reason"] == "no decision recorded"
     bad = client.get("/v1/consent/a%2Fb", params={"channel": "fax"}, headers=headers())
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "channel"
+
+
+def test_metrics_count_trigger_outcomes_by_reason_and_deliveries(
+    store: ProfileStore, client: TestClient[Any]
+) -> None:
+    store.tally.outcome("welcome", "suppressed", "no_consent")
+    store.tally.outcome("welcome", "suppressed", "no_consent")
+    store.tally.outcome("receipt", "fired", None)
+    store.tally.delivery("receipt", "retried")
+    text = client.get("/metrics").text
+    assert (
+        'profilestore_trigger_outcomes_total{reason="no_consent",status="suppressed",'
+        'trigger="welcome"} 2.0'
+    ) in text
+    assert (
+        'profilestore_trigger_outcomes_total{reason="",status="fired",trigger="receipt"} 1.0'
+        in text
+    )
+    assert 'profilestore_trigger_deliveries_total{result="retried",trigger="receipt"} 1.0' in text

@@ -94,6 +94,8 @@ def test_orders_schema(store: ProfileStore) -> None:
         ("name", "str", True),
         ("quantity", "int", False),
         ("unit_price", "decimal", False),
+        ("category", "str", True),
+        ("brand", "str", True),
     ]
 
 

@@ -40,6 +40,7 @@ def test_every_configured_dataset_loads_its_projection() -> None:
         "orders",
         "service",
         "social",
+        "interests",
     }
 
 

@@ -38,6 +38,8 @@ from profilestore.events import (
     IdentifierUnlinked,
     IdentityLinked,
     IdentityUnlinked,
+    InterestShown,
+    InterestWithdrawn,
     LifeEventDetected,
     Location,
     LocationSet,
@@ -65,6 +67,7 @@ from projections import (
     consents,
     email,
     identities,
+    interests,
     orders,
     service,
     social,
@@ -175,6 +178,12 @@ SAMPLES: dict[type[Event], dict[str, Any]] = {
     ConsentGiven: {"channel": "email"},
     ConsentWithdrawn: {"channel": "sms", "purpose": "service"},
     ActivityTracked: {"name": "Video Played", "properties": {"video.id": "v-1", "seconds": 42}},
+    InterestShown: {
+        "occasion_id": "sale-1",
+        "title": "Spring sale",
+        "starts_at": dt.datetime(2026, 4, 1, 9, 0, tzinfo=dt.UTC),
+    },
+    InterestWithdrawn: {"occasion_id": "sale-1"},
 }
 
 
@@ -184,7 +193,18 @@ def sample(cls: type[Event], minute: float = 0, **overrides: Any) -> Any:
 
 PROJECTIONS: dict[str, Projection[Any]] = {
     m.PROJECTION.dataset: m.PROJECTION
-    for m in (identities, attributes, consents, carts, orders, browsing, email, social, service)
+    for m in (
+        identities,
+        attributes,
+        consents,
+        carts,
+        orders,
+        browsing,
+        email,
+        social,
+        service,
+        interests,
+    )
 }
 
 
@@ -250,6 +270,13 @@ def scenario(dataset: str) -> list[Event]:
             sample(TicketOpened, 1, ticket_id="t-2"),
             sample(TicketResolved, 2),
             sample(SurveyAnswered, 3),
+        ]
+    if dataset == "interests":
+        return [
+            sample(InterestShown, 0),
+            sample(InterestShown, 1, occasion_id="launch-2", title="Launch"),
+            sample(InterestShown, 2, title="Spring sale, moved"),
+            sample(InterestWithdrawn, 3, occasion_id="launch-2"),
         ]
     raise AssertionError(dataset)
 

@@ -6,8 +6,9 @@ usage or configuration; 3 a store is unavailable (unreachable, locked, read-only
 corrupt: the message names it and says what to do; nothing half-written is kept).
 
 Reading commands (profile, find, history, export, status, datasets, schedule list, verify,
-audit digest, audit verify) open the stores read-only, so they work on a copy nobody may
-write (see :func:`~profilestore.store.open_store`).
+audit digest, audit verify, triggers list, triggers log, outbox list, experiments report)
+open the stores read-only, so they work on a copy nobody may write (see
+:func:`~profilestore.store.open_store`).
 """
 
 from __future__ import annotations
@@ -333,6 +334,19 @@ def status(obj: _Context, as_json: bool) -> None:
             f"identity graph: at position {graph.position}, "
             f"{graph.events_behind} log positions behind, {kept}"
         )
+        engine = store.trigger_status()
+        if engine.enabled:
+            running = f"run by {engine.running_holder}" if engine.running_holder else "idle"
+            if engine.failed:
+                running = f"[red]failed[/red]: {escape(engine.error or '')}"
+            dead = (
+                f", [red]{engine.dead_letters} dead letter(s)[/red]" if engine.dead_letters else ""
+            )
+            table.caption += (
+                f"\ntrigger engine ({', '.join(engine.enabled)}): at position {engine.position}, "
+                f"{engine.events_behind} log positions behind, {running}; {engine.timers} "
+                f"timer(s), {engine.pending_deliveries} delivery(ies) pending{dead}"
+            )
         Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
@@ -393,7 +407,9 @@ def worker(obj: _Context, datasets: tuple[str, ...]) -> None:
 def _announce(store: ProfileStore, running: Any, *, serving: bool = False) -> None:
     text = (
         f"worker {store.holder}: real time {', '.join(running.realtime) or '-'}; "
-        f"scheduled {', '.join(running.scheduled) or '-'}"
+        f"scheduled {', '.join(running.scheduled) or '-'}; "
+        f"triggers {', '.join(store.triggers) or '-'}"
+        f"{'; delivering the outbox' if running.delivers else ''}"
     )
     if serving:
         # Under `serve`, stderr is the JSON log: this line is one of its lines too.
@@ -732,6 +748,100 @@ def consent(obj: _Context, customer_id: str, channel: str, purpose: str) -> None
         _emit(decision, pretty=True)
     if not decision.allowed:
         sys.exit(1)
+
+
+@main.group()
+def triggers() -> None:
+    """Triggers: what they are, what they decided, running them now."""
+
+
+@triggers.command("list")
+@click.pass_obj
+def triggers_list(obj: _Context) -> None:
+    """Every configured trigger: enabled or not, channel, purpose, what it does."""
+    with _errors(), obj.open(read_only=True) as store:
+        _emit(store.trigger_catalogue(), pretty=True)
+
+
+@triggers.command("log")
+@click.argument("customer_id")
+@click.pass_obj
+def triggers_log(obj: _Context, customer_id: str) -> None:
+    """Every trigger decision for CUSTOMER_ID (every key of a merged profile), oldest
+    first, as JSON Lines: fired, duplicate, deferred or waiting until when, suppressed
+    and why, cancelled, failed."""
+    with _errors(), obj.open(read_only=True) as store:
+        for outcome in store.trigger_log(customer_id):
+            _emit(outcome, pretty=False)
+
+
+@triggers.command("run")
+@click.pass_obj
+def triggers_run(obj: _Context) -> None:
+    """Decide the enabled triggers on the events recorded since the last run, and the
+    timers due, now (the worker does this continuously)."""
+    with _errors(), obj.open() as store:
+        report = store.run_triggers()
+        if report.skipped_locked:
+            stderr.print("[yellow]skipped[/yellow]: another process runs the trigger engine")
+        _emit(
+            {
+                "high_water": report.high_water,
+                "events_read": report.events_read,
+                "outcomes": report.outcomes,
+                "skipped_locked": report.skipped_locked,
+            },
+            pretty=False,
+        )
+
+
+@main.group()
+def experiments() -> None:
+    """Experiments on triggers: variants and a holdout, and how they convert."""
+
+
+@experiments.command("report")
+@click.argument("name")
+@click.pass_obj
+def experiments_report(obj: _Context, name: str) -> None:
+    """Per variant and the holdout of experiment NAME: customers, conversions (an order
+    within the window after the firing), the rate and its 95% interval."""
+    with _errors(), obj.open(read_only=True) as store:
+        _emit(store.experiment_report(name), pretty=True)
+
+
+@main.group()
+def outbox() -> None:
+    """Fired messages on their way: pending, delivered, dead letters, redrive."""
+
+
+@outbox.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "dead", "delivered"]),
+    default="pending",
+    show_default=True,
+)
+@click.pass_obj
+def outbox_list(obj: _Context, status: str) -> None:
+    """The deliveries with STATUS, oldest first, as JSON Lines (attempts, last error)."""
+    with _errors(), obj.open(read_only=True) as store:
+        for delivery in store.outbox(status):  # type: ignore[arg-type]
+            _emit(delivery, pretty=False)
+
+
+@outbox.command("retry")
+@click.argument("message_ids", nargs=-1)
+@click.pass_obj
+def outbox_retry(obj: _Context, message_ids: tuple[str, ...]) -> None:
+    """Queue dead letters again (MESSAGE_IDS, or all), enabling their endpoints again;
+    the worker delivers them under the same message ids."""
+    with _errors(), obj.open() as store:
+        moved = store.redrive(list(message_ids) or None)
+        _emit({"redriven": moved}, pretty=False)
+        if message_ids and not moved:
+            stderr.print("[yellow]no dead letter[/yellow] has these message ids")
+            sys.exit(1)
 
 
 @main.group()

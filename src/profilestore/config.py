@@ -135,6 +135,21 @@ class SegmentSettings(Strict, frozen=True, kw_only=True):
 
 
 IdentifierKindName = Literal["email", "phone", "handle", "device"]
+ChannelName = Literal["email", "sms", "phone", "push", "post", "social", "web"]
+"""The consent channels (``profilestore.events.ConsentChannel``)."""
+LifeEventName = Literal[
+    "moved",
+    "new_job",
+    "engaged",
+    "married",
+    "new_baby",
+    "graduation",
+    "retirement",
+    "new_pet",
+    "bereavement",
+    "other",
+]
+"""The life events of the catalogue (``profilestore.events.LifeEventKind``)."""
 
 
 def _default_shared_after() -> dict[IdentifierKindName, int]:
@@ -230,7 +245,182 @@ def _default_datasets() -> dict[str, DatasetSettings]:
         "orders": dataset("orders", every="1h"),
         "service": dataset("service", every="1h"),
         "social": dataset("social", cron="0 3 * * sun"),
+        "interests": dataset("interests", refresh="realtime"),
     }
+
+
+class TriggerSettings(Strict, frozen=True, kw_only=True):
+    """One trigger (README: Triggers): its module and how it is tuned."""
+
+    trigger: str
+    """Import path of the module defining ``TRIGGER``."""
+    enabled: bool = False
+    """Off by default: turning a trigger on is a decision to write to customers."""
+    since: Annotated[dt.datetime, msgspec.Meta(tz=True)] | None = None
+    """Fire only for events recorded at or after this time; none: from when the engine
+    first ran the trigger enabled (so enabling it on an old store sends nothing old)."""
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The trigger's knobs, decoded strictly into its module's ``settings`` Struct."""
+    stale_after_hours: Annotated[int, msgspec.Meta(ge=0)] = 72
+    """A message decided this long after its event (an engine down for days) is not
+    sent, but suppressed as too late; 0: no limit. Triggers that plan ahead decide
+    about the present and are not held to it."""
+
+
+HOUR_MINUTE = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class QuietHours(Strict, frozen=True, kw_only=True):
+    """A window of the customer's local day in which nothing but transactional messages
+    is sent; a message decided inside it waits for its end. ``start == end``: none."""
+
+    start: Annotated[str, msgspec.Meta(pattern=HOUR_MINUTE)] = "21:00"
+    end: Annotated[str, msgspec.Meta(pattern=HOUR_MINUTE)] = "08:00"
+    channels: list[ChannelName] = msgspec.field(
+        default_factory=lambda: ["email", "sms", "phone", "push"]
+    )
+
+
+class Cap(Strict, frozen=True, kw_only=True):
+    daily: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """Most messages per rolling 24 hours on the channel (none: ``[contact] daily_cap``)."""
+    weekly: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """Most messages per rolling 7 days (none: ``[contact] weekly_cap``)."""
+
+
+SENSITIVE_CATEGORIES = (
+    "health",
+    "medical",
+    "pharmacy",
+    "sexual wellness",
+    "intimate apparel",
+    "pregnancy",
+    "weight loss",
+    "skin conditions",
+    "adult",
+)
+PAYLOAD_FIELDS = (
+    *("first_name", "occasion", "offer", "discount_percent"),
+    *("order_id", "placed_at", "items", "sku", "name", "quantity", "unit_price", "total"),
+    *("currency", "cart_id", "value", "category", "categories", "brand", "product"),
+    *("tier", "orders", "spend", "event_key", "title", "starts_at", "url", "days_before"),
+)
+"""What a message may say by default: names of things bought, carted or signed up for,
+amounts the customer paid, an offer; never a count or duration of browsing."""
+
+
+class ContactSettings(Strict, frozen=True, kw_only=True):
+    """The contact policy every non-transactional firing passes (README: Triggers)."""
+
+    timezone: str = "UTC"
+    """IANA zone of customers who gave none (``profile.location_set`` with a timezone)."""
+    quiet_hours: QuietHours = msgspec.field(default_factory=QuietHours)
+    daily_cap: Annotated[int, msgspec.Meta(ge=0)] = 2
+    """Most non-transactional messages per channel per customer in 24 hours."""
+    weekly_cap: Annotated[int, msgspec.Meta(ge=0)] = 5
+    """... and in 7 days."""
+    caps: dict[ChannelName, Cap] = msgspec.field(default_factory=dict)
+    """Per channel, instead of the two above, e.g. ``{ sms = { daily = 1, weekly = 2 } }``."""
+    sensitive_life_events: list[LifeEventName] = msgspec.field(
+        default_factory=lambda: ["bereavement"]
+    )
+    """Life events after which no non-transactional message goes out for a while."""
+    sensitive_for_days: Annotated[int, msgspec.Meta(ge=0, le=3650)] = 90
+    sensitive_categories: list[Annotated[str, msgspec.Meta(min_length=1, max_length=512)]] = (
+        msgspec.field(default_factory=lambda: list(SENSITIVE_CATEGORIES))
+    )
+    """Product categories that never appear in a message (compared case-insensitively):
+    lines of them are left out, and a message left with nothing is not sent."""
+    payload_fields: list[Annotated[str, msgspec.Meta(min_length=1, max_length=100)]] = (
+        msgspec.field(default_factory=lambda: list(PAYLOAD_FIELDS))
+    )
+    """The only field names a message may carry (at any depth); others are left out."""
+
+    def __post_init__(self) -> None:
+        try:
+            zone(self.timezone)
+        except CadenceError as e:
+            raise ValueError(f"`timezone`: {e}") from None
+
+    def cap(self, channel: str) -> tuple[int, int]:
+        """(daily, weekly) caps of ``channel``."""
+        own = self.caps.get(channel)  # type: ignore[call-overload]
+        daily = own.daily if own is not None and own.daily is not None else self.daily_cap
+        weekly = own.weekly if own is not None and own.weekly is not None else self.weekly_cap
+        return daily, weekly
+
+
+class Endpoint(Strict, frozen=True, kw_only=True):
+    """A webhook receiver of fired messages, signed per Standard Webhooks."""
+
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    secrets: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
+    """``whsec_`` + base64 secrets: the first signs, every one is sent as a signature
+    (``webhook-signature: v1,... v1,...``), so a receiver can rotate its secret."""
+    channels: list[ChannelName] = msgspec.field(
+        default_factory=lambda: ["email", "sms", "phone", "push", "post", "social", "web"]
+    )
+    """The channels whose messages it receives."""
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+
+
+class DeliverySettings(Strict, frozen=True, kw_only=True):
+    """Where fired messages go (README: Triggers): webhooks and a JSON Lines file."""
+
+    endpoints: dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,39}$")], Endpoint] = (
+        msgspec.field(default_factory=dict)
+    )
+    file: str = ""
+    """A JSON Lines file every message is appended to (``{home}`` allowed; "": none)."""
+    retry_base_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    """Retries wait exponentially from this, with full jitter ..."""
+    retry_max_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    """... at most this long between two attempts ..."""
+    retry_horizon_s: Annotated[int, msgspec.Meta(ge=0)] = 86_400
+    """... for this long after the first attempt: then the message is a dead letter."""
+    poll_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 200
+    """How often the worker looks for messages to deliver."""
+
+
+ArmName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+
+
+class ExperimentSettings(Strict, frozen=True, kw_only=True):
+    """A test of a trigger (README: Triggers): variants by weight and a holdout share."""
+
+    trigger: str
+    """The trigger (a name under ``[triggers]``) whose firings it splits."""
+    variants: dict[ArmName, Annotated[float, msgspec.Meta(gt=0)]]
+    """Variant -> weight, e.g. ``{ plain = 1, coupon = 1 }``; the receiver gets the
+    variant with the message and picks the content."""
+    holdout: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.1
+    """The share of customers never sent it: the baseline."""
+    window_days: Annotated[int, msgspec.Meta(ge=1, le=365)] = 7
+    """A conversion is an order within this many days after the firing."""
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            raise ValueError("`variants` must name at least one variant")
+        if "holdout" in self.variants:
+            raise ValueError("`variants`: 'holdout' is the name of the held-out share")
+
+
+def _default_triggers() -> dict[str, TriggerSettings]:
+    return {name: TriggerSettings(trigger=f"triggers.{name}") for name in SHIPPED_TRIGGERS}
+
+
+SHIPPED_TRIGGERS = (
+    "welcome",
+    "intro_offer",
+    "receipt",
+    "birthday",
+    "cross_sell",
+    "try_new",
+    "loyalty",
+    "reminders",
+    "abandoned_cart",
+)
+"""The trigger modules shipped in ``triggers/``, listed (disabled) in the default config."""
 
 
 class Settings(Strict, frozen=True, kw_only=True):
@@ -243,6 +433,10 @@ class Settings(Strict, frozen=True, kw_only=True):
     identity: IdentitySettings = msgspec.field(default_factory=IdentitySettings)
     segment: SegmentSettings = msgspec.field(default_factory=SegmentSettings)
     datasets: dict[str, DatasetSettings] = msgspec.field(default_factory=_default_datasets)
+    triggers: dict[str, TriggerSettings] = msgspec.field(default_factory=_default_triggers)
+    contact: ContactSettings = msgspec.field(default_factory=ContactSettings)
+    delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
+    experiments: dict[str, ExperimentSettings] = msgspec.field(default_factory=dict)
 
     @property
     def home(self) -> Path:
@@ -300,6 +494,8 @@ def load_settings(
         source = "built-in defaults"
     if not tree.get("datasets"):
         tree["datasets"] = msgspec.to_builtins(_default_datasets())
+    if "triggers" not in tree:
+        tree["triggers"] = msgspec.to_builtins(_default_triggers())
     overrides = []
     for name, raw in sorted(env.items()):
         if name == f"{ENV_PREFIX}HOME":
@@ -319,6 +515,20 @@ def load_settings(
         # Decoded one by one: msgspec reports a dict entry's path as `datasets[...]`.
         for name, entry in datasets.items():
             _convert(entry, DatasetSettings, source, f"datasets.{name}")
+    experiments = tree.get("experiments")
+    if isinstance(experiments, dict):
+        for name, entry in experiments.items():
+            _convert(entry, ExperimentSettings, source, f"experiments.{name}")
+            if isinstance(entry, dict) and entry.get("trigger") not in tree.get("triggers", {}):
+                raise ConfigError(
+                    source,
+                    f"experiments.{name}.trigger",
+                    f"names no trigger under [triggers]: {entry.get('trigger')!r}",
+                )
+    triggers = tree.get("triggers")
+    if isinstance(triggers, dict):
+        for name, entry in triggers.items():
+            _convert(entry, TriggerSettings, source, f"triggers.{name}")
     return _convert(tree, Settings, source, "")
 
 

@@ -398,3 +398,14 @@ class UnusableLtvModel(ProfileStoreError):
     def __init__(self, reason: str, remedy: str) -> None:
         self.reason = reason
         super().__init__(f"the lifetime-value model {reason}: {remedy}")
+
+
+class InvalidTrigger(ProfileStoreError, ValueError):
+    """A ``Trigger(...)`` with an unusable field, refused when it is built (so when its
+    module is imported); loading it from the settings raises a :class:`ConfigError` naming
+    the module too."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"Trigger field `{field}` {reason}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import typing
+import zoneinfo
 from decimal import Decimal
 from typing import Annotated, ClassVar, Literal
 
@@ -81,6 +82,17 @@ LifeEventKind = Literal[
     "other",
 ]
 TicketPriority = Literal["low", "normal", "high", "urgent"]
+
+
+def is_time_zone(name: str) -> bool:
+    """Whether ``name`` is an IANA time zone this machine knows."""
+    if not 1 <= len(name) <= 64:
+        return False  # the longest IANA name is 32 characters; longer is no file name
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
 
 
 def _check_money(owner: object, *names: str) -> None:
@@ -239,10 +251,19 @@ class Location(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     postal_code: ShortText | None = None
     latitude: Annotated[float, msgspec.Meta(ge=-90, le=90)] | None = None
     longitude: Annotated[float, msgspec.Meta(ge=-180, le=180)] | None = None
+    timezone: ShortText | None = None
+    """The customer's IANA time zone (``Europe/Paris``): birthdays and quiet hours are
+    read in it. Checked by :class:`LocationSet` at intake, not here, so a stored section
+    holding one reads back wherever it is decoded."""
 
 
 class LocationSet(Event, tag="profile.location_set", frozen=True, kw_only=True):
     location: Location
+
+    def __post_init__(self) -> None:
+        zone = self.location.timezone
+        if zone is not None and not is_time_zone(zone):
+            raise ValueError("`location.timezone` is not an IANA time zone such as 'Europe/Paris'")
 
 
 PreferenceValue = str | int | float | bool | None
@@ -300,6 +321,9 @@ class OrderLine(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     name: ShortText | None = None
     quantity: Quantity = 1
     unit_price: Money
+    category: ShortText | None = None
+    """The product's category (cross-sell reads it; sensitive ones never go out)."""
+    brand: ShortText | None = None
 
     def __post_init__(self) -> None:
         _check_money(self, "unit_price")
@@ -469,6 +493,26 @@ class ActivityTracked(Event, tag="activity.tracked", frozen=True, kw_only=True):
     properties_cut: Annotated[int, msgspec.Meta(ge=0, le=COUNT_MAX)] = 0
 
 
+# --- interests --------------------------------------------------------------------------
+
+
+class InterestShown(Event, tag="interest.shown", frozen=True, kw_only=True):
+    """The customer showed interest in an upcoming occasion (a sale, a launch, a concert):
+    saved it, registered, asked to be reminded. Sent again with the same ``occasion_id``
+    when it moves."""
+
+    occasion_id: Key
+    title: ShortText
+    starts_at: Timestamp
+    url: Text | None = None
+
+
+class InterestWithdrawn(Event, tag="interest.withdrawn", frozen=True, kw_only=True):
+    """The customer is no longer interested in the occasion (or it was called off)."""
+
+    occasion_id: Key
+
+
 AnyEvent = (
     IdentifierSeen
     | IdentifierLinked
@@ -501,6 +545,8 @@ AnyEvent = (
     | ConsentGiven
     | ConsentWithdrawn
     | ActivityTracked
+    | InterestShown
+    | InterestWithdrawn
 )
 """The tagged union a client's event decodes into."""
 

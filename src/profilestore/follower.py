@@ -7,6 +7,10 @@ it; a second follower waits on standby until the first one's leases lapse. Each 
 the consumer reads the log after its position up to the head (at most
 ``follower_batch`` events), folds, writes and advances: the same loop as every refresh.
 
+After the datasets it steps the trigger engine (:mod:`profilestore.firing`), when a
+trigger is enabled and no other process runs it: events are decided as they arrive, and
+timers as they fall due.
+
 The follower also keeps the identity graph (:mod:`profilestore.identity`) when no other
 process does: each wake-up first applies new links (and runs the linking rules), then
 steps the datasets, whose passes regroup merged profiles before folding; datasets it does
@@ -61,6 +65,9 @@ class Follower:
         self.batch = batch or settings.follower_batch
         self.consumer = store.live(self.datasets, batch=self.batch)
         self.graph = store.live_identity(batch=self.batch)
+        self.triggers = store.live_triggers(batch=self.batch)
+        """The trigger engine, stepped after the datasets (None: no trigger enabled)."""
+        self._triggers_retry_at = 0.0
         self.others = [n for n in store.projections if n not in self.datasets]
         """Datasets this follower does not fold: regrouped when the graph changes."""
         self._regroup_others = False
@@ -150,6 +157,8 @@ class Follower:
             try:
                 consumer.release()
                 self.graph.release()
+                if self.triggers is not None:
+                    self.triggers.release()
             except StoreClosed:  # the store closed under us: its leases lapse by themselves
                 log.warning("follower stopped after its store was closed")
 
@@ -175,7 +184,7 @@ class Follower:
     def _subscribe(self) -> None:
         if self._subscription is not None:
             return
-        self._subscription = self.store.subscribe(self.datasets)
+        self._subscription = self.store.subscribe(self.datasets, triggers=self.triggers is not None)
         if self._subscription is None:
             return
         self._subscription_thread = threading.Thread(
@@ -202,7 +211,26 @@ class Follower:
         # the next wait at once.
         self._woken.clear()
         self._step_graph()
-        return self.consumer.step()
+        stepped = self.consumer.step() if self.datasets else None
+        decided = self._step_triggers()
+        if decided is not None and decided.events_read >= self.batch:
+            return decided  # the engine is behind: step again before waiting
+        return stepped
+
+    def _step_triggers(self) -> PassReport | None:
+        """Decide the triggers on the new events (and the timers due), after the datasets
+        so their sections are fresh; another process may run the engine."""
+        engine = self.triggers
+        if engine is None:
+            return None
+        if not engine.leased:
+            if time.monotonic() < self._triggers_retry_at:
+                return None
+            if not engine.take():
+                self._triggers_retry_at = time.monotonic() + GRAPH_RETRY_S
+                return None
+        engine.renew_if_due()
+        return engine.step()
 
     def _step_graph(self) -> None:
         """Apply new links first, if this follower keeps the graph (another may)."""

@@ -15,7 +15,8 @@ The follower does not read the log itself: it decides *when* to wake a :class:`L
 consumer (a subscription's notification, or a poll interval), which takes the same steps
 while holding its leases across wake-ups.
 
-The handler contract, which the trigger engine will implement next to the projections:
+The handler contract, which the projections (:mod:`profilestore.projector`) and the
+trigger engine (:mod:`profilestore.firing`) implement:
 
 - :meth:`Handler.begin` opens a pass over the targets: it reports the lowest tracked
   position (``start``) and the event topics it reads. Each target tracks its own position;
@@ -86,6 +87,8 @@ class PassReport:
     released: dict[str, int] = field(default_factory=dict)
     """Dead-lettered customers that folded again (a retry)."""
     skipped_locked: list[str] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    """The trigger engine's outcomes by status (fired, deferred, suppressed, ...)."""
 
 
 class Pass(ABC):

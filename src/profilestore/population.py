@@ -76,6 +76,8 @@ from profilestore.events import (
     IdentifierLinked,
     IdentifierSeen,
     IdentifierUnlinked,
+    InterestShown,
+    InterestWithdrawn,
     LifeEventDetected,
     LifeEventKind,
     Location,
@@ -412,6 +414,7 @@ class _Customer:
         "emitted",
         "first",
         "handle",
+        "interest_rng",
         "last",
         "marketing",
         "n",
@@ -445,6 +448,7 @@ class _Customer:
         self.rate = 0.0
         self.next_at = 0
         self.bday_at: int | None = None
+        self.interest_rng = random.Random(f"interest-{self.cid}")
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -643,7 +647,33 @@ class _Customer:
                 price=product.prices[currency],
                 session_id=session,
             )
+        self._interest(t, source, category)
         return t, session, category
+
+    def _interest(self, t: int, source: str, category: str) -> None:
+        """Now and then, interest in an upcoming sale of the category (sometimes
+        withdrawn). Drawn from the customer's own generator, so adding it changed
+        nothing else a population holds."""
+        r = self.interest_rng.random
+        if r() >= 0.02:
+            return
+        starts = self.sim.start + dt.timedelta(milliseconds=t + self._days(3, 30, r))
+        occasion = f"{category.replace(' ', '-')}-sale-{starts:%Y%m%d}"
+        self._ev(
+            t,
+            InterestShown,
+            source,
+            occasion_id=occasion,
+            title=f"{category.title()} sale",
+            starts_at=starts,
+            url=f"{_SHOP}/sales/{occasion}",
+        )
+        if r() < 0.25:
+            self._ev(t + self._days(0, 2, r), InterestWithdrawn, source, occasion_id=occasion)
+
+    @staticmethod
+    def _days(low: int, high: int, r: Any) -> int:
+        return int((low + r() * (high - low)) * _DAY)
 
     def _shop(self, t: int) -> None:
         """Browse, fill a cart, then order it, abandon it or clear it."""

@@ -65,7 +65,7 @@ class Projection(Generic[S]):
                 "reads", f"must be a tuple of event classes, not a {type(self.reads).__name__}"
             )
         for read in self.reads:
-            if not _is_event_class(read):
+            if not is_event_class(read):
                 raise InvalidProjection(
                     "reads",
                     f"holds {read!r}, which is not an event class of the catalogue "
@@ -107,7 +107,7 @@ def keep_last(items: tuple[T, ...], item: T, cap: int) -> tuple[T, ...]:
     return (*items, item)
 
 
-def _is_event_class(value: object) -> bool:
+def is_event_class(value: object) -> bool:
     """An event type a projection can read: an Event subclass tagged with a type of the
     catalogue (the log decodes no other), not the envelope or an abstract base."""
     return (
@@ -130,13 +130,13 @@ def load_projection(module_path: str, *, source: str, path: str) -> Projection[A
         raise ConfigError(
             source,
             path,
-            f"projection module {module_path!r}{_where(e)}: {e}; fix its PROJECTION",
+            f"projection module {module_path!r}{raised_at(e)}: {e}; fix its PROJECTION",
         ) from None
     except Exception as e:  # any error in the user's module: one line, not a traceback
         raise ConfigError(
             source,
             path,
-            f"projection module {module_path!r} failed on import{_where(e)}: "
+            f"projection module {module_path!r} failed on import{raised_at(e)}: "
             f"{type(e).__name__}: {e}",
         ) from None
     projection = getattr(module, "PROJECTION", None)
@@ -147,7 +147,7 @@ def load_projection(module_path: str, *, source: str, path: str) -> Projection[A
     return projection
 
 
-def _where(error: BaseException) -> str:
+def raised_at(error: BaseException) -> str:
     """`` (file.py, line N)`` of the innermost module-level statement that raised ``error``
     (the module being imported, or one it imports), if any."""
     if isinstance(error, SyntaxError) and error.filename:

@@ -135,7 +135,7 @@ def cron_trigger(expression: str, timezone: dt.tzinfo) -> CronTrigger:
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
         raise CadenceError(f"{name!r} is not an IANA time zone such as 'Europe/Paris'") from None
 
 

@@ -26,6 +26,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, ParamSpec, TypeVar, get_args
 
@@ -34,6 +35,7 @@ import msgspec
 from profilestore import segment
 from profilestore.audit import Auditor
 from profilestore.config import Settings
+from profilestore.contact import ContactPolicy, latest_grant
 from profilestore.documents import (
     DatasetSchema,
     DocumentStore,
@@ -43,6 +45,7 @@ from profilestore.documents import (
 )
 from profilestore.errors import (
     AmbiguousIdentifier,
+    ConfigError,
     CustomerNotFound,
     IdentifierNotFound,
     InvalidArgument,
@@ -64,6 +67,20 @@ from profilestore.events import (
     Event,
     IdentityLinked,
     IdentityUnlinked,
+    event_type_name,
+)
+from profilestore.experiment import Experiment, ExperimentReport, Exposure
+from profilestore.experiment import report as report_experiment
+from profilestore.firing import LEASE_KIND as TRIGGER_LEASE
+from profilestore.firing import TARGET as TRIGGER_TARGET
+from profilestore.firing import (
+    Firing,
+    Outcome,
+    TriggerHandler,
+    count_timers,
+    read_firings,
+    read_messages,
+    read_outcomes,
 )
 from profilestore.identifiers import lookup_key
 from profilestore.identity import (
@@ -82,6 +99,15 @@ from profilestore.identity import (
     profile_of,
 )
 from profilestore.normalise import configure, is_blocked, policy_from_settings
+from profilestore.outbox import (
+    Courier,
+    Delivery,
+    DrainReport,
+    destinations,
+    list_deliveries,
+    redrive,
+)
+from profilestore.outbox import Status as OutboxStatus
 from profilestore.pipeline import (
     Clock,
     Consumer,
@@ -104,11 +130,15 @@ from profilestore.projector import (
 from profilestore.replay import VerifyReport, choose_customers, profile_as_of, verify_profiles
 from profilestore.runs import DeadLetter, Journal, RunRecord, Trigger
 from profilestore.schedule import next_due, parse_cadence, zone
+from profilestore.tally import Tally
+from profilestore.trigger import EnabledTrigger, check_needs, load_trigger, settings_of
 
 log = logging.getLogger(__name__)
+OUTBOX_TARGET = "outbox"
+"""The courier's lease target (kind ``delivery``): one process delivers at a time."""
 P = ParamSpec("P")
 R = TypeVar("R")
-_LEADING_FIELD = re.compile(r"^`(\w+)`")
+_LEADING_FIELD = re.compile(r"^`([\w.]+)`")
 GRAPH_WAIT_S = 0.01
 """How often a link or unlink checks whether the graph's keeper has caught up."""
 
@@ -256,6 +286,26 @@ class SubjectExport(msgspec.Struct, frozen=True, kw_only=True):
     exported_at: dt.datetime
     profile: Profile | None
     events: list[msgspec.Raw]
+    trigger_outcomes: list[Outcome] = msgspec.field(default_factory=list)
+    """Every trigger decision about the customer (``profilestore triggers log``)."""
+    messages: list[Firing] = msgspec.field(default_factory=list)
+    """Every message fired to the customer, with what it said."""
+
+
+class EngineStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The trigger engine: how far it has decided the log, who runs it, what waits."""
+
+    enabled: list[str]
+    position: int
+    events_behind: int
+    running_holder: str | None
+    last_run: RunRecord | None
+    failed: bool
+    error: str | None
+    timers: int
+    """Decisions waiting for a moment (abandoned carts, birthdays, deferrals)."""
+    pending_deliveries: int
+    dead_letters: int
 
 
 class GraphStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -283,6 +333,20 @@ class ContactDecision(msgspec.Struct, frozen=True, kw_only=True):
     named their events)."""
     decided_at: dt.datetime | None = None
     source: str | None = None
+
+
+class TriggerListing(msgspec.Struct, frozen=True, kw_only=True):
+    """A configured trigger, as ``profilestore triggers list`` shows it."""
+
+    trigger: str
+    enabled: bool
+    channel: str
+    purpose: str
+    transactional: bool
+    reads: list[str]
+    description: str
+    since: dt.datetime | None = None
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class LinkResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -376,11 +440,25 @@ class ProfileStore:
         projections: Mapping[str, Projection[Any]],
         *,
         clock: Clock = utcnow,
+        triggers: Mapping[str, EnabledTrigger] | None = None,
     ) -> None:
         self.settings = settings
         self._projections = dict(projections)
         self.projections: Mapping[str, Projection[Any]] = MappingProxyType(self._projections)
         """The configured datasets' projections, in config order (read-only)."""
+        self._triggers = dict(triggers or {})
+        self.triggers: Mapping[str, EnabledTrigger] = MappingProxyType(self._triggers)
+        """The enabled triggers, in config order (read-only; see :func:`load_triggers`)."""
+        self._policy = ContactPolicy(settings.contact)
+        self._courier: Courier | None = None
+        self.experiments: Mapping[str, Experiment] = MappingProxyType(
+            {n: Experiment.from_settings(n, e) for n, e in settings.experiments.items()}
+        )
+        """The configured experiments, by name."""
+        self.tally = Tally()
+        """What the trigger engine and the courier did in this process (``/metrics``)."""
+        self._transport: Any = None
+        """An httpx transport for the courier (tests: a mock one); None: the network."""
         self.clock = clock
         self.timezone = zone(settings.schedule.timezone)
         self.holder = new_holder()
@@ -606,6 +684,177 @@ class ProfileStore:
             links=links,
         )
 
+    # --- triggers -------------------------------------------------------------------------
+
+    def _trigger_handler(self) -> TriggerHandler:
+        delivery = self.settings.delivery
+        return TriggerHandler(
+            self._log,
+            self._documents,
+            self.projections,
+            self.triggers,
+            self._policy,
+            clock=self.clock,
+            routes=lambda channel: destinations(delivery, channel),
+            tally=self.tally,
+            experiments={e.trigger: e for e in self.experiments.values()},
+        )
+
+    @_guarded
+    def experiment_report(self, name: str) -> ExperimentReport:
+        """Per variant and the holdout: customers, conversions (an order within the
+        window after the firing), the rate and its 95% interval."""
+        experiment = self.experiments.get(name)
+        if experiment is None:
+            raise InvalidArgument(
+                "experiment", f"is not configured; known: {', '.join(self.experiments) or 'none'}"
+            )
+        exposures = [
+            Exposure(customer_id=f.customer_id, arm=f.variant, at=f.fired_at)
+            for f in read_firings(self._documents)
+            if f.experiment == name and f.variant is not None
+        ]
+        graph = self._graph()
+
+        def members_of(key: str) -> Sequence[str]:
+            return graph.members(graph.profile_of(key)) or (key,)
+
+        return report_experiment(self._log, experiment, exposures, members_of)
+
+    # --- the outbox -----------------------------------------------------------------------
+
+    def _open_courier(self) -> Courier:
+        if self._courier is None:
+            file = self.settings.delivery.file
+            self._courier = Courier(
+                self._documents,
+                self.settings.delivery,
+                file=Path(self.settings.url(file)) if file else None,
+                clock=self.clock,
+                transport=self._transport,
+                tally=self.tally,
+            )
+        return self._courier
+
+    @_guarded
+    def deliver(self, limit: int = 1000) -> DrainReport | None:
+        """Deliver the messages due (webhooks, the file); None while another process
+        delivers (one at a time, under the ``delivery`` lease)."""
+        if self._leases.acquire([OUTBOX_TARGET], required=False, kind="delivery"):
+            return None
+        try:
+            return self._open_courier().drain(limit)
+        finally:
+            self._leases.release([OUTBOX_TARGET], kind="delivery")
+
+    @_guarded
+    def outbox(self, status: OutboxStatus = "pending") -> list[Delivery]:
+        """The deliveries ``pending`` (with their attempts), ``dead`` or ``delivered``."""
+        return list_deliveries(self._documents, status)
+
+    @_guarded
+    def redrive(self, message_ids: Sequence[str] | None = None) -> int:
+        """Queue dead letters again (all, or those of ``message_ids``), enabling their
+        endpoints again; returns how many."""
+        return redrive(self._documents, message_ids, self.clock())
+
+    @_guarded
+    def run_triggers(
+        self,
+        *,
+        trigger: Trigger = "manual",
+        until: int | None = None,
+        progress: Progress | None = None,
+    ) -> PassReport:
+        """Decide every enabled trigger on the events recorded since the engine's last
+        run (up to the log head now), then the timers due; skipped (``skipped_locked``)
+        while another process runs the engine. The identity graph is brought up to date
+        first, so a merged customer is decided as one."""
+        if not self.triggers:
+            head = self._log.head()
+            return PassReport([], head, head)
+        self.resolve_identity(trigger=trigger)
+        return self._consumer.run(
+            self._trigger_handler(),
+            [TRIGGER_TARGET],
+            trigger=trigger,
+            until=until,
+            progress=progress,
+        )
+
+    def live_triggers(self, *, batch: int) -> Live | None:
+        """The trigger engine's consumer, kept running by the follower (None: no trigger
+        is enabled)."""
+        if not self.triggers:
+            return None
+        return self._consumer.live(
+            self._trigger_handler(), [TRIGGER_TARGET], batch=batch, guard=self._entered
+        )
+
+    def trigger_catalogue(self) -> list[TriggerListing]:
+        """Every configured trigger (enabled or not), in config order."""
+        rows = []
+        for name, entry in self.settings.triggers.items():
+            enabled = self.triggers.get(name)
+            trigger = (
+                enabled.trigger
+                if enabled
+                else load_trigger(entry.trigger, source="config", path=f"triggers.{name}.trigger")
+            )
+            rows.append(
+                TriggerListing(
+                    trigger=name,
+                    enabled=enabled is not None,
+                    channel=trigger.channel,
+                    purpose=trigger.purpose,
+                    transactional=trigger.transactional,
+                    reads=[event_type_name(c) for c in trigger.reads],
+                    description=trigger.description,
+                    since=entry.since,
+                    settings=msgspec.to_builtins(enabled.settings) if enabled else entry.settings,
+                )
+            )
+        return rows
+
+    def trigger_topics(self) -> list[str]:
+        """The event topics the enabled triggers read (a follower is woken by them too)."""
+        return sorted({t for entry in self.triggers.values() for t in entry.trigger.topics})
+
+    @_guarded
+    def trigger_log(self, customer_id: str) -> list[Outcome]:
+        """Every trigger decision recorded for the customer (every key of a merged
+        profile): fired, duplicate, deferred or waiting until when, suppressed and why,
+        cancelled, failed; oldest first."""
+        profile_id = self.resolve(customer_id)
+        members = self._graph().members(profile_id) or (profile_id,)
+        return read_outcomes(self._documents, members)
+
+    @_guarded
+    def trigger_status(self) -> EngineStatus:
+        """The engine's position, lag, holder, last run, timers and outbox (``status``)."""
+        tracked = self._documents.tracking(TRIGGER_TARGET)
+        position = tracked.position if tracked else 0
+        last = self._journal.last_run(TRIGGER_TARGET)
+        failure = self._journal.last_failure(TRIGGER_TARGET)
+        failed = last is not None and last.status == "failed"
+        return EngineStatus(
+            enabled=list(self.triggers),
+            position=position,
+            events_behind=max(0, self._log.head() - position),
+            running_holder=self._leases.holder_of(TRIGGER_TARGET, kind=TRIGGER_LEASE),
+            last_run=last,
+            failed=failed,
+            error=failure.error if failed and failure else None,
+            timers=count_timers(self._documents),
+            pending_deliveries=len(list_deliveries(self._documents, "pending")),
+            dead_letters=len(list_deliveries(self._documents, "dead")),
+        )
+
+    @_guarded
+    def triggers_running(self) -> str | None:
+        """The process running the trigger engine now, if any."""
+        return self._leases.holder_of(TRIGGER_TARGET, kind=TRIGGER_LEASE)
+
     # --- writing ----------------------------------------------------------------------
 
     @_guarded
@@ -784,14 +1033,15 @@ class ProfileStore:
         )
 
     @_guarded
-    def subscribe(self, datasets: Sequence[str]) -> Subscription | None:
-        """Notifications of new events of ``datasets``, to wake a follower; None where the
-        log has no subscription (SQLite: poll). Iterate it; ``stop()`` ends it."""
-        topics = sorted(
-            {t for n in self.datasets(datasets) for t in self.projections[n].topics}
-            | set(LINK_TOPICS)  # a link regroups profiles: wake for it too
-        )
-        return self._log.subscribe(self._log.head(), topics)
+    def subscribe(self, datasets: Sequence[str], *, triggers: bool = False) -> Subscription | None:
+        """Notifications of new events of ``datasets`` (and, with ``triggers``, of the
+        enabled triggers), to wake a follower; None where the log has no subscription
+        (SQLite: poll). Iterate it; ``stop()`` ends it."""
+        topics = {t for n in self.datasets(datasets) for t in self.projections[n].topics}
+        topics.update(LINK_TOPICS)  # a link regroups profiles: wake for it too
+        if triggers:
+            topics.update(self.trigger_topics())
+        return self._log.subscribe(self._log.head(), sorted(topics))
 
     # --- freshness ----------------------------------------------------------------------
 
@@ -1002,8 +1252,7 @@ class ProfileStore:
         name = self.datasets(["consents"])[0]  # UnknownDataset if not configured
         profile_id = self.resolve(customer_id)
         found = self._documents.load(name, [profile_id]).get(profile_id)
-        grants = getattr(found.section, "consents", ()) if found else ()
-        grant = next((c for c in grants if c.channel == channel and c.purpose == purpose), None)
+        grant = latest_grant(found.section if found else None, channel, purpose)
         if grant is None:
             return ContactDecision(
                 customer_id=customer_id,
@@ -1082,7 +1331,11 @@ class ProfileStore:
         if profile is not None:
             profile = msgspec.structs.replace(profile, customer_id=asked, canonical_id=customer_id)
             consents = list(getattr(profile.sections.get("consents"), "consents", ()))
+        members = list(self._graph().members(customer_id) or (customer_id,))
+        outcomes = read_outcomes(self._documents, members)
         return SubjectExport(
+            trigger_outcomes=outcomes,
+            messages=read_messages(self._documents, outcomes),
             consents=consents,
             customer_id=asked,
             canonical_id=customer_id,
@@ -1147,6 +1400,8 @@ class ProfileStore:
             log.warning("store closed with calls still in flight; leaving its stores open")
             return
         try:
+            if self._courier is not None:
+                self._courier.close()
             self._documents.close()
         finally:
             self._log.close()
@@ -1169,6 +1424,27 @@ def load_projections(settings: Settings, source: str = "config") -> dict[str, Pr
     }
     check_projections(projections, source=source)
     return projections
+
+
+def load_triggers(settings: Settings, source: str = "config") -> dict[str, EnabledTrigger]:
+    """Every configured trigger's module, loaded and checked (disabled ones too, so a
+    mistake shows before it is enabled); returns the enabled ones, in config order."""
+    enabled = {}
+    for name, entry in settings.triggers.items():
+        path = f"triggers.{name}"
+        trigger = load_trigger(entry.trigger, source=source, path=f"{path}.trigger")
+        if trigger.name != name:
+            raise ConfigError(
+                source, path, f"the module's TRIGGER is named {trigger.name!r}, not {name!r}"
+            )
+        tuned = settings_of(trigger, entry.settings, source=source, path=f"{path}.settings")
+        if entry.enabled:
+            stale = entry.stale_after_hours
+            enabled[name] = EnabledTrigger(
+                trigger, tuned, entry.since, dt.timedelta(hours=stale) if stale else None
+            )
+    check_needs(list(enabled.values()), list(settings.datasets), source=source)
+    return enabled
 
 
 def open_documents(
@@ -1211,6 +1487,7 @@ def open_store(
     # process's, set before anything is opened (see profilestore.normalise).
     configure(policy_from_settings(settings.identity))
     projections = load_projections(settings)
+    triggers = load_triggers(settings)
     # Every setting is checked before anything is created: the log's URL here, the
     # documents' by their factory (which checks before it creates), and only then the log.
     check_log_url(settings.url(settings.event_log.url))
@@ -1220,4 +1497,4 @@ def open_store(
     except BaseException:
         documents.close()
         raise
-    return ProfileStore(settings, log, documents, projections, clock=clock)
+    return ProfileStore(settings, log, documents, projections, clock=clock, triggers=triggers)

@@ -1,4 +1,8 @@
-"""The worker: the real-time follower plus every scheduled refresh, in one process.
+"""The worker: the real-time follower, every scheduled refresh and the courier, in one
+process.
+
+The follower also runs the trigger engine when a trigger is enabled; the courier thread
+delivers the outbox (:mod:`profilestore.outbox`) when a destination is configured.
 
 Jobs are built from the config when the worker starts (config is the source of truth:
 nothing about jobs is stored but their run records). Each scheduled dataset gets an
@@ -16,13 +20,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from profilestore.errors import LeaseHeld
+from profilestore.errors import LeaseHeld, StoreClosed
 from profilestore.follower import Follower
 from profilestore.pipeline import PassReport
 from profilestore.runs import Trigger
@@ -45,7 +50,8 @@ class Worker:
         self.cadences = {n: parse_cadence(store.cadence(n)) for n in names}
         self.realtime = [n for n, c in self.cadences.items() if c.kind == "realtime"]
         self.scheduled = [n for n, c in self.cadences.items() if c.scheduled]
-        self.follower = Follower(store, self.realtime) if self.realtime else None
+        self.follower = Follower(store, self.realtime) if self.realtime or store.triggers else None
+        """Follows the real-time datasets, and runs the trigger engine if one is enabled."""
         settings = store.settings.schedule
         self.scheduler = BackgroundScheduler(
             timezone=store.timezone,
@@ -56,6 +62,11 @@ class Worker:
             },
         )
         self.reports: list[tuple[str, Trigger, PassReport | None]] = []
+        delivery = store.settings.delivery
+        self.delivers = bool(delivery.endpoints or delivery.file)
+        """Whether it runs the courier (a destination is configured)."""
+        self._stop_delivery = threading.Event()
+        self._courier: threading.Thread | None = None
 
     def jobs(self, now: dt.datetime) -> list[dict[str, Any]]:
         """The jobs the config asks for: dataset, trigger and first run (catch-up aware)."""
@@ -98,12 +109,33 @@ class Worker:
         self.scheduler.start()
         if self.follower is not None:
             self.follower.start()
+        if self.delivers:
+            self._courier = threading.Thread(target=self._deliver, name="profilestore-courier")
+            self._courier.start()
 
     def stop(self) -> None:
         """Let a running refresh finish, stop the follower at a batch boundary."""
         self.scheduler.shutdown(wait=True)
         if self.follower is not None:
             self.follower.stop()
+        self._stop_delivery.set()
+        if self._courier is not None:
+            self._courier.join(30)
+
+    def _deliver(self) -> None:
+        """Deliver due messages until stopped; failures are logged and retried."""
+        poll = self.store.settings.delivery.poll_ms / 1000
+        while not self._stop_delivery.is_set():
+            try:
+                report = self.store.deliver()
+            except StoreClosed:
+                return
+            except Exception:
+                log.exception("delivering the outbox failed; retrying")
+                report = None
+            busy = report is not None and (report.delivered or report.retried or report.dead)
+            if not busy:
+                self._stop_delivery.wait(poll)
 
     def __enter__(self) -> Worker:
         self.start()

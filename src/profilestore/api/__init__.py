@@ -41,6 +41,7 @@ from profilestore.api.observability import (
     FreshnessSnapshot,
     JsonLogFormatter,
     Metrics,
+    TriggerCollector,
     access_middleware,
     configure_logging,
 )
@@ -78,6 +79,7 @@ def create_app(store: ProfileStore) -> Litestar:
     """The API over ``store``; the caller closes the store after the app stops."""
     settings = store.settings.api
     metrics_ = Metrics()
+    metrics_.registry.register(TriggerCollector(store.tally))
     snapshot = FreshnessSnapshot(store, metrics_)
 
     @contextlib.asynccontextmanager

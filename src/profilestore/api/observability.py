@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -17,16 +18,44 @@ import msgspec
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from profilestore.api.bodies import DatasetFreshness
 from profilestore.documents import SectionMeta
 from profilestore.store import DatasetStatus, Freshness, ProfileStore
+from profilestore.tally import Tally
 
 access_log = logging.getLogger("profilestore.access")
 log = logging.getLogger(__name__)
 
 
 # --- metrics and the access log --------------------------------------------------------------
+
+
+class TriggerCollector(Collector):
+    """The trigger engine's and the courier's counts in this process, read at each scrape."""
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+
+    def collect(self) -> Iterator[Metric]:
+        outcomes = CounterMetricFamily(
+            "profilestore_trigger_outcomes",
+            "Trigger decisions by trigger, status (fired, deferred, suppressed, ...) and reason",
+            labels=["trigger", "status", "reason"],
+        )
+        for (trigger, status, reason), count in sorted(self.tally.outcomes().items()):
+            outcomes.add_metric([trigger, status, reason], count)
+        yield outcomes
+        deliveries = CounterMetricFamily(
+            "profilestore_trigger_deliveries",
+            "Delivery attempts by trigger and result (delivered, retried, dead)",
+            labels=["trigger", "result"],
+        )
+        for (trigger, result), count in sorted(self.tally.deliveries().items()):
+            deliveries.add_metric([trigger, result], count)
+        yield deliveries
 
 
 class Metrics:
