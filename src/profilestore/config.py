@@ -32,6 +32,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from profilestore.errors import CadenceError, ConfigError
+from profilestore.events import ConsentChannel, IdentifierKind, LifeEventKind
 from profilestore.normalise import check_region, compile_patterns
 from profilestore.schedule import cron_trigger, parse_interval, zone
 
@@ -134,22 +135,11 @@ class SegmentSettings(Strict, frozen=True, kw_only=True):
                 )
 
 
-IdentifierKindName = Literal["email", "phone", "handle", "device"]
-ChannelName = Literal["email", "sms", "phone", "push", "post", "social", "web"]
-"""The consent channels (``profilestore.events.ConsentChannel``)."""
-LifeEventName = Literal[
-    "moved",
-    "new_job",
-    "engaged",
-    "married",
-    "new_baby",
-    "graduation",
-    "retirement",
-    "new_pet",
-    "bereavement",
-    "other",
-]
-"""The life events of the catalogue (``profilestore.events.LifeEventKind``)."""
+# The catalogue's own literals (one declaration): settings name identifier kinds, consent
+# channels and life events exactly as events do.
+IdentifierKindName = IdentifierKind
+ChannelName = ConsentChannel
+LifeEventName = LifeEventKind
 
 
 def _default_shared_after() -> dict[IdentifierKindName, int]:
