@@ -1466,6 +1466,9 @@ def open_log(settings: Settings, *, read_only: bool = False) -> EventLog:
         lock_timeout_s=settings.event_log.lock_timeout_s,
         postgres_schema=settings.event_log.postgres_schema,
         read_only=read_only,
+        encryption=settings.privacy.encryption,
+        kek=settings.privacy.key_encryption_key,
+        previous_keks=settings.privacy.previous_key_encryption_keys,
     )
 
 
