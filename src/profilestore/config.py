@@ -89,7 +89,7 @@ class ScheduleSettings(Strict, frozen=True, kw_only=True):
             raise ValueError(f"`timezone`: {e}") from None
 
 
-Scope = Literal["ingest", "read", "audit", "admin", "identity"]
+Scope = Literal["ingest", "read", "audit", "admin", "identity", "erasure"]
 
 
 class ApiKey(Strict, frozen=True, kw_only=True):

@@ -332,6 +332,10 @@ class DocumentStore(SectionStore, LeaseStore, RecordStore):
         """Opened read-only: nothing was created, and every write raises ReadOnlyStore."""
 
     @abstractmethod
+    def local_files(self) -> list[str]:
+        """The files this store keeps on this machine (embedded); [] for a server."""
+        return []
+
     def close(self) -> None:
         """Release connections; idempotent. Every later call raises ``StoreClosed``."""
 

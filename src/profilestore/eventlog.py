@@ -215,6 +215,10 @@ class EventRecorder(ABC):
         """The log's key store (see :mod:`profilestore.keys`): None where there is none and
         ``create`` is false."""
 
+    def local_files(self) -> list[str]:
+        """The files this log keeps on this machine (an embedded log); [] for a server."""
+        return []
+
     @abstractmethod
     def first_state(self) -> bytes | None:
         """The stored state of the log's first event (None for an empty log)."""
@@ -500,6 +504,12 @@ class EventLog:
             event = plain if isinstance(plain, Forgotten) else decode(topic, plain)
             decoded.append(Notified(nid, stream, topic, event))
         return decoded
+
+    def scrub_keys(self) -> None:
+        """Make destroyed keys physically gone from the key store's files."""
+        if self.keyring is not None:
+            with self.translated("scrub the key store"):
+                self.keyring.store.scrub()
 
     def erased(self, customer_ids: Sequence[str]) -> set[str]:
         """The customers among ``customer_ids`` who were forgotten (their keys destroyed)."""

@@ -560,3 +560,49 @@ def event_type_name(cls: type[Event]) -> str:
 
 
 EVENT_TYPES: dict[str, type[Event]] = {event_type_name(c): c for c in EVENT_CLASSES}
+
+
+# --- the store's own events (never sent by clients) -------------------------------------
+
+
+class PlaintextCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """The search for a readable copy: which files, how many bytes and values, what was
+    found (counts only: the values are never written anywhere)."""
+
+    applicable: bool
+    """False where the stores are servers (PostgreSQL, MongoDB): their files are not ours
+    to read; the README says what an operator does there."""
+    files: int = 0
+    bytes_scanned: int = 0
+    values: int = 0
+    found: int = 0
+
+
+class ErasureReceipt(msgspec.Struct, frozen=True, kw_only=True):
+    """What an erasure did, for auditors: no personal data (README: Privacy)."""
+
+    request_id: str
+    received_at: dt.datetime
+    completed_at: dt.datetime
+    keys: int
+    """Customer keys of the profile (every key of a merged profile)."""
+    data_keys_destroyed: int
+    events_forgotten: int
+    """Events of those keys' streams: kept, unreadable (type, time, position only)."""
+    deleted: dict[str, int]
+    """Derived records deleted, per kind (sections, lookup keys, records by kind)."""
+    plaintext: PlaintextCheck
+    chain_intact: bool
+    """The forgotten streams' hash chains still verify from their stored bytes."""
+    log_position: int
+    """The log head when the keys were destroyed."""
+
+
+class ErasureRecorded(Event, tag="erasure.recorded", frozen=True, kw_only=True):
+    """An erasure receipt, appended by the store to its ``~erasures`` stream (a key no
+    client may use), so the audit chain and digests cover it."""
+
+    receipt: ErasureReceipt
+
+
+EVENT_TYPES[event_type_name(ErasureRecorded)] = ErasureRecorded

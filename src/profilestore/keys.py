@@ -476,8 +476,15 @@ class Keyring:
 
     def destroyed(self, streams: Iterable[UUID]) -> set[UUID]:
         """The streams whose keys were destroyed (their customers were forgotten)."""
-        loaded = self.store.load(list(set(streams)))
-        return {s for s, w in loaded.items() if w is None}
+        self._fresh()
+        cache = self._ciphers
+        wanted = set(streams)
+        gone = {s for s in wanted if s in cache and cache[s] is None}
+        unknown = [s for s in wanted if s not in cache]
+        if unknown:
+            self.ciphers(unknown)  # caches live keys and tombstones alike
+            gone.update(s for s in unknown if s in cache and cache[s] is None)
+        return gone
 
     def rotate(self) -> int:
         """Re-wrap every data key (and the naming secret) by the current KEK; returns how

@@ -204,6 +204,9 @@ class SQLiteDocumentStore(DocumentStore):
         finally:
             cursor.close()
 
+    def local_files(self) -> list[str]:
+        return [f"{self.path}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")]
+
     def close(self) -> None:
         self.closed = True
         with self._connections_lock:

@@ -220,6 +220,10 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
             return None
         return SQLiteKeyStore(path, read_only=read_only)
 
+    def local_files(self) -> list[str]:
+        main = [self.location, sqlite_key_path(self.location)]
+        return [f"{path}{suffix}" for path in main for suffix in ("", "-wal", "-shm", "-journal")]
+
     def first_state(self) -> bytes | None:
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT state FROM {EVENTS_TABLE} ORDER BY rowid LIMIT 1")
