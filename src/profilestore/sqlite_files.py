@@ -63,7 +63,9 @@ def store_files(database: str | Path) -> list[Path]:
     return [path, *(p for s in SIDECARS if (p := Path(f"{path}{s}")).exists())]
 
 
-def find_plaintext(paths: Sequence[Path], probes: Sequence[bytes]) -> list[int]:
+def find_plaintext(
+    paths: Sequence[Path], probes: Sequence[bytes], *, chunk_bytes: int = CHUNK_BYTES
+) -> list[int]:
     """The indices of the ``probes`` found anywhere in the files ``paths`` (every byte:
     live pages, free pages, the unused space in pages, the log), sorted; [] if none.
 
@@ -71,7 +73,7 @@ def find_plaintext(paths: Sequence[Path], probes: Sequence[bytes]) -> list[int]:
     A probe is raw bytes: encode a value the way it is stored (UTF-8 for SQLite's text
     and its JSON). A missing file holds nothing.
 
-    Files are read in chunks of :data:`CHUNK_BYTES`, each searched with ``bytes.find``
+    Files are read in chunks of ``chunk_bytes``, each searched with ``bytes.find``
     (C speed), overlapping by the longest probe less one byte so that a value straddling
     two chunks is found. Not a memory map: another process may truncate a ``-wal`` while
     it is read, which would kill a reader of a mapping (SIGBUS) and only shortens a read.
@@ -89,7 +91,7 @@ def find_plaintext(paths: Sequence[Path], probes: Sequence[bytes]) -> list[int]:
         with file:
             tail = b""
             while len(found) < len(probes):
-                chunk = file.read(CHUNK_BYTES)
+                chunk = file.read(chunk_bytes)
                 if not chunk:
                     break
                 window = tail + chunk
