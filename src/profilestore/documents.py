@@ -9,12 +9,14 @@ ports, each method's contract in its docstring:
 - :class:`LeaseStore`: named leases that keep one process at a time on a dataset;
 - :class:`RecordStore`: small records by (kind, key), with an atomic insert-if-absent.
 
-:class:`DocumentStore` is the three over one database plus ``close``; the engine only
-sees it. Adapters (``sqlite_documents.py``, ``mongo_documents.py``) pass one contract
-suite (``tests/test_documents_contract.py``), and :data:`DOCUMENT_BACKENDS` picks one by
-the URL's scheme. At the adapter boundary (:func:`translate_errors`) a driver error
-becomes ``DocumentsUnavailable``, a call after ``close`` ``StoreClosed``, and a write to a
-store opened read-only ``ReadOnlyStore``.
+:class:`DocumentStore` is the three over one database plus ``close``, and the right to
+erasure: ``erase`` (every section, lookup key and record naming given customers; see
+:mod:`profilestore.redaction`) and ``scrub`` (no old copy left on the disk where the
+backend can promise it); the engine only sees it. Adapters (``sqlite_documents.py``,
+``mongo_documents.py``) pass one contract suite (``tests/test_documents_contract.py``),
+and :data:`DOCUMENT_BACKENDS` picks one by the URL's scheme. At the adapter boundary
+(:func:`translate_errors`) a driver error becomes ``DocumentsUnavailable``, a call after
+``close`` ``StoreClosed``, and a write to a store opened read-only ``ReadOnlyStore``.
 
 Every section write carries its log position and is applied only if it is newer than the
 stored one, so replaying a batch changes nothing. The one exception is

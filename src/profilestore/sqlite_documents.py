@@ -19,7 +19,10 @@ raises :class:`~profilestore.errors.ReadOnlyStore` (see :mod:`profilestore.sqlit
 WAL mode lets lookups read while a refresh writes; reads go through a memory map
 (``documents.sqlite_mmap_mb``), which spares a system call per page. ``synchronous=NORMAL``
 is enough here: documents are derived from the log and a lost last transaction is
-replayed on restart.
+replayed on restart. ``secure_delete=ON``: space a delete or an overwrite frees is zeroed
+(cells in their page, whole pages on the freelist), so an erased customer leaves no bytes
+behind; ``scrub`` then checkpoints the WAL and truncates it (its old page images go too).
+Its cost on writes is measured by ``bench/document_erasure.py``.
 
 ``open_documents`` (last in the module) is the factory :data:`DOCUMENT_BACKENDS` calls for
 ``sqlite:`` URLs. ``close()`` closes every thread's connection and none is opened again.
