@@ -73,9 +73,9 @@ class Erasure:
     customer_ids: tuple[str, ...]
     terms: frozenset[str]
     """Customer ids and terms together: what a record may not hold."""
-    needles: tuple[bytes, ...]
-    """Each term as it appears inside stored JSON (escaped, without quotes): a record
-    whose key and body hold none of them is kept without being decoded."""
+    needles: tuple[tuple[str, bytes], ...]
+    """Each term, and the term as it appears inside stored JSON (escaped, without
+    quotes): a record whose key and body hold none of them is kept without a look."""
     _text: re.Pattern[str]
 
     @classmethod
@@ -98,7 +98,7 @@ class Erasure:
         return cls(
             customer_ids=ids,
             terms=every,
-            needles=tuple(_ENCODE(t)[1:-1] for t in ordered),
+            needles=tuple((t, _ENCODE(t)[1:-1]) for t in ordered),
             _text=re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)"),
         )
 
@@ -116,10 +116,6 @@ class Erasure:
                     return True
                 start = key.find(term, start + 1)
         return False
-
-    def may_mention(self, raw: bytes) -> bool:
-        """Whether stored JSON ``raw`` may hold a term (a fast test before decoding)."""
-        return any(needle in raw for needle in self.needles)
 
     # --- bodies -------------------------------------------------------------------------
 

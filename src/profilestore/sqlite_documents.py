@@ -654,15 +654,14 @@ class SQLiteDocumentStore(DocumentStore):
     def _erase_records(self, c: sqlite3.Cursor, erasure: Erasure, counts: dict[str, int]) -> None:
         # SQLite finds the candidates (a byte search of each key and body, in C); each is
         # then judged whole, so a term inside a longer value (c1 in c10) erases nothing.
-        terms = sorted(erasure.terms)
+        needles = erasure.needles
         candidates: dict[tuple[str, str], bytes] = {}
-        for start in range(0, len(terms), _CHUNK // 2):
-            chunk = terms[start : start + _CHUNK // 2]
+        for start in range(0, len(needles), _CHUNK // 2):
+            chunk = needles[start : start + _CHUNK // 2]
             test = " OR ".join("instr(key, ?) > 0 OR instr(body, ?) > 0" for _ in chunk)
-            needles = [(t, self._encoder.encode(t)[1:-1]) for t in chunk]
             rows = c.execute(
                 f"SELECT kind, key, body FROM records WHERE {test}",
-                [value for pair in needles for value in pair],
+                [value for pair in chunk for value in pair],
             ).fetchall()
             candidates.update(((kind, key), body) for kind, key, body in rows)
         deleted: list[tuple[str, str]] = []
