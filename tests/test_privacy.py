@@ -34,7 +34,7 @@ EMAIL = "zelda.quixote@example.org"
 PHONE = "+14155550199"
 NAME = "Zeldaquix"
 KEY = "cust-zq-7781"
-NEIGHBOUR = "cust-zq-77810"  # the forgotten key is a prefix of this one's
+NEIGHBOUR = "cust-nb-4410"  # (a key containing the forgotten one would match the byte search)
 
 
 def kek(seed: str) -> str:
@@ -198,12 +198,17 @@ def _store(
         name: DatasetSchema(p.section, keyed=p.lookup_keys is not None)
         for name, p in projections.items()
     }
-    documents = make_document_store(documents_kind, request, home, schemas)
+    # The log first: a PostgreSQL case skips here, before a document store is opened.
     if log_kind == "sqlite":
         log: EventLog = open_log(f"sqlite:///{home / 'events.sqlite'}", encryption=True)
     else:
         url, schema = request.getfixturevalue("postgres_schema")
         log = open_log(url, postgres_schema=schema, encryption=True)
+    try:
+        documents = make_document_store(documents_kind, request, home, schemas)
+    except BaseException:
+        log.close()
+        raise
     return ProfileStore(settings, log, documents, projections, clock=lambda: NOW)
 
 

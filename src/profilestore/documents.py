@@ -333,11 +333,11 @@ class DocumentStore(SectionStore, LeaseStore, RecordStore):
         self.read_only = read_only
         """Opened read-only: nothing was created, and every write raises ReadOnlyStore."""
 
-    @abstractmethod
     def local_files(self) -> list[str]:
         """The files this store keeps on this machine (embedded); [] for a server."""
         return []
 
+    @abstractmethod
     def close(self) -> None:
         """Release connections; idempotent. Every later call raises ``StoreClosed``."""
 

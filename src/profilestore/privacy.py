@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from profilestore.eventlog import GENESIS, EventLog, chain_hash
 from profilestore.events import (
@@ -31,6 +32,7 @@ from profilestore.events import (
 
 __all__ = ["RECEIPTS", "ErasureReceipt", "ErasureRecorded", "PlaintextCheck"]
 from profilestore.mapper import Forgotten
+from profilestore.sqlite_files import find_plaintext
 
 RECEIPTS = "~erasures"
 """The stream of erasure receipts: a reserved key (clients' keys may not start with ``~``),
@@ -89,16 +91,12 @@ def readable(events: Iterable[object]) -> list[object]:
 def search_files(paths: Iterable[str], probes: Sequence[bytes]) -> PlaintextCheck:
     """Search every byte of ``paths`` (those that exist) for each probe: the database, its
     WAL and free pages alike. Only counts leave this function."""
-    files = scanned = found = 0
-    for path in paths:
-        try:
-            with open(path, "rb") as file:
-                data = file.read()
-        except FileNotFoundError:
-            continue
-        files += 1
-        scanned += len(data)
-        found += sum(1 for probe in probes if probe in data)
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    found = find_plaintext(existing, probes)
     return PlaintextCheck(
-        applicable=True, files=files, bytes_scanned=scanned, values=len(probes), found=found
+        applicable=True,
+        files=len(existing),
+        bytes_scanned=sum(p.stat().st_size for p in existing),
+        values=len(probes),
+        found=len(found),
     )

@@ -1447,10 +1447,15 @@ class ProfileStore:
         self._settle(position)
         terms = sorted({p.decode() for p in probes} | set(keys))
         deleted = self._documents.erase(sorted(members), terms)
-        self._documents.scrub()
         self._log.scrub_keys()
         files = [*self._log.recorder.local_files(), *self._documents.local_files()]
         embedded = bool(self._log.recorder.local_files()) and bool(self._documents.local_files())
+        # A reader in the middle of a transaction can keep the WAL from being truncated:
+        # try again briefly (a server store has nothing of the kind to do: False at once).
+        for _ in range(100):
+            if self._documents.scrub() or not self._documents.local_files():
+                break
+            time.sleep(0.02)
         check = search_files(files, probes) if embedded else PlaintextCheck(applicable=False)
         completed = self.clock()
         receipt = ErasureReceipt(
