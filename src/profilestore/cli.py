@@ -770,6 +770,29 @@ def forget(obj: _Context, customer_id: str, request_id: str) -> None:
         sys.exit(1)
 
 
+@main.group("log")
+def log_group() -> None:
+    """The event log itself."""
+
+
+@log_group.command("encrypt")
+@click.argument("target_url")
+@click.option("--postgres-schema", default="", help="The target's schema (PostgreSQL).")
+@click.pass_obj
+def log_encrypt(obj: _Context, target_url: str, postgres_schema: str) -> None:
+    """Copy this store's log, in order, into a new empty log at TARGET_URL, encrypted per
+    customer (to move a store created before encryption). Then set event_log.url to
+    TARGET_URL and run `profilestore rebuild`."""
+    with _errors(), obj.open(read_only=True) as store, _progress() as bar:
+        task = bar.add_task("copying", total=None)
+        copied = store.encrypt_into(
+            target_url,
+            postgres_schema=postgres_schema,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    click.echo(f"copied {copied} events into an encrypted log; now set event_log.url and rebuild")
+
+
 @main.group()
 def keys() -> None:
     """Per-customer data keys and the key-encryption key that wraps them."""

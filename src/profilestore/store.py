@@ -102,6 +102,7 @@ from profilestore.identity import (
     merged_changes,
     profile_of,
 )
+from profilestore.mapper import Forgotten
 from profilestore.normalise import configure, is_blocked, policy_from_settings
 from profilestore.outbox import (
     Courier,
@@ -303,6 +304,9 @@ class SubjectExport(msgspec.Struct, frozen=True, kw_only=True):
     """Every trigger decision about the customer (``profilestore triggers log``)."""
     messages: list[Firing] = msgspec.field(default_factory=list)
     """Every message fired to the customer, with what it said."""
+    erasure: Literal["none", "erased"] = "none"
+    """"erased": the customer was forgotten on request; nothing else is held (README:
+    Privacy)."""
 
 
 class EngineStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -1360,8 +1364,19 @@ class ProfileStore:
 
     @_guarded
     def export(self, customer_id: str) -> SubjectExport:
-        """Everything the store holds on a customer, for a data subject access request."""
+        """Everything the store holds on a customer, for a data subject access request. A
+        forgotten customer's export says so (``erasure``) and holds nothing else."""
         asked = customer_id
+        if self._log.erased([customer_id]):
+            return SubjectExport(
+                customer_id=asked,
+                canonical_id=asked,
+                keys=[asked],
+                exported_at=self.clock(),
+                profile=None,
+                events=[],
+                erasure="erased",
+            )
         customer_id = self.resolve(customer_id)
         events = self._events_of(customer_id)
         profile = self._documents.get(customer_id)
@@ -1484,6 +1499,41 @@ class ProfileStore:
         )
         log.info("erasure %s completed: %d data keys destroyed", request_id, destroyed)
         return receipt
+
+    @_guarded
+    def encrypt_into(
+        self, url: str, *, postgres_schema: str = "", progress: Progress | None = None
+    ) -> int:
+        """Copy every event, in log order, into a new, empty log at ``url`` encrypted per
+        customer (README: Privacy, moving a plain store): event ids, times and payloads
+        are kept; stream ids, chain hashes and positions are the new log's own. Returns
+        the number of events copied. Point ``event_log.url`` at it, then rebuild."""
+        privacy = self.settings.privacy
+        target = open_log_url(
+            url,
+            postgres_schema=postgres_schema,
+            encryption=True,
+            kek=privacy.key_encryption_key,
+            previous_keks=privacy.previous_key_encryption_keys,
+            setting="url",
+        )
+        try:
+            if target.head() or not target.encrypted:
+                raise InvalidArgument("url", "names a log that is not new and empty")
+            head = self._log.head()
+            after = copied = 0
+            while after < head:
+                page = self._log.changes(after, 2000, until=head)
+                if not page:
+                    break
+                events = [n.event for n in page if not isinstance(n.event, Forgotten)]
+                copied += target.append(events).appended
+                after = page[-1].notification_id
+                if progress:
+                    progress(after, head)
+            return copied
+        finally:
+            target.close()
 
     @_guarded
     def key_status(self) -> KeyStatus:
