@@ -21,9 +21,15 @@ from profilestore.errors import DocumentsUnavailable, LogUnavailable
 from profilestore.store import ProfileStore, open_store
 
 REPO = Path(__file__).parent.parent
-KEYS = {"all": "key-all", "reader": "key-reader", "ingester": "key-ingester"}
+KEYS = {
+    "all": "key-all",
+    "reader": "key-reader",
+    "ingester": "key-ingester",
+    "eraser": "key-eraser",
+}
 SCOPES = {
     "all": ["ingest", "read", "audit", "admin", "identity"],
+    "eraser": ["erasure"],
     "reader": ["read"],
     "ingester": ["ingest"],
 }
@@ -714,3 +720,36 @@ def test_metrics_count_trigger_outcomes_by_reason_and_deliveries(
         in text
     )
     assert 'profilestore_trigger_deliveries_total{result="retried",trigger="receipt"} 1.0' in text
+
+
+# --- erasure --------------------------------------------------------------------------------
+
+
+def test_delete_forgets_a_customer_with_the_erasure_scope_only(client: TestClient[Any]) -> None:
+    assert (
+        post_events(
+            client, [event("e1"), seen("i1", "ann", "email", "ann@example.com")]
+        ).status_code
+        == 200
+    )
+    assert post_events(client, [event("e2", "bob")]).status_code == 200
+    # The erasure scope is its own: every other key is refused.
+    refused = client.delete("/v1/profiles/ann?request_id=R1", headers=headers("all"))
+    assert refused.status_code == 403
+    missing = client.delete("/v1/profiles/ann", headers=headers("eraser"))
+    assert missing.status_code == 400
+    done = client.delete("/v1/profiles/ann?request_id=R1", headers=headers("eraser"))
+    assert done.status_code == 200, done.text
+    receipt = done.json()
+    assert receipt["request_id"] == "R1" and receipt["data_keys_destroyed"] == 1
+    assert "ann@example.com" not in done.text
+    again = client.delete("/v1/profiles/ann?request_id=R1", headers=headers("eraser"))
+    assert again.json() == receipt  # the same request, the same receipt
+    gone = client.get("/v1/profiles/ann", headers=headers())
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "erased"
+    retried = post_events(client, [event("e3"), event("e4", "bob")])
+    assert retried.status_code == 409
+    assert retried.json()["error"]["field"] == "events[0].customer_id"
+    listed = client.get("/v1/erasures", headers=headers())
+    assert [r["request_id"] for r in listed.json()] == ["R1"]
+    assert client.get("/v1/erasures", headers=headers("reader")).status_code == 403
