@@ -436,3 +436,23 @@ def test_consent_exits_0_when_allowed_and_1_when_not(home: Path) -> None:
     denied = run(home, "consent", "ann", "--channel", "push")
     assert denied.returncode == 1 and json.loads(denied.stdout)["allowed"] is False
     assert run(home, "consent", "ann", "--channel", "fax").returncode == 2
+
+
+def test_forget_prints_the_receipt_and_audit_erasures_lists_it(home: Path, tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(EVENTS) + "\n")
+    assert run(home, "ingest", str(events)).returncode == 0
+    assert run(home, "refresh").returncode == 0
+    status = json.loads(run(home, "keys", "status").stdout)
+    assert status["encrypted"] and status["live"] == 2 and status["destroyed"] == 0
+    forgotten = run(home, "forget", "ann", "--request-id", "DSR-9")
+    assert forgotten.returncode == 0, forgotten.stderr
+    receipt = json.loads(forgotten.stdout)
+    assert receipt["request_id"] == "DSR-9" and receipt["plaintext"]["found"] == 0
+    assert "ann@example.com" not in forgotten.stdout.lower()
+    listed = run(home, "audit", "erasures")
+    assert [json.loads(x)["request_id"] for x in listed.stdout.splitlines()] == ["DSR-9"]
+    gone = run(home, "profile", "ann")
+    assert gone.returncode == 1 and "forgotten" in gone.stderr
+    assert json.loads(run(home, "keys", "status").stdout)["destroyed"] == 1
+    assert run(home, "audit", "verify").returncode == 0
