@@ -12,7 +12,6 @@ fail, and shows that without ``secure_delete`` the erased bytes would stay.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,8 +53,6 @@ welcome_copy = { trigger = "welcome", variants = { plain = 1, warm = 1 }, holdou
 file = "{home}/outbox.jsonl"
 """
 
-_ids = itertools.count()
-
 
 class Clock:
     def __init__(self) -> None:
@@ -68,7 +65,7 @@ class Clock:
 def event(customer_id: str, type_: str, **payload: Any) -> dict[str, Any]:
     return {
         "type": type_,
-        "event_id": f"evt-{next(_ids)}",
+        "event_id": "",  # numbered in order by the fixture: the same bytes every run
         "customer_id": customer_id,
         "occurred_at": "2026-03-02T11:00:00Z",
         **payload,
@@ -118,15 +115,16 @@ def store(settings: Settings) -> Iterator[ProfileStore]:
     with open_store(settings, clock=clock) as opened:
         opened.run_triggers()  # triggers are on from here: later events fire them
         clock.now += dt.timedelta(seconds=1)
-        opened.append(
-            [
-                *customer_events(KEY, EMAIL, FIRST, LAST, phone=PHONE, device=DEVICE),
-                # An anonymous visit on the same device: the device rule merges it in.
-                event(ANONYMOUS, "identifier.seen", kind="device", value=DEVICE),
-                event(ANONYMOUS, "browse.searched", query="quartz socks", results=3),
-                *customer_events(NEIGHBOUR, NEIGHBOUR_EMAIL, "Ngozi", "Adeyemi"),
-            ]
-        )
+        events = [
+            *customer_events(KEY, EMAIL, FIRST, LAST, phone=PHONE, device=DEVICE),
+            # An anonymous visit on the same device: the device rule merges it in.
+            event(ANONYMOUS, "identifier.seen", kind="device", value=DEVICE),
+            event(ANONYMOUS, "browse.searched", query="quartz socks", results=3),
+            *customer_events(NEIGHBOUR, NEIGHBOUR_EMAIL, "Ngozi", "Adeyemi"),
+        ]
+        for number, appended in enumerate(events):
+            appended["event_id"] = f"evt-{number}"
+        opened.append(events)
         opened.refresh()
         opened.run_triggers()
         opened.build_staging(["identities", "attributes"])  # a rebuild, not yet promoted
