@@ -63,6 +63,8 @@ from profilestore.api.security import API_KEY_HEADER, Keys
 from profilestore.api.segment import SEGMENT_ROUTES, CorsPolicy, segment_cors
 from profilestore.errors import AmbiguousIdentifier, InvalidEvent, NotFound, ProfileStoreError
 from profilestore.store import ProfileStore
+from profilestore.web import ROUTER as WEB_UI
+from profilestore.web import Sessions
 
 __all__ = ["JsonLogFormatter", "configure_logging", "create_app", "openapi_document"]
 
@@ -111,6 +113,7 @@ def create_app(store: ProfileStore) -> Litestar:
             ready,
             metrics,
             *SEGMENT_ROUTES,
+            WEB_UI,
         ],
         lifespan=[lifespan],
         middleware=[access_middleware, segment_cors],
@@ -153,4 +156,7 @@ def create_app(store: ProfileStore) -> Litestar:
     app.state.metrics = metrics_
     app.state.segment_cors = CorsPolicy(store.settings.segment)
     app.state.freshness = snapshot
+    app.state.web_sessions = Sessions(
+        settings.session_secret, settings.session_minutes, app.state.api_keys
+    )
     return app
