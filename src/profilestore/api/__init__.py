@@ -63,8 +63,6 @@ from profilestore.api.security import API_KEY_HEADER, Keys
 from profilestore.api.segment import SEGMENT_ROUTES, CorsPolicy, segment_cors
 from profilestore.errors import AmbiguousIdentifier, InvalidEvent, NotFound, ProfileStoreError
 from profilestore.store import ProfileStore
-from profilestore.web import ROUTER as WEB_UI
-from profilestore.web import Sessions
 
 __all__ = ["JsonLogFormatter", "configure_logging", "create_app", "openapi_document"]
 
@@ -78,7 +76,13 @@ def openapi_document(app: Litestar) -> dict[str, Any]:
 
 
 def create_app(store: ProfileStore) -> Litestar:
-    """The API over ``store``; the caller closes the store after the app stops."""
+    """The API over ``store``, and the web UI; the caller closes the store after the app
+    stops."""
+    # The web UI renders the API's errors and freshness: imported here, not at the top,
+    # so that either package can be imported first.
+    from profilestore.web import ROUTER as WEB_UI
+    from profilestore.web import Sessions
+
     settings = store.settings.api
     metrics_ = Metrics()
     metrics_.registry.register(TriggerCollector(store.tally))

@@ -43,8 +43,6 @@ from profilestore.web.views import Timeline, TimelineQuery, profile_view
 
 UI = "/ui"
 STATIC = Path(__file__).parent / "static"
-PAGE_SIZE = 50
-"""Events per timeline page."""
 
 EVENT_TYPE_NAMES = sorted(EVENT_TYPES)
 
@@ -262,7 +260,7 @@ def _query(request: Request[Any, Any, Any]) -> tuple[str, TimelineQuery]:
     customer_id = request.query_params.get("id")
     if not customer_id:
         raise InvalidArgument("id", "is required: the customer id")
-    return customer_id, TimelineQuery.parse(request.query_params, page_size=PAGE_SIZE)
+    return customer_id, TimelineQuery.parse(request.query_params)
 
 
 def _as_of(text: str | None) -> dt.datetime | None:

@@ -24,6 +24,9 @@ SLOTS = ("erasure", "scores")
 """Sections the page points at by name when a dataset provides them."""
 DETAIL_CHARS = 200
 MAX_OUTCOMES = 100
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+"""Most events on one timeline page (as ``GET /v1/history``)."""
 
 
 # --- the timeline -----------------------------------------------------------------------------
@@ -47,10 +50,10 @@ class TimelineQuery:
     event_type: str | None = None
     since: dt.date | None = None
     until: dt.date | None = None
-    limit: int = 50
+    limit: int = DEFAULT_PAGE
 
     @classmethod
-    def parse(cls, params: Mapping[str, str], *, page_size: int) -> TimelineQuery:
+    def parse(cls, params: Mapping[str, str], *, page_size: int = DEFAULT_PAGE) -> TimelineQuery:
         after_text = (params.get("after") or "0").strip()
         if not after_text.isdigit() or len(after_text) > 16:
             raise InvalidArgument("after", "is not a log position (a whole number)")
@@ -60,7 +63,10 @@ class TimelineQuery:
         since, until = _date(params, "since"), _date(params, "until")
         if since and until and since > until:
             raise InvalidArgument("until", "is before `since`")
-        return cls(int(after_text), event_type, since, until, page_size)
+        limit_text = (params.get("limit") or str(page_size)).strip()
+        if not limit_text.isdigit() or len(limit_text) > 4 or not 1 <= int(limit_text) <= MAX_PAGE:
+            raise InvalidArgument("limit", f"is not a page size from 1 to {MAX_PAGE}")
+        return cls(int(after_text), event_type, since, until, int(limit_text))
 
     def params(self, customer_id: str, *, after: int | None = None) -> dict[str, str]:
         """The query string naming this page (or the one ``after`` another position)."""
@@ -74,6 +80,8 @@ class TimelineQuery:
             found["since"] = self.since.isoformat()
         if self.until:
             found["until"] = self.until.isoformat()
+        if self.limit != DEFAULT_PAGE:
+            found["limit"] = str(self.limit)
         return found
 
     @property
