@@ -10,12 +10,13 @@ and styles from this server only.
 from __future__ import annotations
 
 import datetime as dt
+import html
 from typing import Any
 
 import jinja2
 import msgspec
 from litestar import Response
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from profilestore.identifiers import LOOKUP_KINDS
 from profilestore.web.session import Session
@@ -50,6 +51,13 @@ def _when(value: Any) -> str:
         shown = value.astimezone(dt.UTC) if zoned else value
         return shown.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if zoned else "")
     return "" if value is None else str(value)
+
+
+def escape(text: Any) -> str:
+    """``&``, ``<``, ``>``, ``"`` and ``'`` as entities: safe in text and in quoted
+    attributes (the stdlib's, a fraction of markupsafe's cost per call, which counts at
+    tens of thousands of values a page)."""
+    return html.escape(str(text), quote=True)
 
 
 MAX_ROWS = 50
@@ -117,6 +125,24 @@ def _value(out: list[str], value: Any) -> None:
         out.append(escape(msgspec.json.encode(value).decode()))
 
 
+def render_events(events: list[Any]) -> Markup:
+    """The timeline's rows (:class:`~profilestore.web.views.TimelineEvent`), escaped; in
+    Python for the same reason as :func:`_value` (a page may hold 1,000 events)."""
+    out: list[str] = []
+    for e in events:
+        out.append(
+            f'<tr class="event" data-type="{escape(e.type)}" data-event-id="{escape(e.event_id)}"'
+            f' data-occurred="{escape(e.occurred_at)}"><td>{escape(_when(e.occurred_at))}</td>'
+            f"<td><code>{escape(e.type)}</code></td><td>{escape(e.customer_id)}</td>"
+            f'<td>{escape(e.source)}</td><td class="details">'
+        )
+        out.extend(
+            f'<span class="detail"><b>{escape(k)}</b> {escape(v)}</span>' for k, v in e.details
+        )
+        out.append(f"</td><td><code>{escape(e.event_id)}</code></td></tr>")
+    return Markup("".join(out))
+
+
 def render_value(value: Any) -> Markup:
     out: list[str] = []
     _value(out, value)
@@ -129,6 +155,7 @@ SEARCH_KINDS = [("id", "Customer id")] + [(k.name, k.name.capitalize()) for k in
 ENVIRONMENT.globals["search_kinds"] = SEARCH_KINDS
 ENVIRONMENT.filters["when"] = _when
 ENVIRONMENT.filters["value"] = render_value
+ENVIRONMENT.filters["events"] = render_events
 
 
 def page(
