@@ -190,6 +190,7 @@ def main() -> None:
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         },
         "customer_events": EVENTS,
         "requests_per_variant": per_variant,

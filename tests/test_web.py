@@ -193,8 +193,15 @@ def context(browser: Browser, served: Served) -> Iterator[BrowserContext]:
 
 
 @pytest.fixture
-def page(context: BrowserContext) -> Page:
-    return context.new_page()
+def page(context: BrowserContext) -> Iterator[Page]:
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    opened.on("pageerror", lambda e: errors.append(str(e)))
+    yield opened
+    # No script error and nothing the Content-Security-Policy had to block (htmx included);
+    # answers with an error status are logged by chromium too, and are what tests ask for.
+    assert [e for e in errors if not e.startswith("Failed to load resource")] == []
 
 
 def log_in(page: Page, key: str = FULL_KEY, path: str = "/ui") -> None:
