@@ -33,7 +33,6 @@ from profilestore.errors import (
     InvalidIdentifier,
     NotFound,
     ProfileStoreError,
-    UnknownDataset,
 )
 from profilestore.events import EVENT_TYPES, ConsentChannel
 from profilestore.store import ProfileStore
@@ -318,14 +317,13 @@ async def profile(request: Request[Any, Any, Any]) -> Response[str]:
 async def timeline(request: Request[Any, Any, Any]) -> Response[str]:
     """One page of the customer's events, filtered: the partial htmx swaps in."""
     customer_id, query = _query(request)
+    if not _is_htmx(request):  # a link opened in a new tab: the page showing that timeline
+        return Redirect(f"{UI}/profile?{urlencode(query.params(customer_id))}", status_code=303)
     store = _store(request)
     try:
         found = await anyio.to_thread.run_sync(lambda: Timeline.read(store, customer_id, query))
     except NotFound:
         found = Timeline(customer_id=customer_id, query=query, events=[], next_after=None)
-    if not _is_htmx(request):
-        target = f"{UI}/profile?{urlencode(found.query.params(customer_id))}"
-        return Redirect(target, status_code=303)
     return page("timeline.html", timeline=found, event_types=EVENT_TYPE_NAMES, **_who(request))
 
 
@@ -370,7 +368,6 @@ ROUTER = Router(
     exception_handlers={
         NotAuthorizedException: not_logged_in,
         PermissionDeniedException: forbidden,
-        UnknownDataset: store_error,
         ProfileStoreError: store_error,
     },
 )
