@@ -362,6 +362,7 @@ def test_the_profile_shows_every_section_identity_consent_and_triggers(page: Pag
         expect(section.locator(".freshness")).to_contain_text("folded to log position")
     expect(page.locator("#section-orders")).to_contain_text("A-1001")
     expect(page.locator("#identity")).to_contain_text("evidence")
+    expect(page.locator("#identity-graph")).to_contain_text("0 events behind")
     expect(page.locator("#identity tr.link-active")).to_contain_text("device:dev-ann-42")
     email = page.locator("#consent tr", has_text="email").first
     expect(email).to_contain_text("allowed")

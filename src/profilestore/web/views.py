@@ -17,7 +17,7 @@ from profilestore.documents import SectionMeta
 from profilestore.errors import InvalidArgument, NotFound
 from profilestore.events import EVENT_TYPES
 from profilestore.firing import Outcome
-from profilestore.store import ContactDecision, IdentityExplanation, ProfileStore
+from profilestore.store import ContactDecision, GraphStatus, IdentityExplanation, ProfileStore
 
 ENVELOPE = ("type", "event_id", "customer_id", "occurred_at", "recorded_at", "source", "metadata")
 SLOTS = ("erasure", "scores")
@@ -166,6 +166,8 @@ class ProfileView:
     identity: IdentityExplanation | None
     identifiers: list[Any]
     """The identity's identifiers as plain values (for the generic rendering)."""
+    graph: GraphStatus
+    """How far the identity graph has applied the log (links still to come)."""
     outcomes: list[Outcome]
     consent: list[ContactDecision]
     timeline: Timeline | None
@@ -220,6 +222,7 @@ def profile_view(
         empty=[name for name in store.projections if name not in raw.sections],
         identity=identity,
         identifiers=msgspec.to_builtins(identity.identifiers) if identity else [],
+        graph=store.identity_status(),
         outcomes=outcomes,
         consent=consent,
         timeline=found_timeline,
