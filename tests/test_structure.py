@@ -1,6 +1,6 @@
 """The one door: the edges reach the stores only through ProfileStore.
 
-The HTTP API, the CLI, the worker and the follower may import the store and the public
+The HTTP API, the web UI, the CLI, the worker and the follower may import the store and the public
 value types, never an adapter, the log service, the consumer loop or the run journal, and
 may not reach into a store's private parts.
 """
@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).parent.parent / "src" / "profilestore"
-EDGES = sorted([*SRC.glob("api/*.py"), SRC / "cli.py", SRC / "worker.py", SRC / "follower.py"])
+EDGES = sorted(
+    [
+        *SRC.glob("api/*.py"),
+        *SRC.glob("web/*.py"),
+        SRC / "cli.py",
+        SRC / "worker.py",
+        SRC / "follower.py",
+    ]
+)
 
 FORBIDDEN_MODULES = {
     "profilestore.projector",
@@ -73,6 +81,12 @@ def _violations(path: Path) -> list[str]:
 @pytest.mark.parametrize("path", EDGES, ids=lambda p: str(p.relative_to(SRC)))
 def test_an_edge_goes_through_the_store_only(path: Path) -> None:
     assert _violations(path) == []
+
+
+def test_the_web_ui_is_among_the_edges_checked() -> None:
+    assert {"pages.py", "views.py", "session.py"} <= {
+        p.name for p in EDGES if p.parent.name == "web"
+    }
 
 
 def test_the_check_catches_a_reach_past_the_door(tmp_path: Path) -> None:

@@ -113,6 +113,11 @@ class ApiSettings(Strict, frozen=True, kw_only=True):
     """Scopes granted without a key (e.g. ["read"] on a trusted network); none by default."""
     freshness_interval_ms: Annotated[int, msgspec.Meta(ge=10)] = 250
     """How often the API refreshes the lag it reports with profiles and in /metrics."""
+    session_secret: str = ""
+    """Signs the web UI's session cookies; empty: a random secret per process (sessions end
+    when it restarts). Several API processes behind one address need the same one."""
+    session_minutes: Annotated[int, msgspec.Meta(ge=1, le=10_080)] = 480
+    """How long a web UI login lasts."""
 
 
 _ORIGIN = re.compile(r"^https?://[^/\s?#]+\Z")

@@ -59,7 +59,14 @@ from profilestore.errors import (
     StoreClosed,
     UnknownDataset,
 )
-from profilestore.eventlog import AppendResult, EventLog, Subscription, check_log_url, event_json
+from profilestore.eventlog import (
+    AppendResult,
+    EventLog,
+    Notified,
+    Subscription,
+    check_log_url,
+    event_json,
+)
 from profilestore.eventlog import open_log as open_log_url
 from profilestore.events import (
     EVENT_TYPES,
@@ -102,7 +109,7 @@ from profilestore.identity import (
     merged_changes,
     profile_of,
 )
-from profilestore.mapper import Forgotten
+from profilestore.mapper import Forgotten, topics_for
 from profilestore.normalise import configure, is_blocked, policy_from_settings
 from profilestore.outbox import (
     Courier,
@@ -1347,19 +1354,55 @@ class ProfileStore:
 
     @_guarded
     def history_page(
-        self, customer_id: str, *, after: int = 0, limit: int = 100
+        self,
+        customer_id: str,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        types: Sequence[str] | None = None,
+        occurred_since: dt.datetime | None = None,
+        occurred_until: dt.datetime | None = None,
     ) -> tuple[list[msgspec.Raw], int | None]:
         """Up to ``limit`` of the profile's events as JSON (every key's, in log order) after
-        log position ``after``, and the ``after`` of the next page (None on the last)."""
+        log position ``after``, and the ``after`` of the next page (None on the last).
+
+        ``types`` keeps only those event types (read by topic, so the log does the work);
+        ``occurred_since``/``occurred_until`` keep events that occurred in that interval
+        (inclusive; :meth:`history`'s bounds are when the store recorded them). Filters
+        never turn an existing customer into "not found": a customer with events of which
+        none match gets an empty page.
+        """
+        for name in types or ():
+            if name not in EVENT_TYPES:
+                raise InvalidArgument("types", "names an event type the catalogue lacks")
+        topics = [t for name in types or () for t in topics_for(EVENT_TYPES[name])]
         profile_id = self.resolve(customer_id)
         members = self._graph().members(profile_id) or (profile_id,)
-        found = merged_changes(self._log, members, after=after, limit=limit + 1)
-        if not found and after == 0:
+        # One cut for every page read below, so a page is a snapshot of the log.
+        head = self._log.head()
+        wanted: list[Notified] = []
+        position = after
+        more = False
+        while True:
+            found = merged_changes(
+                self._log, members, after=position, until=head, topics=topics, limit=limit + 1
+            )
+            for notified in found:
+                occurred = notified.event.occurred_at
+                if (occurred_since is None or occurred >= occurred_since) and (
+                    occurred_until is None or occurred <= occurred_until
+                ):
+                    if len(wanted) == limit:
+                        more = True
+                        break
+                    wanted.append(notified)
+                position = notified.notification_id
+            if more or len(found) <= limit:
+                break
+        if not wanted and after == 0 and not merged_changes(self._log, members, limit=1):
             raise CustomerNotFound(customer_id)
-        page = found[:limit]
-        more = len(found) > limit
-        return [msgspec.Raw(event_json(n.event)) for n in page], (
-            page[-1].notification_id if more else None
+        return [msgspec.Raw(event_json(n.event)) for n in wanted], (
+            wanted[-1].notification_id if more else None
         )
 
     @_guarded

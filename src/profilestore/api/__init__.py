@@ -78,7 +78,13 @@ def openapi_document(app: Litestar) -> dict[str, Any]:
 
 
 def create_app(store: ProfileStore) -> Litestar:
-    """The API over ``store``; the caller closes the store after the app stops."""
+    """The API over ``store``, and the web UI; the caller closes the store after the app
+    stops."""
+    # The web UI renders the API's errors and freshness: imported here, not at the top,
+    # so that either package can be imported first.
+    from profilestore.web import ROUTER as WEB_UI
+    from profilestore.web import Sessions
+
     settings = store.settings.api
     metrics_ = Metrics()
     metrics_.registry.register(TriggerCollector(store.tally))
@@ -115,6 +121,7 @@ def create_app(store: ProfileStore) -> Litestar:
             ready,
             metrics,
             *SEGMENT_ROUTES,
+            WEB_UI,
         ],
         lifespan=[lifespan],
         middleware=[access_middleware, segment_cors],
@@ -157,4 +164,7 @@ def create_app(store: ProfileStore) -> Litestar:
     app.state.metrics = metrics_
     app.state.segment_cors = CorsPolicy(store.settings.segment)
     app.state.freshness = snapshot
+    app.state.web_sessions = Sessions(
+        settings.session_secret, settings.session_minutes, app.state.api_keys
+    )
     return app
