@@ -29,6 +29,7 @@ from profilestore.api.errors import handle_profilestore
 from profilestore.api.observability import FreshnessSnapshot
 from profilestore.errors import (
     AmbiguousIdentifier,
+    CustomerErased,
     InvalidArgument,
     InvalidIdentifier,
     NotFound,
@@ -121,7 +122,8 @@ def store_error(request: Request[Any, Any, Any], error: ProfileStoreError) -> Re
     # The status comes from the API's one mapping; a 5xx shows no detail, as the API's.
     status = handle_profilestore(request, error).status_code or 500
     message = str(error) if status < 500 else "The store is unavailable; try again in a moment."
-    return page("error.html", status=status, title="Error", message=message, **_who(request))
+    title = "Forgotten" if isinstance(error, CustomerErased) else "Error"
+    return page("error.html", status=status, title=title, message=message, **_who(request))
 
 
 # --- login ------------------------------------------------------------------------------------
