@@ -336,6 +336,11 @@ class IdentityGraph:
             return cluster.members if cluster else ()
         return (profile,) if self.profile_of(profile) == profile else ()
 
+    def profile_ids_of(self, key: str) -> set[str]:
+        """Every profile id the key has belonged to (now and before), itself included."""
+        state = self.key(key)
+        return {key} | ({state.profile} | {p for _, p in state.history} if state else set())
+
     def link(self, link_id: str) -> Link | None:
         found: Link | None = self._get(LINK, link_id)
         return found

@@ -56,6 +56,17 @@ def probes_of(keys: Iterable[str], events: Iterable[object]) -> list[bytes]:
     return sorted(v for v in encoded if len(v) >= MIN_PROBE_BYTES)
 
 
+def identifiers_of(events: Iterable[object]) -> set[str]:
+    """The identifier values the events carried, as sent and as normalised."""
+    values: set[str] = set()
+    for event in events:
+        if isinstance(event, IdentifierSeen | IdentifierLinked | IdentifierUnlinked):
+            values.add(event.value)
+            values.add(event.lookup_key.partition(":")[2] or event.lookup_key)
+            values.add(event.lookup_key)
+    return values
+
+
 def chain_intact(log: EventLog, customer_ids: Sequence[str]) -> bool:
     """Recompute each stream's chain from its stored bytes and compare it with the head
     hash its directory row records (the log's own audit, for these streams)."""

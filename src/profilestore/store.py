@@ -135,6 +135,7 @@ from profilestore.privacy import (
     PlaintextCheck,
     chain_intact,
     events_in,
+    identifiers_of,
     probes_of,
     search_files,
 )
@@ -1503,8 +1504,13 @@ class ProfileStore:
         position = self._log.head()
         destroyed = self._log.destroy_keys(keys, received)
         self._settle(position)
-        terms = sorted({p.decode() for p in probes} | set(keys))
-        deleted = self._documents.erase(sorted(members), terms)
+        # Every id the profile's sections may lie under: the keys, the canonical id, and
+        # the ids the keys had before (a dataset may not have applied an unmerge yet).
+        graph = self._graph()
+        ids = set(members) | {p for key in keys for p in graph.profile_ids_of(key)}
+        # Erased by the customer's keys and identifiers; names are searched for, not
+        # erased by (a first name is shared by other customers' records).
+        deleted = self._documents.erase(sorted(ids), sorted(set(keys) | identifiers_of(events)))
         self._log.scrub_keys()
         files = [*self._log.recorder.local_files(), *self._documents.local_files()]
         embedded = bool(self._log.recorder.local_files()) and bool(self._documents.local_files())
