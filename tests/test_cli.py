@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import threading
 from decimal import Decimal
 from pathlib import Path
 
@@ -290,11 +291,15 @@ def test_worker_follows_real_time_datasets_and_stops_on_sigterm(home: Path, tmp_
         stderr=subprocess.PIPE,
         text=True,
     )
+    lines: list[str] = []
+    assert worker.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(worker.stderr or ()), daemon=True)
+    reader.start()
     try:
         events = tmp_path / "events.jsonl"
         events.write_text("\n".join(EVENTS) + "\n")
         assert run(home, "ingest", str(events)).returncode == 0
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             found = run(home, "find", "--email", "ann@example.com", "--compact")
             if found.returncode == 0 and "carts" in json.loads(found.stdout)["sections"]:
@@ -302,9 +307,18 @@ def test_worker_follows_real_time_datasets_and_stops_on_sigterm(home: Path, tmp_
             time.sleep(0.05)
         else:
             raise AssertionError("the worker did not apply the real-time datasets")
+        # SIGTERM once the worker says it runs (its handler is installed by then): before
+        # that, on a loaded machine, the signal's default action would end it as -15.
+        while time.monotonic() < deadline and not any("real time" in x for x in lines):
+            time.sleep(0.05)
     finally:
         worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=30)
+        worker.wait(timeout=30)
+        reader.join(timeout=10)
+        for pipe in (worker.stdout, worker.stderr):
+            if pipe is not None:
+                pipe.close()
+    err = "".join(lines)
     assert worker.returncode == 0, err
     assert "real time carts, identities; scheduled orders" in err
     assert "Traceback" not in err

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -398,9 +399,10 @@ def worker(obj: _Context, datasets: tuple[str, ...]) -> None:
     """Run the real-time follower and the scheduled refreshes until stopped (Ctrl-C, TERM)."""
     from profilestore.worker import Worker
 
+    stop = _stop_on_signals()  # first: a TERM while starting stops it cleanly once started
     with _errors(), obj.open() as store, Worker(store, list(datasets) or None) as running:
         _announce(store, running)
-        _wait_for_signal()
+        _wait_for_signal(stop)
         stderr.print("stopping: finishing the current batch")
 
 
@@ -418,13 +420,18 @@ def _announce(store: ProfileStore, running: Any, *, serving: bool = False) -> No
         stderr.print(escape(text))
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signals() -> threading.Event:
+    """An event TERM and INT set (instead of ending the process at once)."""
     import signal
-    import threading
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+def _wait_for_signal(stop: threading.Event | None = None) -> None:
+    stop = stop or _stop_on_signals()
     while not stop.wait(1.0):
         pass
 
