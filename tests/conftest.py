@@ -31,6 +31,10 @@ from profilestore.sqlite_log import open_sqlite_log
 from profilestore.store import load_projections
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# Stores opened by tests (and the processes they start) encrypt with this key-encryption
+# key, so no test writes a key file into the user's config directory.
+os.environ.setdefault("PROFILESTORE_KEK", "base64:" + "QUJD" * 10 + "QUI=")
 POSTGRES_URL = os.environ.get("PROFILESTORE_TEST_POSTGRES_URL")
 MONGO_URI = os.environ.get("PROFILESTORE_TEST_MONGO_URI")
 

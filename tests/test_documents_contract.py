@@ -26,7 +26,7 @@ from profilestore.documents import (
     StoredSection,
     Tracking,
 )
-from profilestore.errors import ReadOnlyStore, StoreClosed
+from profilestore.errors import InvalidArgument, ReadOnlyStore, StoreClosed
 from profilestore.events import Location
 from profilestore.mongo_documents import MongoDocumentStore
 from profilestore.sqlite_documents import SQLiteDocumentStore
@@ -1063,6 +1063,274 @@ def test_a_staging_regroup_leaves_live_untouched_and_promote_carries_it(
     assert s.load("identities", ["c1"]) == {"c1": StoredSection(merged.section, 3)}
 
 
+# --- erase --------------------------------------------------------------------------------------
+
+NOW = "2024-05-01T12:00:00+00:00"
+
+
+def customer_records(key: str, email: str, cluster: str, other: str) -> list[Record]:
+    """One of every kind of record a customer key gets, as the modules that write them
+    key and shape them (identity.py, firing.py, outbox.py, experiment.py, runs.py)."""
+    claim = f"receipt\x1f{key}\x1forder:A-1"
+    return [
+        ("identity.key", key, {"profile": cluster, "history": [[5, cluster]], "links": ["L"]}),
+        ("identity.key", other, {"profile": cluster, "history": [[5, cluster]], "links": ["L"]}),
+        (
+            "identity.link",
+            f"evt-link-{key}",
+            {
+                "id": f"evt-link-{key}",
+                "a": key,
+                "b": other,
+                "position": 5,
+                "at": NOW,
+                "rule": "shared-email",
+                "rule_version": 1,
+                "evidence": f"email:{email}",
+            },
+        ),
+        ("identity.cluster", cluster, {"members": [key, other]}),
+        ("identity.identifier", f"email:{email}", {"kind": "email", "keys": [key, other]}),
+        ("identity.kinds", key, {"kinds": ["email", "device"], "devices": [f"dev-{key}"]}),
+        ("identity.veto", f"{key}\x1fcrm-{key}", {"position": 7, "actor": "ops"}),
+        (
+            "trigger.fired",
+            claim,
+            {
+                "message_id": f"msg_{key}",
+                "trigger": "receipt",
+                "customer_id": key,
+                "profile_id": cluster,
+                "payload": {"first_name": "Ann", "order_id": "A-1"},
+            },
+        ),
+        (
+            "trigger.outcome",
+            f"{key}\x1f{12:020d}\x1freceipt\x1fe",
+            {"trigger": "receipt", "customer_id": key, "profile_id": cluster, "status": "fired"},
+        ),
+        (
+            "trigger.timer",
+            f"abandoned_cart\x1f{key}\x1fcart:K1",
+            {"trigger": "abandoned_cart", "customer_id": key, "due": NOW},
+        ),
+        ("trigger.contacts", key, {"recent": [{"message_id": f"msg_{key}", "at": NOW}]}),
+        ("experiment.assignment", f"welcome_copy\x1f{key}", {"arm": "warm", "at": NOW}),
+        (
+            "outbox.pending",
+            f"msg_{key}\x1fwebhook:crm",
+            {"message_id": f"msg_{key}", "claim": claim, "customer_id": key},
+        ),
+        (
+            "outbox.dead",
+            f"msg_{key}\x1ffile",
+            {"message_id": f"msg_{key}", "claim": claim, "customer_id": key, "last_error": "503"},
+        ),
+        ("dead_letter", f"carts/{key}", {"dataset": "carts", "customer_id": key, "error": "x"}),
+        ("staged_dead_letter", f"carts/{key}", {"dataset": "carts", "customer_id": key}),
+    ]
+
+
+Record = tuple[str, str, dict[str, Any]]
+SHARED_RECORDS: list[Record] = [
+    ("trigger.enabled", "receipt", {"since": NOW}),
+    ("projection_version", "carts", {"version": 3, "built_at": NOW}),
+    ("identity.applied", "carts", {"position": 12}),
+    ("run", "carts/last", {"dataset": "carts", "status": "succeeded", "error": None}),
+]
+C1_RECORDS = customer_records("c1", "ann@example.com", "~abc", "web-1")
+KINDS = sorted({kind for kind, _, _ in customer_records("x", "x", "x", "x") + SHARED_RECORDS})
+
+
+def every_record(s: DocumentStore) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(kind, key): value for kind in KINDS for key, value in s.get_records(kind).items()}
+
+
+def two_customers(s: DocumentStore) -> None:
+    """c1 (merged with web-1 into ~abc) and c10, whose key has c1 as a prefix and who
+    shares nothing with c1: sections, staging, lookup keys and records of each."""
+    for key, email in (("~abc", "ann@example.com"), ("c10", "ann10@example.com")):
+        s.write("carts", [SectionWrite(key, carts(), 7)], refreshed_at=T0)
+        s.write("orders", [SectionWrite(key, orders(), 8)], refreshed_at=T0)
+        s.write("attributes", [SectionWrite(key, attributes(), 9)], refreshed_at=T0)
+        keys = (f"email:{email}", f"device:dev-{key}")
+        s.write("identities", [identity_write(key, 9, *keys)], refreshed_at=T0)
+    s.start_staging("identities")
+    s.write(
+        "identities",
+        [
+            identity_write("~abc", 9, "email:ann@example.com", "phone:+14155550003"),
+            identity_write("c10", 9, "email:ann10@example.com"),
+        ],
+        refreshed_at=T0,
+        staging=True,
+    )
+    s.put_records(
+        C1_RECORDS + customer_records("c10", "ann10@example.com", "c10", "crm-10") + SHARED_RECORDS
+    )
+
+
+def test_erase_removes_a_customer_everywhere_and_leaves_the_neighbour_intact(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    two_customers(s)
+    s.advance("carts", 12, refreshed_at=T0)
+    assert s.acquire_lease("refresh:carts", "A", TTL, at(0))
+    before = every_record(s)
+    neighbour = s.get("c10")
+
+    counts = s.erase(
+        ["~abc", "c1", "web-1"], ["ann@example.com", "+14155550003", "dev-~abc", "Ann Lee"]
+    )
+
+    assert counts == {
+        "sections": 4,
+        "sections:staging": 1,
+        "lookup_keys": 2,
+        "lookup_keys:staging": 2,
+        "records:identity.key": 2,
+        "records:identity.link": 1,
+        "records:identity.cluster": 1,
+        "records:identity.identifier": 1,
+        "records:identity.kinds": 1,
+        "records:identity.veto": 1,
+        "records:trigger.fired": 1,
+        "records:trigger.outcome": 1,
+        "records:trigger.timer": 1,
+        "records:trigger.contacts": 1,
+        "records:experiment.assignment": 1,
+        "records:outbox.pending": 1,
+        "records:outbox.dead": 1,
+        "records:dead_letter": 1,
+        "records:staged_dead_letter": 1,
+    }
+    assert s.get("~abc") is None and s.get("c1") is None
+    assert s.find("email:ann@example.com") == []
+    assert s.find("device:dev-~abc") == []
+    assert s.load("identities", ["~abc"], staging=True) == {}
+    # The neighbour is as it was, in every dataset, every record, staging included.
+    assert s.get("c10") == neighbour
+    assert s.find("email:ann10@example.com") == ["c10"]
+    assert set(s.load("identities", ["c10"], staging=True)) == {"c10"}
+    after = every_record(s)
+    gone = {(kind, key) for kind, key, _ in C1_RECORDS}
+    assert after == {k: v for k, v in before.items() if k not in gone}
+    assert ("identity.key", "c10") in after and ("trigger.contacts", "c10") in after
+    # Leases and tracking say nothing of a customer.
+    assert s.lease_holder("refresh:carts", at(1)) == "A"
+    assert_tracking(s.tracking("carts"), 12, T0)
+
+
+def test_erasing_again_finds_nothing(document_store: DocumentStore) -> None:
+    s = document_store
+    two_customers(s)
+    first = s.erase(["~abc", "c1", "web-1"], ["ann@example.com"])
+    assert first["sections"] == 4
+    left = every_record(s)
+
+    again = s.erase(["~abc", "c1", "web-1"], ["ann@example.com"])
+
+    assert again == {
+        "sections": 0,
+        "sections:staging": 0,
+        "lookup_keys": 0,
+        "lookup_keys:staging": 0,
+    }
+    assert every_record(s) == left
+
+
+def test_erase_redacts_records_that_also_speak_of_other_customers(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    unmerged = {"profiles": {"c1": ["c1"], "c9": ["c9"]}, "dropped": ["~abc"]}
+    s.put_records(
+        [
+            # An unmerge that regrouped c9 too: what it says of c9 must stand.
+            ("identity.change", f"{40:020d}", unmerged),
+            (
+                "identity.identifier",
+                "device:family-tablet",
+                {"kind": "device", "keys": ["c1", "c9"]},
+            ),
+            ("identity.kinds", "c9", {"kinds": ["device"], "devices": ["dev-1", "family"]}),
+            (
+                "identity.key",
+                "c9",
+                {"profile": "c9", "history": [[30, "~abc"], [40, "c9"]], "links": ["L1"]},
+            ),
+            ("run", "carts/failure", {"status": "failed", "error": "KeyError('c1') in c10"}),
+            ("run", "orders/failure", {"status": "failed", "error": "c10 and ac1 and c1x"}),
+        ]
+    )
+
+    counts = s.erase(["c1", "~abc"], ["dev-1"])
+
+    assert {k: v for k, v in counts.items() if v} == {
+        "redacted:identity.change": 1,
+        "redacted:identity.identifier": 1,
+        "redacted:identity.kinds": 1,
+        "redacted:identity.key": 1,
+        "redacted:run": 1,
+    }
+    assert s.get_record("identity.change", f"{40:020d}") == {
+        "profiles": {"c9": ["c9"]},
+        "dropped": [],
+    }
+    assert s.get_record("identity.identifier", "device:family-tablet") == {
+        "kind": "device",
+        "keys": ["c9"],
+    }
+    assert s.get_record("identity.kinds", "c9") == {"kinds": ["device"], "devices": ["family"]}
+    assert s.get_record("identity.key", "c9") == {
+        "profile": "c9",
+        "history": [[40, "c9"]],
+        "links": ["L1"],
+    }
+    assert s.get_records("run") == {
+        "carts/failure": {"status": "failed", "error": "KeyError('[erased]') in c10"},
+        "orders/failure": {"status": "failed", "error": "c10 and ac1 and c1x"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("customer_ids", "terms", "field"),
+    [
+        (["c1", ""], [], "customer_ids[1]"),
+        (["c1"], ["ann@example.com", " "], "terms[1]"),
+        ("c1", [], "customer_ids"),
+    ],
+)
+def test_erase_refuses_an_empty_id_or_term_and_erases_nothing(
+    document_store: DocumentStore, customer_ids: Any, terms: Any, field: str
+) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite("c1", carts(), 7)], refreshed_at=T0)
+    s.put_record("trigger.contacts", "c1", {"recent": []})
+
+    with pytest.raises(InvalidArgument) as raised:
+        s.erase(customer_ids, terms)
+
+    assert raised.value.field == field
+    assert s.get("c1") is not None
+    assert s.get_record("trigger.contacts", "c1") == {"recent": []}
+
+
+def test_scrub_answers_whether_no_old_copy_remains_and_can_be_repeated(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite("c1", carts(), 7)], refreshed_at=T0)
+    s.erase(["c1"])
+
+    # SQLite checkpoints and truncates its WAL; MongoDB cannot promise it (see scrub).
+    expected = isinstance(s, SQLiteDocumentStore)
+    assert s.scrub() is expected
+    assert s.scrub() is expected
+    assert s.get("c1") is None
+
+
 # --- leases -------------------------------------------------------------------------------------
 
 TTL = dt.timedelta(seconds=30)
@@ -1404,6 +1672,8 @@ CALLS: dict[str, Callable[[DocumentStore], object]] = {
     "insert_record_if_absent": lambda s: s.insert_record_if_absent("run", "k", {}),
     "get_records": lambda s: s.get_records("run"),
     "delete_record": lambda s: s.delete_record("run", "k"),
+    "erase": lambda s: s.erase(["c1"], ["ann@example.com"]),
+    "scrub": lambda s: s.scrub(),
 }
 
 

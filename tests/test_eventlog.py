@@ -479,14 +479,14 @@ def test_an_append_chosen_as_a_deadlock_victim_is_planned_again(
     real = event_log._append_once
     calls: list[int] = []
 
-    def deadlocked_once(events: Any, attempt: int) -> Any:
+    def deadlocked_once(events: Any, attempt: int, skip_erased: bool = False) -> Any:
         calls.append(attempt)
         if attempt == 1:  # as the library raises it: its error wrapping the driver's
             try:
                 raise psycopg.errors.DeadlockDetected("deadlock detected")
             except psycopg.Error as driver:
                 raise OperationalError(driver) from driver
-        return real(events, attempt)
+        return real(events, attempt, skip_erased)
 
     monkeypatch.setattr(event_log, "_append_once", deadlocked_once)
     result = event_log.append([page_view("dl-1", "ann")])

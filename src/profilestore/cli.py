@@ -750,6 +750,59 @@ def consent(obj: _Context, customer_id: str, channel: str, purpose: str) -> None
         sys.exit(1)
 
 
+@main.command()
+@click.argument("customer_id")
+@click.option(
+    "--request-id",
+    required=True,
+    help="The erasure request's id (from your ticketing system): done once per id.",
+)
+@click.pass_obj
+def forget(obj: _Context, customer_id: str, request_id: str) -> None:
+    """Erase CUSTOMER_ID on request (README: Privacy): destroy the data keys of every key of
+    their profile, delete everything derived, refuse their events from now on, and print
+    the erasure receipt (no personal data). Running it again with the same request id
+    prints the same receipt."""
+    with _errors(), obj.open() as store:
+        receipt = store.forget(customer_id, request_id=request_id)
+        _emit(receipt, pretty=True)
+    if receipt.plaintext.found or not receipt.chain_intact:
+        sys.exit(1)
+
+
+@main.group()
+def keys() -> None:
+    """Per-customer data keys and the key-encryption key that wraps them."""
+
+
+@keys.command("status")
+@click.pass_obj
+def keys_status(obj: _Context) -> None:
+    """Whether the log is encrypted, the current KEK's id, and how many data keys are live
+    and destroyed."""
+    with _errors(), obj.open(read_only=True) as store:
+        _emit(store.key_status(), pretty=True)
+
+
+@keys.command("rotate")
+@click.pass_obj
+def keys_rotate(obj: _Context) -> None:
+    """Re-wrap every data key with the configured KEK (after changing
+    privacy.key_encryption_key and listing the old one in
+    privacy.previous_key_encryption_keys); no event is touched."""
+    with _errors(), obj.open() as store:
+        count = store.rotate_keys()
+    click.echo(f"re-wrapped {count} keys with the current key-encryption key")
+
+
+@keys.command("new-kek")
+def keys_new_kek() -> None:
+    """Print a new random key-encryption key (base64) to keep in a secret store or file."""
+    from profilestore.keys import new_kek_text
+
+    click.echo(new_kek_text())
+
+
 @main.group()
 def triggers() -> None:
     """Triggers: what they are, what they decided, running them now."""
@@ -913,6 +966,16 @@ def identity_unmerge(
 @main.group()
 def audit() -> None:
     """Tamper evidence: digests of the log and their verification."""
+
+
+@audit.command("erasures")
+@click.pass_obj
+def audit_erasures(obj: _Context) -> None:
+    """Print every erasure receipt (JSON Lines, oldest first): request id, times, counts of
+    what was destroyed and deleted, the plaintext search and the chain check."""
+    with _errors(), obj.open(read_only=True) as store:
+        for receipt in store.erasures():
+            _emit(receipt, pretty=False)
 
 
 @audit.command("digest")

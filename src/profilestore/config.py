@@ -89,7 +89,7 @@ class ScheduleSettings(Strict, frozen=True, kw_only=True):
             raise ValueError(f"`timezone`: {e}") from None
 
 
-Scope = Literal["ingest", "read", "audit", "admin", "identity"]
+Scope = Literal["ingest", "read", "audit", "admin", "identity", "erasure"]
 
 
 class ApiKey(Strict, frozen=True, kw_only=True):
@@ -418,6 +418,21 @@ SHIPPED_TRIGGERS = (
 """The trigger modules shipped in ``triggers/``, listed (disabled) in the default config."""
 
 
+class PrivacySettings(Strict, frozen=True, kw_only=True):
+    """Per-customer encryption and erasure (README: Privacy)."""
+
+    encryption: bool = True
+    """Encrypt each customer's events with a data key of their own (new logs only: an
+    existing plain log stays plain until it is moved, see ``profilestore log encrypt``)."""
+    key_encryption_key: str = "default"
+    """The key that wraps the data keys, never stored with the data: ``env:VARIABLE``,
+    ``file:PATH``, or ``default`` ($PROFILESTORE_KEK, else a key file in the user's config
+    directory, made on first use)."""
+    previous_key_encryption_keys: list[str] = msgspec.field(default_factory=list)
+    """Keys data keys may still be wrapped by (after a rotation, until ``profilestore keys
+    rotate`` re-wrapped them all)."""
+
+
 class Settings(Strict, frozen=True, kw_only=True):
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     event_log: EventLogSettings = msgspec.field(default_factory=EventLogSettings)
@@ -426,6 +441,7 @@ class Settings(Strict, frozen=True, kw_only=True):
     schedule: ScheduleSettings = msgspec.field(default_factory=ScheduleSettings)
     api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     identity: IdentitySettings = msgspec.field(default_factory=IdentitySettings)
+    privacy: PrivacySettings = msgspec.field(default_factory=PrivacySettings)
     segment: SegmentSettings = msgspec.field(default_factory=SegmentSettings)
     datasets: dict[str, DatasetSettings] = msgspec.field(default_factory=_default_datasets)
     triggers: dict[str, TriggerSettings] = msgspec.field(default_factory=_default_triggers)

@@ -9,12 +9,14 @@ ports, each method's contract in its docstring:
 - :class:`LeaseStore`: named leases that keep one process at a time on a dataset;
 - :class:`RecordStore`: small records by (kind, key), with an atomic insert-if-absent.
 
-:class:`DocumentStore` is the three over one database plus ``close``; the engine only
-sees it. Adapters (``sqlite_documents.py``, ``mongo_documents.py``) pass one contract
-suite (``tests/test_documents_contract.py``), and :data:`DOCUMENT_BACKENDS` picks one by
-the URL's scheme. At the adapter boundary (:func:`translate_errors`) a driver error
-becomes ``DocumentsUnavailable``, a call after ``close`` ``StoreClosed``, and a write to a
-store opened read-only ``ReadOnlyStore``.
+:class:`DocumentStore` is the three over one database plus ``close``, and the right to
+erasure: ``erase`` (every section, lookup key and record naming given customers; see
+:mod:`profilestore.redaction`) and ``scrub`` (no old copy left on the disk where the
+backend can promise it); the engine only sees it. Adapters (``sqlite_documents.py``,
+``mongo_documents.py``) pass one contract suite (``tests/test_documents_contract.py``),
+and :data:`DOCUMENT_BACKENDS` picks one by the URL's scheme. At the adapter boundary
+(:func:`translate_errors`) a driver error becomes ``DocumentsUnavailable``, a call after
+``close`` ``StoreClosed``, and a write to a store opened read-only ``ReadOnlyStore``.
 
 Every section write carries its log position and is applied only if it is newer than the
 stored one, so replaying a batch changes nothing. The one exception is
@@ -331,9 +333,54 @@ class DocumentStore(SectionStore, LeaseStore, RecordStore):
         self.read_only = read_only
         """Opened read-only: nothing was created, and every write raises ReadOnlyStore."""
 
+    def local_files(self) -> list[str]:
+        """The files this store keeps on this machine (embedded); [] for a server."""
+        return []
+
     @abstractmethod
     def close(self) -> None:
         """Release connections; idempotent. Every later call raises ``StoreClosed``."""
+
+    # --- erasure --------------------------------------------------------------------------
+
+    @abstractmethod
+    def erase(self, customer_ids: Sequence[str], terms: Sequence[str] = ()) -> dict[str, int]:
+        """Delete everything derived about the customers: what the right to erasure asks
+        of the document store. Returns counts per kind of thing erased, never a value:
+        ``sections``, ``sections:staging``, ``lookup_keys``, ``lookup_keys:staging``
+        (always present), ``records:<kind>`` for records deleted and ``redacted:<kind>``
+        for records that stay with the customers taken out (present when not 0).
+
+        - Every section of ``customer_ids``, live and staging, in every dataset (also one
+          no longer configured), and their lookup keys. Pass every key of a merged
+          profile and its canonical id: sections are stored under the profile's id.
+        - Every record that names them, judged by
+          :class:`~profilestore.redaction.Erasure` from its key and body against
+          ``customer_ids`` and ``terms`` (the customers' normalised identifiers, names):
+          deleted when its key or one of its fields is one of them, redacted when they
+          are only members of a list or free text in it (an identity change that also
+          regrouped another customer, a run's error message). ``c1`` never matches
+          ``c10``.
+        - Leases and tracking hold nothing personal and are untouched; so are sections
+          of other customers, even where they hold a value given in ``terms``.
+
+        Erasing again finds nothing and returns zeros, so a caller repeats an erasure a
+        failure interrupted. All or none where the database allows it (SQLite: one
+        transaction); on MongoDB each document and record changes atomically, sections
+        first, then records, so a failure part-way leaves the rest for the repeat.
+        ``InvalidArgument`` names an empty id or term (it would match everything).
+
+        Deleted is not yet gone from the disk: see :meth:`scrub`."""
+
+    @abstractmethod
+    def scrub(self) -> bool:
+        """Leave no old copy of what was deleted where the store can reach it: True when
+        done. SQLite deletes with ``secure_delete`` (freed space is zeroed), and this
+        checkpoints the write-ahead log into the database and truncates it, so no old
+        page image stays in the ``-wal`` file; False if a reader kept the checkpoint from
+        completing (call again). MongoDB: False, always: WiredTiger frees space inside
+        its files and compacts them on its own schedule, and its journal, oplog and
+        backups are the operator's (``compact``, backup expiry)."""
 
     async def aclose(self) -> None:
         """Release what the async methods opened (called from the event loop); idempotent."""
@@ -362,6 +409,7 @@ PORT_METHODS = (
     *("tracking", "advance"),
     *("start_staging", "promote_staging", "customer_ids"),
     *("acquire_lease", "release_lease", "lease_holder"),
+    *("erase", "scrub"),
     *("put_record", "put_records", "insert_record_if_absent"),
     *(
         "get_records",
@@ -378,7 +426,7 @@ reaches the database."""
 WRITE_METHODS = frozenset(
     {
         *("write", "regroup", "advance", "start_staging", "promote_staging"),
-        *("acquire_lease", "release_lease"),
+        *("acquire_lease", "release_lease", "erase", "scrub"),
         *("put_record", "put_records", "insert_record_if_absent", "delete_record"),
     }
 )
@@ -533,6 +581,10 @@ def mask_password(text: str, url: str) -> str:
     for secret in sorted({password, unquote(password)}, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+ERASED_ALWAYS = ("sections", "sections:staging", "lookup_keys", "lookup_keys:staging")
+"""The counts :meth:`DocumentStore.erase` always returns (0 when nothing was there)."""
 
 
 def newest_per_customer(writes: Sequence[SectionWrite]) -> list[SectionWrite]:

@@ -409,3 +409,38 @@ class InvalidTrigger(ProfileStoreError, ValueError):
         self.field = field
         self.reason = reason
         super().__init__(f"Trigger field `{field}` {reason}")
+
+
+class CustomerErased(ProfileStoreError):
+    """The customer was forgotten (an erasure request): their data is gone, and events for
+    them are refused so that it does not come back (see README "Privacy")."""
+
+    def __init__(self, index: int | None = None) -> None:
+        self.index = index
+        where = f"event {index} of the batch is for" if index is not None else "this is"
+        super().__init__(
+            f"{where} a customer who was forgotten (erased on request); their events are "
+            "refused so that their data does not come back, and nothing of the batch was appended"
+            if index is not None
+            else "the customer was forgotten (erased on request)"
+        )
+
+
+class NotEncrypted(ProfileStoreError):
+    """Erasure needs per-customer encryption, and this log was written without it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this event log was created before per-customer encryption: its events cannot be "
+            "forgotten; move it to an encrypted log first (README, Privacy: `profilestore "
+            "log encrypt`)"
+        )
+
+
+class KeyStoreError(ProfileStoreError):
+    """The key store or the key-encryption key is unusable (missing, altered, unknown)."""
+
+
+class Undecryptable(ProfileStoreError):
+    """A sealed event that does not open with its stream's key: the stored bytes were
+    altered or moved (``profilestore audit verify`` says which)."""

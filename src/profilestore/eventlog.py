@@ -26,15 +26,18 @@ again from fresh heads. Nothing of a rejected transaction is visible.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime as dt
 import functools
 import hashlib
 import importlib
 import random
 import re
+import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, Protocol, cast
 from uuid import UUID, uuid5
@@ -49,14 +52,18 @@ from eventsourcing.persistence import (
 
 from profilestore.errors import (
     AppendConflict,
+    CustomerErased,
     InvalidSetting,
+    KeyStoreError,
     LogUnavailable,
     LogUrlError,
+    NotEncrypted,
     ReadOnlyStore,
     StoreClosed,
 )
 from profilestore.events import Event
-from profilestore.mapper import EventMapper
+from profilestore.keys import Keyring, KeyStore, load_kek
+from profilestore.mapper import SEALED, EventMapper, Forgotten
 
 STREAM_NAMESPACE = UUID("6f1f3c3e-8d0c-5b7e-9a43-3c1e6f0d2b71")
 """Namespace of stream ids; changing it would orphan every stored stream."""
@@ -87,8 +94,8 @@ def chain_hash(
 ChainRow = tuple[int, UUID, int, str, bytes, bytes | None]
 """(notification id, stream, version, topic, stored state, recorded chain hash)."""
 
-StateRow = tuple[int, UUID, str, bytes]
-"""(notification id, stream, topic, stored state): a stored event before decoding."""
+StateRow = tuple[int, UUID, int, str, bytes]
+"""(notification id, stream, version, topic, stored state): a stored event before decoding."""
 
 
 MAX_APPEND_ATTEMPTS = 50
@@ -109,6 +116,8 @@ class AppendResult:
     duplicate_event_ids: list[str] = field(default_factory=list)
     notification_ids: list[int] = field(default_factory=list)
     attempts: int = 1
+    erased_event_ids: list[str] = field(default_factory=list)
+    """Events skipped because their customer was forgotten (``skip_erased``)."""
 
 
 class Notified(NamedTuple):
@@ -197,8 +206,22 @@ class EventRecorder(ABC):
         """Every stream's head version and hash, as the stream directory records them."""
 
     @abstractmethod
-    def customers(self) -> list[str]:
-        """Every customer id with a stream, sorted."""
+    def directory_names(self) -> list[tuple[UUID, str]]:
+        """Every stream with the customer name its directory row keeps (see
+        :meth:`EventLog.customers`)."""
+
+    @abstractmethod
+    def key_store(self, *, create: bool, read_only: bool) -> KeyStore | None:
+        """The log's key store (see :mod:`profilestore.keys`): None where there is none and
+        ``create`` is false."""
+
+    def local_files(self) -> list[str]:
+        """The files this log keeps on this machine (an embedded log); [] for a server."""
+        return []
+
+    @abstractmethod
+    def first_state(self) -> bytes | None:
+        """The stored state of the log's first event (None for an empty log)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -228,8 +251,7 @@ class Subscription(Iterator[Notified]):
             row = next(self._states, None)
         if row is None:
             raise StopIteration
-        nid, stream, topic, state = row
-        return Notified(nid, stream, topic, self._log.mapper.decode(topic, state))
+        return self._log._decoded([row])[0]
 
     def positions(self) -> Iterator[int]:
         """The new events' log positions only (nothing decoded): enough to wake a reader."""
@@ -270,12 +292,31 @@ class EventLog:
         mapper: EventMapper | None = None,
         *,
         read_only: bool = False,
+        keyring: Keyring | None = None,
     ) -> None:
         self.recorder = recorder
         self.mapper = mapper or EventMapper()
         self.read_only = read_only
         """Opened read-only: nothing was created, and :meth:`append` raises ReadOnlyStore."""
+        self.keyring = keyring
+        """Per-customer encryption (None: a plain log, written before encryption)."""
         self._closed = False
+        self._stream_id = keyring.stream_id if keyring else stream_id
+        self._event_key: Callable[[str], str] = keyring.event_key if keyring else str
+
+    def use_keys(self, keyring: Keyring) -> None:
+        """Encrypt per customer from now on (done once, when the log is opened)."""
+        self.keyring = keyring
+        self._stream_id = keyring.stream_id
+        self._event_key = keyring.event_key
+
+    @property
+    def encrypted(self) -> bool:
+        return self.keyring is not None
+
+    def stream_of(self, customer_id: str) -> UUID:
+        """The stream id of a customer key (a keyed hash on an encrypted log)."""
+        return self._stream_id(customer_id)
 
     @contextlib.contextmanager
     def translated(self, operation: str) -> Iterator[None]:
@@ -288,11 +329,13 @@ class EventLog:
         ):
             yield
 
-    def append(self, events: Sequence[Event]) -> AppendResult:
+    def append(self, events: Sequence[Event], *, skip_erased: bool = False) -> AppendResult:
         """Append validated events; events whose ``event_id`` is already stored are skipped.
 
         The batch commits in one transaction or not at all. Events of one customer keep
         their order in the batch; the first of several events sharing an ``event_id`` wins.
+        An event of a forgotten customer is refused (:class:`CustomerErased`, nothing of
+        the batch appended) or, with ``skip_erased``, left out and reported.
         """
         with self.translated("append events"):
             if self.read_only:
@@ -304,7 +347,7 @@ class EventLog:
                 return AppendResult(appended=0, duplicates=0)
             for attempt in range(1, MAX_APPEND_ATTEMPTS + 1):
                 try:
-                    return self._append_once(events, attempt)
+                    return self._append_once(events, attempt, skip_erased)
                 except Exception as error:
                     # Another writer took a version or an event id first, or the database
                     # chose this transaction as a deadlock's victim: plan again.
@@ -323,7 +366,9 @@ class EventLog:
             cause = cause.__cause__
         return False
 
-    def _append_once(self, events: Sequence[Event], attempt: int) -> AppendResult:
+    def _append_once(
+        self, events: Sequence[Event], attempt: int, skip_erased: bool = False
+    ) -> AppendResult:
         unique: dict[str, Event] = {}
         in_batch_duplicates: list[str] = []
         for event in events:
@@ -331,27 +376,57 @@ class EventLog:
                 in_batch_duplicates.append(event.event_id)
             else:
                 unique[event.event_id] = event
-        stored_ids = self.recorder.existing_event_ids(list(unique))
+        keyed = {self._event_key(e): e for e in unique}
+        stored_ids = {keyed[k] for k in self.recorder.existing_event_ids(list(keyed))}
         new_events = [e for e in unique.values() if e.event_id not in stored_ids]
         duplicates = [e for e in unique if e in stored_ids] + in_batch_duplicates
         if not new_events:
             return AppendResult(0, len(duplicates), duplicates, [], attempt)
-        streams = {e.customer_id: stream_id(e.customer_id) for e in new_events}
+        streams = {e.customer_id: self._stream_id(e.customer_id) for e in new_events}
+        erased: list[str] = []
+        ciphers: dict[UUID, Any] = {}
+        if self.keyring is not None:
+            ciphers = self.keyring.for_append(set(streams.values()))
+            if any(c is None for c in ciphers.values()):
+                if not skip_erased:
+                    index = next(
+                        i for i, e in enumerate(events) if ciphers[streams[e.customer_id]] is None
+                    )
+                    raise CustomerErased(index)
+                erased = [e.event_id for e in new_events if ciphers[streams[e.customer_id]] is None]
+                new_events = [e for e in new_events if ciphers[streams[e.customer_id]] is not None]
+                if not new_events:
+                    return AppendResult(0, len(duplicates), duplicates, [], attempt, erased)
         heads = self.recorder.stream_heads(list(set(streams.values())))
         stored_events: list[StoredEvent] = []
         event_ids: list[tuple[str, UUID, int, bytes]] = []
         touched: dict[UUID, str] = {}
+        seal = self.mapper.seal
         for event in new_events:
             originator_id = streams[event.customer_id]
             version, previous = heads.get(originator_id, (0, GENESIS))
             stored = self.mapper.to_stored(originator_id, version + 1, event)
+            cipher = ciphers.get(originator_id)
+            if cipher is not None:
+                state = seal(
+                    cipher,
+                    originator_id,
+                    version + 1,
+                    stored.topic,
+                    event.occurred_at,
+                    stored.state,
+                )
+                stored = StoredEvent(originator_id, version + 1, stored.topic, state)
             link = chain_hash(previous, originator_id, version + 1, stored.topic, stored.state)
             heads[originator_id] = (version + 1, link)
             touched[originator_id] = event.customer_id
             stored_events.append(stored)
-            event_ids.append((event.event_id, originator_id, version + 1, link))
+            event_ids.append((self._event_key(event.event_id), originator_id, version + 1, link))
         # Sorted: concurrent batches lock directory rows in one order, so cannot deadlock.
-        stream_rows = [(o, touched[o], *heads[o]) for o in sorted(touched, key=lambda o: o.bytes)]
+        stream_rows = [
+            (o, self._directory_name(o, touched[o], ciphers.get(o)), *heads[o])
+            for o in sorted(touched, key=lambda o: o.bytes)
+        ]
         notification_ids = self.recorder.insert_events(
             stored_events, event_ids=event_ids, streams=stream_rows
         )
@@ -361,7 +436,21 @@ class EventLog:
             duplicate_event_ids=duplicates,
             notification_ids=list(notification_ids or []),
             attempts=attempt,
+            erased_event_ids=erased,
         )
+
+    _DIRECTORY_AAD = b"profilestore/directory/1"
+    _SEALED_NAME = "sealed:"
+
+    def _directory_name(self, stream: UUID, customer_id: str, cipher: Any) -> str:
+        """What the stream directory keeps of a stream's customer key: the key itself on a
+        plain log; on an encrypted one, the key sealed with the stream's own data key (so
+        forgetting the customer makes it unreadable too)."""
+        if cipher is None:
+            return customer_id
+        nonce = secrets.token_bytes(12)
+        sealed = cipher.encrypt(nonce, customer_id.encode(), self._DIRECTORY_AAD + stream.bytes)
+        return self._SEALED_NAME + base64.b64encode(nonce + sealed).decode()
 
     def head(self) -> int:
         """The notification id of the newest event (0 for an empty log)."""
@@ -395,15 +484,50 @@ class EventLog:
         (the first ``limit``, if given)."""
         with self.translated("read a customer's events"):
             rows = self.recorder.select_stream_states(
-                stream_id(customer_id), after, until, topics, limit
+                self._stream_id(customer_id), after, until, topics, limit
             )
-        return self._decoded(rows)
+        return [n for n in self._decoded(rows) if type(n.event) is not Forgotten]
 
     def _decoded(self, rows: Sequence[StateRow]) -> list[Notified]:
         decode = self.mapper.decode
-        return [
-            Notified(nid, stream, topic, decode(topic, state)) for nid, stream, topic, state in rows
-        ]
+        if self.keyring is None:
+            return [
+                Notified(nid, stream, topic, decode(topic, state))
+                for nid, stream, _, topic, state in rows
+            ]
+        with self.translated("read the customers' keys"):
+            ciphers = self.keyring.ciphers({row[1] for row in rows})
+        unseal = self.mapper.unseal
+        decoded: list[Notified] = []
+        for nid, stream, version, topic, state in rows:
+            plain = unseal(ciphers.get(stream), stream, version, topic, state)
+            event = plain if isinstance(plain, Forgotten) else decode(topic, plain)
+            decoded.append(Notified(nid, stream, topic, event))
+        return decoded
+
+    def scrub_keys(self) -> None:
+        """Make destroyed keys physically gone from the key store's files."""
+        if self.keyring is not None:
+            with self.translated("scrub the key store"):
+                self.keyring.store.scrub()
+
+    def erased(self, customer_ids: Sequence[str]) -> set[str]:
+        """The customers among ``customer_ids`` who were forgotten (their keys destroyed)."""
+        if self.keyring is None or not customer_ids:
+            return set()
+        streams = {self._stream_id(c): c for c in customer_ids}
+        with self.translated("read the customers' keys"):
+            return {streams[s] for s in self.keyring.destroyed(streams)}
+
+    def destroy_keys(self, customer_ids: Sequence[str], at: dt.datetime) -> int:
+        """Destroy the data keys of these customers' streams (crypto-shredding): their
+        events read back as :class:`~profilestore.mapper.Forgotten` from now on, in every
+        process, and appending to their streams is refused. Returns how many keys were
+        destroyed."""
+        if self.keyring is None:
+            raise NotEncrypted()
+        with self.translated("destroy the customers' keys"):
+            return self.keyring.destroy([self._stream_id(c) for c in customer_ids], at)
 
     def subscribe(self, after: int, topics: Sequence[str]) -> Subscription | None:
         """Events after ``after`` (of ``topics``, or all) as they are recorded; None when
@@ -416,11 +540,15 @@ class EventLog:
         self, customer_id: str, *, after_version: int = 0, limit: int | None = None
     ) -> list[Event]:
         """One customer's events after a stream version, oldest first."""
+        originator_id = self._stream_id(customer_id)
         with self.translated("read a customer's stream"):
             stored = self.recorder.select_events(
-                stream_id(customer_id), gt=after_version or None, limit=limit
+                originator_id, gt=after_version or None, limit=limit
             )
-        return [self.mapper.from_stored(s) for s in stored]
+        if self.keyring is None:
+            return [self.mapper.from_stored(s) for s in stored]
+        rows = [(0, originator_id, s.originator_version, s.topic, s.state) for s in stored]
+        return [n.event for n in self._decoded(rows) if type(n.event) is not Forgotten]
 
     def scan_chain(self) -> Iterator[ChainRow]:
         """Every stored event with its recorded chain hash, stream by stream (the audit)."""
@@ -435,7 +563,22 @@ class EventLog:
     def customers(self) -> list[str]:
         """Every customer id with a stream, sorted."""
         with self.translated("list the customers"):
-            return self.recorder.customers()
+            names = self.recorder.directory_names()
+            if self.keyring is None:
+                return sorted(name for _, name in names)
+            ciphers = self.keyring.ciphers(stream for stream, _ in names)
+        found = []
+        for stream, name in names:
+            if not name.startswith(self._SEALED_NAME):
+                found.append(name)  # a stream written before the log was encrypted
+                continue
+            cipher = ciphers.get(stream)
+            if cipher is None:
+                continue  # forgotten
+            blob = base64.b64decode(name[len(self._SEALED_NAME) :])
+            aad = self._DIRECTORY_AAD + stream.bytes
+            found.append(cipher.decrypt(blob[:12], blob[12:], aad).decode())
+        return sorted(found)
 
     def close(self) -> None:
         """Release the connections; later calls raise StoreClosed. Closing again does nothing."""
@@ -443,6 +586,8 @@ class EventLog:
             return
         try:
             with self.translated("close"):
+                if self.keyring is not None:
+                    self.keyring.close()
                 self.recorder.close()
         finally:
             self._closed = True
@@ -474,6 +619,12 @@ class LogOptions:
     """PostgreSQL: the schema of the log's tables (empty: the search path's first)."""
     read_only: bool = False
     """Open an existing log without creating or changing anything; appends are refused."""
+    encryption: bool = False
+    """Encrypt a *new* log per customer (an encrypted log stays encrypted, a plain one
+    plain: see :func:`attach_keys`)."""
+    kek: str = "default"
+    """The key-encryption key (see :func:`profilestore.keys.load_kek`)."""
+    previous_keks: tuple[str, ...] = ()
 
 
 class _Backend(Protocol):
@@ -507,6 +658,9 @@ def open_log(
     postgres_schema: str = "",
     read_only: bool = False,
     setting: str = "event_log.url",
+    encryption: bool = False,
+    kek: str = "default",
+    previous_keks: Sequence[str] = (),
 ) -> EventLog:
     """Open the event log a URL names, on the backend :data:`LOG_BACKENDS` has for its scheme.
 
@@ -515,12 +669,58 @@ def open_log(
     """
     backend = _backend(url, setting)
     options = LogOptions(
-        lock_timeout_s=lock_timeout_s, postgres_schema=postgres_schema, read_only=read_only
+        lock_timeout_s=lock_timeout_s,
+        postgres_schema=postgres_schema,
+        read_only=read_only,
+        encryption=encryption,
+        kek=kek,
+        previous_keks=tuple(previous_keks),
     )
     try:
-        return backend.open_url(url, options)
+        log = backend.open_url(url, options)
     except LogUrlError as error:
         raise InvalidSetting(setting, f"{error}; use {LOG_URL_FORMS}") from None
+    try:
+        attach_keys(log, options)
+    except BaseException:
+        log.close()
+        raise
+    return log
+
+
+KEK_SETTING = "privacy.key_encryption_key"
+
+
+def attach_keys(log: EventLog, options: LogOptions) -> None:
+    """Give ``log`` its keyring when it is encrypted: it has a key store, or it is new
+    (empty) and ``options.encryption`` asks for it. A log with events and no key store is
+    a plain one, written before encryption; unless its events are sealed, which means its
+    key store went missing: that is refused, not silently read as plain."""
+    recorder = log.recorder
+    with log.translated("open the key store"):
+        store = recorder.key_store(create=False, read_only=options.read_only)
+        if store is None:
+            first = recorder.first_state()
+            if first is not None and first[:1] == bytes([SEALED]):
+                raise KeyStoreError(
+                    "the event log is encrypted but its key store is missing; restore the "
+                    "key store from its backup (README: Privacy)"
+                )
+            if first is not None or not options.encryption or options.read_only:
+                return  # a plain log
+            store = recorder.key_store(create=True, read_only=False)
+            assert store is not None
+    try:
+        kek = load_kek(options.kek, setting=KEK_SETTING, create=True)
+        previous = [
+            load_kek(spec, setting=f"privacy.previous_key_encryption_keys[{i}]")
+            for i, spec in enumerate(options.previous_keks)
+        ]
+        with log.translated("open the key store"):
+            log.use_keys(Keyring(store, kek, previous))
+    except BaseException:
+        store.close()
+        raise
 
 
 _EVENT_ENCODER = msgspec.json.Encoder(decimal_format="string")

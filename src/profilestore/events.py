@@ -560,3 +560,53 @@ def event_type_name(cls: type[Event]) -> str:
 
 
 EVENT_TYPES: dict[str, type[Event]] = {event_type_name(c): c for c in EVENT_CLASSES}
+
+
+# --- the store's own events (never sent by clients) -------------------------------------
+
+
+Tally = Annotated[int, msgspec.Meta(ge=0, le=SAFE_INTEGER)]
+"""A count the store made (of keys, events, bytes, records)."""
+
+
+class PlaintextCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """The search for a readable copy: which files, how many bytes and values, what was
+    found (counts only: the values are never written anywhere)."""
+
+    applicable: bool
+    """False where the stores are servers (PostgreSQL, MongoDB): their files are not ours
+    to read; the README says what an operator does there."""
+    files: Tally = 0
+    bytes_scanned: Tally = 0
+    values: Tally = 0
+    found: Tally = 0
+
+
+class ErasureReceipt(msgspec.Struct, frozen=True, kw_only=True):
+    """What an erasure did, for auditors: no personal data (README: Privacy)."""
+
+    request_id: ShortText
+    received_at: dt.datetime
+    completed_at: dt.datetime
+    keys: Tally
+    """Customer keys of the profile (every key of a merged profile)."""
+    data_keys_destroyed: Tally
+    events_forgotten: Tally
+    """Events of those keys' streams: kept, unreadable (type, time, position only)."""
+    deleted: Annotated[dict[ShortText, Tally], msgspec.Meta(max_length=1000)]
+    """Derived records deleted, per kind (sections, lookup keys, records by kind)."""
+    plaintext: PlaintextCheck
+    chain_intact: bool
+    """The forgotten streams' hash chains still verify from their stored bytes."""
+    log_position: Tally
+    """The log head when the keys were destroyed."""
+
+
+class ErasureRecorded(Event, tag="erasure.recorded", frozen=True, kw_only=True):
+    """An erasure receipt, appended by the store to its ``~erasures`` stream (a key no
+    client may use), so the audit chain and digests cover it."""
+
+    receipt: ErasureReceipt
+
+
+EVENT_TYPES[event_type_name(ErasureRecorded)] = ErasureRecorded

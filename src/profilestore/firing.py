@@ -56,6 +56,7 @@ from profilestore.documents import DocumentStore
 from profilestore.eventlog import EventLog, Notified
 from profilestore.experiment import HOLDOUT, Experiment, assign
 from profilestore.identity import KEY, IdentityGraph, merged_changes
+from profilestore.mapper import Forgotten
 from profilestore.outbox import FIRED, enqueue
 from profilestore.pipeline import Clock, Handler, Pass, PassReport
 from profilestore.projection import Projection
@@ -682,7 +683,7 @@ class _TriggerPass(Pass):
         for key, timer in due:
             entry = self.handler.triggers[timer.trigger]  # due ones are of enabled triggers
             found = self.handler.log.changes(timer.position - 1, 1, until=timer.position)
-            if not found:
+            if not found or type(found[0].event) is Forgotten:  # its customer was forgotten
                 self._drop_timer(key)
                 continue
             self.decided += 1

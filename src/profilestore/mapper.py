@@ -1,8 +1,16 @@
 """Events to stored bytes and back: the single place where that happens.
 
 :class:`EventMapper` is an ``eventsourcing`` :class:`~eventsourcing.persistence.Mapper`,
-so the library's compressor and cipher hooks apply to every stored event; a later
-per-customer cipher (crypto-shredding) plugs in here and nowhere else.
+so the library's compressor and cipher hooks apply to every stored event. The
+per-customer cipher (crypto-shredding, see :mod:`profilestore.keys`) is applied here too,
+by :meth:`EventMapper.seal` and :meth:`EventMapper.unseal`: the library's cipher hook has
+one key for everything and is never told the stream, so it cannot do that.
+
+A sealed event is stored as ``0xE1 | occurred_at (8 bytes, microseconds) | nonce (12) |
+AES-256-GCM ciphertext``. The associated data binds the ciphertext to its stream, its
+version, its topic and its clear header: bytes copied to another stream, version or type
+do not decrypt. The occurrence time stays readable, so an event whose key was destroyed
+still reads back as :class:`Forgotten`: its type, time, stream and position, no payload.
 
 Topics name event types by their stable tag, not by Python import path, so classes can
 move without touching history. A type at ``class_version`` N > 1 is stored under the topic
@@ -21,7 +29,9 @@ cannot fold it dead-letters it like any poison event (see :mod:`profilestore.pro
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import secrets
 import types
 import typing
 from collections.abc import Mapping
@@ -29,11 +39,27 @@ from typing import Annotated, Any, TypeVar, Union
 from uuid import UUID
 
 import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Cipher, Compressor, Mapper, StoredEvent, Transcoder
 
+from profilestore.errors import Undecryptable
 from profilestore.events import EVENT_TYPES, Event
 
 _VERSION_SEP = "#v"
+SEALED = 0xE1
+"""The first byte of a sealed (per-customer encrypted) stored event."""
+_HEADER = 1 + 8
+_NONCE = 12
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class Forgotten(Event, tag="forgotten", frozen=True, kw_only=True):
+    """A stored event whose customer was forgotten: its data key is destroyed, so only
+    what was stored in clear is left (its type, time, stream and position). Readers skip
+    it; it is never appended (it is not in the catalogue)."""
+
+    stored_topic: str
 
 
 def topic_for(cls: type[Event]) -> str:
@@ -151,6 +177,47 @@ class EventMapper(Mapper[UUID]):
             state=state,
         )
 
+    def seal(
+        self,
+        cipher: AESGCM,
+        stream: UUID,
+        version: int,
+        topic: str,
+        occurred_at: dt.datetime,
+        state: bytes,
+    ) -> bytes:
+        """``state`` encrypted with its stream's key, bound to stream, version and topic."""
+        micros = (occurred_at - _EPOCH) // dt.timedelta(microseconds=1)
+        header = bytes([SEALED]) + micros.to_bytes(8, "big", signed=True)
+        nonce = secrets.token_bytes(_NONCE)
+        aad = _aad(stream, version, topic, header)
+        return header + nonce + cipher.encrypt(nonce, state, aad)
+
+    def unseal(
+        self, cipher: AESGCM | None, stream: UUID, version: int, topic: str, state: bytes
+    ) -> bytes | Forgotten:
+        """The plain bytes of a sealed event, or :class:`Forgotten` without its key."""
+        if not state or state[0] != SEALED:
+            return state  # stored before the log was encrypted
+        header = state[:_HEADER]
+        if cipher is None:
+            micros = int.from_bytes(header[1:], "big", signed=True)
+            return Forgotten(
+                event_id="",
+                customer_id="",
+                occurred_at=_EPOCH + dt.timedelta(microseconds=micros),
+                stored_topic=topic,
+            )
+        nonce = state[_HEADER : _HEADER + _NONCE]
+        try:
+            return cipher.decrypt(
+                nonce, state[_HEADER + _NONCE :], _aad(stream, version, topic, header)
+            )
+        except InvalidTag:
+            raise Undecryptable(
+                f"the stored event {stream}/{version} does not decrypt with its stream's key"
+            ) from None
+
     def from_stored(self, stored: StoredEvent) -> Event:
         return self.decode(stored.topic, stored.state, stored)
 
@@ -202,6 +269,16 @@ class EventMapper(Mapper[UUID]):
             decoder = self._lenient[cls] = msgspec.json.Decoder(lenient_type(cls))
         event: Event = decoder.decode(state)
         return event
+
+
+def _aad(stream: UUID, version: int, topic: str, header: bytes) -> bytes:
+    return (
+        b"profilestore/event/1\0"
+        + stream.bytes
+        + version.to_bytes(8, "big")
+        + header
+        + topic.encode()
+    )
 
 
 class _NoTranscoder(Transcoder):

@@ -43,6 +43,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, ConfigurationError, DuplicateKeyError, PyMongoError
 
 from profilestore.documents import (
+    ERASED_ALWAYS,
     DatasetSchema,
     DocumentStore,
     Profile,
@@ -58,6 +59,7 @@ from profilestore.documents import (
     url_error,
     utc,
 )
+from profilestore.redaction import Erasure, Verdict
 
 if TYPE_CHECKING:
     from profilestore.config import DocumentSettings
@@ -500,6 +502,55 @@ class MongoDocumentStore(DocumentStore):
     def delete_record(self, kind: str, key: str) -> None:
         self.records.delete_one({"_id": _record_id(kind, key)})
 
+    # --- erasure ------------------------------------------------------------------------
+
+    def erase(self, customer_ids: Sequence[str], terms: Sequence[str] = ()) -> dict[str, int]:
+        # Not atomic: documents first (each deleted whole, with every dataset's live and
+        # staging sections and keys), then records, each on its own; a repeat completes
+        # what a failure interrupted, and counts only what was still there.
+        erasure = Erasure.of(customer_ids, terms)
+        counts = dict.fromkeys(ERASED_ALWAYS, 0)
+        ids = list(erasure.customer_ids)
+        shape = {"_meta": 1, "_staging_meta": 1, "_keys": 1, "_staging_keys": 1}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            for document in self.profiles.find({"_id": {"$in": chunk}}, shape):
+                counts["sections"] += len(document.get("_meta") or {})
+                counts["sections:staging"] += len(document.get("_staging_meta") or {})
+                for field, name in _KEY_FIELDS:
+                    for keys in (document.get(field) or {}).values():
+                        counts[name] += len(set(keys))
+            self.profiles.delete_many({"_id": {"$in": chunk}})
+        self._erase_records(erasure, counts)
+        return counts
+
+    def _erase_records(self, erasure: Erasure, counts: dict[str, int]) -> None:
+        # No query finds a value at any depth of a record: every record is read and
+        # judged here (one pass over the collection, in batches).
+        deleted: list[str] = []
+        redacted: list[ReplaceOne[dict[str, Any]]] = []
+        for record in self.records.find({}, {"kind": 1, "key": 1, "value": 1}):
+            kind, key = str(record["kind"]), str(record["key"])
+            verdict, value = erasure.judge(key, record["value"])
+            if verdict is Verdict.DELETE:
+                deleted.append(record["_id"])
+            elif verdict is Verdict.REDACT:
+                redacted.append(ReplaceOne({"_id": record["_id"]}, _record(kind, key, value)))
+            else:
+                continue
+            name = f"records:{kind}" if verdict is Verdict.DELETE else f"redacted:{kind}"
+            counts[name] = counts.get(name, 0) + 1
+        for start in range(0, len(deleted), _IN_CHUNK):
+            self.records.delete_many({"_id": {"$in": deleted[start : start + _IN_CHUNK]}})
+        for start in range(0, len(redacted), _CHUNK):
+            self.records.bulk_write(redacted[start : start + _CHUNK], ordered=False)
+
+    def scrub(self) -> bool:
+        # Nothing this client can do: WiredTiger reuses freed space inside its files and
+        # returns it to the disk on `compact`; journal, oplog and backups are the
+        # operator's. False says so to the caller (an erasure receipt records it).
+        return False
+
     # --- leases -------------------------------------------------------------------------
 
     def acquire_lease(self, name: str, holder: str, ttl: dt.timedelta, now: dt.datetime) -> bool:
@@ -541,6 +592,10 @@ _HOLDS_NO_SECTION = {
 }
 """Documents with no section of any dataset, live or staging: every section is written
 with its meta, and an ``$unset`` of the last one leaves the meta map empty."""
+
+
+_KEY_FIELDS = (("_keys", "lookup_keys"), ("_staging_keys", "lookup_keys:staging"))
+"""Where a document keeps its lookup keys, and what :meth:`erase` counts them as."""
 
 
 def _tracking_id(dataset: str, staging: bool) -> str:

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from profilestore.documents import DocumentStore
 from profilestore.errors import LeaseHeld
 from profilestore.eventlog import EventLog, Notified
+from profilestore.mapper import Forgotten
 from profilestore.runs import Journal, Trigger
 
 Clock = Callable[[], dt.datetime]
@@ -273,7 +274,10 @@ class Consumer:
             pages = self._pages(start, high_water, opened.topics, progress)
         renewed = time.monotonic()
         for page in pages:
-            opened.handle(page)
+            # A forgotten customer's events (their key destroyed) are read, never handled.
+            readable = [n for n in page if type(n.event) is not Forgotten]
+            if readable:
+                opened.handle(readable)
             report.events_read += len(page)
             if opened.should_commit():
                 opened.commit(page[-1].notification_id)

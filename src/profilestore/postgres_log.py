@@ -11,7 +11,8 @@ so psycopg) is imported only then.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import datetime as dt
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -35,6 +36,13 @@ from profilestore.eventlog import (
     StateRow,
     StateSubscription,
     database_errors,
+)
+from profilestore.keys import (
+    GENERATION,
+    KEY_VALUES_TABLE,
+    KEYS_TABLE,
+    KeyStore,
+    Wrapped,
 )
 
 
@@ -93,9 +101,7 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
         self._directory = SQL("SELECT originator_id, head_version, head_hash FROM {0}.{1}").format(
             *streams
         )
-        self._customers = SQL("SELECT customer_id FROM {0}.{1} ORDER BY customer_id").format(
-            *streams
-        )
+        self._customers = SQL("SELECT originator_id, customer_id FROM {0}.{1}").format(*streams)
         qualified = f"{self.datastore.schema}."
         self._schema_complete = SQL(
             "SELECT to_regclass({streams}) IS NOT NULL AND to_regclass({index}) IS NOT NULL "
@@ -115,13 +121,13 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             "SELECT event_id FROM {0}.{1} WHERE event_id = ANY(%s::text[])"
         ).format(*table)
         self._select_states = SQL(
-            "SELECT notification_id, originator_id, topic, state FROM {0}.{1} "
+            "SELECT notification_id, originator_id, originator_version, topic, state FROM {0}.{1} "
             "WHERE notification_id > %s "
             "AND notification_id <= %s AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s)) "
             "ORDER BY notification_id LIMIT %s"
         ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
         self._select_stream_states = SQL(
-            "SELECT notification_id, originator_id, topic, state FROM {0}.{1} "
+            "SELECT notification_id, originator_id, originator_version, topic, state FROM {0}.{1} "
             "WHERE originator_id = %s "
             "AND notification_id > %s AND notification_id <= %s "
             "AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s)) ORDER BY originator_version "
@@ -217,11 +223,11 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             rows: list[DictRow] = curs.fetchall()
             return {r["originator_id"]: (r["head_version"], bytes(r["head_hash"])) for r in rows}
 
-    def customers(self) -> list[str]:
+    def directory_names(self) -> list[tuple[UUID, str]]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self._customers)
             rows: list[DictRow] = curs.fetchall()
-            return [r["customer_id"] for r in rows]
+            return [(r["originator_id"], r["customer_id"]) for r in rows]
 
     def stream_heads(self, originator_ids: Sequence[UUID]) -> dict[UUID, tuple[int, bytes]]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -245,7 +251,13 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             )
             rows: list[DictRow] = curs.fetchall()
             return [
-                (r["notification_id"], r["originator_id"], r["topic"], bytes(r["state"]))
+                (
+                    r["notification_id"],
+                    r["originator_id"],
+                    r["originator_version"],
+                    r["topic"],
+                    bytes(r["state"]),
+                )
                 for r in rows
             ]
 
@@ -257,15 +269,218 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             curs.execute(self._select_states, (after, stop, list(topics), list(topics), limit))
             rows: list[DictRow] = curs.fetchall()
             return [
-                (r["notification_id"], r["originator_id"], r["topic"], bytes(r["state"]))
+                (
+                    r["notification_id"],
+                    r["originator_id"],
+                    r["originator_version"],
+                    r["topic"],
+                    bytes(r["state"]),
+                )
                 for r in rows
             ]
 
     def subscribe_states(self, after: int, topics: Sequence[str]) -> StateSubscription | None:
         return _NotificationStates(self.subscribe(gt=after, topics=topics))
 
+    def key_store(self, *, create: bool, read_only: bool) -> KeyStore | None:
+        keys = PostgresKeyStore(self.datastore)
+        if keys.exists():
+            return keys
+        if not create:
+            return None
+        keys.create_tables()
+        return keys
+
+    def first_state(self) -> bytes | None:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL("SELECT state FROM {0}.{1} ORDER BY notification_id LIMIT 1").format(
+                    Identifier(self.datastore.schema), Identifier(EVENTS_TABLE)
+                )
+            )
+            row = curs.fetchone()
+        return None if row is None else bytes(row["state"])
+
     def close(self) -> None:
         self.datastore.close()
+
+
+class PostgresKeyStore(KeyStore):
+    """The key store of a PostgreSQL log: two tables in the log's schema, on the log's
+    connection pool. Its keys are wrapped by a KEK that is not in the database; a
+    destroyed key's row is a tombstone without it (``VACUUM`` in :meth:`scrub` removes
+    the dead row versions PostgreSQL keeps until then)."""
+
+    def __init__(self, datastore: PostgresDatastore) -> None:
+        self.datastore = datastore
+        schema = Identifier(datastore.schema)
+        self._keys = schema, Identifier(KEYS_TABLE)
+        self._values = schema, Identifier(KEY_VALUES_TABLE)
+        self.location = f"schema {datastore.schema}"
+
+    def exists(self) -> bool:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                "SELECT to_regclass(%s) IS NOT NULL AS found",
+                (f"{self.datastore.schema}.{KEY_VALUES_TABLE}",),
+            )
+            row = curs.fetchone()
+        return bool(row and row["found"])
+
+    def create_tables(self) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                (f"profilestore:{self.datastore.schema}.{KEYS_TABLE}",),
+            )
+            curs.execute(
+                SQL(
+                    "CREATE TABLE IF NOT EXISTS {0}.{1} (stream uuid PRIMARY KEY, kek_id text, "
+                    "sealed bytea, destroyed_at timestamptz)"
+                ).format(*self._keys)
+            )
+            curs.execute(
+                SQL(
+                    "CREATE TABLE IF NOT EXISTS {0}.{1} (name text PRIMARY KEY, kek_id text, "
+                    "sealed bytea, counter bigint NOT NULL DEFAULT 0)"
+                ).format(*self._values)
+            )
+
+    def load(self, streams: Sequence[UUID]) -> dict[UUID, Wrapped | None]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL("SELECT stream, kek_id, sealed FROM {0}.{1} WHERE stream = ANY(%s)").format(
+                    *self._keys
+                ),
+                (list(streams),),
+            )
+            rows: list[DictRow] = curs.fetchall()
+        return {
+            r["stream"]: None if r["sealed"] is None else Wrapped(r["kek_id"], bytes(r["sealed"]))
+            for r in rows
+        }
+
+    def create(self, keys: Mapping[UUID, Wrapped]) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                SQL(
+                    "INSERT INTO {0}.{1} (stream, kek_id, sealed) "
+                    "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bytea[]) "
+                    "ON CONFLICT (stream) DO NOTHING"
+                ).format(*self._keys),
+                (list(keys), [w.kek_id for w in keys.values()], [w.sealed for w in keys.values()]),
+            )
+
+    def destroy(self, streams: Sequence[UUID], at: dt.datetime) -> int:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                SQL(
+                    "UPDATE {0}.{1} SET kek_id = NULL, sealed = NULL, destroyed_at = %s "
+                    "WHERE stream = ANY(%s) AND sealed IS NOT NULL"
+                ).format(*self._keys),
+                (at, list(streams)),
+            )
+            destroyed = curs.rowcount
+            curs.execute(
+                SQL(
+                    "INSERT INTO {0}.{1} (stream, destroyed_at) SELECT s, %s FROM "
+                    "unnest(%s::uuid[]) AS s ON CONFLICT (stream) DO NOTHING"
+                ).format(*self._keys),
+                (at, list(streams)),
+            )
+            curs.execute(
+                SQL(
+                    "INSERT INTO {0}.{1} (name, counter) VALUES (%s, 1) "
+                    "ON CONFLICT (name) DO UPDATE SET counter = {0}.{1}.counter + 1"
+                ).format(*self._values),
+                (GENERATION,),
+            )
+        return int(destroyed)
+
+    def generation(self) -> int:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL("SELECT counter FROM {0}.{1} WHERE name = %s").format(*self._values),
+                (GENERATION,),
+            )
+            row = curs.fetchone()
+        return int(row["counter"]) if row else 0
+
+    def value(self, name: str) -> Wrapped | None:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT kek_id, sealed FROM {0}.{1} WHERE name = %s AND sealed IS NOT NULL"
+                ).format(*self._values),
+                (name,),
+            )
+            row = curs.fetchone()
+        return Wrapped(row["kek_id"], bytes(row["sealed"])) if row else None
+
+    def put_value_if_absent(self, name: str, value: Wrapped) -> Wrapped:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                SQL(
+                    "INSERT INTO {0}.{1} (name, kek_id, sealed) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (name) DO UPDATE SET kek_id = COALESCE({0}.{1}.kek_id, "
+                    "excluded.kek_id), sealed = COALESCE({0}.{1}.sealed, excluded.sealed)"
+                ).format(*self._values),
+                (name, value.kek_id, value.sealed),
+            )
+        stored = self.value(name)
+        assert stored is not None
+        return stored
+
+    def all_keys(self) -> Iterator[tuple[UUID, Wrapped]]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL("SELECT stream, kek_id, sealed FROM {0}.{1} WHERE sealed IS NOT NULL").format(
+                    *self._keys
+                )
+            )
+            rows: list[DictRow] = curs.fetchall()
+        for r in rows:
+            yield r["stream"], Wrapped(r["kek_id"], bytes(r["sealed"]))
+
+    def replace(self, keys: Mapping[UUID, Wrapped], values: Mapping[str, Wrapped]) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            for stream, wrapped in keys.items():
+                curs.execute(
+                    SQL(
+                        "UPDATE {0}.{1} SET kek_id = %s, sealed = %s "
+                        "WHERE stream = %s AND sealed IS NOT NULL"
+                    ).format(*self._keys),
+                    (wrapped.kek_id, wrapped.sealed, stream),
+                )
+            for name, wrapped in values.items():
+                curs.execute(
+                    SQL("UPDATE {0}.{1} SET kek_id = %s, sealed = %s WHERE name = %s").format(
+                        *self._values
+                    ),
+                    (wrapped.kek_id, wrapped.sealed, name),
+                )
+
+    def counts(self) -> tuple[int, int]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT COUNT(sealed) AS live, COUNT(*) - COUNT(sealed) AS dead FROM {0}.{1}"
+                ).format(*self._keys)
+            )
+            row = curs.fetchone()
+        assert row is not None
+        return int(row["live"]), int(row["dead"])
+
+    def scrub(self) -> None:
+        with self.datastore.get_connection() as conn:
+            conn.autocommit = True
+            try:
+                conn.execute(SQL("VACUUM {0}.{1}").format(*self._keys))
+            finally:
+                conn.autocommit = False
+
+    def close(self) -> None:
+        """The pool is the log's: the log closes it."""
 
 
 class _NotificationStates(StateSubscription):
@@ -278,7 +493,8 @@ class _NotificationStates(StateSubscription):
         notification: Notification = next(self._subscription)
         originator_id = notification.originator_id
         stream = originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
-        return notification.id, stream, notification.topic, notification.state
+        version = notification.originator_version
+        return notification.id, stream, int(version), notification.topic, notification.state
 
     def stop(self) -> None:
         self._subscription.stop()

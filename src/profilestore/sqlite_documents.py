@@ -19,7 +19,10 @@ raises :class:`~profilestore.errors.ReadOnlyStore` (see :mod:`profilestore.sqlit
 WAL mode lets lookups read while a refresh writes; reads go through a memory map
 (``documents.sqlite_mmap_mb``), which spares a system call per page. ``synchronous=NORMAL``
 is enough here: documents are derived from the log and a lost last transaction is
-replayed on restart.
+replayed on restart. ``secure_delete=ON``: space a delete or an overwrite frees is zeroed
+(cells in their page, whole pages on the freelist), so an erased customer leaves no bytes
+behind; ``scrub`` then checkpoints the WAL and truncates it (its old page images go too).
+Its cost on writes is measured by ``bench/document_erasure.py``.
 
 ``open_documents`` (last in the module) is the factory :data:`DOCUMENT_BACKENDS` calls for
 ``sqlite:`` URLs. ``close()`` closes every thread's connection and none is opened again.
@@ -40,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from profilestore.documents import (
+    ERASED_ALWAYS,
     DatasetSchema,
     DocumentStore,
     Profile,
@@ -55,6 +59,7 @@ from profilestore.documents import (
     url_error,
 )
 from profilestore.errors import StoreMissing
+from profilestore.redaction import Erasure, Verdict
 from profilestore.sqlite_files import read_only_uri, switch_to_wal
 
 if TYPE_CHECKING:
@@ -179,6 +184,9 @@ class SQLiteDocumentStore(DocumentStore):
             if not self.read_only:
                 switch_to_wal(conn)  # processes opening a new store together race here
                 conn.execute("PRAGMA synchronous=NORMAL")
+                # Freed space is zeroed: an erased (or merely overwritten) section leaves
+                # no readable copy in a page or on the freelist (see erase and scrub).
+                conn.execute("PRAGMA secure_delete=ON")
             conn.execute(f"PRAGMA mmap_size={self.mmap_bytes}")
         except BaseException:
             conn.close()
@@ -203,6 +211,9 @@ class SQLiteDocumentStore(DocumentStore):
             conn.commit()
         finally:
             cursor.close()
+
+    def local_files(self) -> list[str]:
+        return [f"{self.path}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")]
 
     def close(self) -> None:
         self.closed = True
@@ -619,6 +630,65 @@ class SQLiteDocumentStore(DocumentStore):
         with self._transaction() as c:
             c.execute("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))
 
+    # --- erasure ------------------------------------------------------------------------
+
+    def erase(self, customer_ids: Sequence[str], terms: Sequence[str] = ()) -> dict[str, int]:
+        erasure = Erasure.of(customer_ids, terms)
+        counts = dict.fromkeys(ERASED_ALWAYS, 0)
+        ids = list(erasure.customer_ids)
+        with self._transaction() as c:
+            # Every table the store keeps, not only the configured datasets': a dataset
+            # dropped from the configuration still holds its sections and keys.
+            tables = [row[0] for row in c.execute(_OWN_TABLES).fetchall()]
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                c.execute(f"DELETE FROM sections WHERE customer_id IN ({marks})", chunk)
+                counts["sections"] += c.rowcount
+                for table in tables:
+                    c.execute(f"DELETE FROM {table} WHERE customer_id IN ({marks})", chunk)
+                    keys = table.startswith("k_")
+                    staging = table.endswith(_STAGING)
+                    name = "lookup_keys" if keys else "sections"
+                    counts[f"{name}:staging" if staging else name] += c.rowcount
+            self._erase_records(c, erasure, counts)
+        return counts
+
+    def _erase_records(self, c: sqlite3.Cursor, erasure: Erasure, counts: dict[str, int]) -> None:
+        # SQLite finds the candidates (a byte search of each key and body, in C); each is
+        # then judged whole, so a term inside a longer value (c1 in c10) erases nothing.
+        needles = erasure.needles
+        candidates: dict[tuple[str, str], bytes] = {}
+        for start in range(0, len(needles), _CHUNK // 2):
+            chunk = needles[start : start + _CHUNK // 2]
+            test = " OR ".join("instr(key, ?) > 0 OR instr(body, ?) > 0" for _ in chunk)
+            rows = c.execute(
+                f"SELECT kind, key, body FROM records WHERE {test}",
+                [value for pair in chunk for value in pair],
+            ).fetchall()
+            candidates.update(((kind, key), body) for kind, key, body in rows)
+        deleted: list[tuple[str, str]] = []
+        redacted: list[tuple[bytes, str, str]] = []
+        for (kind, key), body in candidates.items():
+            verdict, value = erasure.judge(key, msgspec.json.decode(body))
+            if verdict is Verdict.DELETE:
+                deleted.append((kind, key))
+            elif verdict is Verdict.REDACT:
+                redacted.append((self._encoder.encode(value), kind, key))
+            else:
+                continue
+            name = f"records:{kind}" if verdict is Verdict.DELETE else f"redacted:{kind}"
+            counts[name] = counts.get(name, 0) + 1
+        c.executemany("DELETE FROM records WHERE kind = ? AND key = ?", deleted)
+        c.executemany("UPDATE records SET body = ? WHERE kind = ? AND key = ?", redacted)
+
+    def scrub(self) -> bool:
+        # TRUNCATE: the pages are copied into the database (where secure_delete zeroed
+        # what was freed) and the -wal file is cut to nothing, with every old page image
+        # it held. The busy timeout applies while readers finish.
+        busy, _, _ = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return bool(busy == 0)
+
     # --- leases -------------------------------------------------------------------------
 
     def acquire_lease(self, name: str, holder: str, ttl: dt.timedelta, now: dt.datetime) -> bool:
@@ -650,6 +720,14 @@ class SQLiteDocumentStore(DocumentStore):
             return None
         holder: str = row[0]
         return holder
+
+
+_OWN_TABLES = (
+    "SELECT name FROM sqlite_master WHERE type = 'table' "
+    r"AND (name LIKE 'k\_%' ESCAPE '\' OR name LIKE 's\_%\_\_staging' ESCAPE '\') "
+    "ORDER BY name"
+)
+"""Tables of lookup keys (live and staging) and of staging sections, of any dataset."""
 
 
 def _format_time(value: dt.datetime) -> str:

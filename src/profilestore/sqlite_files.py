@@ -12,6 +12,9 @@ Two things both stores need, said once:
   read-only where it may not create its ``-shm``: there, and only where no ``-wal`` holds
   unmerged transactions, the file is opened ``immutable`` (nothing may write it while it
   is read, which holds for a copy nobody can write).
+- **No plaintext left** (erasure): :func:`find_plaintext` searches every byte of a
+  store's files (the database, its ``-wal``, ``-shm`` and ``-journal``) for values that
+  must be gone, and says only where, never what.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -45,3 +49,54 @@ def read_only_uri(path: str) -> str:
     if not os.access(absolute.parent, os.W_OK) and not any(p.exists() for p in sidecars):
         uri += "&immutable=1"
     return uri
+
+
+CHUNK_BYTES = 16 * 2**20
+
+SIDECARS = ("-wal", "-shm", "-journal")
+"""The files SQLite keeps beside a database; any of them may hold page images."""
+
+
+def store_files(database: str | Path) -> list[Path]:
+    """The database file and those of its sidecars that exist."""
+    path = Path(database)
+    return [path, *(p for s in SIDECARS if (p := Path(f"{path}{s}")).exists())]
+
+
+def find_plaintext(
+    paths: Sequence[Path], probes: Sequence[bytes], *, chunk_bytes: int = CHUNK_BYTES
+) -> list[int]:
+    """The indices of the ``probes`` found anywhere in the files ``paths`` (every byte:
+    live pages, free pages, the unused space in pages, the log), sorted; [] if none.
+
+    Only indices are returned, so the result can be logged and written into a receipt.
+    A probe is raw bytes: encode a value the way it is stored (UTF-8 for SQLite's text
+    and its JSON). A missing file holds nothing.
+
+    Files are read in chunks of ``chunk_bytes``, each searched with ``bytes.find``
+    (C speed), overlapping by the longest probe less one byte so that a value straddling
+    two chunks is found. Not a memory map: another process may truncate a ``-wal`` while
+    it is read, which would kill a reader of a mapping (SIGBUS) and only shortens a read.
+    """
+    for i, probe in enumerate(probes):
+        if not probe:
+            raise ValueError(f"probes[{i}] is empty: it would be found everywhere")
+    overlap = max((len(p) for p in probes), default=1) - 1
+    found: set[int] = set()
+    for path in paths:
+        try:
+            file = path.open("rb")
+        except FileNotFoundError:
+            continue
+        with file:
+            tail = b""
+            while len(found) < len(probes):
+                chunk = file.read(chunk_bytes)
+                if not chunk:
+                    break
+                window = tail + chunk
+                for i, probe in enumerate(probes):
+                    if i not in found and window.find(probe) >= 0:
+                        found.add(i)
+                tail = window[-overlap:] if overlap else b""
+    return sorted(found)

@@ -33,6 +33,7 @@ from profilestore.eventlog import (
     StateSubscription,
     database_errors,
 )
+from profilestore.keys import KeyStore, SQLiteKeyStore, sqlite_key_path
 from profilestore.sqlite_files import read_only_uri
 
 
@@ -101,10 +102,10 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
             c.execute(f"SELECT originator_id, head_version, head_hash FROM {STREAMS_TABLE}")
             return {UUID(row[0]): (row[1], row[2]) for row in c.fetchall()}
 
-    def customers(self) -> list[str]:
+    def directory_names(self) -> list[tuple[UUID, str]]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT customer_id FROM {STREAMS_TABLE} ORDER BY customer_id")
-            return [row[0] for row in c.fetchall()]
+            c.execute(f"SELECT originator_id, customer_id FROM {STREAMS_TABLE}")
+            return [(UUID(row[0]), row[1]) for row in c.fetchall()]
 
     def create_table(self) -> None:
         super().create_table()
@@ -171,7 +172,8 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
         limit: int | None = None,
     ) -> list[StateRow]:
         statement, params = _position_range(
-            f"SELECT rowid, topic, state FROM {EVENTS_TABLE} WHERE originator_id = ? AND rowid > ?",
+            f"SELECT rowid, originator_version, topic, state FROM {EVENTS_TABLE} "
+            "WHERE originator_id = ? AND rowid > ?",
             [originator_id.hex, after],
             until,
             topics,
@@ -182,13 +184,14 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
             params.append(limit)
         with self.datastore.transaction(commit=False) as c:
             c.execute(statement, params)
-            return [(row[0], originator_id, row[1], row[2]) for row in c.fetchall()]
+            return [(row[0], originator_id, row[1], row[2], row[3]) for row in c.fetchall()]
 
     def select_states(
         self, after: int, limit: int, until: int | None, topics: Sequence[str]
     ) -> list[StateRow]:
         statement, params = _position_range(
-            f"SELECT rowid, originator_id, topic, state FROM {EVENTS_TABLE} WHERE rowid > ?",
+            f"SELECT rowid, originator_id, originator_version, topic, state FROM {EVENTS_TABLE} "
+            "WHERE rowid > ?",
             [after],
             until,
             topics,
@@ -201,15 +204,31 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
         # A page holds few streams, each many times: parse each stream's hex id once.
         streams: dict[str, UUID] = {}
         states: list[StateRow] = []
-        for nid, originator, topic, state in rows:
+        for nid, originator, version, topic, state in rows:
             stream = streams.get(originator)
             if stream is None:
                 stream = streams[originator] = UUID(originator)
-            states.append((nid, stream, topic, state))
+            states.append((nid, stream, version, topic, state))
         return states
 
     def subscribe_states(self, after: int, topics: Sequence[str]) -> StateSubscription | None:
         return None  # SQLite cannot notify other processes: the follower polls
+
+    def key_store(self, *, create: bool, read_only: bool) -> KeyStore | None:
+        path = sqlite_key_path(self.location)
+        if not create and not Path(path).exists():
+            return None
+        return SQLiteKeyStore(path, read_only=read_only)
+
+    def local_files(self) -> list[str]:
+        main = [self.location, sqlite_key_path(self.location)]
+        return [f"{path}{suffix}" for path in main for suffix in ("", "-wal", "-shm", "-journal")]
+
+    def first_state(self) -> bytes | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT state FROM {EVENTS_TABLE} ORDER BY rowid LIMIT 1")
+            row = c.fetchone()
+        return None if row is None else bytes(row[0])
 
     def close(self) -> None:
         self.datastore.close()

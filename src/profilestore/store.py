@@ -46,6 +46,7 @@ from profilestore.documents import (
 from profilestore.errors import (
     AmbiguousIdentifier,
     ConfigError,
+    CustomerErased,
     CustomerNotFound,
     IdentifierNotFound,
     InvalidArgument,
@@ -54,6 +55,7 @@ from profilestore.errors import (
     LeaseHeld,
     LinkNotFound,
     NoDatasetSelected,
+    NotEncrypted,
     StoreClosed,
     UnknownDataset,
 )
@@ -71,6 +73,8 @@ from profilestore.events import (
     RESERVED_PREFIX,
     AnyEvent,
     ConsentChannel,
+    ErasureReceipt,
+    ErasureRecorded,
     Event,
     IdentityLinked,
     IdentityUnlinked,
@@ -125,6 +129,14 @@ from profilestore.pipeline import (
     Progress,
     new_holder,
     utcnow,
+)
+from profilestore.privacy import (
+    RECEIPTS,
+    PlaintextCheck,
+    chain_intact,
+    events_in,
+    probes_of,
+    search_files,
 )
 from profilestore.projection import Projection, check_projections, load_projection
 from profilestore.projector import (
@@ -191,13 +203,14 @@ class EventValidator:
 
     def validate_each(
         self, items: Iterable[Any], recorded_at: dt.datetime
-    ) -> tuple[list[Event], list[InvalidEvent]]:
-        """The valid items as events, and what is wrong with each of the others."""
-        events: list[Event] = []
+    ) -> tuple[list[tuple[int, Event]], list[InvalidEvent]]:
+        """The valid items as events (with their index in ``items``), and what is wrong
+        with each of the others."""
+        events: list[tuple[int, Event]] = []
         rejected: list[InvalidEvent] = []
         for index, item in enumerate(items):
             try:
-                events.append(self.checked(index, item, recorded_at))
+                events.append((index, self.checked(index, item, recorded_at)))
             except InvalidEvent as e:
                 rejected.append(e)
         return events, rejected
@@ -327,6 +340,15 @@ class GraphStatus(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None
 
 
+class KeyStatus(msgspec.Struct, frozen=True, kw_only=True):
+    encrypted: bool
+    key_encryption_key_id: str | None = None
+    """An id derived from the KEK (never the key)."""
+    key_store: str | None = None
+    live: int = 0
+    destroyed: int = 0
+
+
 class ContactDecision(msgspec.Struct, frozen=True, kw_only=True):
     """May we contact this customer on this channel for this purpose now, and why."""
 
@@ -374,6 +396,10 @@ class IdentityExplanation(msgspec.Struct, frozen=True, kw_only=True):
     identifiers: list[Any]
     links: list[Link]
     """Every link naming a key of the profile: active, retracted and refused."""
+
+
+ERASED_REASON = "the customer was forgotten (erased on request): their events are refused"
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,200}")
 
 
 def _digest(*parts: str) -> str:
@@ -509,10 +535,14 @@ class ProfileStore:
         Every read goes through here (or :meth:`aresolve`, its twin for an event loop):
         identity redirects apply in this one place.
         """
+        if self._log.erased([customer_id]):
+            raise CustomerErased()
         return profile_of(self._documents, customer_id)
 
     async def aresolve(self, customer_id: str) -> str:
         """:meth:`resolve` for an event loop (the redirect read through the async client)."""
+        if self._log.erased([customer_id]):
+            raise CustomerErased()
         return await aprofile_of(self._documents, customer_id)
 
     def members(self, profile_id: str) -> tuple[str, ...]:
@@ -880,8 +910,18 @@ class ProfileStore:
         ``events``, field path and reason), not raised, and its valid siblings are
         stored. Retrying is as safe as with :meth:`append` (duplicates are skipped).
         """
-        validated, rejected = self._validator.validate_each(events, self.clock())
-        result = self._append_validated(validated) if validated else AppendResult(0, 0)
+        indexed, rejected = self._validator.validate_each(events, self.clock())
+        validated = [event for _, event in indexed]
+        result = self._log.append(validated, skip_erased=True) if validated else AppendResult(0, 0)
+        if result.erased_event_ids:
+            # A forgotten customer's events are refused, not stored (README: Privacy).
+            erased = set(result.erased_event_ids)
+            rejected += [
+                InvalidEvent(index, "$.customer_id", ERASED_REASON, event.event_id)
+                for index, event in indexed
+                if event.event_id in erased
+            ]
+            rejected.sort(key=lambda e: e.index)
         return PartialAppend(
             appended=result.appended,
             duplicates=result.duplicates,
@@ -1416,6 +1456,134 @@ class ProfileStore:
     def auditor(self) -> Auditor:
         return Auditor(self._log, clock=self.clock)
 
+    # --- erasure ----------------------------------------------------------------------
+
+    @_guarded
+    def forget(self, customer_id: str, *, request_id: str) -> ErasureReceipt:
+        """Erase a customer on request (README: Privacy): destroy the data key of every
+        key of their profile, so their events read back as forgotten everywhere; delete
+        everything derived (documents, lookup keys, identity, trigger and outbox records,
+        dead letters); make the deletion physical; check that no readable copy is left in
+        the embedded stores; and append the receipt. From then on their events are refused.
+
+        Idempotent by ``request_id``: the same request returns its receipt, and a request
+        interrupted before its receipt completes when it is made again.
+        """
+        if not _REQUEST_ID.fullmatch(request_id):
+            raise InvalidArgument(
+                "request_id", "must be 1 to 200 printable characters without spaces"
+            )
+        done = self._receipt(request_id)
+        if done is not None:
+            return done
+        if not self._log.encrypted:
+            raise NotEncrypted()
+        received = self.clock()
+        profile_id = profile_of(self._documents, customer_id)
+        members = set(self._graph().members(profile_id)) | {customer_id, profile_id}
+        keys = sorted(m for m in members if not is_canonical(m))
+        events = [e for key in keys for e in self._log.stream(key)]
+        if not events and not self._log.erased(keys):
+            raise CustomerNotFound(customer_id)
+        probes = probes_of(keys, events)
+        position = self._log.head()
+        destroyed = self._log.destroy_keys(keys, received)
+        self._settle(position)
+        terms = sorted({p.decode() for p in probes} | set(keys))
+        deleted = self._documents.erase(sorted(members), terms)
+        self._log.scrub_keys()
+        files = [*self._log.recorder.local_files(), *self._documents.local_files()]
+        embedded = bool(self._log.recorder.local_files()) and bool(self._documents.local_files())
+        # A reader in the middle of a transaction can keep the WAL from being truncated:
+        # try again briefly (a server store has nothing of the kind to do: False at once).
+        for _ in range(100):
+            if self._documents.scrub() or not self._documents.local_files():
+                break
+            time.sleep(0.02)
+        check = search_files(files, probes) if embedded else PlaintextCheck(applicable=False)
+        completed = self.clock()
+        receipt = ErasureReceipt(
+            request_id=request_id,
+            received_at=received,
+            completed_at=completed,
+            keys=len(keys),
+            data_keys_destroyed=destroyed,
+            events_forgotten=events_in(self._log, keys),
+            deleted={k: v for k, v in sorted(deleted.items()) if v},
+            plaintext=check,
+            chain_intact=chain_intact(self._log, keys),
+            log_position=position,
+        )
+        self._log.append(
+            [
+                ErasureRecorded(
+                    event_id=f"erasure:{request_id}",
+                    customer_id=RECEIPTS,
+                    occurred_at=completed,
+                    recorded_at=completed,
+                    source="profilestore",
+                    receipt=receipt,
+                )
+            ]
+        )
+        log.info("erasure %s completed: %d data keys destroyed", request_id, destroyed)
+        return receipt
+
+    @_guarded
+    def key_status(self) -> KeyStatus:
+        """Is the log encrypted; the KEK's id; live and destroyed data keys."""
+        keyring = self._log.keyring
+        if keyring is None:
+            return KeyStatus(encrypted=False)
+        with self._log.translated("count the keys"):
+            live, destroyed = keyring.store.counts()
+        return KeyStatus(
+            encrypted=True,
+            key_encryption_key_id=keyring.kek.id,
+            key_store=keyring.store.location,
+            live=live,
+            destroyed=destroyed,
+        )
+
+    @_guarded
+    def rotate_keys(self) -> int:
+        """Re-wrap every data key with the current KEK; returns how many were re-wrapped."""
+        keyring = self._log.keyring
+        if keyring is None:
+            raise NotEncrypted()
+        with self._log.translated("re-wrap the keys"):
+            return keyring.rotate()
+
+    def _receipt(self, request_id: str) -> ErasureReceipt | None:
+        for event in self._log.stream(RECEIPTS):
+            if isinstance(event, ErasureRecorded) and event.receipt.request_id == request_id:
+                return event.receipt
+        return None
+
+    @_guarded
+    def erasures(self) -> list[ErasureReceipt]:
+        """Every erasure receipt, oldest first (``profilestore audit erasures``)."""
+        return [e.receipt for e in self._log.stream(RECEIPTS) if isinstance(e, ErasureRecorded)]
+
+    def _settle(self, position: int) -> None:
+        """Wait until every consumer running elsewhere has committed past ``position``:
+        a page it read before the keys were destroyed is then written, and the deletion
+        that follows removes it too. A consumer not running has nothing in flight (its
+        next read finds the keys destroyed). Gives up after a lease's time to live (a
+        holder that died)."""
+        targets = [(name, "dataset") for name in self.projections]
+        targets += [(TARGET, "graph"), (TRIGGER_TARGET, TRIGGER_LEASE)]
+        deadline = time.monotonic() + self._leases.ttl.total_seconds() + 1
+        for target, kind in targets:
+            while self._leases.holder_of(target, kind=kind) is not None:
+                tracked = self._documents.tracking(target)
+                if (tracked.position if tracked else 0) >= position:
+                    break
+                if time.monotonic() > deadline:
+                    log.warning("erasure: a %s consumer did not catch up; deleting anyway", kind)
+                    return
+                time.sleep(0.01)
+
     # --- lifecycle ------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -1510,6 +1678,9 @@ def open_log(settings: Settings, *, read_only: bool = False) -> EventLog:
         lock_timeout_s=settings.event_log.lock_timeout_s,
         postgres_schema=settings.event_log.postgres_schema,
         read_only=read_only,
+        encryption=settings.privacy.encryption,
+        kek=settings.privacy.key_encryption_key,
+        previous_keks=settings.privacy.previous_key_encryption_keys,
     )
 
 

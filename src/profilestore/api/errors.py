@@ -15,6 +15,7 @@ from profilestore.api.security import API_KEY_HEADER
 from profilestore.errors import (
     AmbiguousIdentifier,
     BatchTooLarge,
+    CustomerErased,
     DocumentsUnavailable,
     FoldFailed,
     InvalidArgument,
@@ -24,6 +25,7 @@ from profilestore.errors import (
     LeaseHeld,
     LogUnavailable,
     NoDatasetSelected,
+    NotEncrypted,
     ProfileStoreError,
     StoreClosed,
     UnknownDataset,
@@ -97,6 +99,13 @@ def handle_profilestore(
         return _error(400, code, str(error), field=error.field, reason=error.reason)
     if isinstance(error, StoreClosed):
         return _error(503, "unavailable", str(error))
+    if isinstance(error, CustomerErased):
+        if error.index is not None:
+            field = f"events[{error.index}].customer_id"
+            return _error(409, "customer_erased", str(error), field=field, index=error.index)
+        return _error(410, "erased", str(error))
+    if isinstance(error, NotEncrypted):
+        return _error(409, "not_encrypted", str(error))
     if isinstance(error, LeaseHeld):
         # Another process is busy with what the request needs (the identity graph):
         # transient, so retrying is right.

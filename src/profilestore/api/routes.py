@@ -26,6 +26,7 @@ from profilestore.api.observability import FreshnessSnapshot, Metrics
 from profilestore.api.security import require
 from profilestore.documents import RawProfile
 from profilestore.errors import BatchTooLarge, InvalidEvent, InvalidIdentifier, NotFound
+from profilestore.events import ErasureReceipt
 from profilestore.identifiers import KIND_NAMES, LOOKUP_KINDS, one_identifier
 from profilestore.store import (
     ContactDecision,
@@ -275,6 +276,37 @@ async def delete_link(
     return await anyio.to_thread.run_sync(
         lambda: store.unlink(key, other, actor=_actor(request), reason=reason)
     )
+
+
+@delete(
+    PROFILES + "{customer_id:path}",
+    guards=[require("erasure")],
+    status_code=200,
+    summary="Forget a customer (erasure)",
+)
+async def delete_profile(
+    request: Request[Any, Any, Any],
+    customer_id: Annotated[
+        str, Parameter(description="A customer key or profile id, percent-encoded.")
+    ],
+    request_id: Annotated[
+        str, QueryParameter(description="The erasure request's id: the same id is done once.")
+    ],
+) -> ErasureReceipt:
+    """Erase the customer on request: every key of their profile has its data key
+    destroyed (their events stay in the log, unreadable), everything derived is deleted,
+    and their events are refused from now on. Answers the erasure receipt (no personal
+    data); the same `request_id` again answers the same receipt."""
+    customer_id = _customer_id(request, PROFILES, customer_id)
+    store = _store(request)
+    return await anyio.to_thread.run_sync(lambda: store.forget(customer_id, request_id=request_id))
+
+
+@get("/v1/erasures", guards=[require("audit")], summary="Erasure receipts")
+async def get_erasures(request: Request[Any, Any, Any]) -> list[ErasureReceipt]:
+    """Every erasure receipt, oldest first (kept in the log's `~erasures` stream)."""
+    store = _store(request)
+    return await anyio.to_thread.run_sync(store.erasures)
 
 
 CONSENT = "/v1/consent/"

@@ -1,0 +1,506 @@
+"""Per-customer data keys: what makes erasure possible on an immutable log.
+
+Every customer stream has a data key of its own (256 bits, AES-GCM), generated when the
+stream's first event is appended. The key is stored *wrapped* (encrypted) by a
+key-encryption key (KEK) that is never stored with the data: it comes from the
+environment, a file, or the config (see :class:`Kek`). Destroying a data key
+("crypto-shredding") makes every event of its stream unreadable, wherever copies of the
+log live (replicas, backups), while the stored bytes, and so the audit hash chain, stay as
+they are.
+
+The port is :class:`KeyStore`: one small table of wrapped keys and a few named values. A
+destroyed key leaves a *tombstone* (the row, without the key), so a stream whose key was
+destroyed can never get a new one: appending to it is refused
+(:class:`~profilestore.errors.CustomerErased`), which is the suppression list, keyed by
+the stream id (itself a keyed hash of the customer key, see :meth:`Keyring.stream_id`),
+never by the customer key in clear. The embedded adapter is an SQLite file beside the log
+(:class:`SQLiteKeyStore`); a PostgreSQL log keeps its keys in a table of its own database
+(:class:`profilestore.postgres_log.PostgresKeyStore`).
+
+:class:`Keyring` is the service the log uses: it names streams and event ids by keyed
+hashes (so stream ids, the event-id table and the stream directory hold no customer key),
+hands out a cipher per stream (cached, and dropped from every process's cache once a key
+is destroyed anywhere: the store keeps an *erasure generation* that each read checks), and
+creates, destroys and re-wraps keys. Rotating the KEK re-wraps data keys and touches no
+event.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import os
+import secrets
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from profilestore.errors import InvalidSetting, KeyStoreError
+
+KEYS_TABLE = "profilestore_keys"
+KEY_VALUES_TABLE = "profilestore_key_values"
+NAMING = "naming"
+"""The named value holding the (wrapped) secret of the keyed hashes."""
+GENERATION = "generation"
+"""The named value counting key destructions: a changed count empties every cache."""
+
+_WRAP_AAD = b"profilestore/data-key/1"
+_NAMING_AAD = b"profilestore/naming-key/1"
+_NONCE = 12
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    """A data key encrypted by a KEK: which one (``kek_id``), and the sealed bytes."""
+
+    kek_id: str
+    sealed: bytes
+
+
+class Kek:
+    """A key-encryption key: 32 bytes, and an id derived from it (never the key)."""
+
+    def __init__(self, key: bytes, *, source: str) -> None:
+        if len(key) != 32:
+            raise InvalidSetting(
+                source, f"a key-encryption key is 32 bytes (base64 or hex), not {len(key)}"
+            )
+        self._aead = AESGCM(key)
+        self.id = hashlib.sha256(b"profilestore/kek-id\0" + key).hexdigest()[:16]
+        self.source = source
+
+    def wrap(self, key: bytes, aad: bytes) -> Wrapped:
+        nonce = secrets.token_bytes(_NONCE)
+        return Wrapped(self.id, nonce + self._aead.encrypt(nonce, key, aad))
+
+    def unwrap(self, wrapped: Wrapped, aad: bytes) -> bytes:
+        sealed = wrapped.sealed
+        return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], aad)
+
+
+def default_kek_path() -> Path:
+    """Where a KEK is kept when the config names none: the user's config directory,
+    never beside the data (created on first use, readable by the user only)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "profilestore" / "key-encryption-key"
+
+
+KEK_ENV = "PROFILESTORE_KEK"
+
+
+def load_kek(spec: str, *, setting: str, create: bool = False) -> Kek:
+    """The KEK a setting names: ``env:NAME`` (base64 or hex in that variable), ``file:PATH``
+    (the same, in a file), ``base64:...``/``hex:...`` (inline: for tests only), or
+    ``default``: ``$PROFILESTORE_KEK`` if set, else :func:`default_kek_path` (created
+    with a new random key when ``create``)."""
+    kind, _, rest = spec.partition(":")
+    if spec == "default":
+        if os.environ.get(KEK_ENV):
+            return load_kek(f"env:{KEK_ENV}", setting=setting)
+        path = default_kek_path()
+        if not path.exists():
+            if not create:
+                raise InvalidSetting(
+                    setting, f"no key-encryption key: set ${KEK_ENV} or create {path}"
+                )
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        return load_kek(f"file:{path}", setting=setting)
+    if kind == "env":
+        value = os.environ.get(rest)
+        if not value:
+            raise InvalidSetting(setting, f"the environment variable {rest} is not set")
+        return Kek(_key_bytes(value, setting), source=setting)
+    if kind == "file":
+        try:
+            text = Path(rest).read_text()
+        except OSError as error:
+            raise InvalidSetting(
+                setting, f"the key file cannot be read ({error.strerror})"
+            ) from None
+        return Kek(_key_bytes(text, setting), source=setting)
+    if kind in ("base64", "hex"):
+        return Kek(_key_bytes(spec, setting), source=setting)
+    raise InvalidSetting(
+        setting, "name a key as env:VARIABLE, file:PATH, base64:KEY, hex:KEY or default"
+    )
+
+
+def _key_bytes(text: str, setting: str) -> bytes:
+    text = text.strip()
+    try:
+        if text.startswith("hex:"):
+            return bytes.fromhex(text[4:])
+        text = text.removeprefix("base64:")
+        if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
+            return bytes.fromhex(text)
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise InvalidSetting(setting, "the key is neither base64 nor hex") from None
+
+
+def new_kek_text() -> str:
+    """A new random KEK, as base64 text (``profilestore keys new-kek``)."""
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+class KeyStore(ABC):
+    """Wrapped data keys by stream, their tombstones, and a few named values."""
+
+    location: str = ""
+
+    @abstractmethod
+    def load(self, streams: Sequence[UUID]) -> dict[UUID, Wrapped | None]:
+        """Each known stream's wrapped key, or None where it was destroyed."""
+
+    @abstractmethod
+    def create(self, keys: Mapping[UUID, Wrapped]) -> None:
+        """Store keys for streams that have none (nor a tombstone); keep existing ones."""
+
+    @abstractmethod
+    def destroy(self, streams: Sequence[UUID], at: dt.datetime) -> int:
+        """Replace the streams' keys by tombstones and count a generation; returns how many
+        keys were destroyed (0 for streams already destroyed)."""
+
+    @abstractmethod
+    def generation(self) -> int:
+        """How many destructions were recorded: a change invalidates cached keys."""
+
+    @abstractmethod
+    def value(self, name: str) -> Wrapped | None: ...
+
+    @abstractmethod
+    def put_value_if_absent(self, name: str, value: Wrapped) -> Wrapped:
+        """Store a named value unless one exists; returns the stored one (first wins)."""
+
+    @abstractmethod
+    def all_keys(self) -> Iterator[tuple[UUID, Wrapped]]:
+        """Every live wrapped key (for KEK rotation)."""
+
+    @abstractmethod
+    def replace(self, keys: Mapping[UUID, Wrapped], values: Mapping[str, Wrapped]) -> None:
+        """Re-wrapped keys and values, written in one transaction (live keys only)."""
+
+    @abstractmethod
+    def counts(self) -> tuple[int, int]:
+        """(live keys, tombstones)."""
+
+    @abstractmethod
+    def scrub(self) -> None:
+        """Make deletions physical where the backend can (SQLite: checkpoint the WAL)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class SQLiteKeyStore(KeyStore):
+    """The embedded key store: an SQLite file beside the log (``<log>.keys``).
+
+    ``secure_delete`` overwrites a destroyed key's bytes in the file, and :meth:`scrub`
+    checkpoints the WAL, so no copy of a destroyed key stays in the file or its WAL. One
+    connection, serialised by a lock: keys are read once per stream and cached.
+    """
+
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
+        from profilestore.sqlite_files import read_only_uri, switch_to_wal
+
+        self.location = path
+        self.read_only = read_only
+        self._lock = threading.Lock()
+        if read_only:
+            self._conn = sqlite3.connect(
+                read_only_uri(path), uri=True, check_same_thread=False, isolation_level=None
+            )
+        else:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA busy_timeout=30000")
+            switch_to_wal(self._conn)
+            self._conn.execute("PRAGMA secure_delete=ON")
+            self._conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (stream BLOB PRIMARY KEY, "
+                "kek_id TEXT, sealed BLOB, destroyed_at TEXT) WITHOUT ROWID"
+            )
+            self._conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {KEY_VALUES_TABLE} (name TEXT PRIMARY KEY, "
+                "kek_id TEXT, sealed BLOB, counter INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID"
+            )
+
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        with self._lock:
+            return list(self._conn.execute(sql, params).fetchall())
+
+    def load(self, streams: Sequence[UUID]) -> dict[UUID, Wrapped | None]:
+        found: dict[UUID, Wrapped | None] = {}
+        for start in range(0, len(streams), 500):
+            chunk = streams[start : start + 500]
+            rows = self._rows(
+                f"SELECT stream, kek_id, sealed FROM {KEYS_TABLE} "
+                f"WHERE stream IN ({','.join('?' * len(chunk))})",
+                [s.bytes for s in chunk],
+            )
+            for stream, kek_id, sealed in rows:
+                found[UUID(bytes=bytes(stream))] = (
+                    None if sealed is None else Wrapped(str(kek_id), bytes(sealed))
+                )
+        return found
+
+    def create(self, keys: Mapping[UUID, Wrapped]) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    f"INSERT INTO {KEYS_TABLE} (stream, kek_id, sealed) VALUES (?, ?, ?) "
+                    "ON CONFLICT (stream) DO NOTHING",
+                    [(s.bytes, w.kek_id, w.sealed) for s, w in keys.items()],
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def destroy(self, streams: Sequence[UUID], at: dt.datetime) -> int:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                destroyed = 0
+                for stream in streams:
+                    cursor = self._conn.execute(
+                        f"UPDATE {KEYS_TABLE} SET kek_id = NULL, sealed = NULL, destroyed_at = ? "
+                        "WHERE stream = ? AND sealed IS NOT NULL",
+                        (at.isoformat(), stream.bytes),
+                    )
+                    destroyed += cursor.rowcount
+                    self._conn.execute(
+                        f"INSERT INTO {KEYS_TABLE} (stream, destroyed_at) VALUES (?, ?) "
+                        "ON CONFLICT (stream) DO NOTHING",
+                        (stream.bytes, at.isoformat()),
+                    )
+                self._conn.execute(
+                    f"INSERT INTO {KEY_VALUES_TABLE} (name, counter) VALUES (?, 1) "
+                    "ON CONFLICT (name) DO UPDATE SET counter = counter + 1",
+                    (GENERATION,),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return destroyed
+
+    def generation(self) -> int:
+        rows = self._rows(f"SELECT counter FROM {KEY_VALUES_TABLE} WHERE name = ?", (GENERATION,))
+        return int(rows[0][0]) if rows else 0
+
+    def value(self, name: str) -> Wrapped | None:
+        rows = self._rows(
+            f"SELECT kek_id, sealed FROM {KEY_VALUES_TABLE} WHERE name = ? AND sealed IS NOT NULL",
+            (name,),
+        )
+        return Wrapped(str(rows[0][0]), bytes(rows[0][1])) if rows else None
+
+    def put_value_if_absent(self, name: str, value: Wrapped) -> Wrapped:
+        with self._lock:
+            self._conn.execute(
+                f"INSERT INTO {KEY_VALUES_TABLE} (name, kek_id, sealed) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, value.kek_id, value.sealed),
+            )
+        stored = self.value(name)
+        assert stored is not None
+        return stored
+
+    def all_keys(self) -> Iterator[tuple[UUID, Wrapped]]:
+        rows = self._rows(
+            f"SELECT stream, kek_id, sealed FROM {KEYS_TABLE} WHERE sealed IS NOT NULL"
+        )
+        for stream, kek_id, sealed in rows:
+            yield UUID(bytes=bytes(stream)), Wrapped(str(kek_id), bytes(sealed))
+
+    def replace(self, keys: Mapping[UUID, Wrapped], values: Mapping[str, Wrapped]) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    f"UPDATE {KEYS_TABLE} SET kek_id = ?, sealed = ? "
+                    "WHERE stream = ? AND sealed IS NOT NULL",
+                    [(w.kek_id, w.sealed, s.bytes) for s, w in keys.items()],
+                )
+                self._conn.executemany(
+                    f"UPDATE {KEY_VALUES_TABLE} SET kek_id = ?, sealed = ? WHERE name = ?",
+                    [(w.kek_id, w.sealed, n) for n, w in values.items()],
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def counts(self) -> tuple[int, int]:
+        rows = self._rows(f"SELECT COUNT(sealed), COUNT(*) - COUNT(sealed) FROM {KEYS_TABLE}")
+        return int(rows[0][0]), int(rows[0][1])
+
+    def scrub(self) -> None:
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def sqlite_key_path(log_path: str) -> str:
+    """The embedded key store's file: beside the log (``events.db`` -> ``events.db.keys``)."""
+    return f"{log_path}.keys"
+
+
+_CACHE_LIMIT = 200_000
+
+
+class Keyring:
+    """Keyed names and per-stream ciphers over a :class:`KeyStore` (see the module doc)."""
+
+    def __init__(self, store: KeyStore, kek: Kek, previous: Sequence[Kek] = ()) -> None:
+        self.store = store
+        self.kek = kek
+        self._keks = {k.id: k for k in (*previous, kek)}
+        self._lock = threading.Lock()
+        self._ciphers: dict[UUID, AESGCM | None] = {}
+        self._generation = store.generation()
+        naming = store.value(NAMING)
+        if naming is None:
+            naming = store.put_value_if_absent(
+                NAMING, kek.wrap(secrets.token_bytes(32), _NAMING_AAD)
+            )
+        self._naming = self._unwrap(naming, _NAMING_AAD)
+
+    def _unwrap(self, wrapped: Wrapped, aad: bytes) -> bytes:
+        kek = self._keks.get(wrapped.kek_id)
+        if kek is None:
+            raise KeyStoreError(
+                "a data key is wrapped by a key-encryption key that is not configured "
+                f"(id {wrapped.kek_id}); add it to privacy.previous_key_encryption_keys"
+            )
+        try:
+            return kek.unwrap(wrapped, aad)
+        except InvalidTag:
+            raise KeyStoreError(
+                f"a wrapped key does not open with the key-encryption key {wrapped.kek_id}: "
+                "the key store or the key was altered"
+            ) from None
+
+    # --- names ----------------------------------------------------------------------
+    def stream_id(self, customer_id: str) -> UUID:
+        """The stream of a customer key: a keyed hash, so the id reveals nothing."""
+        digest = hmac.new(self._naming, b"stream\0" + customer_id.encode(), "sha256").digest()
+        return UUID(bytes=digest[:16])
+
+    def event_key(self, event_id: str) -> str:
+        """What the event-id table stores for an event id (a keyed hash of it)."""
+        return hmac.new(self._naming, b"event\0" + event_id.encode(), "sha256").hexdigest()[:40]
+
+    # --- ciphers --------------------------------------------------------------------
+    def _fresh(self) -> None:
+        generation = self.store.generation()
+        if generation != self._generation:
+            with self._lock:
+                self._ciphers.clear()
+                self._generation = generation
+
+    def _remember(self, found: Mapping[UUID, AESGCM | None]) -> None:
+        with self._lock:
+            if len(self._ciphers) + len(found) > _CACHE_LIMIT:
+                self._ciphers.clear()
+            self._ciphers.update(found)
+
+    def ciphers(self, streams: Iterable[UUID]) -> dict[UUID, AESGCM | None]:
+        """The cipher of each stream; None where the key was destroyed or never made."""
+        self._fresh()
+        wanted = set(streams)
+        cache = self._ciphers
+        known = {s: cache[s] for s in wanted if s in cache}
+        missing = [s for s in wanted if s not in known]
+        if missing:
+            loaded = self.store.load(missing)
+            found = {
+                s: (None if w is None else AESGCM(self._unwrap(w, _WRAP_AAD + s.bytes)))
+                for s, w in loaded.items()
+            }
+            self._remember(found)
+            known.update(found)
+            known.update((s, None) for s in missing if s not in found)
+        return known
+
+    def for_append(self, streams: Iterable[UUID]) -> dict[UUID, AESGCM | None]:
+        """The cipher of each stream, creating keys for new streams; None where the key was
+        destroyed (the customer was forgotten: appending is refused)."""
+        ciphers = self.ciphers(streams)
+        new = [s for s, c in ciphers.items() if c is None]
+        if not new:
+            return ciphers
+        loaded = self.store.load(new)
+        fresh = {
+            s: self.kek.wrap(secrets.token_bytes(32), _WRAP_AAD + s.bytes)
+            for s in new
+            if s not in loaded
+        }
+        if fresh:
+            self.store.create(fresh)
+            loaded = self.store.load(new)  # a concurrent writer's key wins, if it was first
+        found = {
+            s: (None if w is None else AESGCM(self._unwrap(w, _WRAP_AAD + s.bytes)))
+            for s, w in loaded.items()
+        }
+        self._remember(found)
+        ciphers.update(found)
+        return ciphers
+
+    def destroy(self, streams: Sequence[UUID], at: dt.datetime) -> int:
+        destroyed = self.store.destroy(streams, at)
+        self._fresh()
+        with self._lock:
+            for stream in streams:
+                self._ciphers[stream] = None
+        return destroyed
+
+    def destroyed(self, streams: Iterable[UUID]) -> set[UUID]:
+        """The streams whose keys were destroyed (their customers were forgotten)."""
+        self._fresh()
+        cache = self._ciphers
+        wanted = set(streams)
+        gone = {s for s in wanted if s in cache and cache[s] is None}
+        unknown = [s for s in wanted if s not in cache]
+        if unknown:
+            self.ciphers(unknown)  # caches live keys and tombstones alike
+            gone.update(s for s in unknown if s in cache and cache[s] is None)
+        return gone
+
+    def rotate(self) -> int:
+        """Re-wrap every data key (and the naming secret) by the current KEK; returns how
+        many were re-wrapped. Events are not touched."""
+        keys: dict[UUID, Wrapped] = {}
+        for stream, wrapped in self.store.all_keys():
+            if wrapped.kek_id != self.kek.id:
+                aad = _WRAP_AAD + stream.bytes
+                keys[stream] = self.kek.wrap(self._unwrap(wrapped, aad), aad)
+        values: dict[str, Wrapped] = {}
+        naming = self.store.value(NAMING)
+        if naming is not None and naming.kek_id != self.kek.id:
+            values[NAMING] = self.kek.wrap(self._unwrap(naming, _NAMING_AAD), _NAMING_AAD)
+        if keys or values:
+            self.store.replace(keys, values)
+        return len(keys) + len(values)
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,346 @@
+"""Privacy: per-customer encryption of the log, erasure by crypto-shredding, suppression,
+receipts (README: Privacy)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from conftest import make_document_store
+
+from profilestore.config import Settings, load_settings
+from profilestore.documents import DatasetSchema
+from profilestore.errors import (
+    CustomerErased,
+    CustomerNotFound,
+    InvalidArgument,
+    KeyStoreError,
+    NotEncrypted,
+    Undecryptable,
+)
+from profilestore.eventlog import EventLog, open_log, stream_id
+from profilestore.mapper import SEALED, Forgotten
+from profilestore.store import ProfileStore, load_projections, open_store
+
+NOW = dt.datetime(2026, 11, 23, 9, 30, tzinfo=dt.UTC)
+EMAIL = "zelda.quixote@example.org"
+PHONE = "+14155550199"
+NAME = "Zeldaquix"
+KEY = "cust-zq-7781"
+NEIGHBOUR = "cust-nb-4410"  # (a key containing the forgotten one would match the byte search)
+
+
+def kek(seed: str) -> str:
+    return "base64:" + base64.b64encode(seed.encode().ljust(32, b"k")[:32]).decode()
+
+
+def history(customer: str, email: str, phone: str, name: str, n: int = 3) -> list[dict[str, Any]]:
+    base: dict[str, Any] = {"customer_id": customer, "occurred_at": "2026-03-01T10:00:00Z"}
+    events: list[dict[str, Any]] = [
+        {
+            **base,
+            "type": "identifier.seen",
+            "event_id": f"{customer}-e",
+            "kind": "email",
+            "value": email,
+        },
+        {
+            **base,
+            "type": "identifier.seen",
+            "event_id": f"{customer}-p",
+            "kind": "phone",
+            "value": phone,
+        },
+        {**base, "type": "profile.name_set", "event_id": f"{customer}-n", "first_name": name},
+        {**base, "type": "consent.given", "event_id": f"{customer}-c", "channel": "email"},
+    ]
+    for i in range(n):
+        events.append(
+            {
+                **base,
+                "type": "order.placed",
+                "event_id": f"{customer}-o{i}",
+                "order_id": f"o{i}",
+                "total": "10.00",
+                "currency": "USD",
+                "items": [{"sku": "S1", "quantity": 1, "unit_price": "10.00"}],
+            }
+        )
+    return events
+
+
+# --- encryption of the log ----------------------------------------------------------------
+
+
+def test_a_new_store_seals_every_event_and_names_no_customer_in_clear(settings: Settings) -> None:
+    with open_store(settings, clock=lambda: NOW) as store:
+        store.append(history(KEY, EMAIL, PHONE, NAME))
+        assert store._log.encrypted
+        assert store._log.recorder.first_state()[:1] == bytes([SEALED])  # type: ignore[index]
+        assert store._log.stream_of(KEY) != stream_id(KEY)  # keyed, not a plain uuid5
+        assert store._log.customers() == [KEY]  # the directory's sealed name opens
+        assert [e.event_id for e in store._log.stream(KEY)][:2] == [f"{KEY}-e", f"{KEY}-p"]
+        store._log.recorder.datastore.close()  # type: ignore[attr-defined]
+        files = store._log.recorder.local_files()
+    data = b"".join(Path(f).read_bytes() for f in files if Path(f).exists())
+    for value in (EMAIL, PHONE, NAME, KEY, f"{KEY}-o1"):
+        assert value.encode() not in data, value
+
+
+def test_a_sealed_payload_moved_to_another_position_does_not_decrypt(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    log = open_log(url, encryption=True, kek=kek("a"))
+    from profilestore.store import EventValidator
+
+    log.append(EventValidator().validate(history(KEY, EMAIL, PHONE, NAME), NOW))
+    log.close()
+    with sqlite3.connect(tmp_path / "events.sqlite") as conn:
+        rows = conn.execute(
+            "SELECT rowid, state FROM profilestore_events ORDER BY rowid LIMIT 2"
+        ).fetchall()
+        conn.execute("UPDATE profilestore_events SET state = ? WHERE rowid = ?", (rows[0][1], 2))
+    log = open_log(url, encryption=True, kek=kek("a"))
+    try:
+        with pytest.raises(Undecryptable):
+            log.customer_changes(KEY)
+    finally:
+        log.close()
+
+
+def test_a_plain_log_stays_plain_and_readable(tmp_path: Path) -> None:
+    from profilestore.store import EventValidator
+
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    log = open_log(url, encryption=False)
+    log.append(EventValidator().validate(history(KEY, EMAIL, PHONE, NAME), NOW))
+    log.close()
+    log = open_log(url, encryption=True, kek=kek("a"))
+    try:
+        assert not log.encrypted
+        assert len(log.stream(KEY)) == 7
+        assert not Path(f"{tmp_path / 'events.sqlite'}.keys").exists()
+        with pytest.raises(NotEncrypted):
+            log.destroy_keys([KEY], NOW)
+    finally:
+        log.close()
+
+
+def test_a_sealed_log_without_its_key_store_is_refused(tmp_path: Path) -> None:
+    from profilestore.store import EventValidator
+
+    path = tmp_path / "events.sqlite"
+    log = open_log(f"sqlite:///{path}", encryption=True, kek=kek("a"))
+    log.append(EventValidator().validate(history(KEY, EMAIL, PHONE, NAME), NOW))
+    log.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}.keys{suffix}").unlink(missing_ok=True)
+    with pytest.raises(KeyStoreError, match="key store is missing"):
+        open_log(f"sqlite:///{path}", encryption=True, kek=kek("a"))
+
+
+def test_rotating_the_kek_rewraps_keys_without_touching_events(tmp_path: Path) -> None:
+    from profilestore.store import EventValidator
+
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    log = open_log(url, encryption=True, kek=kek("old"))
+    log.append(EventValidator().validate(history(KEY, EMAIL, PHONE, NAME), NOW))
+    before = [row[4] for row in log.recorder.select_states(0, 100, None, ())]
+    log.close()
+    with pytest.raises(KeyStoreError, match="not configured"):
+        open_log(url, encryption=True, kek=kek("new"))
+    log = open_log(url, encryption=True, kek=kek("new"), previous_keks=[kek("old")])
+    assert log.keyring is not None
+    assert log.keyring.rotate() == 2  # the customer's data key and the naming secret
+    assert log.keyring.rotate() == 0
+    log.close()
+    log = open_log(url, encryption=True, kek=kek("new"))
+    try:
+        assert len(log.stream(KEY)) == 7
+        assert [row[4] for row in log.recorder.select_states(0, 100, None, ())] == before
+    finally:
+        log.close()
+
+
+def test_a_kek_from_a_file_or_the_environment(tmp_path: Path, monkeypatch: Any) -> None:
+    from profilestore.keys import load_kek
+
+    key = base64.b64encode(b"x" * 32).decode()
+    (tmp_path / "kek").write_text(key + "\n")
+    monkeypatch.setenv("MY_KEK", key)
+    assert (
+        load_kek(f"file:{tmp_path / 'kek'}", setting="s").id
+        == load_kek("env:MY_KEK", setting="s").id
+    )
+    with pytest.raises(Exception, match="32 bytes"):
+        load_kek("base64:" + base64.b64encode(b"short").decode(), setting="s")
+    with pytest.raises(Exception, match="not set"):
+        load_kek("env:NOPE_NOT_SET", setting="s")
+
+
+# --- erasure --------------------------------------------------------------------------------
+
+
+def _store(
+    tmp_path: Path, request: pytest.FixtureRequest, log_kind: str, documents_kind: str
+) -> ProfileStore:
+    home = tmp_path / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    settings: Settings = load_settings(environ={}, home=home)
+    projections = load_projections(settings)
+    schemas = {
+        name: DatasetSchema(p.section, keyed=p.lookup_keys is not None)
+        for name, p in projections.items()
+    }
+    # The log first: a PostgreSQL case skips here, before a document store is opened.
+    if log_kind == "sqlite":
+        log: EventLog = open_log(f"sqlite:///{home / 'events.sqlite'}", encryption=True)
+    else:
+        url, schema = request.getfixturevalue("postgres_schema")
+        log = open_log(url, postgres_schema=schema, encryption=True)
+    try:
+        documents = make_document_store(documents_kind, request, home, schemas)
+    except BaseException:
+        log.close()
+        raise
+    return ProfileStore(settings, log, documents, projections, clock=lambda: NOW)
+
+
+BACKENDS = [
+    ("sqlite", "sqlite"),
+    ("sqlite", "mongomock"),
+    pytest.param(("postgres", "sqlite"), marks=pytest.mark.postgres),
+    pytest.param(("postgres", "mongo_wire"), marks=[pytest.mark.postgres, pytest.mark.mongo_wire]),
+]
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda p: f"{p[0]}-{p[1]}")
+def erasable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProfileStore]:
+    log_kind, documents_kind = request.param
+    with _store(tmp_path, request, log_kind, documents_kind) as store:
+        store.append(history(KEY, EMAIL, PHONE, NAME))
+        store.append(history(NEIGHBOUR, "neighbour@example.org", "+14155550100", "Neighbour"))
+        store.refresh()
+        store.resolve_identity()
+        yield store
+
+
+def test_forget_leaves_the_events_unreadable_and_the_neighbour_untouched(
+    erasable: ProfileStore,
+) -> None:
+    store = erasable
+    neighbour_before = store.profile(NEIGHBOUR)
+    receipt = store.forget(KEY, request_id="DSR-1")
+    assert receipt.request_id == "DSR-1"
+    assert receipt.keys == 1 and receipt.data_keys_destroyed == 1
+    assert receipt.events_forgotten == 7
+    assert receipt.chain_intact
+    assert receipt.deleted  # sections, lookup keys, records
+    assert receipt.plaintext.found == 0
+    # Reads refuse the forgotten customer (410 over HTTP) and find nobody by identifier.
+    with pytest.raises(CustomerErased):
+        store.profile(KEY)
+    with pytest.raises(CustomerErased):
+        store.history(KEY)
+    with pytest.raises(CustomerErased):
+        store.export(KEY)
+    with pytest.raises((CustomerNotFound, Exception)):
+        store.find("email", EMAIL)
+    # The log keeps the events: type, time and position, no payload.
+    rows = store._log.changes(0, 100)
+    forgotten = [n for n in rows if isinstance(n.event, Forgotten)]
+    assert len(forgotten) == 7
+    assert {f.event.stored_topic for f in forgotten} >= {"order.placed", "identifier.seen"}
+    assert all(f.event.occurred_at == dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC) for f in forgotten)
+    # The neighbour is as it was; the log still verifies; a rebuild agrees with the documents.
+    assert store.profile(NEIGHBOUR).sections == neighbour_before.sections
+    assert store.auditor().verify().ok
+    store.rebuild()
+    assert store.profile(NEIGHBOUR).sections == neighbour_before.sections
+    with pytest.raises(CustomerErased):
+        store.profile(KEY)
+    assert store.verify().ok
+    assert KEY not in store._log.customers()
+
+
+def test_forget_is_idempotent_by_request_id_and_listed_for_auditors(erasable: ProfileStore) -> None:
+    store = erasable
+    first = store.forget(KEY, request_id="DSR-2")
+    assert store.forget(KEY, request_id="DSR-2") == first
+    assert [r.request_id for r in store.erasures()] == ["DSR-2"]
+    encoded = msgspec.json.encode(store.erasures())
+    for value in (EMAIL, PHONE, NAME, KEY):
+        assert value.encode() not in encoded
+    with pytest.raises(InvalidArgument, match="request_id"):
+        store.forget(NEIGHBOUR, request_id="has space")
+
+
+def test_events_for_a_forgotten_customer_are_refused_not_stored(erasable: ProfileStore) -> None:
+    store = erasable
+    store.forget(KEY, request_id="DSR-3")
+    head = store.head()
+    again = history(KEY, EMAIL, PHONE, NAME)
+    again = [{**e, "event_id": e["event_id"] + "-retry"} for e in again]
+    with pytest.raises(CustomerErased) as refused:
+        store.append(again)
+    assert refused.value.index == 0
+    assert store.head() == head  # nothing of the batch
+    # Per-event validation (the Segment endpoints): the erased ones are rejected, the
+    # others stored.
+    partial = store.append_valid(
+        [again[0], history("someone-else", "x@example.org", PHONE, "X")[0]]
+    )
+    assert partial.appended == 1
+    assert [(r.index, r.path) for r in partial.rejected] == [(0, "$.customer_id")]
+
+
+def test_forget_of_a_merged_profile_forgets_every_key(erasable: ProfileStore) -> None:
+    store = erasable
+    store.append(history("cust-zq-other", "other@example.org", "+14155550111", "Otherquix"))
+    store.link(KEY, "cust-zq-other", actor="ops")
+    store.refresh()
+    receipt = store.forget("cust-zq-other", request_id="DSR-4")
+    assert receipt.keys == 2 and receipt.data_keys_destroyed == 2
+    for key in (KEY, "cust-zq-other"):
+        with pytest.raises(CustomerErased):
+            store.profile(key)
+    assert store.profile(NEIGHBOUR).customer_id == NEIGHBOUR
+
+
+def test_forget_refuses_a_plain_log_and_an_unknown_customer(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = load_settings(environ={"PROFILESTORE_PRIVACY__ENCRYPTION": "false"}, home=home)
+    with open_store(settings, clock=lambda: NOW) as store:
+        store.append(history(KEY, EMAIL, PHONE, NAME))
+        with pytest.raises(NotEncrypted):
+            store.forget(KEY, request_id="DSR-5")
+    other = load_settings(environ={}, home=tmp_path / "other")
+    with open_store(other) as store, pytest.raises(CustomerNotFound):
+        store.forget("nobody", request_id="DSR-6")
+
+
+def test_no_readable_copy_is_left_in_any_file_of_the_embedded_stores(settings: Settings) -> None:
+    """The issue's test: a byte search of every file (database, WAL, free pages) of the
+    embedded stores for the customer's email, phone, name and key finds nothing."""
+    with open_store(settings, clock=lambda: NOW) as store:
+        store.append(history(KEY, EMAIL, PHONE, NAME))
+        store.append(history(NEIGHBOUR, "neighbour@example.org", "+14155550100", "Neighbour"))
+        store.refresh()
+        store.resolve_identity()
+        files = [*store._log.recorder.local_files(), *store._documents.local_files()]
+        probes = [EMAIL, PHONE, NAME, KEY]
+
+        def found() -> set[str]:
+            data = b"".join(Path(f).read_bytes() for f in files if Path(f).exists())
+            return {p for p in probes if p.encode() in data}
+
+        assert found() == set(probes)  # the documents hold them: the search can fail
+        store.forget(KEY, request_id="DSR-7")
+        assert found() == set()
+    assert sorted(os.listdir(Path(files[0]).parent))  # the files are still there
