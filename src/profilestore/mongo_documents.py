@@ -500,6 +500,11 @@ class MongoDocumentStore(DocumentStore):
     def delete_record(self, kind: str, key: str) -> None:
         self.records.delete_one({"_id": _record_id(kind, key)})
 
+    def delete_records(self, kind: str, keys: Iterable[str]) -> None:
+        ids = [_record_id(kind, key) for key in dict.fromkeys(keys)]
+        if ids:  # one request; each removal is atomic, the set is not
+            self.records.delete_many({"_id": {"$in": ids}})
+
     # --- leases -------------------------------------------------------------------------
 
     def acquire_lease(self, name: str, holder: str, ttl: dt.timedelta, now: dt.datetime) -> bool:

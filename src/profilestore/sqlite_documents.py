@@ -619,6 +619,13 @@ class SQLiteDocumentStore(DocumentStore):
         with self._transaction() as c:
             c.execute("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))
 
+    def delete_records(self, kind: str, keys: Iterable[str]) -> None:
+        rows = [(kind, key) for key in dict.fromkeys(keys)]
+        if not rows:
+            return
+        with self._transaction() as c:
+            c.executemany("DELETE FROM records WHERE kind = ? AND key = ?", rows)
+
     # --- leases -------------------------------------------------------------------------
 
     def acquire_lease(self, name: str, holder: str, ttl: dt.timedelta, now: dt.datetime) -> bool:
