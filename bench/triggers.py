@@ -178,6 +178,7 @@ def read_json_line(child: subprocess.Popen[str], what: str) -> dict[str, Any]:
 
 
 def finish(child: subprocess.Popen[str]) -> None:
+    """Close its stdin (it stops), wait for it, and close its pipes."""
     if child.stdin is not None and not child.stdin.closed:
         child.stdin.close()
     try:
@@ -185,6 +186,8 @@ def finish(child: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
+    if child.stdout is not None:
+        child.stdout.close()
 
 
 # --- the receiver child -----------------------------------------------------------------------
@@ -563,7 +566,7 @@ def chaos(
                 delay = rng.uniform(0.0, mode["kill_within_s"])
                 time.sleep(delay)
                 os.kill(child.pid, signal.SIGKILL)
-                child.wait()
+                finish(child)
                 killed_after.append(delay)
                 if trial % 10 == 9:
                     info(f"chaos: {trial + 1} kills, {writer.appended} events appended")

@@ -90,24 +90,13 @@ def destinations(settings: DeliverySettings, channel: str) -> list[str]:
     return found
 
 
-def enqueue(
-    documents: DocumentStore,
-    *,
-    claim: str,
-    firing: Mapping[str, Any],
-    routes: Sequence[str],
-    now: dt.datetime,
-) -> int:
-    """Write the pending deliveries of a claimed firing that are not yet anywhere
-    (pending, delivered or dead); returns how many were written."""
-    keys = [delivery_key(str(firing["message_id"]), d) for d in routes]
-    known: set[str] = set()
-    for kind in (PENDING, DELIVERED, DEAD):
-        known.update(documents.get_records_for(kind, keys))
-    written = 0
-    for destination, key in zip(routes, keys, strict=True):
-        if key in known:
-            continue
+def pending_deliveries(
+    *, claim: str, firing: Mapping[str, Any], routes: Sequence[str], now: dt.datetime
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """The pending delivery records of a claimed firing, one per destination: what a
+    new claim queues (written with the page's other records)."""
+    written = []
+    for destination in routes:
         delivery = Delivery(
             message_id=str(firing["message_id"]),
             destination=destination,
@@ -117,7 +106,30 @@ def enqueue(
             created_at=now,
             next_attempt_at=now,
         )
-        written += documents.insert_record_if_absent(PENDING, key, msgspec.to_builtins(delivery))
+        key = delivery_key(delivery.message_id, destination)
+        written.append((PENDING, key, msgspec.to_builtins(delivery)))
+    return written
+
+
+def enqueue(
+    documents: DocumentStore,
+    *,
+    claim: str,
+    firing: Mapping[str, Any],
+    routes: Sequence[str],
+    now: dt.datetime,
+) -> int:
+    """Write the pending deliveries of a claimed firing that are not yet anywhere
+    (pending, delivered or dead): a replay of a claim queues only what is missing;
+    returns how many were written."""
+    keys = [delivery_key(str(firing["message_id"]), d) for d in routes]
+    known: set[str] = set()
+    for kind in (PENDING, DELIVERED, DEAD):
+        known.update(documents.get_records_for(kind, keys))
+    written = 0
+    for kind, key, value in pending_deliveries(claim=claim, firing=firing, routes=routes, now=now):
+        if key not in known:
+            written += documents.insert_record_if_absent(kind, key, value)
     return written
 
 
