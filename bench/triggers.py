@@ -750,6 +750,10 @@ def run(mode_name: str, work: Path, parts: Sequence[str]) -> dict[str, Any]:
         "source": source_state(),
     }
     figures: dict[str, Any] = {}
+    # Other processes share this VM: the 1-minute load average before each part says
+    # how busy it was (2 cores: above 2, the bench waited for a CPU).
+    loads: dict[str, float] = result.setdefault("load_average_1m", {})
+    loads["start"] = round(os.getloadavg()[0], 2)
     if "realtime" in parts:
         rt = realtime(work, mode)
         result["realtime"] = rt
@@ -767,6 +771,7 @@ def run(mode_name: str, work: Path, parts: Sequence[str]) -> dict[str, Any]:
     try:
         url = read_json_line(receiver, "receiver child")["url"]
         if "throughput" in parts:
+            loads["throughput"] = round(os.getloadavg()[0], 2)
             delivered = throughput(work, mode, url)
             result["delivery"] = delivered
             figures["delivery_webhooks_per_s"] = delivered["webhooks"]["per_s"]
@@ -778,6 +783,7 @@ def run(mode_name: str, work: Path, parts: Sequence[str]) -> dict[str, Any]:
             finish(receiver)
             receiver = spawn("receiver", {})
             url = read_json_line(receiver, "receiver child")["url"]
+            loads["chaos"] = round(os.getloadavg()[0], 2)
             outcome = chaos(work, mode, receiver, url)
             result["chaos"] = outcome
             for name in (
@@ -792,6 +798,7 @@ def run(mode_name: str, work: Path, parts: Sequence[str]) -> dict[str, Any]:
             info(f"chaos: {outcome}")
     finally:
         finish(receiver)
+    loads["end"] = round(os.getloadavg()[0], 2)
     result.update(figures)
     result["targets"] = judge(figures)
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
