@@ -42,6 +42,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -205,13 +206,19 @@ def receiver_child(spec_json: str) -> None:
     received: Counter[str] = Counter()
     first: dict[str, list[Any]] = {}
     rejected = [0]
+    incomplete = [0]
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: the courier reuses its connections
 
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["content-length"]))
+            length = int(self.headers["content-length"])
+            body = self.rfile.read(length)
             at = time.time()
+            if len(body) < length:  # the sender was killed mid-request: nothing arrived
+                with lock:
+                    incomplete[0] += 1
+                return
             try:
                 envelope = verifier.verify(body, dict(self.headers))
             except WebhookVerificationError:
@@ -238,15 +245,26 @@ def receiver_child(spec_json: str) -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 64
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            pass  # a sender killed mid-request resets its connection: expected here
+
+    server = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     print(json.dumps({"url": f"http://127.0.0.1:{server.server_address[1]}/hooks"}), flush=True)
     for line in sys.stdin:
         if line.strip() == "report":
             with lock:
-                report = {"received": dict(received), "first": first, "rejected": rejected[0]}
+                report = {
+                    "received": dict(received),
+                    "first": first,
+                    "rejected": rejected[0],
+                    "incomplete": incomplete[0],
+                }
             print(json.dumps(report), flush=True)
     server.shutdown()
 
@@ -636,6 +654,7 @@ def judge_chaos(
         "duplicated_after_dedupe": sum(n - 1 for n in logical.values() if n > 1),
         "raw_duplicate_deliveries": sum(counts.values()) - len(counts),
         "rejected_signatures": received["rejected"],
+        "incomplete_requests": received["incomplete"],
         "sent_in_quiet_hours": quiet,
         "sent_without_consent": without_consent,
         "dead_letters": dead,
@@ -644,7 +663,7 @@ def judge_chaos(
             "max": round(max(killed_after), 3),
         },
         "restart_to_leased_s": {
-            "p50": round(percentile(sorted(waited), 0.5), 2),
+            "p50": round(statistics.median(waited), 2),
             "max": round(max(waited), 2),
         },
         "zones": writer.zones,
