@@ -3,7 +3,7 @@ and deliveries flow to a real receiver: every message arrives, once after the re
 dedupe by webhook-id, and none in quiet hours or without consent.
 
 Marked ``stress`` (outside the default run; ``scripts/test`` runs it). It is
-``bench/triggers.py``'s chaos part with fewer trials (``PROFILESTORE_TEST_STRESS_TRIALS``
+``bench/trigger_engine.py``'s chaos part with fewer trials (``PROFILESTORE_TEST_STRESS_TRIALS``
 sets how many; 10 by default).
 """
 
@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import triggers
+from bench import trigger_engine as triggers
 
 pytestmark = pytest.mark.stress
 

@@ -1,4 +1,4 @@
-"""bench/triggers.py runs end to end at a tiny scale: the real-time path is measured,
+"""bench/trigger_engine.py runs end to end at a tiny scale: the real-time path is measured,
 deliveries are counted, and a chaos trial finds nothing lost, doubled or sent out of turn."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import triggers
+from bench import trigger_engine as triggers
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_the_bench_measures_the_real_time_path_deliveries_and_chaos(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(triggers.MODES, "quick", TINY)
-    output = tmp_path / "triggers.json"
+    output = tmp_path / "trigger_engine.json"
     args = ["--quick", "--output", str(output), "--workdir", str(tmp_path / "work")]
     cwd = Path.cwd()
     try:

@@ -2,11 +2,11 @@
 
 Run from the repository root with the project's virtualenv::
 
-    .venv/bin/python bench/triggers.py            # full run (~15 minutes on 2 cores)
-    .venv/bin/python bench/triggers.py --quick    # shorter windows, 10 chaos trials
+    .venv/bin/python bench/trigger_engine.py            # full run (~15 minutes on 2 cores)
+    .venv/bin/python bench/trigger_engine.py --quick    # shorter windows, 10 chaos trials
 
 Prints one JSON object on stdout (progress goes to stderr) and writes it to
-``bench/results/triggers.json`` (``--output`` to change). See ``bench/README.md``.
+``bench/results/trigger_engine.json`` (``--output`` to change). See ``bench/README.md``.
 
 Three parts, each on an embedded (SQLite) store:
 
@@ -833,8 +833,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--output",
         type=Path,
-        default=REPO / "bench" / "results" / "triggers.json",
-        help="where to write the JSON (default: bench/results/triggers.json)",
+        default=REPO / "bench" / "results" / "trigger_engine.json",
+        help="where to write the JSON (default: bench/results/trigger_engine.json)",
     )
     parser.add_argument("--workdir", type=Path, help="keep the stores here (default: a temp dir)")
     parser.add_argument(
@@ -852,7 +852,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.chdir(REPO)  # the default settings file and projections are found from here
     mode = "quick" if args.quick else "full"
     parts = args.only or PARTS
-    return run_and_write(lambda work: run(mode, work, parts), mode, args, "profilestore-triggers-")
+    prefix = "profilestore-trigger-engine-"
+    return run_and_write(lambda work: run(mode, work, parts), mode, args, prefix)
 
 
 if __name__ == "__main__":
