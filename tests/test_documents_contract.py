@@ -1554,6 +1554,28 @@ def test_put_records_applies_them_in_order_so_the_later_of_one_key_stays(
     assert s.get_records("link") == {"c1": {"n": 3}, "c2": {"n": 2}}
 
 
+def test_delete_records_removes_those_keys_of_one_kind_only(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.put_records(
+        [
+            ("queue", "m1", {"n": 1}),
+            ("queue", "m2", {"n": 2}),
+            ("queue", "m3", {"n": 3}),
+            ("done", "m1", {"n": 1}),
+        ]
+    )
+
+    s.delete_records("queue", ["m1", "m3", "never-there", "m1"])
+    s.delete_records("queue", [])
+
+    assert s.get_records("queue") == {"m2": {"n": 2}}
+    assert s.get_records("done") == {"m1": {"n": 1}}  # another kind's m1 stays
+    s.delete_records("queue", iter(["m1", "m2"]))  # again, and a generator
+    assert s.get_records("queue") == {}
+
+
 def test_get_records_for_answers_exact_keys_of_one_kind_omitting_absent_ones(
     document_store: DocumentStore,
 ) -> None:

@@ -164,18 +164,18 @@ def test_a_crash_between_the_claim_and_its_outcome_records_the_firing_once(
     store: ProfileStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.append([order("o1", "ann", "A-1")])
-    insert = store._documents.insert_record_if_absent
+    put_records = store._documents.put_records
 
-    def crash(kind: str, *args: Any) -> bool:
-        if kind == OUTCOME:
-            raise RuntimeError("killed after the claim")
-        return insert(kind, *args)
+    def crash(written: Any) -> None:
+        if any(kind == OUTCOME for kind, _, _ in written):
+            raise RuntimeError("killed after the claim, before the page's records")
+        put_records(written)
 
     with monkeypatch.context() as patch:
-        patch.setattr(store._documents, "insert_record_if_absent", crash)
+        patch.setattr(store._documents, "put_records", crash)
         with pytest.raises(RuntimeError):
             store.run_triggers()
-    assert len(records(store, FIRED)) == 1
+    assert len(records(store, FIRED)) == 1 and not records(store, OUTCOME)
     assert store.run_triggers().outcomes == {"fired": 1}
     assert statuses(store, "ann") == [("receipt", "fired")]
     assert len(records(store, FIRED)) == 1

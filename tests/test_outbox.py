@@ -21,7 +21,16 @@ from profilestore.config import load_settings
 from profilestore.store import ProfileStore, open_store
 
 SECRET = "whsec_" + base64.b64encode(b"a secret of the receiver, 32 byt").decode()
+TIMEOUT_S = 1.0
+"""The endpoint's timeout: generous, as a loaded machine serves 8 requests at once slowly."""
+HANG_S = 1.5
+"""How long a hung answer takes (past the timeout)."""
 OLD_SECRET = "whsec_" + base64.b64encode(b"the receiver's previous secret!!").decode()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 64  # a backlog for every connection the courier opens at once
+    daemon_threads = True
 
 
 class Receiver:
@@ -36,33 +45,52 @@ class Receiver:
         self.bodies: dict[str, Any] = {}
         self.rejected = 0
         self.attempts = 0
+        self.delay_s = 0.0
+        """How long each answer takes."""
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.most_in_flight = 0
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.attempts += 1
-                answer = receiver.script.pop(0) if receiver.script else 200
+                with receiver.lock:
+                    receiver.in_flight += 1
+                    receiver.most_in_flight = max(receiver.most_in_flight, receiver.in_flight)
+                try:
+                    self.answer(body)
+                finally:
+                    with receiver.lock:
+                        receiver.in_flight -= 1
+
+            def answer(self, body: bytes) -> None:
+                with receiver.lock:
+                    receiver.attempts += 1
+                    answer = receiver.script.pop(0) if receiver.script else 200
+                time.sleep(receiver.delay_s)
                 if answer == "hang":
-                    time.sleep(0.6)
+                    time.sleep(HANG_S)
                     answer = 200
                 try:
                     payload = receiver.verifier.verify(body, dict(self.headers))
                 except WebhookVerificationError:
-                    receiver.rejected += 1
+                    with receiver.lock:
+                        receiver.rejected += 1
                     answer = 400
                 else:
                     if answer == 200:
                         message_id = self.headers["webhook-id"]
-                        receiver.received[message_id] += 1
-                        receiver.bodies[message_id] = payload
+                        with receiver.lock:
+                            receiver.received[message_id] += 1
+                            receiver.bodies[message_id] = payload
                 self.send_response(int(answer))
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -113,7 +141,7 @@ def shop(tmp_path: Path, receiver: Receiver, clock: Clock, **delivery: str) -> P
         "[delivery.endpoints.crm]\n"
         f'url = "{receiver.url}"\n'
         f'secrets = ["{SECRET}", "{OLD_SECRET}"]\n'
-        "timeout_s = 0.3\n"
+        f"timeout_s = {TIMEOUT_S}\n"
     )
     store = open_store(load_settings(path, environ=environ, home=tmp_path / "home"), clock=clock)
     store.run_triggers()
@@ -143,6 +171,25 @@ def test_every_message_reaches_the_receiver_once_signed_and_the_file(
         assert body["type"] == "trigger.receipt"
         assert body["data"]["payload"]["currency"] == "EUR"
         assert body["data"]["channel"] == "email" and body["data"]["transactional"] is True
+
+
+@pytest.mark.parametrize("concurrency", [1, 8])
+def test_a_page_of_webhooks_is_sent_concurrency_at_a_time_each_once(
+    tmp_path: Path, receiver: Receiver, concurrency: int
+) -> None:
+    receiver.delay_s = 0.05  # each answer takes a while: requests in flight overlap
+    clock = Clock()
+    with shop(tmp_path, receiver, clock, concurrency=str(concurrency), file="") as store:
+        store.append([order(f"o{i}", f"c{i % 5}", f"N-{i}") for i in range(24)])
+        store.run_triggers()
+        report = store.deliver()
+        assert report is not None and (report.delivered, report.retried) == (24, 0)
+        assert not store.outbox("pending") and len(store.outbox("delivered")) == 24
+    assert len(receiver.received) == 24 and set(receiver.received.values()) == {1}
+    if concurrency == 1:
+        assert receiver.most_in_flight == 1
+    else:
+        assert 1 < receiver.most_in_flight <= concurrency
 
 
 def test_a_receiver_with_the_previous_secret_still_verifies(tmp_path: Path) -> None:
@@ -177,7 +224,7 @@ def test_a_receiver_that_fails_times_out_and_recovers_gets_the_message_once_same
         assert not store.outbox("pending")
         [delivered] = [d for d in store.outbox("delivered") if d.destination == "webhook:crm"]
         assert delivered.attempts == 4
-        time.sleep(0.7)  # the hung request has been answered by now, too late
+        time.sleep(HANG_S - TIMEOUT_S + 0.5)  # the hung request has been answered, too late
         assert receiver.attempts == 4
         # The receiver took the hung request after the sender gave up on it, and the
         # retry: the same webhook-id both times, so deduping by it leaves one message.

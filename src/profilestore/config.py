@@ -375,6 +375,9 @@ class DeliverySettings(Strict, frozen=True, kw_only=True):
     """... for this long after the first attempt: then the message is a dead letter."""
     poll_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 200
     """How often the worker looks for messages to deliver."""
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
+    """Most webhook requests in flight at once (a page of due messages is sent in
+    parallel; each message is still delivered at least once, under one webhook-id)."""
 
 
 ArmName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,39}$")]

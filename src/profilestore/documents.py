@@ -312,6 +312,12 @@ class RecordStore(ABC):
     def delete_record(self, kind: str, key: str) -> None:
         """Remove a record; removing an absent one does nothing."""
 
+    @abstractmethod
+    def delete_records(self, kind: str, keys: Iterable[str]) -> None:
+        """Remove the records of ``kind`` under ``keys`` (absent ones: nothing), in one
+        write: all or none where the database allows it (SQLite: one transaction), else
+        each atomically (MongoDB: one bulk write). Repeating the call changes nothing."""
+
 
 class DocumentStore(SectionStore, LeaseStore, RecordStore):
     """A whole backend: the three ports over one database, and its lifetime.

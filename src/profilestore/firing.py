@@ -21,7 +21,10 @@ and records what came of it:
   cancelled, failed) is a record under the customer key and the event's log position:
   ``profilestore triggers log CUSTOMER`` reads them.
 
-**Once, whatever happens.** Effects are written while a page is handled and the
+**Once, whatever happens.** A claim is written the moment it is decided (its atomic
+insert is the guard against firing twice); the page's other records (outcomes, timers,
+contact ledgers, the claims' pending deliveries) are kept in :class:`_Writes` and
+written together when the page commits (one batch, then the timers removed), and the
 position advances only after them (:meth:`_TriggerPass.commit`). A crash in between
 re-reads those events: an event whose outcome is recorded is skipped; one whose claim
 was written but not its outcome finds the claim naming it as its origin and records the
@@ -57,7 +60,7 @@ from profilestore.eventlog import EventLog, Notified
 from profilestore.experiment import HOLDOUT, Experiment, assign
 from profilestore.identity import KEY, IdentityGraph, merged_changes
 from profilestore.mapper import Forgotten
-from profilestore.outbox import FIRED, enqueue
+from profilestore.outbox import FIRED, enqueue, pending_deliveries
 from profilestore.pipeline import Clock, Handler, Pass, PassReport
 from profilestore.projection import Projection
 from profilestore.tally import Tally
@@ -240,6 +243,50 @@ class TriggerHandler(Handler):
         return found
 
 
+class _Writes:
+    """A page's records, written together when the pass commits: one write per page
+    instead of several per decision. Reads of the pass go through it, so a decision sees
+    what the page decided before it (a contact ledger, a timer)."""
+
+    def __init__(self, documents: DocumentStore) -> None:
+        self.documents = documents
+        self.changed: dict[tuple[str, str], Mapping[str, Any] | None] = {}
+        """(kind, key) -> the record to store, or None to remove it; the last one stays."""
+
+    def put(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
+        self.changed[(kind, key)] = value
+
+    def delete(self, kind: str, key: str) -> None:
+        self.changed[(kind, key)] = None
+
+    def holds(self, kind: str, key: str) -> bool:
+        return self.changed.get((kind, key)) is not None
+
+    def get_for(self, kind: str, keys: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+        unseen = [k for k in keys if (kind, k) not in self.changed]
+        found: dict[str, Mapping[str, Any]] = dict(self.documents.get_records_for(kind, unseen))
+        for key in keys:
+            value = self.changed.get((kind, key))
+            if value is not None:
+                found[key] = value
+        return found
+
+    def flush(self) -> None:
+        """Store the records, then remove those removed (no key is in both)."""
+        if not self.changed:
+            return
+        self.documents.put_records(
+            [(kind, key, value) for (kind, key), value in self.changed.items() if value]
+        )
+        removed: dict[str, list[str]] = {}
+        for (kind, key), value in self.changed.items():
+            if value is None:
+                removed.setdefault(kind, []).append(key)
+        for kind, keys in removed.items():
+            self.documents.delete_records(kind, keys)
+        self.changed = {}
+
+
 @dataclass
 class _Cached:
     """A profile's sections as the pass last built them, with what each covers."""
@@ -270,6 +317,9 @@ class _TriggerPass(Pass):
         self._next_due: dt.datetime | None = None
         self._due_known = False
         self._cache: dict[str, _Cached] = {}
+        self.writes = _Writes(self.documents)
+        self._tallied: list[Outcome] = []
+        """Outcomes to count once they are written."""
         self.decided = 0
         self.counts: dict[str, int] = {}
 
@@ -321,12 +371,20 @@ class _TriggerPass(Pass):
         return True
 
     def commit(self, through: int) -> None:
+        self._flush()
         if through > self.position or self.position == 0:
             self.documents.advance(TARGET, through, refreshed_at=self.handler.clock())
             self.position = max(self.position, through)
 
     def finish(self, through: int) -> None:
         self.run_due_timers()
+        self._flush()
+
+    def _flush(self) -> None:
+        self.writes.flush()
+        for outcome in self._tallied:
+            self.handler.tally.outcome(outcome.trigger, outcome.status, outcome.code)
+        self._tallied = []
 
     def report(self, report: PassReport) -> PassReport:
         report.events_applied = {TARGET: self.decided}
@@ -483,7 +541,7 @@ class _TriggerPass(Pass):
             # Fired by this very decision before a crash: finish what it started.
             firing = msgspec.convert(own, Firing)
             if firing.variant != HOLDOUT:
-                self._enqueue(key, own)
+                self._enqueue(key, own, fresh=False)
                 self._note_contact(firing)
             self._drop_timer(key)
             self._record(record, self._fired(base, firing))
@@ -583,7 +641,7 @@ class _TriggerPass(Pass):
             )
             return
         if variant != HOLDOUT:  # held out: decided once like the others, never sent
-            self._enqueue(key, claimed)
+            self._enqueue(key, claimed, fresh=True)
             self._note_contact(firing)
         self._drop_timer(key)
         self._record(record, self._fired(base, firing))
@@ -600,17 +658,27 @@ class _TriggerPass(Pass):
 
     # --- records ------------------------------------------------------------------------
 
-    def _enqueue(self, claim: str, firing: Mapping[str, Any]) -> None:
+    def _enqueue(self, claim: str, firing: Mapping[str, Any], *, fresh: bool) -> None:
+        """Queue a claim's deliveries: with the page's records for a claim just made,
+        at once (only those missing) for a claim found made before a crash."""
         routes = self.handler.routes(str(firing["channel"]))
-        if routes:
-            enqueue(
-                self.documents, claim=claim, firing=firing, routes=routes, now=self.handler.clock()
-            )
+        if not routes:
+            return
+        now = self.handler.clock()
+        if not fresh:
+            enqueue(self.documents, claim=claim, firing=firing, routes=routes, now=now)
+            return
+        for kind, key, value in pending_deliveries(
+            claim=claim, firing=firing, routes=routes, now=now
+        ):
+            self.writes.put(kind, key, value)
 
     def _record(self, key: str, outcome: Outcome) -> None:
-        # Insert-if-absent: a replay never rewrites what was decided the first time.
-        if self.documents.insert_record_if_absent(OUTCOME, key, msgspec.to_builtins(outcome)):
-            self.handler.tally.outcome(outcome.trigger, outcome.status, outcome.code)
+        # An outcome is decided once: events decided before are skipped (handle), and
+        # within a page the first decision stays.
+        if not self.writes.holds(OUTCOME, key):
+            self.writes.put(OUTCOME, key, msgspec.to_builtins(outcome))
+            self._tallied.append(outcome)
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
 
     def _set_timer(
@@ -632,17 +700,17 @@ class _TriggerPass(Pass):
             set_at=self.handler.clock(),
             reason=reason,
         )
-        self.documents.put_record(TIMER, key, msgspec.to_builtins(timer))
+        self.writes.put(TIMER, key, msgspec.to_builtins(timer))
         self.timers[key] = timer
         self._due_known = False
 
     def _drop_timer(self, key: str | None) -> None:
         if key is not None and self.timers.pop(key, None) is not None:
-            self.documents.delete_record(TIMER, key)
+            self.writes.delete(TIMER, key)
             self._due_known = False
 
     def _sent(self, members: Iterable[str], now: dt.datetime) -> list[Sent]:
-        found = self.documents.get_records_for(CONTACTS, list(members))
+        found = self.writes.get_for(CONTACTS, list(members))
         return [
             Sent(channel=c.channel, at=c.at, transactional=False)
             for value in found.values()
@@ -655,15 +723,13 @@ class _TriggerPass(Pass):
         if firing.transactional:
             return
         key = firing.customer_id
-        stored = self.documents.get_records_for(CONTACTS, [key]).get(key)
+        stored = self.writes.get_for(CONTACTS, [key]).get(key)
         ledger = msgspec.convert(stored, Contacts) if stored else Contacts()
         if any(c.message_id == firing.message_id for c in ledger.recent):
             return
         recent = tuple(c for c in ledger.recent if firing.fired_at - c.at < CONTACT_MEMORY)
         contact = Contact(message_id=firing.message_id, channel=firing.channel, at=firing.fired_at)
-        self.documents.put_record(
-            CONTACTS, key, msgspec.to_builtins(Contacts(recent=(*recent, contact)))
-        )
+        self.writes.put(CONTACTS, key, msgspec.to_builtins(Contacts(recent=(*recent, contact))))
 
     # --- timers -------------------------------------------------------------------------
 

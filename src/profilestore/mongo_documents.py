@@ -551,6 +551,11 @@ class MongoDocumentStore(DocumentStore):
         # operator's. False says so to the caller (an erasure receipt records it).
         return False
 
+    def delete_records(self, kind: str, keys: Iterable[str]) -> None:
+        ids = [_record_id(kind, key) for key in dict.fromkeys(keys)]
+        if ids:  # one request; each removal is atomic, the set is not
+            self.records.delete_many({"_id": {"$in": ids}})
+
     # --- leases -------------------------------------------------------------------------
 
     def acquire_lease(self, name: str, holder: str, ttl: dt.timedelta, now: dt.datetime) -> bool:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -89,24 +90,13 @@ def destinations(settings: DeliverySettings, channel: str) -> list[str]:
     return found
 
 
-def enqueue(
-    documents: DocumentStore,
-    *,
-    claim: str,
-    firing: Mapping[str, Any],
-    routes: Sequence[str],
-    now: dt.datetime,
-) -> int:
-    """Write the pending deliveries of a claimed firing that are not yet anywhere
-    (pending, delivered or dead); returns how many were written."""
-    keys = [delivery_key(str(firing["message_id"]), d) for d in routes]
-    known: set[str] = set()
-    for kind in (PENDING, DELIVERED, DEAD):
-        known.update(documents.get_records_for(kind, keys))
-    written = 0
-    for destination, key in zip(routes, keys, strict=True):
-        if key in known:
-            continue
+def pending_deliveries(
+    *, claim: str, firing: Mapping[str, Any], routes: Sequence[str], now: dt.datetime
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """The pending delivery records of a claimed firing, one per destination: what a
+    new claim queues (written with the page's other records)."""
+    written = []
+    for destination in routes:
         delivery = Delivery(
             message_id=str(firing["message_id"]),
             destination=destination,
@@ -116,7 +106,30 @@ def enqueue(
             created_at=now,
             next_attempt_at=now,
         )
-        written += documents.insert_record_if_absent(PENDING, key, msgspec.to_builtins(delivery))
+        key = delivery_key(delivery.message_id, destination)
+        written.append((PENDING, key, msgspec.to_builtins(delivery)))
+    return written
+
+
+def enqueue(
+    documents: DocumentStore,
+    *,
+    claim: str,
+    firing: Mapping[str, Any],
+    routes: Sequence[str],
+    now: dt.datetime,
+) -> int:
+    """Write the pending deliveries of a claimed firing that are not yet anywhere
+    (pending, delivered or dead): a replay of a claim queues only what is missing;
+    returns how many were written."""
+    keys = [delivery_key(str(firing["message_id"]), d) for d in routes]
+    known: set[str] = set()
+    for kind in (PENDING, DELIVERED, DEAD):
+        known.update(documents.get_records_for(kind, keys))
+    written = 0
+    for kind, key, value in pending_deliveries(claim=claim, firing=firing, routes=routes, now=now):
+        if key not in known:
+            written += documents.insert_record_if_absent(kind, key, value)
     return written
 
 
@@ -205,13 +218,23 @@ class Courier:
         import httpx
 
         self._httpx = httpx
-        self._client = httpx.Client(transport=transport, follow_redirects=False)
+        concurrency = settings.concurrency
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self._client = httpx.Client(transport=transport, follow_redirects=False, limits=limits)
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="profilestore-courier")
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         self._client.close()
 
     def drain(self, limit: int = 1000) -> DrainReport:
-        """Attempt every pending delivery that is due (at most ``limit``), oldest first."""
+        """Attempt every pending delivery that is due (at most ``limit``), oldest first.
+
+        The page's webhooks are sent in parallel (``concurrency`` at once), its file
+        lines written and fsynced once; then what came of every attempt is written in
+        one batch (delivered, retried, dead), and the settled ones leave the queue in a
+        second: a crash before either sends the page again (receivers dedupe by id).
+        """
         now = self.clock()
         due = sorted(
             (
@@ -231,53 +254,98 @@ class Courier:
         disabled = self.documents.get_records(DISABLED)
         keys = [delivery_key(d.message_id, d.destination) for d in due]
         settled = self.documents.get_records_for(DELIVERED, keys)
-        for delivery, key in zip(due, keys, strict=True):
-            if key in settled:  # delivered before a crash left it queued too
-                self.documents.delete_record(PENDING, key)
-                continue
-            firing = claims.get(delivery.claim)
+        page = _Page()
+        # Delivered before a crash left it queued too: it only leaves the queue.
+        page.leave.extend(k for k in keys if k in settled)
+        todo = [
+            (d, claims.get(d.claim)) for d, k in zip(due, keys, strict=True) if k not in settled
+        ]
+        errors = self._send(todo, disabled, now)
+        for (delivery, firing), error in zip(todo, errors, strict=True):
             if firing is None:  # cannot happen: the claim is written first
-                self._dead(delivery, "its message is missing", now, report)
-                continue
-            error = self._attempt(delivery, firing, disabled, now)
-            if error is None:
-                self._delivered(delivery, now, report)
+                self._dead(page, delivery, "its message is missing", now, report)
+            elif error is None:
+                self._delivered(page, delivery, now, report)
             elif error.startswith("410"):
                 name = delivery.destination.removeprefix("webhook:")
                 record = {"since": now.isoformat(), "message_id": delivery.message_id}
-                self.documents.put_record(DISABLED, name, record)
+                page.put.append((DISABLED, name, record))
                 disabled[name] = record
-                self._dead(delivery, f"{error}: the endpoint is disabled", now, report, tried=True)
+                gone = f"{error}: the endpoint is disabled"
+                self._dead(page, delivery, gone, now, report, tried=True)
             elif error.startswith("disabled") or error.startswith("unknown"):
-                self._dead(delivery, error, now, report)
+                self._dead(page, delivery, error, now, report)
             else:
-                self._retry(delivery, error, now, report)
+                self._retry(page, delivery, error, now, report)
+        # Recorded as delivered (or dead) before they leave the queue: a crash in between
+        # leaves them in both, and the next drain finds them settled rather than send again.
+        self.documents.put_records(page.put)
+        self.documents.delete_records(PENDING, page.leave)
+        for trigger, result in page.counted:
+            self.tally.delivery(trigger, result)
         return report
 
-    def _attempt(
+    def _send(
         self,
-        delivery: Delivery,
-        firing: Mapping[str, Any],
+        todo: Sequence[tuple[Delivery, Mapping[str, Any] | None]],
         disabled: Mapping[str, Any],
         now: dt.datetime,
-    ) -> str | None:
-        """Send once: None when delivered, else why not."""
-        body = message_body(firing)
-        if delivery.destination == FILE:
-            if self.file is None:
-                return "unknown destination: no file is configured"
+    ) -> list[str | None]:
+        """Attempt each once: None where delivered, else why not (in ``todo``'s order)."""
+        errors: list[str | None] = [None] * len(todo)
+        lines: list[tuple[int, bytes]] = []
+        posts: list[tuple[int, Endpoint, Delivery, bytes]] = []
+        for i, (delivery, firing) in enumerate(todo):
+            if firing is None:
+                continue
+            body = message_body(firing)
+            if delivery.destination == FILE:
+                if self.file is None:
+                    errors[i] = "unknown destination: no file is configured"
+                else:
+                    lines.append((i, body))
+                continue
+            name = delivery.destination.removeprefix("webhook:")
+            endpoint = self.settings.endpoints.get(name)
+            if endpoint is None:
+                errors[i] = f"unknown destination: endpoint {name!r} is no longer configured"
+            elif name in disabled:
+                errors[i] = (
+                    f"disabled: endpoint {name!r} answered 410 Gone; `outbox retry` enables it"
+                )
+            else:
+                posts.append((i, endpoint, delivery, body))
+        if lines:
+            failed = self._append_lines([body for _, body in lines])
+            for i, _ in lines:
+                errors[i] = failed
+        if len(posts) == 1:
+            i, endpoint, delivery, body = posts[0]
+            errors[i] = self._post(endpoint, delivery, body, now)
+        elif posts:
+            answers = self._pool.map(lambda p: self._post(p[1], p[2], p[3], now), posts)
+            for (i, *_), error in zip(posts, answers, strict=True):
+                errors[i] = error
+        return errors
+
+    def _append_lines(self, bodies: Sequence[bytes]) -> str | None:
+        """Append one line per message and fsync once: durable before any is recorded
+        as delivered."""
+        assert self.file is not None
+        try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
             with self.file.open("ab") as out:
-                out.write(body + b"\n")
+                out.write(b"".join(body + b"\n" for body in bodies))
                 out.flush()
                 os.fsync(out.fileno())
-            return None
-        name = delivery.destination.removeprefix("webhook:")
-        endpoint = self.settings.endpoints.get(name)
-        if endpoint is None:
-            return f"unknown destination: endpoint {name!r} is no longer configured"
-        if name in disabled:
-            return f"disabled: endpoint {name!r} answered 410 Gone; `outbox retry` enables it"
+        except OSError as error:
+            return f"the file sink failed: {type(error).__name__}"
+        return None
+
+    def _post(
+        self, endpoint: Endpoint, delivery: Delivery, body: bytes, now: dt.datetime
+    ) -> str | None:
+        """Send once: None when delivered, else why not."""
         headers = signature_headers(endpoint, delivery.message_id, body, now)
         try:
             answer = self._client.post(
@@ -300,37 +368,41 @@ class Courier:
             last_error=error,
         )
 
-    def _delivered(self, delivery: Delivery, now: dt.datetime, report: DrainReport) -> None:
+    def _delivered(
+        self, page: _Page, delivery: Delivery, now: dt.datetime, report: DrainReport
+    ) -> None:
         done = msgspec.structs.replace(
             self._attempted(delivery, now, None), status="delivered", delivered_at=now
         )
         key = delivery_key(delivery.message_id, delivery.destination)
-        # Recorded as delivered before it leaves the queue: a crash in between leaves
-        # it in both, and the next drain finds it delivered rather than send it again.
-        self.documents.put_record(DELIVERED, key, msgspec.to_builtins(done))
-        self.documents.delete_record(PENDING, key)
+        page.put.append((DELIVERED, key, msgspec.to_builtins(done)))
+        page.leave.append(key)
+        page.counted.append((delivery.trigger, "delivered"))
         report.delivered += 1
-        self.tally.delivery(delivery.trigger, "delivered")
         report.by_destination[delivery.destination] = (
             report.by_destination.get(delivery.destination, 0) + 1
         )
 
-    def _retry(self, delivery: Delivery, error: str, now: dt.datetime, report: DrainReport) -> None:
+    def _retry(
+        self, page: _Page, delivery: Delivery, error: str, now: dt.datetime, report: DrainReport
+    ) -> None:
         tried = self._attempted(delivery, now, error)
         assert tried.first_attempt_at is not None
         horizon = tried.first_attempt_at + dt.timedelta(seconds=self.settings.retry_horizon_s)
         delay = dt.timedelta(seconds=self.wait(_Retry(tried.attempts)))
         if now + delay > horizon:
-            self._dead(delivery, f"{error} (retried until the horizon)", now, report, tried=True)
+            error = f"{error} (retried until the horizon)"
+            self._dead(page, delivery, error, now, report, tried=True)
             return
         later = msgspec.structs.replace(tried, next_attempt_at=now + delay)
         key = delivery_key(delivery.message_id, delivery.destination)
-        self.documents.put_record(PENDING, key, msgspec.to_builtins(later))
+        page.put.append((PENDING, key, msgspec.to_builtins(later)))
+        page.counted.append((delivery.trigger, "retried"))
         report.retried += 1
-        self.tally.delivery(delivery.trigger, "retried")
 
     def _dead(
         self,
+        page: _Page,
         delivery: Delivery,
         error: str,
         now: dt.datetime,
@@ -341,10 +413,21 @@ class Courier:
         base = self._attempted(delivery, now, error) if tried else delivery
         dead = msgspec.structs.replace(base, status="dead", last_error=error)
         key = delivery_key(delivery.message_id, delivery.destination)
-        self.documents.put_record(DEAD, key, msgspec.to_builtins(dead))
-        self.documents.delete_record(PENDING, key)
+        page.put.append((DEAD, key, msgspec.to_builtins(dead)))
+        page.leave.append(key)
+        page.counted.append((delivery.trigger, "dead"))
         report.dead += 1
-        self.tally.delivery(delivery.trigger, "dead")
+
+
+@dataclass
+class _Page:
+    """What came of a page of attempts, written together at its end."""
+
+    put: list[tuple[str, str, Mapping[str, Any]]] = field(default_factory=list)
+    leave: list[str] = field(default_factory=list)
+    """Pending keys that leave the queue (delivered, dead)."""
+    counted: list[tuple[str, str]] = field(default_factory=list)
+    """(trigger, result) for the tally, counted once the page is written."""
 
 
 def list_deliveries(documents: DocumentStore, status: Status) -> list[Delivery]:

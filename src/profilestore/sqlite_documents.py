@@ -689,6 +689,13 @@ class SQLiteDocumentStore(DocumentStore):
         busy, _, _ = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return bool(busy == 0)
 
+    def delete_records(self, kind: str, keys: Iterable[str]) -> None:
+        rows = [(kind, key) for key in dict.fromkeys(keys)]
+        if not rows:
+            return
+        with self._transaction() as c:
+            c.executemany("DELETE FROM records WHERE kind = ? AND key = ?", rows)
+
     # --- leases -------------------------------------------------------------------------
 
     def acquire_lease(self, name: str, holder: str, ttl: dt.timedelta, now: dt.datetime) -> bool:

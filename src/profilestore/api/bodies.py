@@ -27,6 +27,13 @@ class _RawBatch(msgspec.Struct, frozen=True):
     events: list[msgspec.Raw]
 
 
+class RedriveResponse(msgspec.Struct, frozen=True):
+    """What a redrive did: the message's dead deliveries queued again."""
+
+    message_id: str
+    redriven: int
+
+
 class AppendResponse(msgspec.Struct, frozen=True):
     appended: int
     duplicates: int

@@ -11,7 +11,7 @@ import anyio
 import msgspec
 from litestar import MediaType, Request, Response, delete, get, post
 from litestar.exceptions import NotFoundException, ValidationException
-from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
+from litestar.params import FromQuery, JSONBody, Parameter, PathParameter, QueryParameter
 from prometheus_client import generate_latest
 
 from profilestore.api.bodies import (
@@ -20,6 +20,7 @@ from profilestore.api.bodies import (
     HistoryPage,
     LinkRequest,
     ProfileResponse,
+    RedriveResponse,
     _RawBatch,
 )
 from profilestore.api.observability import FreshnessSnapshot, Metrics
@@ -27,13 +28,17 @@ from profilestore.api.security import require
 from profilestore.documents import RawProfile
 from profilestore.errors import BatchTooLarge, InvalidEvent, InvalidIdentifier, NotFound
 from profilestore.events import ErasureReceipt
+from profilestore.firing import Outcome
 from profilestore.identifiers import KIND_NAMES, LOOKUP_KINDS, one_identifier
+from profilestore.outbox import Delivery
+from profilestore.outbox import Status as DeliveryStatus
 from profilestore.store import (
     ContactDecision,
     DatasetStatus,
     IdentityExplanation,
     LinkResult,
     ProfileStore,
+    TriggerListing,
 )
 
 MAX_VERSION = 2**53
@@ -328,6 +333,76 @@ async def get_consent(
     customer_id = _customer_id(request, CONSENT, customer_id)
     store = _store(request)
     return await anyio.to_thread.run_sync(lambda: store.may_contact(customer_id, channel, purpose))
+
+
+# --- triggers and the outbox -------------------------------------------------------------------
+
+
+@get("/v1/triggers", guards=[require("read")], summary="The configured triggers")
+async def get_triggers(request: Request[Any, Any, Any]) -> list[TriggerListing]:
+    """Every trigger in the config, enabled or not: its channel, purpose, whether it is
+    transactional, the events it reads, its warm-up cut-off and settings."""
+    return await anyio.to_thread.run_sync(_store(request).trigger_catalogue)
+
+
+TRIGGER_LOG = "/v1/triggers/outcomes/"
+
+
+@get(
+    TRIGGER_LOG + "{customer_id:path}",
+    guards=[require("read")],
+    summary="A customer's trigger decisions",
+)
+async def get_trigger_log(
+    request: Request[Any, Any, Any],
+    customer_id: Annotated[
+        str, Parameter(description="A customer key or profile id, percent-encoded.")
+    ],
+) -> list[Outcome]:
+    """Every trigger decision about the customer (every key of a merged profile), oldest
+    first: fired (with the message id and experiment arm), duplicate, deferred or waiting
+    until when, suppressed and why (a reason and its code), cancelled, failed. A customer
+    nothing was decided about has none. (Not under `/v1/profiles/{id}/`: a customer id may
+    end in `/triggers`.)"""
+    customer_id = _customer_id(request, TRIGGER_LOG, customer_id)
+    store = _store(request)
+    return await anyio.to_thread.run_sync(store.trigger_log, customer_id)
+
+
+@get("/v1/outbox", guards=[require("read")], summary="Deliveries of fired messages")
+async def get_outbox(
+    request: Request[Any, Any, Any],
+    status: Annotated[
+        DeliveryStatus,
+        QueryParameter(description="pending (with their attempts), delivered or dead."),
+    ] = "pending",
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+) -> list[Delivery]:
+    """The outbox's deliveries of one `status`, oldest first, at most `limit` (1-1000):
+    per message and destination, its attempts, next attempt and last error."""
+    store = _store(request)
+    found = await anyio.to_thread.run_sync(lambda: store.outbox(status))
+    return found[:limit]
+
+
+@post(
+    "/v1/outbox/{message_id:str}/retry",
+    guards=[require("admin")],
+    status_code=200,
+    summary="Redrive a dead letter",
+)
+async def post_outbox_retry(
+    request: Request[Any, Any, Any],
+    message_id: Annotated[str, PathParameter(description="The message's id (`msg_...`).")],
+) -> RedriveResponse:
+    """Queue the message's dead deliveries again (attempts start afresh, under the same
+    webhook-id) and enable their endpoints again; 404 if the message has no dead
+    delivery."""
+    store = _store(request)
+    redriven = await anyio.to_thread.run_sync(lambda: store.redrive([message_id]))
+    if not redriven:
+        raise NotFoundException(detail=f"message {message_id!r} has no dead delivery")
+    return RedriveResponse(message_id=message_id, redriven=redriven)
 
 
 @get("/v1/status", guards=[require("admin")], summary="Datasets' refresh status")
