@@ -424,6 +424,7 @@ PORT_METHODS = (
         "get_record",
         "aget_record",
         "delete_record",
+        "delete_records",
     ),
 )
 """The methods :func:`translate_errors` guards: every method of the three ports that
@@ -433,7 +434,8 @@ WRITE_METHODS = frozenset(
     {
         *("write", "regroup", "advance", "start_staging", "promote_staging"),
         *("acquire_lease", "release_lease", "erase", "scrub"),
-        *("put_record", "put_records", "insert_record_if_absent", "delete_record"),
+        *("put_record", "put_records", "insert_record_if_absent"),
+        *("delete_record", "delete_records"),
     }
 )
 """The port methods that write: a store opened read-only refuses them (ReadOnlyStore)
