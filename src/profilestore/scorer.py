@@ -45,8 +45,9 @@ FIT = "score_fit"
 CURRENT = "score_fit_current"
 """Record ``current``: the version of the fit the live scores were computed with."""
 SUMMARY = "score_summary"
-"""Records: each run's summary, keyed by its ``computed_at`` (sortable ISO UTC)."""
+"""Records: each run's summary, keyed by the run's number (zero-padded: sorted by key)."""
 KEEP_FITS = 5
+"""Fits kept: those the last few runs used (and the current one), for explanations."""
 
 
 def current_fit(documents: DocumentStore) -> ScoreFit | None:
@@ -63,10 +64,6 @@ def fit_of(documents: DocumentStore, version: str) -> ScoreFit | None:
 
 def summaries(documents: DocumentStore) -> list[Summary]:
     return [msgspec.convert(v, Summary) for v in documents.get_records(SUMMARY).values()]
-
-
-def _key(at: dt.datetime) -> str:
-    return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class ScoreHandler(Handler):
@@ -100,6 +97,7 @@ class _ScorePass(Pass):
         self.fitted: ScoreFit | None = None
         self.summary: Summary | None = None
         self.done = False
+        self.number = 0
 
     def pages(self, high_water: int) -> Iterable[Sequence[Notified]]:
         return ()  # reads documents, not the log
@@ -163,8 +161,11 @@ class _ScorePass(Pass):
             ]
             self.written += documents.write(TARGET, writes, refreshed_at=now, staging=True)
         documents.advance(TARGET, max(position, 1), refreshed_at=now, staging=True)
-        previous = summaries(documents)
-        self.summary = tally.summary(now, fitted.version, previous[-1] if previous else None)
+        runs = documents.get_records(SUMMARY)
+        last = next(reversed(runs), None)
+        self.number = int(last) + 1 if last is not None else 1
+        previous = msgspec.convert(runs[last], Summary) if last is not None else None
+        self.summary = tally.summary(now, fitted.version, previous)
         self.done = True
 
     def finish(self, through: int) -> None:
@@ -174,14 +175,15 @@ class _ScorePass(Pass):
         documents.put_records(
             [
                 (CURRENT, "current", {"version": self.fitted.version}),
-                (SUMMARY, _key(self.summary.computed_at), msgspec.to_builtins(self.summary)),
+                (SUMMARY, f"{self.number:012d}", msgspec.to_builtins(self.summary)),
             ]
         )
-        # Older fits no live section names any more: keep the last few for explanations.
-        fits = documents.get_records(FIT)
-        stale = sorted(fits, key=lambda v: str(fits[v].get("fitted_at", "")))[:-KEEP_FITS]
-        for version in stale:
-            if version != self.fitted.version:
+        # Fits no live section names any more: keep those of the last few runs, so a
+        # section read just before a swap is still explained by its fit.
+        recent = list(documents.get_records(SUMMARY).values())[-KEEP_FITS:]
+        kept = {str(r["fit_version"]) for r in recent} | {self.fitted.version}
+        for version in documents.get_records(FIT):
+            if version not in kept:
                 documents.delete_record(FIT, version)
 
     def report(self, report: PassReport) -> PassReport:
