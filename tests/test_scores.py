@@ -485,3 +485,28 @@ def test_cli_scores_commands(settings: Settings, tmp_path: Path) -> None:
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert pngs == ["engagement_4i.png", "movement.png", "stages.png"]
     assert all((tmp_path / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_http_scores_summary(settings: Settings) -> None:
+    from litestar.testing import TestClient
+
+    from profilestore.api import create_app
+    from profilestore.config import ApiSettings
+
+    opened = msgspec.structs.replace(
+        settings, api=msgspec.structs.replace(ApiSettings(), anonymous_scopes=["read"])
+    )
+    with open_store(opened, clock=lambda: NOW) as store:
+        store.append(population(20))
+        store.refresh()
+        with TestClient(create_app(store)) as client:
+            assert client.get("/v1/scores/summary").status_code == 404
+            store.score()
+            answer = client.get("/v1/scores/summary")
+            assert answer.status_code == 200
+            body = answer.json()
+            assert body["customers"] == 20
+            assert set(body["four_i"]) == set(scoring.FOUR_I)
+            profile = client.get("/v1/profiles/cust-0002").json()
+            assert profile["sections"]["scores"]["fit_version"] == body["fit_version"]
+            assert "scores" in profile["freshness"]

@@ -448,7 +448,9 @@ def place(rules: StageRules, values: Mapping[str, Floats], count: int) -> npt.ND
     return placed
 
 
-def _explained(rules: StageRules, index: int, values: Mapping[str, Floats], row: int) -> Placement:
+def _explained(
+    rules: StageRules, index: int, values: Mapping[str, Any], row: int, version: str
+) -> Placement:
     rule = rules.rules[index]
     tested = [
         Fact(name=n, value=float(values[n][row]), test="at_least", threshold=t)
@@ -472,7 +474,7 @@ def _explained(rules: StageRules, index: int, values: Mapping[str, Floats], row:
         rule=index,
         because=because,
         facts=tuple(tested),
-        rules_version=rules_version(rules),
+        rules_version=version,
     )
 
 
@@ -546,24 +548,65 @@ def apply(
     tier_index = np.argmax(value[:, None] >= thresholds[None, :], axis=1)
     horizon = settings.horizon_months
     model_version = model.purchases.model_version if model is not None else ""
+    # The loop below builds the sections from plain Python lists (numpy scalars cost ~10x
+    # as much to index) and shares what many customers have in common: a placement is
+    # the same object for the same rule and facts, an RFM cell for the same quintiles.
+    four_lists = {
+        name: (
+            score.tolist(),
+            percentiles[name].tolist(),
+            [(c, np.round(v, 3).tolist(), np.round(p, 1).tolist()) for c, v, p in components],
+        )
+        for name, (score, components) in scored.items()
+    }
+    placement_lists = []
+    for name, (rules, values, index) in placements.items():
+        version = rules_version(rules)
+        tested = {
+            n: values[n].tolist() for rule in rules.rules for n in (*rule.at_least, *rule.at_most)
+        }
+        placement_lists.append((name, rules, version, tested, index.tolist()))
+    placed_cache: dict[tuple[Any, ...], Placement] = {}
+    rfm_cache: dict[tuple[int, int, int], Rfm] = {}
+    buyer_list = buyers.tolist()
+    cells = list(zip(recency.tolist(), frequency.tolist(), monetary.tolist(), strict=True))
+    tiers = [scoring_fit.tiers[i] for i in tier_index.tolist()]
+    if predicted is not None:
+        alive_list = np.round(predicted.p_alive, 4).tolist()
+        orders_list = np.round(predicted.expected_purchases, 4).tolist()
+        spend_list = np.round(predicted.expected_spend, 2).tolist()
     result = []
     for row in range(count):
-        is_buyer = bool(buyers[row])
+        is_buyer = buyer_list[row]
         four = {
             name: Engagement4I(
-                score=float(score[row]),
-                percentile=float(percentiles[name][row]),
+                score=score[row],
+                percentile=percentile[row],
                 components=tuple(
-                    Component(name=c, value=round(float(v[row]), 3), points=round(float(p[row]), 1))
-                    for c, v, p in components
+                    Component(name=c, value=v[row], points=p[row]) for c, v, p in parts
                 ),
             )
-            for name, (score, components) in scored.items()
+            for name, (score, percentile, parts) in four_lists.items()
         }
-        placed = {
-            name: _explained(rules, int(index[row]), values, row)
-            for name, (rules, values, index) in placements.items()
-        }
+        placed = {}
+        for name, rules, version, tested, index in placement_lists:
+            rule_index = index[row]
+            rule = rules.rules[rule_index]
+            key = (
+                name,
+                rule_index,
+                *(tested[n][row] for n in rule.at_least),
+                *(tested[n][row] for n in rule.at_most),
+            )
+            found = placed_cache.get(key)
+            if found is None:
+                found = placed_cache[key] = _explained(rules, rule_index, tested, row, version)
+            placed[name] = found
+        rfm = None
+        if is_buyer:
+            rfm = rfm_cache.get(cells[row])
+            if rfm is None:
+                rfm = rfm_cache[cells[row]] = _rfm(*cells[row])
         result.append(
             Scores(
                 computed_at=now,
@@ -574,15 +617,13 @@ def apply(
                 interaction=four["interaction"],
                 intimacy=four["intimacy"],
                 influence=four["influence"],
-                rfm=_rfm(int(recency[row]), int(frequency[row]), int(monetary[row]))
-                if is_buyer
-                else None,
-                value_tier=scoring_fit.tiers[int(tier_index[row])] if is_buyer else "prospect",
+                rfm=rfm,
+                value_tier=tiers[row] if is_buyer else "prospect",
                 channels=_channels(columns.sections[row]),
                 lifetime=Lifetime(
-                    p_alive=round(float(predicted.p_alive[row]), 4),
-                    expected_orders=round(float(predicted.expected_purchases[row]), 4),
-                    expected_spend=round(float(predicted.expected_spend[row]), 2),
+                    p_alive=alive_list[row],
+                    expected_orders=orders_list[row],
+                    expected_spend=spend_list[row],
                     horizon_months=horizon,
                     currency=settings.currency,
                     model_version=model_version,
