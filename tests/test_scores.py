@@ -239,7 +239,7 @@ def test_4i_components_and_points() -> None:
     busy = Engagement(
         visits=50, page_views=200, product_views=100, last_active_at=NOW, email_clicks=50
     )
-    scores, fitted = score_all({"busy": busy, "idle": Engagement()})
+    scores, _ = score_all({"busy": busy, "idle": Engagement()})
     involvement = scores["busy"].involvement
     assert involvement is not None and involvement.score == 100.0
     assert involvement.percentile > scores["idle"].involvement.percentile  # type: ignore[union-attr]
