@@ -17,10 +17,12 @@ visits and clicks: :func:`~profilestore.ltv_simulation.engagement_sections`) are
 directly into the embedded document store through its port; everything after that is the
 shipped path: ``ProfileStore.fit_scores()`` (the weekly refit: fit, then score every
 profile into staging and swap it in) and ``ProfileStore.score()`` (the daily re-score),
-each a run of the scoring handler under the consumer loop. The held-out ranking reads the
-written ``scores`` sections back. Every size runs in a child process of its own, so its
-peak memory is its own; the largest size runs again with a busier population (customers
-buying ``BUSIER`` times as often) to show memory follows customers, not events.
+each a run of the scoring handler under the consumer loop; then the daily re-score again
+with ``[scores] swap = false`` (written in place), the alternative, in the same run. The
+held-out ranking reads the written ``scores`` sections back. Every size runs in a child
+process of its own, so its peak memory is its own; the largest size runs again with a
+busier population (customers buying ``BUSIER`` times as often) to show memory follows
+customers, not events.
 """
 
 from __future__ import annotations
@@ -117,6 +119,15 @@ def child(home: Path, size: int, busier: int) -> None:
         assert rescored.sections_written["scores"] == size
         summary = store.scores_summary()
     after = memory_status()
+    # The alternative, in the same run: the daily re-score written in place (no swap).
+    in_place = msgspec.structs.replace(
+        settings, scores=msgspec.structs.replace(settings.scores, swap=False)
+    )
+    with open_store(in_place, clock=lambda: NOW) as store:
+        started = time.perf_counter()
+        rescored = store.score(required=True)
+        in_place_s = time.perf_counter() - started
+        assert rescored.sections_written["scores"] == size
     # Read the written sections back (the port, in chunks) for the held-out ranking.
     documents = open_documents(settings, load_projections(settings), read_only=True)
     predicted = np.zeros(size)
@@ -135,6 +146,7 @@ def child(home: Path, size: int, busier: int) -> None:
         "refit_and_score_s": round(refit_s, 2),
         "rescore_s": round(rescore_s, 2),
         "rescore_customers_per_s": round(size / rescore_s),
+        "rescore_in_place_s": round(in_place_s, 2),
         "baseline_rss_mb": round(baseline["VmRSS"], 1),
         "peak_rss_mb": round(after["VmHWM"], 1),
         "working_mb": round(after["VmHWM"] - baseline["VmRSS"], 1),
@@ -164,7 +176,8 @@ def measure(work: Path, size: int, busier: int = 1) -> dict[str, Any]:
         report = run_child(Path(__file__).resolve(), "--child", str(home), str(size), str(busier))
     info(
         f"{label}: fit {report['fit_s']}s, refit+score {report['refit_and_score_s']}s, "
-        f"re-score {report['rescore_s']}s, peak RSS {report['peak_rss_mb']} MB, spearman "
+        f"re-score {report['rescore_s']}s (in place {report['rescore_in_place_s']}s), "
+        f"peak RSS {report['peak_rss_mb']} MB, spearman "
         f"{report['spearman_ours']} vs naive {report['spearman_naive_past_spend']}"
     )
     for path in home.glob("*.sqlite*"):
@@ -193,6 +206,8 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
         "refit_and_score_s": largest["refit_and_score_s"],
         "rescore_s": largest["rescore_s"],
         "rescore_customers_per_s": largest["rescore_customers_per_s"],
+        "rescore_in_place_s": largest["rescore_in_place_s"],
+        "rescore_swap_vs_in_place": ratio(largest["rescore_s"], largest["rescore_in_place_s"]),
         "peak_rss_mb": largest["peak_rss_mb"],
         "peak_anon_mb": largest["peak_anon_mb"],
         "working_mb": largest["working_mb"],

@@ -386,11 +386,21 @@ def test_scores_are_a_section_of_the_profile_with_freshness_and_explained(
     assert "scores" not in store.refresh().sections_written
 
 
+@pytest.mark.parametrize("swap", [True, False], ids=["swap", "in-place"])
 def test_a_refit_racing_reads_writes_and_daily_scoring_never_mixes_two_fits(
-    scored_store: ProfileStore,
+    settings: Settings, swap: bool
 ) -> None:
-    store = scored_store
-    store.fit_scores()
+    settings = msgspec.structs.replace(
+        settings, scores=msgspec.structs.replace(settings.scores, swap=swap)
+    )
+    with open_store(settings, clock=lambda: NOW) as store:
+        store.append(population(60))
+        store.refresh()
+        store.fit_scores()
+        _race(store)
+
+
+def _race(store: ProfileStore) -> None:
     stop = threading.Event()
     errors: list[BaseException] = []
     fits_seen: set[str] = set()

@@ -542,6 +542,11 @@ class ScoreSettings(Strict, frozen=True, kw_only=True):
     journey: StageRules = msgspec.field(default_factory=_default_journey)
     chunk: Annotated[int, msgspec.Meta(ge=100, le=1_000_000)] = 20_000
     """Customers scored and written per step (memory is bounded by it)."""
+    swap: bool = True
+    """Score into a staging area swapped in at once: reads see every profile on the old
+    fit until the swap, every one on the new fit after it. ``false``: write each profile's
+    scores in place (each profile still on one fit; the population on two during a run),
+    which writes half as much (``bench/scores.py`` measures both)."""
 
     def __post_init__(self) -> None:
         shares = [t.top_share for t in self.tiers]

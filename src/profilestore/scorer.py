@@ -15,7 +15,13 @@ journal like every refresh (``status``, catch-up after downtime). One run:
 So a refit never leaves a profile half-scored, nor the population split between two fits:
 reads see the old scores, all of them, until the swap, and the new ones, all of them,
 after it. Each section names its fit (``fit_version``) and a fit is kept by version, so a
-profile read at any moment is explained by the fit it names. Two runs never overlap (the
+profile read at any moment is explained by the fit it names.
+
+With ``[scores] swap = false`` step 2 writes each profile's section in place instead
+(unguarded, as identity regroups do) and there is no copy to swap in: half the writing.
+A profile is still never half-scored (its scores are one section, written whole, naming
+its fit), but while a run is under way some profiles are on the new fit and others on the
+old; the current-fit pointer and the summary move when all are written. Two runs never overlap (the
 lease): a refit started during a daily scoring is skipped, or waits, and runs after it.
 
 Memory: a chunk of sections at a time when scoring; a fit holds the columns of every
@@ -150,7 +156,9 @@ class _ScorePass(Pass):
         if fitted is None:
             fitted = self._fit(customers, now)
         self.fitted = fitted
-        documents.start_staging(TARGET)
+        swap = handler.settings.swap
+        if swap:
+            documents.start_staging(TARGET)
         tally = Tally()
         for ids, sections, positions in self._chunks(customers):
             scored = scoring.apply(ids, sections, fitted, now, handler.settings)
@@ -159,8 +167,20 @@ class _ScorePass(Pass):
                 SectionWrite(c, s, max(p, 1))
                 for c, s, p in zip(ids, scored, positions, strict=True)
             ]
-            self.written += documents.write(TARGET, writes, refreshed_at=now, staging=True)
-        documents.advance(TARGET, max(position, 1), refreshed_at=now, staging=True)
+            if swap:
+                self.written += documents.write(TARGET, writes, refreshed_at=now, staging=True)
+            else:
+                # Unguarded (a rescore at the same position replaces the section), one
+                # section per profile: each profile switches whole.
+                documents.regroup(TARGET, writes, (), refreshed_at=now)
+                self.written += len(writes)
+        if swap:
+            documents.advance(TARGET, max(position, 1), refreshed_at=now, staging=True)
+        else:
+            # Profiles no longer in engagement (merged into another) lose their scores.
+            gone = set(documents.customer_ids(TARGET)).difference(customers)
+            documents.regroup(TARGET, [], sorted(gone), refreshed_at=now)
+            documents.advance(TARGET, max(position, 1), refreshed_at=now)
         runs = documents.get_records(SUMMARY)
         last = next(reversed(runs), None)
         self.number = int(last) + 1 if last is not None else 1
@@ -171,7 +191,8 @@ class _ScorePass(Pass):
     def finish(self, through: int) -> None:
         documents = self.handler.documents
         assert self.fitted is not None and self.summary is not None
-        documents.promote_staging(TARGET)
+        if self.handler.settings.swap:
+            documents.promote_staging(TARGET)
         documents.put_records(
             [
                 (CURRENT, "current", {"version": self.fitted.version}),

@@ -344,15 +344,16 @@ def fit(columns: Columns, now: dt.datetime, settings: ScoreSettings, seconds: fl
             columns.age[buyers],
             columns.mean_spend[buyers],
         )
-        # A model that did not converge (a population with no sign of dropout sends the
-        # Beta parameters to infinity) predicts nothing sound: tiers fall back to past
-        # spend, and the diagnostics are kept in the note's stead.
-        if not (model.purchases.diagnostics.converged and model.spend.diagnostics.converged):
-            note = (
-                "the lifetime-value fit did not converge: "
-                f"purchases: {model.purchases.diagnostics.message}; "
-                f"spend: {model.spend.diagnostics.message}"
-            )
+        # A parameter on its bound (a population with no sign of dropout sends the Beta
+        # parameters to infinity) predicts nothing sound: tiers fall back to past spend.
+        # An optimiser that stopped without its convergence test (L-BFGS-B's "ABNORMAL"
+        # line search, common at the optimum in floating point) is kept, and said.
+        messages = (model.purchases.diagnostics.message, model.spend.diagnostics.message)
+        converged = model.purchases.diagnostics.converged and model.spend.diagnostics.converged
+        if not converged:
+            note = f"no convergence reported: purchases: {messages[0]}; spend: {messages[1]}"
+        if any("reached its bound" in m for m in messages):
+            note = f"the lifetime-value fit ran to a parameter's bound: {'; '.join(messages)}"
             model = None
         elif model.spend.params.q <= 1:
             note = "the spend model has no finite mean (q <= 1): no lifetime value"
