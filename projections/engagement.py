@@ -61,7 +61,7 @@ POSITIVE_SENTIMENT = 0.3
 """A post at least this positive is advocacy (a post about the brand, speaking well of it)."""
 
 
-class Day(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
+class Day(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     day: dt.date
     visits: int = 0
     page_views: int = 0
@@ -74,7 +74,7 @@ class Day(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=Tru
     orders: int = 0
 
 
-class Channel(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
+class Channel(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Sends and responses on one channel (a consent channel: email, sms, push, ...)."""
 
     channel: str
@@ -93,7 +93,7 @@ class Spend(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     total: Decimal
 
 
-class Engagement(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
+class Engagement(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     orders: int = 0
     order_ids: tuple[str, ...] = ()
     first_order_at: Timestamp | None = None

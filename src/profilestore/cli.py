@@ -262,7 +262,8 @@ def refresh(obj: _Context, datasets: tuple[str, ...], retry_dead_letters: bool) 
         with _progress() as progress:
             task = progress.add_task("refresh", total=None)
             report = store.refresh(
-                names,
+                # All datasets (none named) fold; scores are scored when named.
+                list(datasets) or None,
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
         for name in report.skipped_locked:

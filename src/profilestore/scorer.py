@@ -152,6 +152,9 @@ class _ScorePass(Pass):
         source = documents.tracking(SOURCE)
         position = source.position if source else 0
         customers = self._customers()
+        if not customers and not handler.refit:
+            self.done = True  # nobody to score yet: a scheduled run does nothing
+            return
         fitted = None if handler.refit else current_fit(documents)
         if fitted is None:
             fitted = self._fit(customers, now)
@@ -190,7 +193,8 @@ class _ScorePass(Pass):
 
     def finish(self, through: int) -> None:
         documents = self.handler.documents
-        assert self.fitted is not None and self.summary is not None
+        if self.fitted is None or self.summary is None:
+            return  # nothing was scored
         if self.handler.settings.swap:
             documents.promote_staging(TARGET)
         documents.put_records(
