@@ -879,7 +879,8 @@ class RefoldFloor:
 
     def __init__(self, store: ProfileStore) -> None:
         self.log = store._log
-        self.projections = dict(store.projections)
+        # Derived datasets (scores) are computed by their job, not folded on a merge.
+        self.projections = {n: p for n, p in store.projections.items() if not p.derived}
         self.routes = routes_for(self.projections)
 
     def __call__(self, pair: Pair) -> dict[str, tuple[Any, int]]:

@@ -159,6 +159,8 @@ def derive_schema(projections: Mapping[str, Projection[Any]]) -> list[Table]:
     """The dataset tables (each with its child tables) for the projections' sections."""
     roots = []
     for dataset, projection in projections.items():
+        if projection.derived:
+            continue  # computed by a job (scores), never folded: nothing to compare
         root = Table(name=f"n_{dataset}", dataset=dataset, shape="root", key="", ords=())
         _describe(root, mi.type_info(projection.section), dataset)
         roots.append(root)

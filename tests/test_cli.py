@@ -228,6 +228,10 @@ def test_demo_runs_end_to_end_as_a_console_script(tmp_path: Path) -> None:
     assert figures["customers"] == 60
     assert figures["events_appended"] == figures["refresh_events_read"] > 1000
     assert output["sample_profile"]["customer_id"].startswith("cust-")
+    assert figures["scored_profiles"] == 60
+    scores = output["sample_profile"]["sections"]["scores"]
+    assert scores["lifecycle"]["stage"] in {"Discover", "Explore", "Engage", "Buy"}
+    assert scores["fit_version"].startswith("fit-")
     assert "lookup_id_p50_us" in result.stderr
 
 

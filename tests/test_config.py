@@ -41,6 +41,8 @@ def test_every_configured_dataset_loads_its_projection() -> None:
         "service",
         "social",
         "interests",
+        "engagement",
+        "scores",
     }
 
 

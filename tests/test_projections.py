@@ -43,6 +43,7 @@ from profilestore.events import (
     LifeEventDetected,
     Location,
     LocationSet,
+    MessageReplied,
     NameSet,
     OrderCancelled,
     OrderLine,
@@ -51,6 +52,7 @@ from profilestore.events import (
     PageViewed,
     PreferenceSet,
     ProductViewed,
+    ReferralMade,
     Searched,
     SocialPostObserved,
     SurveyAnswered,
@@ -66,6 +68,7 @@ from projections import (
     carts,
     consents,
     email,
+    engagement,
     identities,
     interests,
     orders,
@@ -184,6 +187,8 @@ SAMPLES: dict[type[Event], dict[str, Any]] = {
         "starts_at": dt.datetime(2026, 4, 1, 9, 0, tzinfo=dt.UTC),
     },
     InterestWithdrawn: {"occasion_id": "sale-1"},
+    ReferralMade: {"referral_id": "ref-1", "referred_customer_id": "c-9", "channel": "email"},
+    MessageReplied: {"channel": "sms", "message_id": "sms-1"},
 }
 
 
@@ -204,6 +209,7 @@ PROJECTIONS: dict[str, Projection[Any]] = {
         social,
         service,
         interests,
+        engagement,
     )
 }
 
@@ -278,6 +284,23 @@ def scenario(dataset: str) -> list[Event]:
             sample(InterestShown, 2, title="Spring sale, moved"),
             sample(InterestWithdrawn, 3, occasion_id="launch-2"),
         ]
+    if dataset == "engagement":
+        return [
+            sample(ConsentGiven, 0),
+            sample(EmailSent, 1),
+            sample(EmailOpened, 2),
+            sample(EmailClicked, 3),
+            sample(PageViewed, 4),
+            sample(ProductViewed, 5),
+            sample(Searched, 6),
+            sample(OrderPlaced, 7),
+            sample(OrderPlaced, 8, order_id="o-2", total=Decimal("21.00")),
+            sample(MessageReplied, 9),
+            sample(TicketOpened, 10),
+            sample(SurveyAnswered, 11),
+            sample(SocialPostObserved, 12),
+            sample(ReferralMade, 13),
+        ]
     raise AssertionError(dataset)
 
 
@@ -294,7 +317,8 @@ UNREAD = [
 
 def test_every_projection_module_is_covered_by_these_tests() -> None:
     modules = {m.name for m in pkgutil.iter_modules(projections.__path__)}
-    assert modules == set(PROJECTIONS)
+    # Scores are computed, not folded (their fold keeps a section as it is): tests/test_scores.py.
+    assert modules == set(PROJECTIONS) | {"scores"}
     for name, projection in PROJECTIONS.items():
         assert projection.dataset == name
 

@@ -263,7 +263,8 @@ def refresh(obj: _Context, datasets: tuple[str, ...], retry_dead_letters: bool) 
         with _progress() as progress:
             task = progress.add_task("refresh", total=None)
             report = store.refresh(
-                names,
+                # All datasets (none named) fold; scores are scored when named.
+                list(datasets) or None,
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
         for name in report.skipped_locked:
@@ -891,6 +892,84 @@ def experiments_report(obj: _Context, name: str) -> None:
     within the window after the firing), the rate and its 95% interval."""
     with _errors(), obj.open(read_only=True) as store:
         _emit(store.experiment_report(name), pretty=True)
+
+
+@main.group()
+def scores() -> None:
+    """Lifecycle and journey stages, 4I engagement, RFM, value tier, channel preference and
+    predicted lifetime value, in every profile's ``scores`` section."""
+
+
+@scores.command("fit")
+@click.pass_obj
+def scores_fit(obj: _Context) -> None:
+    """Refit the population-wide parts (quintiles, percentiles, the lifetime-value model),
+    then score every profile with the new fit: profiles switch to it together."""
+    with _errors(), obj.open() as store:
+        report = store.fit_scores()
+        fitted = store.score_fit()
+    _emit(
+        {
+            "fit": fitted,
+            "sections_written": report.sections_written.get("scores", 0),
+        },
+        pretty=True,
+    )
+
+
+@scores.command("refresh")
+@click.pass_obj
+def scores_refresh(obj: _Context) -> None:
+    """Score every profile now with the current fit (fitting one if there is none)."""
+    with _errors(), obj.open() as store:
+        report = store.score(required=True)
+        summary = store.scores_summary()
+    _emit(
+        {"sections_written": report.sections_written.get("scores", 0), "summary": summary},
+        pretty=True,
+    )
+
+
+@scores.command("summary")
+@click.pass_obj
+def scores_summary(obj: _Context) -> None:
+    """Customers per lifecycle stage, journey stage and value tier, the 4I and predicted
+    value distributions, and the movement since the previous run."""
+    with _errors(), obj.open(read_only=True) as store:
+        _emit(store.scores_summary(), pretty=True)
+
+
+@scores.command("explain")
+@click.argument("customer_id")
+@click.pass_obj
+def scores_explain(obj: _Context, customer_id: str) -> None:
+    """CUSTOMER_ID's scores with the rule that placed them, the facts it used, and the
+    fit (version, parameters, diagnostics) they were computed with."""
+    with _errors(), obj.open(read_only=True) as store:
+        _emit(store.explain_scores(customer_id), pretty=True)
+
+
+@scores.command("report")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False),
+    default="scores-report",
+    show_default=True,
+    help="Directory the PNG plots are written to.",
+)
+@click.pass_obj
+def scores_report(obj: _Context, out: str) -> None:
+    """PNG plots of the latest scoring run (stages, tiers, 4I, predicted value) and of
+    the stage counts run by run."""
+    from profilestore.scores_report import render
+
+    with _errors(), obj.open(read_only=True) as store:
+        summaries = store.score_summaries()
+        if not summaries:
+            store.scores_summary()  # the error saying nothing was scored yet
+        for path in render(summaries, Path(out)):
+            stderr.print(f"wrote {path}")
 
 
 @main.group()

@@ -241,6 +241,8 @@ def _default_datasets() -> dict[str, DatasetSettings]:
         "service": dataset("service", every="1h"),
         "social": dataset("social", cron="0 3 * * sun"),
         "interests": dataset("interests", refresh="realtime"),
+        "engagement": dataset("engagement", every="15m"),
+        "scores": dataset("scores", cron="0 4 * * *"),
     }
 
 
@@ -436,6 +438,155 @@ class PrivacySettings(Strict, frozen=True, kw_only=True):
     rotate`` re-wrapped them all)."""
 
 
+# --- scores (README: Scores) ----------------------------------------------------------------
+
+SCORE_FACTS = (
+    *("orders", "spend", "days_since_order", "days_since_active", "p_alive"),
+    *("visits", "page_views", "product_views", "searches", "email_opens", "email_clicks"),
+    *("replies", "tickets", "comments", "surveys", "posts", "referrals", "nps", "sentiment"),
+    *("visits_recent", "page_views_recent", "product_views_recent", "searches_recent"),
+    *("opens_recent", "clicks_recent", "replies_recent", "tickets_recent", "orders_recent"),
+)
+"""What a stage rule may test, per customer at scoring time. ``*_recent`` count the last
+``window_days`` days; ``days_since_*`` are 1e9 for never; ``nps`` is -1 without an answer;
+``sentiment`` the mean of the social posts' (-1 to 1), 0 without one; ``spend`` in
+``[scores] currency``."""
+
+Fact = Literal[SCORE_FACTS]  # type: ignore[valid-type]
+StageName = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+
+
+class StageRule(Strict, frozen=True, kw_only=True):
+    """Place a customer at ``stage`` when every ``at_least`` fact is >= its value and
+    every ``at_most`` fact <= its value; a rule with neither places everyone left."""
+
+    stage: StageName
+    at_least: dict[Fact, Annotated[float, msgspec.Meta(ge=-1e9, le=1e12)]] = msgspec.field(
+        default_factory=dict
+    )
+    at_most: dict[Fact, Annotated[float, msgspec.Meta(ge=-1e9, le=1e12)]] = msgspec.field(
+        default_factory=dict
+    )
+
+
+class StageRules(Strict, frozen=True, kw_only=True):
+    """Ordered rules: the first that matches places the customer. The last must have no
+    condition (everyone is placed somewhere)."""
+
+    window_days: Annotated[int, msgspec.Meta(ge=1, le=90)] = 30
+    """What ``*_recent`` facts count: the last this many days."""
+    rules: Annotated[list[StageRule], msgspec.Meta(min_length=1, max_length=100)]
+
+    def __post_init__(self) -> None:
+        last = self.rules[-1]
+        if last.at_least or last.at_most:
+            raise ValueError("the last rule must have no condition: it places everyone left")
+
+
+def _rule(stage: str, at_least: dict[str, float] | None = None, **at_most: float) -> StageRule:
+    return msgspec.convert(
+        {"stage": stage, "at_least": at_least or {}, "at_most": at_most}, StageRule
+    )
+
+
+def _default_lifecycle() -> StageRules:
+    # Seed 000 (Forrester): Discover, Explore, Engage, Buy.
+    return StageRules(
+        window_days=30,
+        rules=[
+            _rule("Buy", {"orders": 1}),
+            _rule("Engage", {"clicks_recent": 3, "product_views_recent": 2}),
+            _rule("Engage", {"replies_recent": 1}),
+            _rule("Engage", {"product_views_recent": 5}),
+            _rule("Explore", {"visits_recent": 1}),
+            _rule("Explore", {"opens_recent": 1}),
+            _rule("Explore", {"clicks_recent": 1}),
+            _rule("Discover"),
+        ],
+    )
+
+
+def _default_journey() -> StageRules:
+    # Seed 002: awareness, familiarity, consideration, purchase, loyalty.
+    return StageRules(
+        window_days=30,
+        rules=[
+            _rule("loyalty", {"orders": 3}, days_since_order=180),
+            _rule("loyalty", {"orders": 2, "nps": 9}),
+            _rule("loyalty", {"orders": 2, "referrals": 1}),
+            _rule("purchase", {"orders": 1}),
+            _rule("consideration", {"product_views_recent": 3}),
+            _rule("consideration", {"clicks_recent": 2}),
+            _rule("consideration", {"searches_recent": 2}),
+            _rule("familiarity", {"visits": 2}),
+            _rule("familiarity", {"email_opens": 2}),
+            _rule("familiarity", {"replies": 1}),
+            _rule("awareness"),
+        ],
+    )
+
+
+class ValueTier(Strict, frozen=True, kw_only=True):
+    name: StageName
+    top_share: Annotated[float, msgspec.Meta(gt=0, le=1)]
+    """The share of buyers, ranked by predicted value, from the top down to this tier."""
+
+
+def _default_tiers() -> list[ValueTier]:
+    return [
+        ValueTier(name="platinum", top_share=0.05),
+        ValueTier(name="gold", top_share=0.2),
+        ValueTier(name="silver", top_share=0.5),
+        ValueTier(name="bronze", top_share=1.0),
+    ]
+
+
+class ScoreSettings(Strict, frozen=True, kw_only=True):
+    """``[scores]``: how the scores are fitted and applied (README: Scores). The daily
+    scoring's cadence is the ``scores`` line under ``[datasets]``."""
+
+    fit: str = "cron 0 2 * * sun"
+    """When the population-wide parts are refitted (``every 7d``, ``cron ...``, ``manual``)."""
+    horizon_months: Annotated[int, msgspec.Meta(ge=1, le=120)] = 12
+    annual_discount_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "USD"
+    """Money in scores (spend, monetary quintiles, predicted value) is in this currency."""
+    exchange_rates: dict[
+        Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")], Annotated[float, msgspec.Meta(gt=0)]
+    ] = msgspec.field(default_factory=dict)
+    """Units of ``currency`` per unit of another; spend in a currency without a rate is
+    counted at par (set the rates if you sell in several currencies)."""
+    tiers: Annotated[list[ValueTier], msgspec.Meta(min_length=1, max_length=20)] = msgspec.field(
+        default_factory=_default_tiers
+    )
+    """Value tiers of buyers by predicted value, best first; customers who never ordered
+    are ``prospect``."""
+    lifecycle: StageRules = msgspec.field(default_factory=_default_lifecycle)
+    journey: StageRules = msgspec.field(default_factory=_default_journey)
+    chunk: Annotated[int, msgspec.Meta(ge=100, le=1_000_000)] = 20_000
+    """Customers scored and written per step (memory is bounded by it)."""
+    swap: bool = True
+    """Score into a staging area swapped in at once: reads see every profile on the old
+    fit until the swap, every one on the new fit after it. ``false``: write each profile's
+    scores in place (each profile still on one fit; the population on two during a run),
+    which writes half as much (``bench/scores.py`` measures both)."""
+
+    def __post_init__(self) -> None:
+        shares = [t.top_share for t in self.tiers]
+        if shares != sorted(shares) or len(set(shares)) != len(shares) or shares[-1] != 1.0:
+            raise ValueError("`tiers`: top_share must increase from tier to tier and end at 1.0")
+        word, _, rest = " ".join(self.fit.split()).partition(" ")
+        if word not in ("every", "cron") and self.fit != "manual":
+            raise ValueError("`fit` must be 'manual', 'every <interval>' or 'cron <fields>'")
+        try:
+            if word == "every":
+                parse_interval(rest)
+            elif word == "cron":
+                cron_trigger(rest, dt.UTC)
+        except CadenceError as e:
+            raise ValueError(f"`fit`: {e}") from None
+
+
 class Settings(Strict, frozen=True, kw_only=True):
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     event_log: EventLogSettings = msgspec.field(default_factory=EventLogSettings)
@@ -451,6 +602,7 @@ class Settings(Strict, frozen=True, kw_only=True):
     contact: ContactSettings = msgspec.field(default_factory=ContactSettings)
     delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
     experiments: dict[str, ExperimentSettings] = msgspec.field(default_factory=dict)
+    scores: ScoreSettings = msgspec.field(default_factory=ScoreSettings)
 
     @property
     def home(self) -> Path:

@@ -460,6 +460,27 @@ class ConsentWithdrawn(Event, tag="consent.withdrawn", frozen=True, kw_only=True
     purpose: ShortText = "marketing"
 
 
+# --- advocacy and replies ---------------------------------------------------------------
+
+
+class ReferralMade(Event, tag="referral.made", frozen=True, kw_only=True):
+    """The customer referred someone (a referral code redeemed, an invite accepted): the
+    advocacy the Influence score counts. ``referred_customer_id`` is the newcomer's key,
+    when known."""
+
+    referral_id: Key
+    referred_customer_id: Key | None = None
+    channel: ConsentChannel | None = None
+
+
+class MessageReplied(Event, tag="message.replied", frozen=True, kw_only=True):
+    """The customer replied to a message of ours on a channel (an email answered, an SMS
+    returned, a push notification acted upon in the app): an interaction by channel."""
+
+    channel: ConsentChannel
+    message_id: Key | None = None
+
+
 # --- anything else a source tracked ------------------------------------------------------
 
 PROPERTIES_MAX = 100
@@ -547,6 +568,8 @@ AnyEvent = (
     | ActivityTracked
     | InterestShown
     | InterestWithdrawn
+    | ReferralMade
+    | MessageReplied
 )
 """The tagged union a client's event decodes into."""
 

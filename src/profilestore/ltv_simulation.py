@@ -17,12 +17,16 @@ customers or purchases, so a million customers take about a second:
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 
 import numpy as np
 import numpy.typing as npt
 
 from profilestore.ltv import BgNbdParams, GammaGammaParams
+from projections.engagement import Engagement, Spend
 
 Floats = npt.NDArray[np.float64]
 
@@ -95,3 +99,41 @@ def simulate(
         future_spend=future_spend,
         horizon_days=horizon_days,
     )
+
+
+def engagement_sections(
+    customers: SimulatedCustomers,
+    now: dt.datetime,
+    *,
+    currency: str = "USD",
+    seed: int = 11,
+) -> Iterator[Engagement]:
+    """Each simulated customer as the ``engagement`` section the fold would have made of
+    their orders up to ``now`` (their first order ``age`` days ago, the last ``recency``
+    days after it, the first order's value and the repeat orders' mean as drawn), with
+    browsing and e-mail counts that grow with their hidden purchase rate: the scores
+    pipeline's input, for a population whose future is known."""
+    rng = np.random.default_rng(seed)
+    count = customers.frequency.size
+    # Engagement that tracks propensity, with noise: visits ~ Poisson(rate * 200 + 1).
+    visits = rng.poisson(customers.purchase_rate * 200 + 1).astype(np.int64)
+    clicks = rng.poisson(customers.purchase_rate * 60).astype(np.int64)
+    first_total = customers.past_spend - customers.frequency * customers.mean_spend
+    for i in range(count):
+        first_at = now - dt.timedelta(days=float(customers.age[i]))
+        last_at = first_at + dt.timedelta(days=float(customers.recency[i]))
+        orders = int(customers.frequency[i]) + 1
+        yield Engagement(
+            orders=orders,
+            first_order_at=first_at,
+            last_order_at=last_at,
+            spend=(Spend(currency=currency, total=Decimal(f"{customers.past_spend[i]:.2f}")),),
+            first_order_total=Decimal(f"{max(first_total[i], 0.0):.2f}"),
+            first_order_currency=currency,
+            visits=int(visits[i]),
+            page_views=int(visits[i]) * 3,
+            product_views=int(visits[i]) * 2,
+            email_clicks=int(clicks[i]),
+            first_seen_at=first_at,
+            last_active_at=last_at,
+        )

@@ -51,6 +51,11 @@ class Projection(Generic[S]):
     version: int = 1
     """Raise it when the fold changes what it makes of events already stored: stored
     documents built by another version are reported and rebuilt (blue/green)."""
+    derived: bool = False
+    """Its sections are computed from other datasets' by a job of their own (the scores),
+    not folded from the log: refreshes, rebuilds and identity regroups leave them to it;
+    ``reads`` then says which events make it stale (its freshness) and ``fold`` keeps a
+    section as it is."""
     topics: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -151,6 +151,9 @@ from profilestore.projector import (
 from profilestore.replay import VerifyReport, choose_customers, profile_as_of, verify_profiles
 from profilestore.runs import DeadLetter, Journal, RunRecord, Trigger
 from profilestore.schedule import next_due, parse_cadence, zone
+from profilestore.scorer import TARGET as SCORES
+from profilestore.scorer import ScoreHandler, current_fit, fit_of, summaries
+from profilestore.scoring import ScoreFit, ScoringUnavailable, Summary
 from profilestore.tally import Tally
 from profilestore.trigger import EnabledTrigger, check_needs, load_trigger, settings_of
 
@@ -391,6 +394,20 @@ class LinkResult(msgspec.Struct, frozen=True, kw_only=True):
     appended: int
 
 
+class ScoreExplanation(msgspec.Struct, frozen=True, kw_only=True):
+    """A profile's scores with what made them: the fit they name and the rules."""
+
+    customer_id: str
+    canonical_id: str
+    scores: Any
+    fit: ScoreFit | None
+    """The fit the scores name (None: not scored yet, or that fit was since dropped)."""
+    rules: dict[str, Any]
+    """``lifecycle`` and ``journey`` rules as configured now, with their version."""
+    facts: dict[str, float]
+    """Every fact the rules may test, as of now, from the engagement section."""
+
+
 class IdentityExplanation(msgspec.Struct, frozen=True, kw_only=True):
     customer_id: str
     """The key asked about."""
@@ -594,7 +611,7 @@ class ProfileStore:
         waiting for their next refresh. Datasets another process holds are skipped (its
         pass applies the changes itself)."""
         return self._consumer.run(
-            self._handler(RegroupHandler), self.datasets(datasets), trigger="manual"
+            self._handler(RegroupHandler), self._folded(self.datasets(datasets)), trigger="manual"
         )
 
     def _current_graph(self) -> IdentityGraph:
@@ -958,6 +975,13 @@ class ProfileStore:
                 raise UnknownDataset(name, list(self.projections))
         return list(names)
 
+    def _folded(self, names: Sequence[str]) -> list[str]:
+        """The datasets of ``names`` folded from the log (not derived, like the scores)."""
+        return [n for n in names if not self.projections[n].derived]
+
+    def _folded_projections(self) -> dict[str, Projection[Any]]:
+        return {n: p for n, p in self.projections.items() if not p.derived}
+
     def _selection(self, datasets: Sequence[str] | None) -> list[str] | None:
         """The datasets a read asked for: None for all; a selection naming none is an error."""
         if datasets is None:
@@ -987,19 +1011,30 @@ class ProfileStore:
         refreshed dataset gets a run record (see ``status``). The identity graph is brought
         up to date first (links regroup profiles before their events are folded).
         """
+        names = self.datasets(datasets)
         self.resolve_identity(trigger=trigger)
-        return self._consumer.run(
+        report = self._consumer.run(
             self._handler(),
-            self.datasets(datasets),
+            self._folded(names),
             trigger=trigger,
             until=until,
             progress=progress,
         )
+        if SCORES in names and datasets is not None:
+            # Scores are computed, not folded: asked for by name (the schedule, the CLI),
+            # they are scored now; a refresh of everything leaves them to their schedule.
+            scored = self.score(trigger=trigger)
+            report.datasets.append(SCORES)
+            report.sections_written[SCORES] = scored.sections_written.get(SCORES, 0)
+            report.skipped_locked.extend(scored.skipped_locked)
+        return report
 
     @_guarded
     def retry_dead_letters(self, dataset: str) -> tuple[int, int]:
         """Refold the customers parked by poison events; returns (released, still failing)."""
         name = self.datasets([dataset])[0]
+        if self.projections[name].derived:
+            return 0, 0  # computed, never folded: no dead letter
         report = self._consumer.run(
             self._handler(RetryHandler), [name], trigger="manual", required=True
         )
@@ -1017,7 +1052,9 @@ class ProfileStore:
         the live ones (see :mod:`profilestore.projector`). Events appended meanwhile are
         folded by a refresh right after.
         """
-        names = self.datasets(datasets)
+        names = self._folded(self.datasets(datasets))
+        if SCORES in self.datasets(datasets):
+            self.score(trigger="rebuild")
         self.resolve_identity(trigger="rebuild")
         # The staging area is also a background rebuild's: hold its lease too.
         self._leases.acquire(names, required=True, kind="rebuild")
@@ -1042,7 +1079,7 @@ class ProfileStore:
         their ``rebuild`` leases, while the live documents keep being refreshed."""
         return self._consumer.run(
             self._handler(StagingHandler),
-            self.datasets(datasets),
+            self._folded(self.datasets(datasets)),
             trigger="rebuild",
             required=True,
             progress=progress,
@@ -1053,7 +1090,10 @@ class ProfileStore:
         """The second half: swap each built staging area in and fold what the live
         dataset had meanwhile, under the live lease (LeaseHeld while another holds it)."""
         return self._consumer.run(
-            self._handler(PromoteHandler), self.datasets(datasets), trigger="rebuild", required=True
+            self._handler(PromoteHandler),
+            self._folded(self.datasets(datasets)),
+            trigger="rebuild",
+            required=True,
         )
 
     @_guarded
@@ -1075,13 +1115,15 @@ class ProfileStore:
         return [
             name
             for name, projection in self.projections.items()
-            if built[name] is not None and built[name] != projection.version
+            if built[name] is not None
+            and built[name] != projection.version
+            and not projection.derived
         ]
 
     def live(self, datasets: Sequence[str], *, batch: int) -> Live:
         """A consumer of ``datasets`` kept running; the follower decides when it steps."""
         return self._consumer.live(
-            self._handler(), self.datasets(datasets), batch=batch, guard=self._entered
+            self._handler(), self._folded(self.datasets(datasets)), batch=batch, guard=self._entered
         )
 
     @_guarded
@@ -1094,6 +1136,83 @@ class ProfileStore:
         if triggers:
             topics.update(self.trigger_topics())
         return self._log.subscribe(self._log.head(), sorted(topics))
+
+    # --- scores -------------------------------------------------------------------------
+
+    def _scoring(self, *, refit: bool, trigger: Trigger, required: bool) -> PassReport:
+        if SCORES not in self.projections:
+            raise UnknownDataset(SCORES, list(self.projections))
+        # Scores are computed from engagement: bring it up to the log first.
+        if "engagement" in self.projections:
+            self.refresh(["engagement"], trigger=trigger)
+        handler = ScoreHandler(self._documents, self.settings.scores, clock=self.clock, refit=refit)
+        return self._consumer.run(handler, [SCORES], trigger=trigger, required=required)
+
+    @_guarded
+    def score(self, *, trigger: Trigger = "manual", required: bool = False) -> PassReport:
+        """Score every profile with the current fit (fitting one if there is none), into a
+        staging area swapped in at once (see :mod:`profilestore.scorer`). Skipped (listed in
+        ``skipped_locked``) while another process scores, unless ``required``."""
+        return self._scoring(refit=False, trigger=trigger, required=required)
+
+    @_guarded
+    def fit_scores(self, *, trigger: Trigger = "manual", required: bool = True) -> PassReport:
+        """Refit the population-wide parts, then score every profile with the new fit;
+        the profiles switch to it together."""
+        return self._scoring(refit=True, trigger=trigger, required=required)
+
+    @_guarded
+    def score_fit(self, version: str | None = None) -> ScoreFit | None:
+        """The fit the live scores use (or the one named), with its diagnostics."""
+        if version is not None:
+            return fit_of(self._documents, version)
+        return current_fit(self._documents)
+
+    @_guarded
+    def score_summaries(self) -> list[Summary]:
+        """Every scoring run's summary, oldest first."""
+        return summaries(self._documents)
+
+    def scores_summary(self) -> Summary:
+        """The last scoring run's summary: customers per stage and tier, the 4I and
+        predicted value distributions, movement since the run before."""
+        found = self.score_summaries()
+        if not found:
+            raise ScoringUnavailable("nothing has been scored yet (profilestore scores refresh)")
+        return found[-1]
+
+    @_guarded
+    def explain_scores(self, customer_id: str) -> ScoreExplanation:
+        """A profile's scores, the fit they were computed with, the rules and the facts."""
+        from profilestore import scoring  # numpy and scipy: only when asked
+
+        profile = self.profile(customer_id, [SCORES, "engagement"])
+        section = profile.sections.get(SCORES)
+        settings = self.settings.scores
+        version = section.fit_version if section is not None else None
+        facts: dict[str, float] = {}
+        engagement = profile.sections.get("engagement")
+        if engagement is not None:
+            columns = scoring.facts(
+                [profile.canonical_id or customer_id],
+                [engagement],
+                self.clock(),
+                settings,
+                settings.lifecycle.window_days,
+            )
+            facts = {name: float(values[0]) for name, values in columns.facts.items()}
+        rules = {
+            name: {"version": scoring.rules_version(rules), **msgspec.to_builtins(rules)}
+            for name, rules in (("lifecycle", settings.lifecycle), ("journey", settings.journey))
+        }
+        return ScoreExplanation(
+            customer_id=customer_id,
+            canonical_id=profile.canonical_id or customer_id,
+            scores=section,
+            fit=fit_of(self._documents, version) if version else None,
+            rules=rules,
+            facts=facts,
+        )
 
     # --- freshness ----------------------------------------------------------------------
 
@@ -1195,7 +1314,10 @@ class ProfileStore:
         profile_id = self.resolve(customer_id)
         names = self._selection(datasets)
         if as_of is not None:
-            projections = {n: p for n, p in self.projections.items() if names is None or n in names}
+            # A derived section (scores) has no past to replay: computed, not folded.
+            projections = {
+                n: p for n, p in self._folded_projections().items() if names is None or n in names
+            }
             graph = self._graph()
             start = graph.members(profile_id)[:1] or (profile_id,)
             members = sorted(graph.component(start[0], at=as_of))
@@ -1456,13 +1578,13 @@ class ProfileStore:
         chosen = (
             [self.resolve(c) for c in customer_ids]
             if customer_ids is not None
-            else choose_customers(self._log, self._documents, self.projections, sample)
+            else choose_customers(self._log, self._documents, self._folded_projections(), sample)
         )
         graph = self._graph()
         return verify_profiles(
             self._log,
             self._documents,
-            self.projections,
+            self._folded_projections(),
             chosen,
             members_of=graph.members,
             progress=progress,

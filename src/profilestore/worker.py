@@ -86,6 +86,34 @@ class Worker:
             )
         return planned
 
+    def fit_job(self, now: dt.datetime) -> dict[str, Any] | None:
+        """The scores' refit (``[scores] fit``), when scores are among this worker's
+        datasets and it is not manual: first due from the current fit's time (at once if
+        there is none, or one was missed while no worker was up)."""
+        if "scores" not in self.cadences:
+            return None
+        cadence = parse_cadence(self.store.settings.scores.fit)
+        if not cadence.scheduled:
+            return None
+        fitted = self.store.score_fit()
+        last = fitted.fitted_at if fitted is not None else None
+        return {
+            "trigger": trigger(cadence, self.store.timezone, last or now),
+            "first_run": next_due(cadence, self.store.timezone, last, now),
+        }
+
+    def refit_scores(self) -> PassReport | None:
+        """The scheduled refit: fit, then score every profile with it (the profiles switch
+        together). Skipped while another process scores; failures are logged."""
+        try:
+            report = self.store.fit_scores(trigger="schedule", required=False)
+        except Exception:
+            log.exception("scheduled refit of the scores failed")
+            self.reports.append(("scores-fit", "schedule", None))
+            return None
+        self.reports.append(("scores-fit", "schedule", report))
+        return report
+
     def start(self) -> None:
         now = self.store.clock()
         for job in self.jobs(now):
@@ -96,6 +124,15 @@ class Worker:
                 id=job["dataset"],
                 name=f"refresh {job['dataset']}",
                 next_run_time=job["first_run"],
+            )
+        fit = self.fit_job(now)
+        if fit is not None:
+            self.scheduler.add_job(
+                self.refit_scores,
+                trigger=fit["trigger"],
+                id="scores-fit",  # not a dataset name: those have no hyphen
+                name="refit the scores' population-wide parts",
+                next_run_time=fit["first_run"],
             )
         if self.store.settings.schedule.rebuild_outdated:
             self.scheduler.add_job(

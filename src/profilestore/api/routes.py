@@ -32,6 +32,7 @@ from profilestore.firing import Outcome
 from profilestore.identifiers import KIND_NAMES, LOOKUP_KINDS, one_identifier
 from profilestore.outbox import Delivery
 from profilestore.outbox import Status as DeliveryStatus
+from profilestore.scoring import Summary
 from profilestore.store import (
     ContactDecision,
     DatasetStatus,
@@ -409,6 +410,14 @@ async def post_outbox_retry(
 async def get_status(request: Request[Any, Any, Any]) -> list[DatasetStatus]:
     """Per dataset: cadence, last and next run, lag, running or failed, dead letters."""
     return await anyio.to_thread.run_sync(_store(request).status)
+
+
+@get("/v1/scores/summary", guards=[require("read")], summary="Where customers are")
+async def get_scores_summary(request: Request[Any, Any, Any]) -> Summary:
+    """The last scoring run: customers per lifecycle stage, journey stage and value tier,
+    the distribution of each 4I score and of predicted value, and how the counts moved
+    since the previous run (404 until something was scored)."""
+    return await anyio.to_thread.run_sync(_store(request).scores_summary)
 
 
 @get("/health/live", summary="The process is up")
