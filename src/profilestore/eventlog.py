@@ -303,6 +303,7 @@ class EventLog:
         self._closed = False
         self._stream_id = keyring.stream_id if keyring else stream_id
         self._event_key: Callable[[str], str] = keyring.event_key if keyring else str
+        self._sealed_names: dict[UUID, str] = {}
 
     def use_keys(self, keyring: Keyring) -> None:
         """Encrypt per customer from now on (done once, when the log is opened)."""
@@ -376,7 +377,9 @@ class EventLog:
                 in_batch_duplicates.append(event.event_id)
             else:
                 unique[event.event_id] = event
-        keyed = {self._event_key(e): e for e in unique}
+        event_key = self._event_key
+        keys = {e: event_key(e) for e in unique}  # each event id's stored form, made once
+        keyed = {k: e for e, k in keys.items()}
         stored_ids = {keyed[k] for k in self.recorder.existing_event_ids(list(keyed))}
         new_events = [e for e in unique.values() if e.event_id not in stored_ids]
         duplicates = [e for e in unique if e in stored_ids] + in_batch_duplicates
@@ -421,7 +424,7 @@ class EventLog:
             heads[originator_id] = (version + 1, link)
             touched[originator_id] = event.customer_id
             stored_events.append(stored)
-            event_ids.append((self._event_key(event.event_id), originator_id, version + 1, link))
+            event_ids.append((keys[event.event_id], originator_id, version + 1, link))
         # Sorted: concurrent batches lock directory rows in one order, so cannot deadlock.
         stream_rows = [
             (o, self._directory_name(o, touched[o], ciphers.get(o)), *heads[o])
@@ -445,12 +448,21 @@ class EventLog:
     def _directory_name(self, stream: UUID, customer_id: str, cipher: Any) -> str:
         """What the stream directory keeps of a stream's customer key: the key itself on a
         plain log; on an encrypted one, the key sealed with the stream's own data key (so
-        forgetting the customer makes it unreadable too)."""
+        forgetting the customer makes it unreadable too). Only a new row takes it (an
+        existing row keeps its name), so one sealing per stream is kept for the next
+        batches."""
         if cipher is None:
             return customer_id
-        nonce = secrets.token_bytes(12)
-        sealed = cipher.encrypt(nonce, customer_id.encode(), self._DIRECTORY_AAD + stream.bytes)
-        return self._SEALED_NAME + base64.b64encode(nonce + sealed).decode()
+        name = self._sealed_names.get(stream)
+        if name is None:
+            nonce = secrets.token_bytes(12)
+            aad = self._DIRECTORY_AAD + stream.bytes
+            sealed = cipher.encrypt(nonce, customer_id.encode(), aad)
+            name = self._SEALED_NAME + base64.b64encode(nonce + sealed).decode()
+            if len(self._sealed_names) >= 65_536:
+                self._sealed_names.clear()
+            self._sealed_names[stream] = name
+        return name
 
     def head(self) -> int:
         """The notification id of the newest event (0 for an empty log)."""

@@ -28,6 +28,7 @@ event.
 from __future__ import annotations
 
 import base64
+import functools
 import datetime as dt
 import hashlib
 import hmac
@@ -384,6 +385,8 @@ class Keyring:
                 NAMING, kek.wrap(secrets.token_bytes(32), _NAMING_AAD)
             )
         self._naming = self._unwrap(naming, _NAMING_AAD)
+        self.stream_id = functools.lru_cache(maxsize=65_536)(self._stream_id)
+        """The stream of a customer key: a keyed hash, so the id reveals nothing."""
 
     def _unwrap(self, wrapped: Wrapped, aad: bytes) -> bytes:
         kek = self._keks.get(wrapped.kek_id)
@@ -401,14 +404,13 @@ class Keyring:
             ) from None
 
     # --- names ----------------------------------------------------------------------
-    def stream_id(self, customer_id: str) -> UUID:
-        """The stream of a customer key: a keyed hash, so the id reveals nothing."""
-        digest = hmac.new(self._naming, b"stream\0" + customer_id.encode(), "sha256").digest()
+    def _stream_id(self, customer_id: str) -> UUID:
+        digest = hmac.digest(self._naming, b"stream\0" + customer_id.encode(), "sha256")
         return UUID(bytes=digest[:16])
 
     def event_key(self, event_id: str) -> str:
         """What the event-id table stores for an event id (a keyed hash of it)."""
-        return hmac.new(self._naming, b"event\0" + event_id.encode(), "sha256").hexdigest()[:40]
+        return hmac.digest(self._naming, b"event\0" + event_id.encode(), "sha256").hex()[:32]
 
     # --- ciphers --------------------------------------------------------------------
     def _fresh(self) -> None:
