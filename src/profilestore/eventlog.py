@@ -377,12 +377,14 @@ class EventLog:
             else:
                 unique[event.event_id] = event
         keyed = {self._event_key(e): e for e in unique}
+        key_of = {e: k for k, e in keyed.items()}
         stored_ids = {keyed[k] for k in self.recorder.existing_event_ids(list(keyed))}
         new_events = [e for e in unique.values() if e.event_id not in stored_ids]
         duplicates = [e for e in unique if e in stored_ids] + in_batch_duplicates
         if not new_events:
             return AppendResult(0, len(duplicates), duplicates, [], attempt)
-        streams = {e.customer_id: self._stream_id(e.customer_id) for e in new_events}
+        # Once per customer, not per event: on an encrypted log a stream id is a keyed hash.
+        streams = {c: self._stream_id(c) for c in {e.customer_id for e in new_events}}
         erased: list[str] = []
         ciphers: dict[UUID, Any] = {}
         if self.keyring is not None:
@@ -421,7 +423,7 @@ class EventLog:
             heads[originator_id] = (version + 1, link)
             touched[originator_id] = event.customer_id
             stored_events.append(stored)
-            event_ids.append((self._event_key(event.event_id), originator_id, version + 1, link))
+            event_ids.append((key_of[event.event_id], originator_id, version + 1, link))
         # Sorted: concurrent batches lock directory rows in one order, so cannot deadlock.
         stream_rows = [
             (o, self._directory_name(o, touched[o], ciphers.get(o)), *heads[o])
