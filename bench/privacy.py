@@ -136,8 +136,9 @@ def population(customers: int, per_customer: int) -> list[Any]:
     return list(generate(customers, seed=SEED, events_per_customer=per_customer))
 
 
-def whale(customer: str, events: int = WHALE_EVENTS) -> list[dict[str, Any]]:
-    """A customer with ``events`` events: two identifiers, a name, a consent, orders."""
+def whale(customer: str) -> list[dict[str, Any]]:
+    """A customer with :data:`WHALE_EVENTS` events: two identifiers, a name, a consent,
+    orders."""
     base: dict[str, Any] = {"customer_id": customer, "occurred_at": "2026-03-01T10:00:00Z"}
     # Every value the whale's own: one another customer shares would be found by the
     # plaintext search of forget.
@@ -176,7 +177,7 @@ def whale(customer: str, events: int = WHALE_EVENTS) -> list[dict[str, Any]]:
             "currency": "USD",
             "items": [{"sku": f"S{i % 40}", "quantity": 1, "unit_price": "10.00"}],
         }
-        for i in range(events - len(head))
+        for i in range(WHALE_EVENTS - len(head))
     ]
     return head + orders
 
