@@ -385,7 +385,8 @@ class EventLog:
         duplicates = [e for e in unique if e in stored_ids] + in_batch_duplicates
         if not new_events:
             return AppendResult(0, len(duplicates), duplicates, [], attempt)
-        streams = {e.customer_id: self._stream_id(e.customer_id) for e in new_events}
+        # Once per customer, not per event: on an encrypted log a stream id is a keyed hash.
+        streams = {c: self._stream_id(c) for c in {e.customer_id for e in new_events}}
         erased: list[str] = []
         ciphers: dict[UUID, Any] = {}
         if self.keyring is not None:

@@ -28,8 +28,8 @@ event.
 from __future__ import annotations
 
 import base64
-import functools
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import os
