@@ -226,7 +226,8 @@ class Readers:
     def __init__(self, store: ProfileStore) -> None:
         self.by_id: dict[str, Callable[[str], Any]] = {}
         self.by_identifier: dict[str, Callable[[str, str], Any]] = {}
-        projections = store.projections
+        # Derived datasets (scores) are computed by their job, not folded at read time.
+        projections = {n: p for n, p in store.projections.items() if not p.derived}
         log = store._log
         documents = store._documents
         encode = _JSON.encode

@@ -142,7 +142,8 @@ _COUNTED = {
 def _bucket(days: tuple[Day, ...], at: dt.datetime, **counts: int) -> tuple[Day, ...]:
     day = at.astimezone(dt.UTC).date()
     newest = days[-1].day if days else day
-    if day <= newest - dt.timedelta(days=WINDOW_DAYS):
+    # Day numbers, not date arithmetic: an event dated in year 1 must not overflow.
+    if day.toordinal() <= newest.toordinal() - WINDOW_DAYS:
         return days  # older than the window: lifetime counters only
     found = next((d for d in days if d.day == day), None)
     if found is None:
@@ -153,8 +154,8 @@ def _bucket(days: tuple[Day, ...], at: dt.datetime, **counts: int) -> tuple[Day,
             found, **{k: getattr(found, k) + v for k, v in counts.items()}
         )
         kept = tuple(changed if d is found else d for d in days)
-    horizon = kept[-1].day - dt.timedelta(days=WINDOW_DAYS)
-    return tuple(d for d in kept if d.day > horizon)
+    horizon = kept[-1].day.toordinal() - WINDOW_DAYS
+    return tuple(d for d in kept if d.day.toordinal() > horizon)
 
 
 def _channel(section: Engagement, name: str, **changes: object) -> tuple[Channel, ...]:

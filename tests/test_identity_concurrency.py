@@ -326,9 +326,12 @@ def processes() -> Iterator[Processes]:
 
 
 def snapshot(documents: DocumentStore) -> dict[tuple[str, str], Any]:
-    """Every live section, decoded to builtins, with its position."""
+    """Every live section, decoded to builtins, with its position (but the scores: computed
+    by the worker's scoring job from the folded ones, never by a refresh)."""
     found = {}
     for dataset in documents.schemas:
+        if dataset == "scores":
+            continue
         ids = list(documents.customer_ids(dataset))
         for customer_id, stored in documents.load(dataset, ids).items():
             found[(dataset, customer_id)] = (msgspec.to_builtins(stored.section), stored.position)

@@ -285,7 +285,9 @@ def test_jobs_are_built_from_config_and_catch_up_missed_runs(
 ) -> None:
     worker = Worker(store)
     assert worker.realtime == ["identities", "attributes", "consents", "carts", "interests"]
-    assert set(worker.scheduled) == {"browsing", "email", "orders", "service", "social"}
+    assert set(worker.scheduled) == {
+        *("browsing", "email", "orders", "service", "social", "engagement", "scores")
+    }
     never_ran = {j["dataset"]: j for j in worker.jobs(clock())}
     assert all(j["first_run"] == T0 and j["catch_up"] for j in never_ran.values())
     store.append([cart_added("a1", "ann")])

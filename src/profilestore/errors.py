@@ -144,6 +144,14 @@ class CustomerNotFound(NotFound):
         super().__init__(f"no profile for customer {customer_id!r}")
 
 
+class ScoringUnavailable(NotFound):
+    """No scores to show or compute yet (nothing scored, no customer to fit on): HTTP 404,
+    exit code 1."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"scores cannot be computed: {reason}")
+
+
 class NotFoundHistory(NotFound):
     """The log holds no event for a customer."""
 

@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from profilestore import ltv
 from profilestore.config import SCORE_FACTS, ScoreSettings, StageRules
-from profilestore.errors import NotFound
+from profilestore.errors import ScoringUnavailable
 from profilestore.ltv import DEFAULT_HORIZON_DAYS
 from projections.engagement import Engagement
 from projections.scores import (
@@ -80,14 +80,6 @@ COMPONENTS: dict[str, tuple[tuple[str, str, float], ...]] = {
     ),
 }
 PERCENTILES = np.linspace(0.0, 1.0, 101)
-
-
-class ScoringUnavailable(NotFound):
-    """No scores to show or compute yet (nothing scored, no customer to fit on): HTTP 404,
-    exit code 1."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"scores cannot be computed: {reason}")
 
 
 # --- facts ------------------------------------------------------------------------------

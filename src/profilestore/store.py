@@ -56,6 +56,7 @@ from profilestore.errors import (
     LinkNotFound,
     NoDatasetSelected,
     NotEncrypted,
+    ScoringUnavailable,
     StoreClosed,
     UnknownDataset,
 )
@@ -153,7 +154,7 @@ from profilestore.runs import DeadLetter, Journal, RunRecord, Trigger
 from profilestore.schedule import next_due, parse_cadence, zone
 from profilestore.scorer import TARGET as SCORES
 from profilestore.scorer import ScoreHandler, current_fit, fit_of, summaries
-from profilestore.scoring import ScoreFit, ScoringUnavailable, Summary
+from profilestore.scoring import ScoreFit, Summary
 from profilestore.tally import Tally
 from profilestore.trigger import EnabledTrigger, check_needs, load_trigger, settings_of
 
@@ -1020,6 +1021,7 @@ class ProfileStore:
             until=until,
             progress=progress,
         )
+        _derived_counts(report, names, self.projections)
         if SCORES in names and datasets is not None:
             # Scores are computed, not folded: asked for by name (the schedule, the CLI),
             # they are scored now; a refresh of everything leaves them to their schedule.
@@ -1053,8 +1055,8 @@ class ProfileStore:
         folded by a refresh right after.
         """
         names = self._folded(self.datasets(datasets))
-        if SCORES in self.datasets(datasets):
-            self.score(trigger="rebuild")
+        if datasets is not None and SCORES in self.datasets(datasets):
+            self.score(trigger="rebuild")  # named: scored again (nothing to refold)
         self.resolve_identity(trigger="rebuild")
         # The staging area is also a background rebuild's: hold its lease too.
         self._leases.acquire(names, required=True, kind="rebuild")
@@ -1069,6 +1071,7 @@ class ProfileStore:
         finally:
             self._leases.release(names, kind="rebuild")
         self.refresh(names, trigger="rebuild")
+        _derived_counts(report, self.datasets(datasets), self.projections)
         return report
 
     @_guarded
@@ -1804,6 +1807,18 @@ class ProfileStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _derived_counts(
+    report: PassReport, names: Sequence[str], projections: Mapping[str, Projection[Any]]
+) -> None:
+    """A run's report lists every dataset it was asked for: a derived one (scores) that a
+    refresh or rebuild leaves to its job applied nothing and parked nothing."""
+    for name in names:
+        if projections[name].derived:
+            report.events_applied.setdefault(name, 0)
+            report.sections_written.setdefault(name, 0)
+            report.dead_letters.setdefault(name, 0)
 
 
 def load_projections(settings: Settings, source: str = "config") -> dict[str, Projection[Any]]:
