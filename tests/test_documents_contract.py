@@ -1694,6 +1694,7 @@ CALLS: dict[str, Callable[[DocumentStore], object]] = {
     "insert_record_if_absent": lambda s: s.insert_record_if_absent("run", "k", {}),
     "get_records": lambda s: s.get_records("run"),
     "delete_record": lambda s: s.delete_record("run", "k"),
+    "delete_records": lambda s: s.delete_records("run", ["k", "j"]),
     "erase": lambda s: s.erase(["c1"], ["ann@example.com"]),
     "scrub": lambda s: s.scrub(),
 }
