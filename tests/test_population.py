@@ -81,7 +81,9 @@ def test_every_event_type_occurs(events: list[Event]) -> None:
     # Links between customer keys are the store's (its rules) or an operator's, not a
     # source system's: a population of sources sends none. Generic tracked events are what
     # an analytics SDK sends beyond the catalogue (see segment.py), which it does not model.
+    # An erasure's receipt is the store's own record of a `forget`.
     made_elsewhere = {"identity.linked", "identity.unlinked", "activity.tracked"}
+    made_elsewhere |= {"erasure.recorded"}
     assert set(EVENT_TYPES) - set(seen) == made_elsewhere
 
 
