@@ -1635,17 +1635,30 @@ class ProfileStore:
         ids = set(members) | {p for key in keys for p in graph.profile_ids_of(key)}
         # Erased by the customer's keys and identifiers; names are searched for, not
         # erased by (a first name is shared by other customers' records).
-        deleted = self._documents.erase(sorted(ids), sorted(set(keys) | identifiers_of(events)))
+        terms = sorted(set(keys) | identifiers_of(events))
+        deleted = self._documents.erase(sorted(ids), terms)
         self._log.scrub_keys()
         files = [*self._log.recorder.local_files(), *self._documents.local_files()]
         embedded = bool(self._log.recorder.local_files()) and bool(self._documents.local_files())
-        # A reader in the middle of a transaction can keep the WAL from being truncated:
-        # try again briefly (a server store has nothing of the kind to do: False at once).
-        for _ in range(100):
-            if self._documents.scrub() or not self._documents.local_files():
+        for attempt in range(3):
+            # A reader in the middle of a transaction can keep the WAL from being
+            # truncated: try again briefly (a server store: False at once, nothing to do).
+            for _ in range(100):
+                if self._documents.scrub() or not self._documents.local_files():
+                    break
+                time.sleep(0.02)
+            if not embedded:
+                check = PlaintextCheck(applicable=False)
                 break
-            time.sleep(0.02)
-        check = search_files(files, probes) if embedded else PlaintextCheck(applicable=False)
+            check = search_files(files, probes)
+            if not check.found or attempt == 2:
+                break
+            # A copy is still readable (a write in flight landed after the deletion, or
+            # the WAL kept an old page): settle, erase and scrub again, then look again.
+            log.warning("erasure %s: a readable copy remained; erasing again", request_id)
+            self._settle(self._log.head())
+            for kind, count in self._documents.erase(sorted(ids), terms).items():
+                deleted[kind] = deleted.get(kind, 0) + count
         completed = self.clock()
         receipt = ErasureReceipt(
             request_id=request_id,
