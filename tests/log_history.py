@@ -42,13 +42,19 @@ def read_log(
     notifications = recorder.select_notifications(
         after, limit, stop=until, topics=topics, inclusive_of_start=False
     )
-    return [
-        LoggedEvent(
+    rows = [
+        (
             n.id,
             n.originator_id if isinstance(n.originator_id, UUID) else UUID(n.originator_id),
             n.originator_version,
             n.topic,
-            log.mapper.from_stored(n),
+            n.state,
         )
         for n in notifications
+    ]
+    # Decoded as the log decodes (opening each customer's sealed events with their key).
+    decoded = log._decoded(rows)
+    return [
+        LoggedEvent(row[0], row[1], row[2], row[3], d.event)
+        for row, d in zip(rows, decoded, strict=True)
     ]
