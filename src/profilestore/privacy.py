@@ -3,7 +3,7 @@
 ``ProfileStore.forget`` (the one door) runs the steps; this module holds what they share:
 
 - :func:`probes_of`: the customer's personal values as the log knew them (customer keys,
-  identifiers, names), gathered *before* the keys are destroyed, kept in memory only, and
+  identifiers), gathered *before* the keys are destroyed, kept in memory only, and
   used once: to search every byte of the embedded stores for a readable copy afterwards.
 - :func:`chain_intact`: the forgotten streams' hash chains recomputed from their stored
   (encrypted) bytes up to the head the stream directory records: erasure rewrote nothing.
@@ -26,7 +26,6 @@ from profilestore.events import (
     IdentifierLinked,
     IdentifierSeen,
     IdentifierUnlinked,
-    NameSet,
     PlaintextCheck,
 )
 
@@ -43,15 +42,11 @@ MIN_PROBE_BYTES = 4
 
 
 def probes_of(keys: Iterable[str], events: Iterable[object]) -> list[bytes]:
-    """The personal values to search for: customer keys, identifier values (as sent and as
-    normalised), first and last names. UTF-8, at least :data:`MIN_PROBE_BYTES` long."""
-    values: set[str] = set(keys)
-    for event in events:
-        if isinstance(event, IdentifierSeen | IdentifierLinked | IdentifierUnlinked):
-            values.add(event.value)
-            values.add(event.lookup_key.partition(":")[2] or event.lookup_key)
-        elif isinstance(event, NameSet):
-            values.update(v for v in (event.first_name, event.last_name) if v)
+    """The personal values to search for: the customer keys and identifier values (as
+    sent and as normalised), UTF-8, at least :data:`MIN_PROBE_BYTES` long. Names are not
+    among them: other customers share first and last names, so finding one proves
+    nothing about this customer."""
+    values = set(keys) | identifiers_of(events)
     encoded = {v.encode() for v in values}
     return sorted(v for v in encoded if len(v) >= MIN_PROBE_BYTES)
 
