@@ -30,7 +30,6 @@ from profilestore.events import (
 )
 
 __all__ = ["RECEIPTS", "ErasureReceipt", "ErasureRecorded", "PlaintextCheck"]
-from profilestore.mapper import Forgotten
 from profilestore.sqlite_files import find_plaintext
 
 RECEIPTS = "~erasures"
@@ -88,10 +87,6 @@ def events_in(log: EventLog, customer_ids: Sequence[str]) -> int:
     """How many events the customers' streams hold (from the directory: no event read)."""
     heads = log.recorder.stream_heads([log.stream_of(c) for c in customer_ids])
     return sum(version for version, _ in heads.values())
-
-
-def readable(events: Iterable[object]) -> list[object]:
-    return [e for e in events if not isinstance(e, Forgotten)]
 
 
 def search_files(paths: Iterable[str], probes: Sequence[bytes]) -> PlaintextCheck:
