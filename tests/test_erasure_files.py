@@ -12,14 +12,17 @@ fail, and shows that without ``secure_delete`` the erased bytes would stay.
 from __future__ import annotations
 
 import datetime as dt
+import random
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_documents_contract import identities
 
 from profilestore.config import Settings, load_settings
+from profilestore.documents import SectionWrite
 from profilestore.identity import is_canonical
 from profilestore.sqlite_documents import SQLiteDocumentStore
 from profilestore.sqlite_files import find_plaintext, store_files
@@ -221,3 +224,42 @@ def test_find_plaintext_finds_a_value_across_a_chunk_boundary_and_says_only_whic
     assert find_plaintext([], probes) == []
     with pytest.raises(ValueError, match=r"probes\[0\] is empty"):
         find_plaintext([file], [b""])
+
+
+def test_a_row_moved_by_a_page_split_leaves_a_copy_only_compaction_removes(
+    tmp_path: Path, schemas: dict[str, Any]
+) -> None:
+    # secure_delete zeroes what is deleted, not what was moved: writing sections in a
+    # random order splits pages, and SQLite leaves the old bytes of the rows it moved in
+    # the unused gap of the page they left. Erasing those customers later zeroes their
+    # rows where they live, not those copies; rebuilding the file (scrub(compact=True),
+    # which forget does when its search still finds a copy) does. The order is seeded:
+    # with SQLite 3.40 it leaves two such copies behind.
+    documents = SQLiteDocumentStore(str(tmp_path / "documents.sqlite"), schemas)
+    keys = [f"cust-{i:05d}" for i in range(300)]
+    rng = random.Random(8)
+    position = 0
+    for _ in range(5):
+        order = keys[:]
+        rng.shuffle(order)
+        for start in range(0, len(order), 25):
+            writes = []
+            for key in order[start : start + 25]:
+                position += 1
+                lookup = tuple(f"email:{key}.{j}@example.org" for j in range(rng.randrange(1, 4)))
+                writes.append(SectionWrite(key, identities(*lookup), position, lookup))
+            documents.write("identities", writes, refreshed_at=T0)
+    gone = keys[::3]
+    probes = [key.encode() for key in gone]
+    try:
+        for key in gone:
+            documents.erase([key])
+        assert documents.scrub() is True
+        assert find_plaintext(store_files(documents.path), probes) != []  # the stale copies
+
+        assert documents.scrub(compact=True) is True
+
+        assert find_plaintext(store_files(documents.path), probes) == []
+        assert documents.get(gone[0]) is None and documents.get(keys[1]) is not None
+    finally:
+        documents.close()

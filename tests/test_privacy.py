@@ -377,3 +377,37 @@ def test_a_plain_store_moves_to_an_encrypted_log_and_can_then_forget(tmp_path: P
         exported = store.export(KEY)
         assert exported.erasure == "erased" and exported.events == [] and exported.profile is None
         assert store.export(NEIGHBOUR).erasure == "none"
+
+
+def test_a_copy_left_where_secure_delete_never_looked_is_compacted_away(
+    settings: Settings,
+) -> None:
+    """A stale copy of a value that SQLite's ``secure_delete`` never zeroes (here: rows
+    freed by a connection without it; in life: the old bytes of a row a page split moved)
+    is found by forget's search, which then rebuilds the document file and looks again:
+    the receipt says so, and finds nothing."""
+    with open_store(settings, clock=lambda: NOW) as store:
+        store.append(history(KEY, EMAIL, PHONE, NAME))
+        store.append(history(NEIGHBOUR, "neighbour@example.org", "+14155550100", "Neighbour"))
+        store.refresh()
+        path = store._documents.local_files()[0]
+        with sqlite3.connect(path) as raw:
+            raw.execute("PRAGMA secure_delete=OFF")
+            raw.execute("CREATE TABLE scratch (body TEXT)")
+            raw.executemany("INSERT INTO scratch VALUES (?)", [(EMAIL * 40,)] * 50)
+        with sqlite3.connect(path) as raw:
+            raw.execute("PRAGMA secure_delete=OFF")
+            raw.execute("DROP TABLE scratch")  # its pages are free, their bytes intact
+        raw.close()
+        files = [*store._log.recorder.local_files(), *store._documents.local_files()]
+
+        receipt = store.forget(KEY, request_id="DSR-8")
+
+        assert receipt.plaintext.compacted and receipt.plaintext.found == 0
+        data = b"".join(Path(f).read_bytes() for f in files if Path(f).exists())
+        assert EMAIL.encode() not in data and KEY.encode() not in data
+        assert store.find("email", "neighbour@example.org").customer_id == NEIGHBOUR
+        # Nothing left to find the next time: no rebuild for an erasure that needs none.
+        store.append(history("cust-zz-0001", "zz@example.org", "+14155550111", "Zz"))
+        store.refresh()
+        assert not store.forget("cust-zz-0001", request_id="DSR-9").plaintext.compacted

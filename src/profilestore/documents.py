@@ -379,14 +379,22 @@ class DocumentStore(SectionStore, LeaseStore, RecordStore):
         Deleted is not yet gone from the disk: see :meth:`scrub`."""
 
     @abstractmethod
-    def scrub(self) -> bool:
+    def scrub(self, *, compact: bool = False) -> bool:
         """Leave no old copy of what was deleted where the store can reach it: True when
         done. SQLite deletes with ``secure_delete`` (freed space is zeroed), and this
         checkpoints the write-ahead log into the database and truncates it, so no old
         page image stays in the ``-wal`` file; False if a reader kept the checkpoint from
         completing (call again). MongoDB: False, always: WiredTiger frees space inside
         its files and compacts them on its own schedule, and its journal, oplog and
-        backups are the operator's (``compact``, backup expiry)."""
+        backups are the operator's (``compact``, backup expiry).
+
+        ``compact`` also rebuilds the database file first (SQLite: ``VACUUM``), which
+        costs time in proportion to its size. ``secure_delete`` zeroes what is deleted,
+        not what was moved: when a page splits, SQLite writes the rows it keeps afresh
+        and leaves the old bytes of those it moved to another page in the unused gap of
+        the page, readable until something overwrites them. Deleting the moved row later
+        zeroes it where it lives now, not that stale copy; only a rebuild does. The
+        caller compacts when a search still finds a copy after a plain scrub."""
 
     async def aclose(self) -> None:
         """Release what the async methods opened (called from the event loop); idempotent."""

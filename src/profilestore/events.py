@@ -603,6 +603,10 @@ class PlaintextCheck(msgspec.Struct, frozen=True, kw_only=True):
     bytes_scanned: Tally = 0
     values: Tally = 0
     found: Tally = 0
+    compacted: bool = False
+    """True when a first search found a copy and the embedded document store was rebuilt
+    before the search counted here (a stale copy of a row that a page split moved,
+    which ``secure_delete`` does not zero: see ``DocumentStore.scrub``)."""
 
 
 class ErasureReceipt(msgspec.Struct, frozen=True, kw_only=True):

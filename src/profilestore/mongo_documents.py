@@ -545,7 +545,7 @@ class MongoDocumentStore(DocumentStore):
         for start in range(0, len(redacted), _CHUNK):
             self.records.bulk_write(redacted[start : start + _CHUNK], ordered=False)
 
-    def scrub(self) -> bool:
+    def scrub(self, *, compact: bool = False) -> bool:
         # Nothing this client can do: WiredTiger reuses freed space inside its files and
         # returns it to the disk on `compact`; journal, oplog and backups are the
         # operator's. False says so to the caller (an erasure receipt records it).

@@ -682,11 +682,17 @@ class SQLiteDocumentStore(DocumentStore):
         c.executemany("DELETE FROM records WHERE kind = ? AND key = ?", deleted)
         c.executemany("UPDATE records SET body = ? WHERE kind = ? AND key = ?", redacted)
 
-    def scrub(self) -> bool:
+    def scrub(self, *, compact: bool = False) -> bool:
+        conn = self._connection()
+        if compact:
+            # A fresh file from the live rows only: stale copies left in pages' unused
+            # gaps by earlier page splits are gone (see DocumentStore.scrub). It goes
+            # through the WAL, which the checkpoint below copies in and truncates.
+            conn.execute("VACUUM")
         # TRUNCATE: the pages are copied into the database (where secure_delete zeroed
         # what was freed) and the -wal file is cut to nothing, with every old page image
         # it held. The busy timeout applies while readers finish.
-        busy, _, _ = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return bool(busy == 0)
 
     def delete_records(self, kind: str, keys: Iterable[str]) -> None:

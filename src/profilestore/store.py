@@ -1640,12 +1640,14 @@ class ProfileStore:
         self._log.scrub_keys()
         files = [*self._log.recorder.local_files(), *self._documents.local_files()]
         embedded = bool(self._log.recorder.local_files()) and bool(self._documents.local_files())
+        compact = compacted = False
         for attempt in range(3):
             # A reader in the middle of a transaction can keep the WAL from being
             # truncated: try again briefly (a server store: False at once, nothing to do).
             for _ in range(100):
-                if self._documents.scrub() or not self._documents.local_files():
+                if self._documents.scrub(compact=compact) or not self._documents.local_files():
                     break
+                compact = False  # done once; what remains is the checkpoint
                 time.sleep(0.02)
             if not embedded:
                 check = PlaintextCheck(applicable=False)
@@ -1653,12 +1655,16 @@ class ProfileStore:
             check = search_files(files, probes)
             if not check.found or attempt == 2:
                 break
-            # A copy is still readable (a write in flight landed after the deletion, or
-            # the WAL kept an old page): settle, erase and scrub again, then look again.
-            log.warning("erasure %s: a readable copy remained; erasing again", request_id)
+            # A copy is still readable: a write in flight landed after the deletion, the
+            # WAL kept an old page, or a page split long ago left a stale copy of a moved
+            # row in a page's unused space (secure_delete never saw it). Settle, erase
+            # again, rebuild the file (see DocumentStore.scrub), then look again.
+            log.warning("erasure %s: a readable copy remained; compacting", request_id)
             self._settle(self._log.head())
             for kind, count in self._documents.erase(sorted(ids), terms).items():
                 deleted[kind] = deleted.get(kind, 0) + count
+            compact = True
+            compacted = True
         completed = self.clock()
         receipt = ErasureReceipt(
             request_id=request_id,
@@ -1668,7 +1674,7 @@ class ProfileStore:
             data_keys_destroyed=destroyed,
             events_forgotten=events_in(self._log, keys),
             deleted={k: v for k, v in sorted(deleted.items()) if v},
-            plaintext=check,
+            plaintext=msgspec.structs.replace(check, compacted=compacted),
             chain_intact=chain_intact(self._log, keys),
             log_position=position,
         )
