@@ -284,7 +284,12 @@ class MongoDocumentStore(DocumentStore):
             raise self.unavailable("find", e) from e
 
     def load(
-        self, dataset: str, customer_ids: Iterable[str], *, staging: bool = False
+        self,
+        dataset: str,
+        customer_ids: Iterable[str],
+        *,
+        staging: bool = False,
+        shape: type[msgspec.Struct] | None = None,
     ) -> dict[str, StoredSection]:
         self.check_dataset(dataset)
         section_path, meta_path, _ = _fields(dataset, staging)
@@ -298,15 +303,19 @@ class MongoDocumentStore(DocumentStore):
             for document in cursor:
                 section = _dig(document, section_path)
                 meta = _dig(document, meta_path)
+                value = section if section is not None else {}
                 found[str(document["_id"])] = StoredSection(
-                    self._decode(dataset, section if section is not None else {}),
+                    self._decode(dataset, value)
+                    if shape is None
+                    else msgspec.convert(value, shape),
                     meta["position"],
                 )
         return found
 
-    def customer_ids(self, dataset: str) -> Iterator[str]:
+    def customer_ids(self, dataset: str, *, staging: bool = False) -> Iterator[str]:
         self.check_dataset(dataset)
-        for document in self.profiles.find({f"_meta.{dataset}": {"$exists": True}}, {"_id": 1}):
+        _, meta_path, _ = _fields(dataset, staging)
+        for document in self.profiles.find({meta_path: {"$exists": True}}, {"_id": 1}):
             yield str(document["_id"])
 
     def tracking(self, dataset: str, *, staging: bool = False) -> Tracking | None:
@@ -411,7 +420,7 @@ class MongoDocumentStore(DocumentStore):
             upsert=True,
         )
 
-    def start_staging(self, dataset: str) -> None:
+    def start_staging(self, dataset: str, *, reuse: bool = False) -> None:
         self.check_dataset(dataset)
         section_path, meta_path, keys_path = _fields(dataset, staging=True)
         self.profiles.update_many(
