@@ -62,6 +62,7 @@ from bench.ltv import HELD_OUT_DAYS, SEED, TRUTH_PURCHASES, TRUTH_SPEND, spearma
 from profilestore.config import load_settings  # noqa: E402
 from profilestore.documents import SectionWrite  # noqa: E402
 from profilestore.ltv_simulation import engagement_sections, simulate  # noqa: E402
+from profilestore.sqlite_documents import sqlite_path  # noqa: E402
 from profilestore.store import load_projections, open_documents, open_store  # noqa: E402
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
@@ -81,8 +82,9 @@ TARGETS = {
 }
 
 
-def child(home: Path, size: int, busier: int) -> None:
-    """Runs in a subprocess: build the inputs, refit (fit + score), re-score, rank."""
+def child(home: Path, size: int, busier: int, copy: bool) -> None:
+    """Runs in a subprocess: build the inputs, refit (fit + score), re-score, rank, and
+    time the promotion alone (``copy``: and copying the rows, its alternative)."""
     settings = load_settings(environ={}, home=home)
     truth = msgspec.structs.replace(
         TRUTH_PURCHASES, alpha=TRUTH_PURCHASES.alpha / busier, b=TRUTH_PURCHASES.b * busier
@@ -108,14 +110,16 @@ def child(home: Path, size: int, busier: int) -> None:
     gc.collect()
     baseline = memory_status()
     with open_store(settings, clock=lambda: NOW) as store, PeakAnonymous() as anonymous:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         refit = store.fit_scores()
         refit_s = time.perf_counter() - started
+        refit_cpu_s = time.process_time() - cpu
         fitted = store.score_fit()
         assert fitted is not None and refit.sections_written["scores"] == size
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         rescored = store.score(required=True)
         rescore_s = time.perf_counter() - started
+        rescore_cpu_s = time.process_time() - cpu
         assert rescored.sections_written["scores"] == size
         summary = store.scores_summary()
     after = memory_status()
@@ -124,9 +128,10 @@ def child(home: Path, size: int, busier: int) -> None:
         settings, scores=msgspec.structs.replace(settings.scores, swap=False)
     )
     with open_store(in_place, clock=lambda: NOW) as store:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         rescored = store.score(required=True)
         in_place_s = time.perf_counter() - started
+        in_place_cpu_s = time.process_time() - cpu
         assert rescored.sections_written["scores"] == size
     # Read the written sections back (the port, in chunks) for the held-out ranking.
     documents = open_documents(settings, load_projections(settings), read_only=True)
@@ -138,6 +143,7 @@ def child(home: Path, size: int, busier: int) -> None:
             lifetime = stored[customer_id].section.lifetime
             predicted[i] = lifetime.expected_spend if lifetime is not None else 0.0
     documents.close()
+    swap_s, copy_s = promotion(settings, copy=copy)
     report = {
         "customers": size,
         "orders_per_customer": round(orders_per_customer, 3),
@@ -147,6 +153,11 @@ def child(home: Path, size: int, busier: int) -> None:
         "rescore_s": round(rescore_s, 2),
         "rescore_customers_per_s": round(size / rescore_s),
         "rescore_in_place_s": round(in_place_s, 2),
+        "refit_and_score_cpu_s": round(refit_cpu_s, 2),
+        "rescore_cpu_s": round(rescore_cpu_s, 2),
+        "rescore_in_place_cpu_s": round(in_place_cpu_s, 2),
+        "promote_swap_s": round(swap_s, 4),
+        "promote_copy_s": round(copy_s, 2) if copy_s is not None else None,
         "baseline_rss_mb": round(baseline["VmRSS"], 1),
         "peak_rss_mb": round(after["VmHWM"], 1),
         "working_mb": round(after["VmHWM"] - baseline["VmRSS"], 1),
@@ -159,6 +170,7 @@ def child(home: Path, size: int, busier: int) -> None:
             "journey": summary.journey,
             "value_tier": summary.value_tier,
             "predicted_value": summary.predicted_value,
+            "transitions": summary.transitions,
         },
         "spearman_ours": round(spearman(predicted, future), 4),
         "spearman_naive_past_spend": round(spearman(past, future), 4),
@@ -169,14 +181,49 @@ def child(home: Path, size: int, busier: int) -> None:
     print(msgspec.json.encode(report).decode())
 
 
-def measure(work: Path, size: int, busier: int = 1) -> dict[str, Any]:
+def promotion(settings: Any, *, copy: bool) -> tuple[float, float | None]:
+    """The swap alone (promoting a full staging area: renames), and with ``copy`` its
+    alternative, what promotion did before: copying every staged row into ``sections``
+    (into a scratch table of its shape, dropped after)."""
+    documents = open_documents(settings, load_projections(settings))
+    documents.start_staging("scores", reuse=True)  # the spare: every customer's sections
+    documents.advance("scores", 1, refreshed_at=NOW, staging=True)
+    started = time.perf_counter()
+    documents.promote_staging("scores")
+    swap_s = time.perf_counter() - started
+    documents.close()
+    if not copy:
+        return swap_s, None
+    import sqlite3
+
+    with sqlite3.connect(sqlite_path(settings.url(settings.documents.url))) as conn:
+        conn.execute(
+            "CREATE TABLE copied (customer_id TEXT NOT NULL, dataset TEXT NOT NULL, "
+            "position INTEGER NOT NULL, refreshed_at TEXT NOT NULL, body BLOB NOT NULL, "
+            "PRIMARY KEY (customer_id, dataset)) WITHOUT ROWID"
+        )
+        started = time.perf_counter()
+        conn.execute(
+            "INSERT INTO copied SELECT customer_id, 'scores', position, refreshed_at, body "
+            "FROM d_scores ORDER BY customer_id"
+        )
+        conn.commit()
+        copy_s = time.perf_counter() - started
+        conn.execute("DROP TABLE copied")
+    return swap_s, copy_s
+
+
+def measure(work: Path, size: int, busier: int = 1, *, copy: bool = False) -> dict[str, Any]:
     label = f"{size:,} customers{', busier buyers' if busier > 1 else ''}"
     home = work / f"home-{size}-{busier}"
     with stage(f"build inputs, fit and score {label} (child process)"):
-        report = run_child(Path(__file__).resolve(), "--child", str(home), str(size), str(busier))
+        report = run_child(
+            Path(__file__).resolve(), "--child", str(home), str(size), str(busier), str(int(copy))
+        )
     info(
         f"{label}: fit {report['fit_s']}s, refit+score {report['refit_and_score_s']}s, "
-        f"re-score {report['rescore_s']}s (in place {report['rescore_in_place_s']}s), "
+        f"re-score {report['rescore_s']}s (in place {report['rescore_in_place_s']}s, "
+        f"cpu {report['rescore_cpu_s']}s), promote {report['promote_swap_s']}s, "
         f"peak RSS {report['peak_rss_mb']} MB, spearman "
         f"{report['spearman_ours']} vs naive {report['spearman_naive_past_spend']}"
     )
@@ -196,7 +243,9 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
         "load_average_before": [round(v, 2) for v in os.getloadavg()],
     }
     sizes = MODES[mode_name]["sizes"]
-    by_size = {str(size): measure(work, size) for size in sizes}
+    # The copying promotion (the alternative) is timed at the smaller size only: at a
+    # million it alone takes minutes on this machine.
+    by_size = {str(size): measure(work, size, copy=size == sizes[0]) for size in sizes}
     largest, smaller = by_size[str(sizes[-1])], by_size[str(sizes[0])]
     busier = measure(work, sizes[-1], BUSIER)
     result["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
@@ -208,6 +257,12 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
         "rescore_customers_per_s": largest["rescore_customers_per_s"],
         "rescore_in_place_s": largest["rescore_in_place_s"],
         "rescore_swap_vs_in_place": ratio(largest["rescore_s"], largest["rescore_in_place_s"]),
+        "rescore_cpu_s": largest["rescore_cpu_s"],
+        "rescore_in_place_cpu_s": largest["rescore_in_place_cpu_s"],
+        "promote_swap_s": largest["promote_swap_s"],
+        "promote_swap_smaller_s": smaller["promote_swap_s"],
+        "promote_copy_smaller_s": smaller["promote_copy_s"],
+        "promote_copy_vs_swap_smaller": ratio(smaller["promote_copy_s"], smaller["promote_swap_s"]),
         "peak_rss_mb": largest["peak_rss_mb"],
         "peak_anon_mb": largest["peak_anon_mb"],
         "working_mb": largest["working_mb"],
@@ -238,11 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where to write the JSON (default: bench/results/scores.json)",
     )
     parser.add_argument("--workdir", type=Path, help="keep the stores here")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        home, size, busier = args.child
-        child(Path(home), int(size), int(busier))
+        home, size, busier, copy = args.child
+        child(Path(home), int(size), int(busier), copy == "1")
         return 0
     mode = "quick" if args.quick else "full"
     return run_and_write(lambda work: run(mode, work), mode, args, "profilestore-bench-scores-")

@@ -69,7 +69,7 @@ def settings(tmp_path: Path) -> Settings:
 def schemas() -> dict[str, DatasetSchema]:
     projections = load_projections(load_settings(environ={}))
     return {
-        name: DatasetSchema(p.section, keyed=p.lookup_keys is not None)
+        name: DatasetSchema(p.section, keyed=p.lookup_keys is not None, derived=p.derived)
         for name, p in projections.items()
     }
 

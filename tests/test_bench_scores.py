@@ -31,3 +31,9 @@ def test_the_scores_bench_fits_scores_writes_and_ranks_every_size(
     assert largest["ltv"]["purchases"]["diagnostics"]["converged"]
     assert sum(largest["summary"]["value_tier"].values()) == 4_000
     assert written["spearman_ours"] > written["spearman_naive_past_spend"]
+    # The promotion is a swap (renames), timed against copying the rows at the smaller size.
+    assert written["promote_copy_smaller_s"] is not None and written["promote_swap_s"] >= 0
+    assert largest["promote_copy_s"] is None
+    assert largest["rescore_cpu_s"] > 0
+    # The daily re-score under the same fit moves nobody.
+    assert largest["summary"]["transitions"] == {"lifecycle": {}, "journey": {}, "value_tier": {}}

@@ -16,12 +16,14 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 
 from profilestore.documents import (
     PORT_METHODS,
     WRITE_METHODS,
     DocumentStore,
+    Profile,
     SectionWrite,
     StoredSection,
     Tracking,
@@ -34,6 +36,7 @@ from projections.attributes import Attributes, Preference
 from projections.carts import Cart, CartLine, Carts
 from projections.identities import Identifier, Identities
 from projections.orders import Line, Order, Orders, Spend
+from projections.scores import Scores
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0, 123_456, tzinfo=dt.UTC)
 T1 = dt.datetime(2024, 5, 1, 12, 5, 0, 654_321, tzinfo=dt.UTC)
@@ -883,6 +886,113 @@ def test_promote_twice_raises_the_second_time(document_store: DocumentStore) -> 
         s.promote_staging("carts")
 
     assert s.load("carts", ["c1"]) == {"c1": StoredSection(carts(), 5)}
+
+
+# --- a derived dataset (the scores): rewritten whole, swapped in at once -----------------------
+
+
+def scores(tier: str) -> Scores:
+    return Scores(computed_at=T0, fit_version=f"fit-{tier}", value_tier=tier)
+
+
+def swap_scores(s: DocumentStore, sections: dict[str, Scores], at: dt.datetime) -> None:
+    """What the scoring job does: every section into the reused staging area, unguarded,
+    the staged ones of customers not scored removed, then one promotion."""
+    s.start_staging("scores", reuse=True)
+    s.regroup(
+        "scores",
+        [SectionWrite(c, v, 1) for c, v in sections.items()],
+        (),
+        refreshed_at=at,
+        staging=True,
+    )
+    left = set(s.customer_ids("scores", staging=True)).difference(sections)
+    s.regroup("scores", [], sorted(left), refreshed_at=at, staging=True)
+    s.advance("scores", 1, refreshed_at=at, staging=True)
+    s.promote_staging("scores")
+
+
+def test_a_derived_dataset_is_swapped_whole_run_after_run(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite("c2", carts(), 4)], refreshed_at=T0)
+    swap_scores(s, {"c1": scores("gold"), "c2": scores("gold")}, T0)
+    assert sorted(s.customer_ids("scores")) == ["c1", "c2"]
+
+    # The next run stages c1 and c3 (c2 was merged away): until the promotion, reads see
+    # the first run's sections, all of them.
+    s.start_staging("scores", reuse=True)
+    s.regroup(
+        "scores",
+        [SectionWrite("c1", scores("silver"), 1), SectionWrite("c3", scores("silver"), 1)],
+        (),
+        refreshed_at=T1,
+        staging=True,
+    )
+    left = set(s.customer_ids("scores", staging=True)).difference({"c1", "c3"})
+    s.regroup("scores", [], sorted(left), refreshed_at=T1, staging=True)
+    assert sorted(s.customer_ids("scores", staging=True)) == ["c1", "c3"]
+    s.advance("scores", 1, refreshed_at=T1, staging=True)
+    assert s.load("scores", ["c1", "c2", "c3"]) == {
+        "c1": StoredSection(scores("gold"), 1),
+        "c2": StoredSection(scores("gold"), 1),
+    }
+    assert s.get("c3") is None
+
+    s.promote_staging("scores")
+
+    assert s.load("scores", ["c1", "c2", "c3"]) == {
+        "c1": StoredSection(scores("silver"), 1),
+        "c3": StoredSection(scores("silver"), 1),
+    }
+    assert sorted(s.customer_ids("scores")) == ["c1", "c3"]
+    profile = s.get("c2")  # its other sections stay
+    assert profile is not None and set(profile.sections) == {"carts"}
+    both = s.get("c1", ["scores", "carts"])
+    assert both is not None and both.sections == {"scores": scores("silver")}
+    assert_tracking(s.tracking("scores"), 1, T1)
+    assert s.tracking("scores", staging=True) is None
+
+    # A third run over a staging area that may hold an older generation: only what this
+    # run staged goes live.
+    swap_scores(s, {"c3": scores("bronze")}, T2)
+    assert s.load("scores", ["c1", "c2", "c3"]) == {"c3": StoredSection(scores("bronze"), 1)}
+    assert sorted(s.customer_ids("scores")) == ["c3"]
+    raw = s.get_raw("c3", ["scores"])
+    assert raw is not None and set(raw.sections) == {"scores"}
+
+
+def test_a_derived_dataset_shares_reads_erasure_and_shapes_with_the_others(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite("c1", carts(), 4)], refreshed_at=T0)
+    swap_scores(s, {"c1": scores("gold"), "c2": scores("silver")}, T0)
+    s.start_staging("scores", reuse=True)  # a run under way holds staged sections too
+    s.regroup("scores", [SectionWrite("c1", scores("new"), 1)], (), refreshed_at=T1, staging=True)
+
+    profile = s.get("c1")
+    assert profile is not None
+    assert profile.sections == {"carts": carts(), "scores": scores("gold")}
+    assert profile.freshness["scores"].position == 1
+    assert s.get("c1", ["scores"]) == Profile(
+        customer_id="c1",
+        sections={"scores": scores("gold")},
+        freshness={"scores": profile.freshness["scores"]},
+    )
+
+    class Tier(msgspec.Struct):
+        value_tier: str | None = None
+
+    assert s.load("scores", ["c1", "c2"], shape=Tier) == {
+        "c1": StoredSection(Tier("gold"), 1),
+        "c2": StoredSection(Tier("silver"), 1),
+    }
+
+    counts = s.erase(["c1"])
+    assert counts["sections"] == 2 and counts["sections:staging"] == 1
+    assert s.get("c1") is None
+    assert s.load("scores", ["c1"], staging=True) == {}
+    assert sorted(s.customer_ids("scores")) == ["c2"]
 
 
 # --- regroup ------------------------------------------------------------------------------------

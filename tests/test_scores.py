@@ -37,7 +37,7 @@ from profilestore.events import (
     SurveyAnswered,
 )
 from profilestore.ltv import BgNbdParams, GammaGammaParams
-from profilestore.ltv_simulation import engagement_sections, simulate
+from profilestore.ltv_simulation import engagement_sections, order_events, simulate
 from profilestore.scorer import FIT
 from profilestore.scoring import ScoreFit
 from profilestore.store import ProfileStore, open_store
@@ -326,6 +326,35 @@ def test_predicted_value_ranks_a_known_population_better_than_past_spend() -> No
     assert alive[truth.alive].mean() > alive[~truth.alive].mean()
 
 
+def test_from_the_log_predicted_value_ranks_a_known_population_better_than_past_spend(
+    settings: Settings,
+) -> None:
+    """The whole shipped path: a population with a hidden purchase rate, dropout and spend
+    per customer, as order events; folded, fitted, scored, read from the profiles, and
+    ranked against what each goes on to spend in the held-out year."""
+    truth = simulate(
+        BgNbdParams(r=0.25, alpha=30.0, a=0.8, b=2.5),
+        GammaGammaParams(p=6.0, q=3.5, gamma=15.0),
+        1_500,
+        seed=9,
+    )
+    with open_store(settings, clock=lambda: NOW) as store:
+        events = list(order_events(truth, NOW))
+        assert store.append(events).appended == len(events) == truth.frequency.sum() + 1_500
+        store.fit_scores()
+        fitted = store.score_fit()
+        predicted = np.array(
+            [
+                store.profile(f"sim-{i}", ["scores"]).sections["scores"].lifetime.expected_spend
+                for i in range(truth.frequency.size)
+            ]
+        )
+    assert fitted is not None and fitted.ltv is not None, fitted
+    model = stats.spearmanr(predicted, truth.future_spend).statistic
+    naive = stats.spearmanr(truth.past_spend, truth.future_spend).statistic
+    assert model > naive + 0.1, (model, naive)
+
+
 def test_no_repeat_buyer_scores_without_lifetime_value_and_says_why() -> None:
     scores, fitted = score_all({"a": folded([order("a", 10, "a1")]), "b": Engagement()})
     assert fitted.ltv is None and fitted.ltv_note is not None
@@ -517,6 +546,167 @@ def test_http_scores_summary(settings: Settings) -> None:
             body = answer.json()
             assert body["customers"] == 20
             assert set(body["four_i"]) == set(scoring.FOUR_I)
+            assert body["transitions"] == {}  # the first run: nothing to move from
             profile = client.get("/v1/profiles/cust-0002").json()
             assert profile["sections"]["scores"]["fit_version"] == body["fit_version"]
             assert "scores" in profile["freshness"]
+
+
+# --- how customers moved between runs ----------------------------------------------------
+
+
+class _Clock:
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def test_the_summary_counts_transitions_between_runs_of_hand_made_customers(
+    settings: Settings,
+) -> None:
+    clock = _Clock(NOW)
+    with open_store(settings, clock=clock) as store:
+        store.append(
+            [
+                ev(ConsentGiven, "nobody", 3, channel="email"),
+                ev(PageViewed, "browser", 2, url="https://s/", session_id="s1"),
+                *(
+                    ev(EmailClicked, "engaged", d, message_id=f"m{d}", url="https://s/")
+                    for d in (1, 5, 20)
+                ),
+                *(ev(ProductViewed, "engaged", d, sku="s1", session_id="v") for d in (2, 3)),
+                order("loyal", 300, "l1"),
+                order("loyal", 100, "l2"),
+                order("loyal", 30, "l3"),
+            ]
+        )
+        store.fit_scores()
+        first = store.scores_summary()
+        assert first.transitions == {} and first.previous_computed_at is None
+        assert first.lifecycle == {"Buy": 1, "Discover": 1, "Engage": 1, "Explore": 1}
+
+        # The next day the browser buys, the engaged customer cools off (all their
+        # activity is more than 30 days old by then) and a newcomer browses.
+        clock.now = NOW + dt.timedelta(days=31)
+        store.append(
+            [
+                order("browser", -30.5, "b1"),
+                ev(PageViewed, "newbie", -30.5, url="https://s/", session_id="n1"),
+            ]
+        )
+        store.score()
+        second = store.scores_summary()
+
+    assert second.previous_computed_at == NOW
+    assert second.transitions["lifecycle"] == {
+        "Engage": {"Discover": 1},
+        "Explore": {"Buy": 1},
+        "new": {"Explore": 1},
+    }
+    assert second.transitions["journey"] == {
+        "awareness": {"purchase": 1},
+        "consideration": {"awareness": 1},
+        "new": {"awareness": 1},
+    }
+    tiers = second.transitions["value_tier"]
+    assert tiers["new"] == {"prospect": 1}
+    assert sum(tiers["prospect"].values()) == 1 and "prospect" not in tiers["prospect"]
+    # Net movement agrees with the transitions: in minus out, stage by stage.
+    for group, moved in second.transitions.items():
+        net: dict[str, int] = {}
+        for was, to in moved.items():
+            for stage, count in to.items():
+                net[stage] = net.get(stage, 0) + count
+                net[was] = net.get(was, 0) - count
+        net.pop("new", None)
+        assert {k: v for k, v in second.movement[group].items() if v} == {
+            k: v for k, v in net.items() if v
+        }
+
+
+# --- a trigger that reads the scores ------------------------------------------------------
+
+THANKS_TRIGGER = """
+from profilestore.events import OrderPlaced
+from profilestore.trigger import Fire, Trigger
+
+
+def decide(event, profile, now, settings):
+    scores = profile.section("scores")
+    if scores.computed_at is None:
+        return None  # not scored yet: nothing to go on
+    return Fire(
+        payload={
+            "lifecycle": scores.lifecycle.stage,
+            "value_tier": scores.value_tier,
+            "fit_version": scores.fit_version,
+            "computed_at": scores.computed_at.isoformat(),
+        },
+        dedupe_key=f"order:{event.order_id}",
+    )
+
+
+TRIGGER = Trigger(
+    name="tier_thanks",
+    reads=(OrderPlaced,),
+    channel="email",
+    purpose="marketing",
+    transactional=False,
+    decide=decide,
+    description="thanks a buyer in the words of their value tier",
+    needs=("scores",),
+)
+"""
+
+
+def test_a_trigger_that_needs_scores_sees_them_as_last_computed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from profilestore.firing import read_firings
+
+    module = f"tier_thanks_{tmp_path.name[-6:]}".replace("-", "_")
+    (tmp_path / f"{module}.py").write_text(THANKS_TRIGGER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "profilestore.toml"
+    path.write_text(
+        f'[triggers]\ntier_thanks = {{ trigger = "{module}", enabled = true }}\n'
+        # Scores are not in the default payload allowlist (a message says nothing of how
+        # a customer was profiled unless the operator allows it): this test allows them.
+        '[contact]\npayload_fields = ["lifecycle", "value_tier", "fit_version", "computed_at"]\n'
+    )
+    clock = _Clock(NOW)
+    with open_store(load_settings(path, environ={}, home=tmp_path / "home"), clock=clock) as store:
+        store.run_triggers()  # enabled from now on
+        clock.now = NOW + dt.timedelta(minutes=1)
+        store.append(
+            [
+                ev(ConsentGiven, "ann", 10, channel="email"),
+                order("ann", 9, "a1", "80.00"),
+                order("ann", 5, "a2", "90.00"),
+            ]
+        )
+        store.fit_scores()
+        scored_at = clock.now
+        fitted = store.score_fit()
+        assert fitted is not None
+        ann = store.profile("ann", ["scores", "engagement"])
+        # Bob buys after the scoring: his decision sees an empty (unscored) section.
+        clock.now = NOW + dt.timedelta(minutes=2)
+        store.append([ev(ConsentGiven, "bob", 1, channel="email"), order("bob", 0.5, "b1")])
+        store.run_triggers()
+        firings = {f.dedupe_key: f for f in read_firings(store._documents)}
+
+    scores = ann.sections["scores"]
+    # The freshness block of a profile read, as for any section.
+    assert ann.freshness["scores"].position == ann.freshness["engagement"].position > 0
+    assert ann.freshness["scores"].refreshed_at == scored_at
+    assert set(firings) == {"order:a1", "order:a2"}  # none for bob: not scored
+    for firing in firings.values():
+        assert firing.payload == {
+            "lifecycle": "Buy",
+            "value_tier": scores.value_tier,
+            "fit_version": fitted.version,
+            "computed_at": scored_at.isoformat(),
+        }

@@ -165,3 +165,35 @@ def test_a_new_store_another_process_is_creating_waits_for_its_switch_to_wal(
         other.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_scores_kept_in_the_sections_table_move_to_their_own_and_read_the_same(
+    tmp_path: Path, schemas: dict[str, DatasetSchema]
+) -> None:
+    from profilestore.documents import SectionWrite
+    from projections.scores import Scores
+
+    at = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    section = Scores(computed_at=at, fit_version="fit-1", value_tier="gold")
+    path = tmp_path / "documents.sqlite"
+    # A store written before derived datasets had a table of their own.
+    older = {name: DatasetSchema(s.section, keyed=s.keyed) for name, s in schemas.items()}
+    store = SQLiteDocumentStore(str(path), older)
+    store.write("scores", [SectionWrite("c1", section, 4)], refreshed_at=at)
+    store.close()
+    # An auditor's read-only copy of it reads the scores where they are.
+    audit = SQLiteDocumentStore(str(path), schemas, read_only=True)
+    profile = audit.get("c1", ["scores"])
+    audit.close()
+    assert profile is not None and profile.sections == {"scores": section}
+
+    store = SQLiteDocumentStore(str(path), schemas)
+    moved = store.get("c1")
+    assert list(store.customer_ids("scores")) == ["c1"]
+    store.close()
+    assert moved is not None and moved.sections == {"scores": section}
+    assert moved.freshness["scores"].position == 4
+    with sqlite3.connect(path) as conn:
+        left = conn.execute("SELECT COUNT(*) FROM sections WHERE dataset = 'scores'").fetchone()
+        (inline,) = conn.execute("SELECT COUNT(*) FROM d_scores").fetchone()
+    assert left == (0,) and inline == 1

@@ -61,6 +61,10 @@ class DatasetSchema:
     section: type[msgspec.Struct]
     keyed: bool = False
     """Whether sections carry lookup keys (identifiers a profile can be found by)."""
+    derived: bool = False
+    """Computed whole by a job (the scores), not folded: rewritten every run through the
+    staging area, which an adapter may keep between runs (``start_staging(reuse=True)``)
+    and swap in without copying."""
 
 
 class SectionWrite(NamedTuple):
@@ -160,10 +164,17 @@ class SectionStore(ABC):
 
     @abstractmethod
     def load(
-        self, dataset: str, customer_ids: Iterable[str], *, staging: bool = False
+        self,
+        dataset: str,
+        customer_ids: Iterable[str],
+        *,
+        staging: bool = False,
+        shape: type[msgspec.Struct] | None = None,
     ) -> dict[str, StoredSection]:
         """Stored sections of one dataset (live, or staging) with their positions, for the
-        given customers; customers without one are omitted."""
+        given customers; customers without one are omitted. ``shape``: decode each into
+        this type instead of the dataset's section type (a few of its fields: a caller
+        that needs only those decodes far less)."""
 
     @abstractmethod
     def write(
@@ -221,19 +232,30 @@ class SectionStore(ABC):
         """Record a refresh up to ``position``; tracking never moves backwards."""
 
     @abstractmethod
-    def start_staging(self, dataset: str) -> None:
+    def start_staging(self, dataset: str, *, reuse: bool = False) -> None:
         """Empty the dataset's staging area (sections, keys, tracking), ready for a rebuild;
-        live sections keep serving reads."""
+        live sections keep serving reads.
+
+        ``reuse`` (a derived dataset, rewritten whole every run): the adapter may keep
+        the staging sections left from before (the SQLite adapter keeps the generation
+        its last swap replaced, to overwrite it) instead of emptying them; the caller
+        then writes every section with :meth:`regroup` and removes the others
+        (:meth:`customer_ids` with ``staging``). Keys and tracking are emptied."""
 
     @abstractmethod
     def promote_staging(self, dataset: str) -> None:
         """Make the staging sections, keys and tracking live, replacing the old ones (live
-        sections the rebuild did not produce are dropped) and emptying staging.
-        ``RuntimeError`` if no staging tracking was recorded since :meth:`start_staging`."""
+        sections the rebuild did not produce are dropped) and emptying staging (for a
+        derived dataset the replaced sections may stay there, for ``reuse``).
+        ``RuntimeError`` if no staging tracking was recorded since :meth:`start_staging`.
+
+        All together where the database allows it: on SQLite one transaction (for a
+        derived dataset, table renames: no row is copied); see each adapter."""
 
     @abstractmethod
-    def customer_ids(self, dataset: str) -> Iterator[str]:
-        """Every customer id with a live section of ``dataset``, in no set order."""
+    def customer_ids(self, dataset: str, *, staging: bool = False) -> Iterator[str]:
+        """Every customer id with a live (or staging) section of ``dataset``, in no set
+        order."""
 
     def check_dataset(self, dataset: str) -> DatasetSchema:
         try:

@@ -13,6 +13,10 @@ customers or purchases, so a million customers take about a second:
   min(Poisson(lambda h), J - N) times in the next h days;
 - order values are Gamma(p, rate nu): the mean of x of them is Gamma(p x, rate x nu), the sum
   of k is Gamma(p k, rate nu).
+
+:func:`engagement_sections` gives each customer as the ``engagement`` section the fold
+would make (the benchmark's million customers, without a log); :func:`order_events` as
+the ``order.placed`` events themselves, for a test of the whole path from the log.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from decimal import Decimal
 import numpy as np
 import numpy.typing as npt
 
+from profilestore.events import OrderLine, OrderPlaced
 from profilestore.ltv import BgNbdParams, GammaGammaParams
 from projections.engagement import Engagement, Spend
 
@@ -137,3 +142,38 @@ def engagement_sections(
             first_seen_at=first_at,
             last_active_at=last_at,
         )
+
+
+def order_events(
+    customers: SimulatedCustomers,
+    now: dt.datetime,
+    *,
+    currency: str = "USD",
+    seed: int = 13,
+) -> Iterator[OrderPlaced]:
+    """Each simulated customer's orders up to ``now`` as events (customer ``sim-<i>``):
+    the first ``age`` days ago at the first order's value, the last ``recency`` days after
+    it, the other repeat orders at uniform times between, every repeat order at the drawn
+    mean (to the cent). Folded, they make the section :func:`engagement_sections` gives
+    (without its browsing and e-mail counts)."""
+    rng = np.random.default_rng(seed)
+    first_total = customers.past_spend - customers.frequency * customers.mean_spend
+    for i in range(customers.frequency.size):
+        first_at = now - dt.timedelta(days=float(customers.age[i]))
+        repeats = int(customers.frequency[i])
+        offsets = [0.0]
+        if repeats:
+            between = sorted(rng.uniform(0.0, float(customers.recency[i]), repeats - 1))
+            offsets += [*between, float(customers.recency[i])]
+        for k, offset in enumerate(offsets):
+            value = max(first_total[i], 0.01) if k == 0 else max(customers.mean_spend[i], 0.01)
+            total = Decimal(f"{value:.2f}")
+            yield OrderPlaced(
+                event_id=f"sim-{i}-o{k}",
+                customer_id=f"sim-{i}",
+                occurred_at=first_at + dt.timedelta(days=offset),
+                order_id=f"sim-{i}-{k}",
+                items=(OrderLine(sku="sim", unit_price=total),),
+                total=total,
+                currency=currency,
+            )

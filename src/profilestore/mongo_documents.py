@@ -19,6 +19,21 @@ idempotent) regroup removes.
 
 Rebuilds write the ``_staging`` fields of the same documents (one collection holds every
 dataset, so a collection rename cannot swap one of them); lookups never read staging.
+
+A **derived** dataset (the scores: rewritten whole by its job every run) has two
+collections of its own instead, ``<collection>__<dataset>__0`` and ``..__1``, one
+document per customer (``{_id, section, position, refreshed_at}``), and a **generation
+pointer** (a tracking record, ``<dataset>:generation``) saying which one is live; the
+other is the staging area. A run fills the staging generation and promotion moves the
+pointer: one single-document write whatever the number of customers, so readers see
+every profile on the old fit or every one on the new. (``renameCollection`` would be as
+quick, but must run against the ``admin`` database, which a user of one database may not
+be granted; the pointer needs nothing more than the store's own collections.) The
+replaced generation stays until the next run starts (a reader that read the pointer just
+before the switch still finds its sections). A profile read that asks for a derived
+dataset reads the pointer and that collection too, by ``_id``: two more round trips,
+not one snapshot with the profile document (no transaction spans them); each section is
+read whole and names its fit.
 Promotion first drops the live section of documents the rebuild did not produce, then
 renames the staging fields over the live ones. Each document changes atomically; the
 dataset as a whole changes within the two ``update_many`` calls, during which the
@@ -74,6 +89,9 @@ the contract suite runs against, compiles ``$in`` to one SQLite expression of ab
 levels a value, and SQLite refuses one deeper than 1000 (so about 495 values)."""
 
 
+_DERIVED_PROJECTION = {"section": 1, "position": 1, "refreshed_at": 1}
+
+
 def _fields(dataset: str, staging: bool) -> tuple[str, str, str]:
     """Paths of a dataset's section, meta and keys (live or staging)."""
     if staging:
@@ -101,10 +119,12 @@ class MongoDocumentStore(DocumentStore):
         self.tracking_records: Collection[dict[str, Any]] = database[f"{collection}_tracking"]
         self.leases: Collection[dict[str, Any]] = database[f"{collection}_leases"]
         self.records: Collection[dict[str, Any]] = database[f"{collection}_records"]
+        self._derived: set[str] = set()
         try:
             for name, schema in self.schemas.items():
                 if schema.keyed and not read_only:  # read-only: no index is created
                     self.profiles.create_index(f"_keys.{name}")
+            self._derived = self._derived_datasets()
         except PyMongoError as e:
             failure = self.unavailable("open", e)
             self.close()
@@ -161,6 +181,8 @@ class MongoDocumentStore(DocumentStore):
         if collection is None:
             return self.get_raw(customer_id, datasets)
         names = self._names(datasets)
+        if any(name in self._derived for name in names):
+            return await super().aget_raw(customer_id, datasets)  # two collections
         try:
             document = await collection.find_one({"_id": customer_id}, self._projection(names))
         except PyMongoError as e:
@@ -211,6 +233,58 @@ class MongoDocumentStore(DocumentStore):
             await self._async_client.close()
             self._async_client = None
 
+    # --- derived datasets' collections ---------------------------------------------------
+
+    def _derived_datasets(self) -> set[str]:
+        """The derived datasets kept in collections of their own, with the sections a
+        store written before kept in the profile documents moved there (a read-only
+        store leaves them, and reads them, where they are)."""
+        derived = {n for n, s in self.schemas.items() if s.derived and not s.keyed}
+        for name in sorted(derived):
+            meta = f"_meta.{name}"
+            if self.profiles.find_one({meta: {"$exists": True}}, {"_id": 1}) is None:
+                continue
+            if self.read_only:
+                derived.discard(name)
+                continue
+            moved = [
+                ReplaceOne(
+                    {"_id": d["_id"]},
+                    {
+                        "section": d.get(name, {}),
+                        "position": d["_meta"][name]["position"],
+                        "refreshed_at": d["_meta"][name]["refreshed_at"],
+                    },
+                    upsert=True,
+                )
+                for d in self.profiles.find({meta: {"$exists": True}}, {name: 1, meta: 1})
+            ]
+            for start in range(0, len(moved), _CHUNK):
+                self._sections(name).bulk_write(moved[start : start + _CHUNK], ordered=False)
+            self.profiles.update_many({meta: {"$exists": True}}, {"$unset": {name: "", meta: ""}})
+            self.profiles.delete_many(_HOLDS_NO_SECTION)
+        return derived
+
+    def _generation(self, dataset: str) -> int:
+        """The live generation of a derived dataset (0 until a promotion moves it)."""
+        pointer = self.tracking_records.find_one({"_id": f"{dataset}:generation"})
+        return 0 if pointer is None else int(pointer["generation"])
+
+    def _sections(self, dataset: str, staging: bool = False) -> Collection[dict[str, Any]]:
+        """The live (or staging) generation's collection of a derived dataset."""
+        generation = self._generation(dataset) ^ int(staging)
+        return self.profiles.database[f"{self.profiles.name}__{dataset}__{generation}"]
+
+    def _derived_read(
+        self, customer_id: str, names: Sequence[str]
+    ) -> dict[str, tuple[Any, SectionMeta]]:
+        found = {}
+        for name in names:
+            document = self._sections(name).find_one({"_id": customer_id}, _DERIVED_PROJECTION)
+            if document is not None:
+                found[name] = (document.get("section", {}), _derived_meta(document))
+        return found
+
     # --- codecs -------------------------------------------------------------------------
 
     def _decode(self, dataset: str, value: Any) -> Any:
@@ -256,19 +330,26 @@ class MongoDocumentStore(DocumentStore):
         if self.closed:
             raise self.closed_error()
         names = self._names(datasets)
+        folded = [name for name in names if name not in self._derived]
+        read: dict[str, tuple[Any, SectionMeta]] = {}
         try:
-            document = self.profiles.find_one({"_id": customer_id}, self._projection(names))
+            if folded:
+                document = self.profiles.find_one({"_id": customer_id}, self._projection(folded))
+                found = self._present(document, folded)
+                if found is not None:
+                    assert document is not None
+                    meta, present = found
+                    read = {n: (document.get(n, {}), self._meta(meta[n])) for n in present}
+            read |= self._derived_read(customer_id, [n for n in names if n in self._derived])
         except PyMongoError as e:
             raise self.unavailable("get", e) from e
-        found = self._present(document, names)
-        if found is None:
+        if not read:
             return None
-        meta, present = found
-        assert document is not None
+        ordered = [name for name in names if name in read]
         return Profile(
             customer_id=customer_id,
-            sections={name: self._decode(name, document.get(name, {})) for name in present},
-            freshness={name: self._meta(meta[name]) for name in present},
+            sections={name: self._decode(name, read[name][0]) for name in ordered},
+            freshness={name: read[name][1] for name in ordered},
         )
 
     @guards_itself
@@ -284,12 +365,30 @@ class MongoDocumentStore(DocumentStore):
             raise self.unavailable("find", e) from e
 
     def load(
-        self, dataset: str, customer_ids: Iterable[str], *, staging: bool = False
+        self,
+        dataset: str,
+        customer_ids: Iterable[str],
+        *,
+        staging: bool = False,
+        shape: type[msgspec.Struct] | None = None,
     ) -> dict[str, StoredSection]:
         self.check_dataset(dataset)
         section_path, meta_path, _ = _fields(dataset, staging)
         ids = list(customer_ids)
         found: dict[str, StoredSection] = {}
+        if dataset in self._derived:
+            target = self._sections(dataset, staging)
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = {"_id": {"$in": ids[start : start + _IN_CHUNK]}}
+                for document in target.find(chunk, _DERIVED_PROJECTION):
+                    value = document.get("section", {})
+                    found[str(document["_id"])] = StoredSection(
+                        self._decode(dataset, value)
+                        if shape is None
+                        else msgspec.convert(value, shape),
+                        document["position"],
+                    )
+            return found
         for start in range(0, len(ids), _IN_CHUNK):
             cursor = self.profiles.find(
                 {"_id": {"$in": ids[start : start + _IN_CHUNK]}, meta_path: {"$exists": True}},
@@ -298,15 +397,23 @@ class MongoDocumentStore(DocumentStore):
             for document in cursor:
                 section = _dig(document, section_path)
                 meta = _dig(document, meta_path)
+                value = section if section is not None else {}
                 found[str(document["_id"])] = StoredSection(
-                    self._decode(dataset, section if section is not None else {}),
+                    self._decode(dataset, value)
+                    if shape is None
+                    else msgspec.convert(value, shape),
                     meta["position"],
                 )
         return found
 
-    def customer_ids(self, dataset: str) -> Iterator[str]:
+    def customer_ids(self, dataset: str, *, staging: bool = False) -> Iterator[str]:
         self.check_dataset(dataset)
-        for document in self.profiles.find({f"_meta.{dataset}": {"$exists": True}}, {"_id": 1}):
+        if dataset in self._derived:
+            for document in self._sections(dataset, staging).find({}, {"_id": 1}):
+                yield str(document["_id"])
+            return
+        _, meta_path, _ = _fields(dataset, staging)
+        for document in self.profiles.find({meta_path: {"$exists": True}}, {"_id": 1}):
             yield str(document["_id"])
 
     def tracking(self, dataset: str, *, staging: bool = False) -> Tracking | None:
@@ -331,7 +438,12 @@ class MongoDocumentStore(DocumentStore):
         writes = newest_per_customer(writes)
         paths = _fields(dataset, staging)
         position_path = f"{paths[1]}.position"
+        target = self.profiles
         operations = []
+        if dataset in self._derived:
+            target = self._sections(dataset, staging)
+            paths = ("section", "", "")
+            position_path = "position"
         for w in writes:
             guard = {
                 "_id": w.customer_id,
@@ -346,7 +458,7 @@ class MongoDocumentStore(DocumentStore):
         for start in range(0, len(operations), _CHUNK):
             chunk = operations[start : start + _CHUNK]
             try:
-                result = self.profiles.bulk_write(chunk, ordered=False)
+                result = target.bulk_write(chunk, ordered=False)
                 written += result.modified_count + result.upserted_count
             except BulkWriteError as e:
                 # A duplicate key means the stored section is as new or newer: skip it.
@@ -367,6 +479,21 @@ class MongoDocumentStore(DocumentStore):
     ) -> None:
         keyed = self.check_dataset(dataset).keyed
         writes, gone = regroup_plan(writes, removed)
+        if dataset in self._derived:
+            target = self._sections(dataset, staging)
+            replaced = [
+                UpdateOne(
+                    {"_id": w.customer_id},
+                    self._section_update(w, ("section", "", ""), False, refreshed_at),
+                    upsert=True,
+                )
+                for w in writes
+            ]
+            for start in range(0, len(replaced), _CHUNK):
+                target.bulk_write(replaced[start : start + _CHUNK], ordered=False)
+            for start in range(0, len(gone), _IN_CHUNK):
+                target.delete_many({"_id": {"$in": gone[start : start + _IN_CHUNK]}})
+            return
         paths = _fields(dataset, staging)
         # Writes first, then removals: no transaction spans documents (a sharded cluster
         # would need a distributed one), so a failure in between leaves sections to be
@@ -394,10 +521,12 @@ class MongoDocumentStore(DocumentStore):
     ) -> dict[str, Any]:
         """The ``$set`` storing a write's section, meta and (keyed dataset) lookup keys."""
         section_path, meta_path, keys_path = paths
-        fields: dict[str, Any] = {
-            section_path: self._encode(w.section),
-            meta_path: {"position": w.position, "refreshed_at": refreshed_at},
-        }
+        meta = {"position": w.position, "refreshed_at": refreshed_at}
+        fields: dict[str, Any] = {section_path: self._encode(w.section)}
+        if meta_path:
+            fields[meta_path] = meta
+        else:  # a derived dataset's own collection: the meta beside the section
+            fields |= meta
         if keyed:
             fields[keys_path] = list(w.lookup_keys)
         return {"$set": fields}
@@ -411,8 +540,14 @@ class MongoDocumentStore(DocumentStore):
             upsert=True,
         )
 
-    def start_staging(self, dataset: str) -> None:
+    def start_staging(self, dataset: str, *, reuse: bool = False) -> None:
         self.check_dataset(dataset)
+        if dataset in self._derived:
+            # The generation the last promotion replaced. Dropping a collection frees its
+            # files at once: nothing to reuse.
+            self._sections(dataset, staging=True).drop()
+            self.tracking_records.delete_one({"_id": _tracking_id(dataset, True)})
+            return
         section_path, meta_path, keys_path = _fields(dataset, staging=True)
         self.profiles.update_many(
             {meta_path: {"$exists": True}},
@@ -425,6 +560,15 @@ class MongoDocumentStore(DocumentStore):
         staged = self.tracking_records.find_one({"_id": _tracking_id(dataset, True)})
         if staged is None:
             raise RuntimeError(f"no staging area to promote for dataset {dataset!r}")
+        if dataset in self._derived:
+            # The swap: one document written, whatever the number of customers.
+            self.tracking_records.replace_one(
+                {"_id": f"{dataset}:generation"},
+                {"generation": self._generation(dataset) ^ 1},
+                upsert=True,
+            )
+            self._promoted(dataset, staged)
+            return
         live = _fields(dataset, staging=False)
         staging = _fields(dataset, staging=True)
         # Order matters: unset first, or the unset would remove what the rename brought in.
@@ -436,6 +580,10 @@ class MongoDocumentStore(DocumentStore):
         if self.schemas[dataset].keyed:
             renames[staging[2]] = live[2]
         self.profiles.update_many({staging[1]: {"$exists": True}}, {"$rename": renames})
+        self._promoted(dataset, staged)
+
+    def _promoted(self, dataset: str, staged: Mapping[str, Any]) -> None:
+        """The live tracking becomes exactly what the staging area covered."""
         self.tracking_records.replace_one(
             {"_id": _tracking_id(dataset, False)},
             {"position": staged["position"], "refreshed_at": staged["refreshed_at"]},
@@ -528,6 +676,10 @@ class MongoDocumentStore(DocumentStore):
                     for keys in (document.get(field) or {}).values():
                         counts[name] += len(set(keys))
             self.profiles.delete_many({"_id": {"$in": chunk}})
+            for name in sorted(self._derived):
+                for staging in (False, True):
+                    result = self._sections(name, staging).delete_many({"_id": {"$in": chunk}})
+                    counts["sections:staging" if staging else "sections"] += result.deleted_count
         self._erase_records(erasure, counts)
         return counts
 
@@ -608,6 +760,10 @@ with its meta, and an ``$unset`` of the last one leaves the meta map empty."""
 
 _KEY_FIELDS = (("_keys", "lookup_keys"), ("_staging_keys", "lookup_keys:staging"))
 """Where a document keeps its lookup keys, and what :meth:`erase` counts them as."""
+
+
+def _derived_meta(document: Mapping[str, Any]) -> SectionMeta:
+    return SectionMeta(position=document["position"], refreshed_at=utc(document["refreshed_at"]))
 
 
 def _tracking_id(dataset: str, staging: bool) -> str:

@@ -8,9 +8,18 @@ journal like every refresh (``status``, catch-up after downtime). One run:
    fit the population-wide parts (:func:`profilestore.scoring.fit`) and store the fit
    under its version, with its diagnostics;
 2. score every customer, chunk by chunk, under that one fit, into the ``scores``
-   dataset's **staging area** (the live scores keep answering reads);
-3. promote the staging area in one step (one transaction on SQLite), then point the
-   *current fit* record at the fit and store the run's summary.
+   dataset's **staging area** (the live scores keep answering reads), each section
+   written whole and unguarded over whatever the staging area kept from before
+   (``start_staging(reuse=True)``: on SQLite the generation the last swap replaced, which
+   costs nothing to keep and as much as writing it to empty), then the staged sections
+   of customers no longer scored removed;
+3. promote the staging area in one step (on SQLite three table renames in one
+   transaction, whatever the number of profiles), then point the *current fit* record
+   at the fit and store the run's summary.
+
+The summary counts customers per stage and tier, and **transitions**: for each customer,
+the stage of the live scores before the run against the new one (``new`` where there was
+none), counted per pair that changed, read chunk by chunk beside the inputs.
 
 So a refit never leaves a profile half-scored, nor the population split between two fits:
 reads see the old scores, all of them, until the swap, and the new ones, all of them,
@@ -42,7 +51,7 @@ from profilestore.config import ScoreSettings
 from profilestore.documents import DocumentStore, SectionWrite
 from profilestore.eventlog import Notified
 from profilestore.pipeline import Clock, Handler, Pass, PassReport
-from profilestore.scoring import ScoreFit, Summary, Tally
+from profilestore.scoring import ScoreFit, Stages, Summary, Tally
 
 TARGET = "scores"
 SOURCE = "engagement"
@@ -126,6 +135,12 @@ class _ScorePass(Pass):
             kept = [c for c in ids if c in stored]
             yield kept, [stored[c].section for c in kept], [stored[c].position for c in kept]
 
+    def _previous(self, ids: list[str]) -> list[Any]:
+        """The live scores of ``ids`` (None where none): what the run's transitions start
+        from."""
+        stored = self.handler.documents.load(TARGET, ids, shape=Stages)
+        return [stored[c].section if c in stored else None for c in ids]
+
     def _fit(self, customers: list[str], now: dt.datetime) -> ScoreFit:
         started = time.perf_counter()
         settings = self.handler.settings
@@ -161,23 +176,23 @@ class _ScorePass(Pass):
         self.fitted = fitted
         swap = handler.settings.swap
         if swap:
-            documents.start_staging(TARGET)
+            documents.start_staging(TARGET, reuse=True)
         tally = Tally()
         for ids, sections, positions in self._chunks(customers):
             scored = scoring.apply(ids, sections, fitted, now, handler.settings)
-            tally.add(scored)
+            tally.add(scored, self._previous(ids))
             writes = [
                 SectionWrite(c, s, max(p, 1))
                 for c, s, p in zip(ids, scored, positions, strict=True)
             ]
-            if swap:
-                self.written += documents.write(TARGET, writes, refreshed_at=now, staging=True)
-            else:
-                # Unguarded (a rescore at the same position replaces the section), one
-                # section per profile: each profile switches whole.
-                documents.regroup(TARGET, writes, (), refreshed_at=now)
-                self.written += len(writes)
+            # Unguarded (a rescore at the same position replaces the section), one
+            # section per profile: each profile switches whole.
+            documents.regroup(TARGET, writes, (), refreshed_at=now, staging=swap)
+            self.written += len(writes)
         if swap:
+            # What the reused staging area held of customers no longer scored (merged).
+            left = set(documents.customer_ids(TARGET, staging=True)).difference(customers)
+            documents.regroup(TARGET, [], sorted(left), refreshed_at=now, staging=True)
             documents.advance(TARGET, max(position, 1), refreshed_at=now, staging=True)
         else:
             # Profiles no longer in engagement (merged into another) lose their scores.

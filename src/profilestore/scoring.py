@@ -544,14 +544,32 @@ def apply(
     # The loop below builds the sections from plain Python lists (numpy scalars cost ~10x
     # as much to index) and shares what many customers have in common: a placement is
     # the same object for the same rule and facts, an RFM cell for the same quintiles.
-    four_lists = {
-        name: (
-            score.tolist(),
-            percentiles[name].tolist(),
-            [(c, np.round(v, 3).tolist(), np.round(p, 1).tolist()) for c, v, p in components],
+    # The 4I parts column by column: one list comprehension per component and zip (in C)
+    # to gather each customer's, instead of a generator per customer and score.
+    four_columns = []
+    for name in FOUR_I:
+        score, components = scored[name]
+        parts = [
+            [
+                Component(name=c, value=v, points=p)
+                for v, p in zip(
+                    np.round(values, 3).tolist(), np.round(points, 1).tolist(), strict=True
+                )
+            ]
+            for c, values, points in components
+        ]
+        four_columns.append(
+            [
+                Engagement4I(score=s, percentile=q, components=t)
+                for s, q, t in zip(
+                    score.tolist(),
+                    percentiles[name].tolist(),
+                    zip(*parts, strict=True),
+                    strict=True,
+                )
+            ]
         )
-        for name, (score, components) in scored.items()
-    }
+    four_rows = list(zip(*four_columns, strict=True))
     placement_lists = []
     for name, (rules, values, index) in placements.items():
         version = rules_version(rules)
@@ -571,16 +589,7 @@ def apply(
     result = []
     for row in range(count):
         is_buyer = buyer_list[row]
-        four = {
-            name: Engagement4I(
-                score=score[row],
-                percentile=percentile[row],
-                components=tuple(
-                    Component(name=c, value=v[row], points=p[row]) for c, v, p in parts
-                ),
-            )
-            for name, (score, percentile, parts) in four_lists.items()
-        }
+        involvement, interaction, intimacy, influence = four_rows[row]
         placed = {}
         for name, rules, version, tested, index in placement_lists:
             rule_index = index[row]
@@ -606,10 +615,10 @@ def apply(
                 fit_version=scoring_fit.version,
                 lifecycle=placed["lifecycle"],
                 journey=placed["journey"],
-                involvement=four["involvement"],
-                interaction=four["interaction"],
-                intimacy=four["intimacy"],
-                influence=four["influence"],
+                involvement=involvement,
+                interaction=interaction,
+                intimacy=intimacy,
+                influence=influence,
                 rfm=rfm,
                 value_tier=tiers[row] if is_buyer else "prospect",
                 channels=_channels(columns.sections[row]),
@@ -626,6 +635,28 @@ def apply(
             )
         )
     return result
+
+
+class _Stage(msgspec.Struct, frozen=True, gc=False):
+    stage: str
+
+
+class Stages(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Of a ``scores`` section, the stages a summary counts: what the transitions compare
+    (decoding only these is a fraction of decoding the section)."""
+
+    lifecycle: _Stage | None = None
+    journey: _Stage | None = None
+    value_tier: str | None = None
+
+
+def _stages(scores: Scores | Stages) -> dict[str, str]:
+    """The groupings a summary counts, and the customer's stage in each."""
+    return {
+        "lifecycle": scores.lifecycle.stage if scores.lifecycle else "unscored",
+        "journey": scores.journey.stage if scores.journey else "unscored",
+        "value_tier": scores.value_tier or "unscored",
+    }
 
 
 def _rfm(recency: int, frequency: int, monetary: int) -> Rfm:
@@ -655,6 +686,11 @@ class Summary(msgspec.Struct, frozen=True, kw_only=True):
     """Sum, mean and percentiles of expected spend over the horizon, among buyers."""
     movement: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
     """Per grouping and stage: the change in customers since the previous run."""
+    transitions: dict[str, dict[str, dict[str, int]]] = msgspec.field(default_factory=dict)
+    """Per grouping: customers whose stage changed since the previous run, by stage
+    before (``new``: not scored before) and stage now; customers who stayed are not
+    listed. Customers scored before but not now (merged into another) show only in
+    ``movement``."""
     previous_computed_at: dt.datetime | None = None
 
 
@@ -668,17 +704,24 @@ class Tally:
         self.histograms = {name: np.zeros(101, dtype=np.int64) for name in FOUR_I}
         self.sums = dict.fromkeys(FOUR_I, 0.0)
         self.values: list[Floats] = []
+        self.transitions: dict[str, dict[tuple[str, str], int]] = {g: {} for g in self.groups}
 
-    def add(self, scores: Sequence[Scores]) -> None:
+    def add(
+        self, scores: Sequence[Scores], previous: Sequence[Scores | Stages | None] = ()
+    ) -> None:
+        """Count ``scores``; ``previous``: each customer's scores before the run (None
+        where none), for the transitions."""
         self.customers += len(scores)
-        for s in scores:
-            for group, stage in (
-                ("lifecycle", s.lifecycle.stage if s.lifecycle else "unscored"),
-                ("journey", s.journey.stage if s.journey else "unscored"),
-                ("value_tier", s.value_tier or "unscored"),
-            ):
+        before: Sequence[Scores | Stages | None] = previous or [None] * len(scores)
+        for s, old in zip(scores, before, strict=True):
+            was = _stages(old) if old is not None else None
+            for group, stage in _stages(s).items():
                 counts = self.groups[group]
                 counts[stage] = counts.get(stage, 0) + 1
+                pair = ("new" if was is None else was[group], stage)
+                if pair[0] != stage:
+                    moved = self.transitions[group]
+                    moved[pair] = moved.get(pair, 0) + 1
         for name in FOUR_I:
             points = np.array([getattr(s, name).score for s in scores if getattr(s, name)])
             self.sums[name] += float(points.sum())
@@ -723,6 +766,13 @@ class Tally:
                     stage: counts.get(stage, 0) - before.get(stage, 0)
                     for stage in sorted(set(counts) | set(before))
                 }
+        transitions: dict[str, dict[str, dict[str, int]]] = {}
+        if previous is not None:
+            for group, moved in self.transitions.items():
+                nested: dict[str, dict[str, int]] = {}
+                for (was, now), count in sorted(moved.items()):
+                    nested.setdefault(was, {})[now] = count
+                transitions[group] = nested
         return Summary(
             computed_at=computed_at,
             fit_version=fit_version,
@@ -733,8 +783,9 @@ class Tally:
             four_i=four,
             predicted_value=predicted,
             movement=movement,
+            transitions=transitions,
             previous_computed_at=previous.computed_at if previous else None,
         )
 
 
-__all__ = ["SCORE_FACTS", "ScoreFit", "Scores", "Summary", "apply", "facts", "fit"]
+__all__ = ["SCORE_FACTS", "ScoreFit", "Scores", "Stages", "Summary", "apply", "facts", "fit"]

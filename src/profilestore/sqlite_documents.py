@@ -9,8 +9,21 @@ lookup keys in ``k_<dataset>``.
 
 A rebuild writes ``s_<dataset>__staging`` / ``k_<dataset>__staging``; promotion replaces
 the dataset's live rows with them in one transaction, so readers see the old or the new
-dataset, never a mix. A regroup (identity resolution) replaces and deletes a dataset's
-sections in one transaction too. Sections are stored as the same JSON the MongoDB adapter
+dataset, never a mix.
+
+A **derived** dataset (the scores: rewritten whole by its job every run, never folded)
+keeps its live sections in a table of its own, ``d_<dataset>``, shaped like its staging
+table, so promotion is three table renames in one transaction (live to spare, staging to
+live, spare to staging): O(1), where copying a million rows into ``sections`` took longer
+than writing them. The spare is the generation the swap replaced; the next run's
+``start_staging(reuse=True)`` keeps it and overwrites it (emptying a table costs as much
+as filling it when ``secure_delete`` zeroes every freed page). A rowid table also keeps
+a 1 KB scores section inline: in the ``WITHOUT ROWID`` ``sections`` table a row over
+about 1,000 bytes spills onto an overflow page of its own, 4 KB written per section. A
+profile read adds one primary-key lookup per derived table to its range read.
+
+A regroup (identity resolution) replaces and deletes a dataset's sections in one
+transaction too. Sections are stored as the same JSON the MongoDB adapter
 stores as BSON.
 
 Opened ``read_only`` (an auditor's copy), nothing is created or switched and every write
@@ -79,6 +92,10 @@ def _keys_table(dataset: str, staging: bool) -> str:
     return f"k_{dataset}{_STAGING if staging else ''}"
 
 
+def _derived_table(dataset: str) -> str:
+    return f"d_{dataset}"
+
+
 def _tracking_name(dataset: str, staging: bool) -> str:
     return f"{dataset}{_STAGING if staging else ''}"
 
@@ -108,6 +125,7 @@ class SQLiteDocumentStore(DocumentStore):
         }
         self._rank = {name: rank for rank, name in enumerate(self.schemas)}
         self._profile_plans: dict[tuple[str, ...] | None, _Plan] = {}
+        self._derived: set[str] = set()
         self._find_sql = " UNION ".join(
             f"SELECT customer_id FROM k_{name} WHERE key = ?1"
             for name, schema in self.schemas.items()
@@ -121,6 +139,7 @@ class SQLiteDocumentStore(DocumentStore):
                 self._connection().execute("SELECT 1 FROM sections LIMIT 1").fetchone()
             else:
                 self._create_tables()
+            self._derived = self._derived_tables()
         except sqlite3.Error as e:
             failure = self.unavailable("open", e)
             self.close()
@@ -147,9 +166,12 @@ class SQLiteDocumentStore(DocumentStore):
             )
             # A dataset's customers (listing, promotion) without scanning every dataset.
             c.execute("CREATE INDEX IF NOT EXISTS sections_by_dataset ON sections (dataset)")
-            for name in self.schemas:
-                self._migrate_dataset_table(c, name)
-                if self.schemas[name].keyed:
+            for name, schema in self.schemas.items():
+                if schema.derived:
+                    self._create_derived_table(c, name)
+                else:
+                    self._migrate_dataset_table(c, name)
+                if schema.keyed:
                     self._create_keys_table(c, _keys_table(name, staging=False))
 
     # --- connections ------------------------------------------------------------------
@@ -236,6 +258,45 @@ class SQLiteDocumentStore(DocumentStore):
             c.execute(f"CREATE INDEX i_{keys}_{uuid.uuid4().hex[:8]} ON {keys} (customer_id)")
 
     @staticmethod
+    def _create_section_table(c: sqlite3.Cursor, table: str) -> None:
+        """A table of one dataset's sections (a derived dataset's live or staging ones)."""
+        c.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (customer_id TEXT PRIMARY KEY, "
+            "position INTEGER NOT NULL, refreshed_at TEXT NOT NULL, body BLOB NOT NULL)"
+        )
+
+    def _create_derived_table(self, c: sqlite3.Cursor, dataset: str) -> None:
+        """``d_<dataset>``, with the sections a store written before it kept in
+        ``sections`` moved over."""
+        table = _derived_table(dataset)
+        self._create_section_table(c, table)
+        c.execute(
+            f"INSERT INTO {table} (customer_id, position, refreshed_at, body) "
+            "SELECT customer_id, position, refreshed_at, body FROM sections "
+            "WHERE dataset = ? ON CONFLICT (customer_id) DO NOTHING",
+            (dataset,),
+        )
+        if c.rowcount:
+            c.execute("DELETE FROM sections WHERE dataset = ?", (dataset,))
+
+    def _derived_tables(self) -> set[str]:
+        """The derived datasets whose table exists (a read-only store written before
+        ``d_`` tables keeps their sections in ``sections``, where reads find them)."""
+        derived = {name for name, schema in self.schemas.items() if schema.derived}
+        if self.read_only:
+            return {name for name in derived if self._exists(_derived_table(name))}
+        return derived
+
+    def _table(self, dataset: str, staging: bool) -> str | None:
+        """The table of the dataset's own sections (staging, or a derived dataset's live
+        ones), or None for the live sections of a folded dataset (``sections``)."""
+        if staging:
+            return _staging_tables(dataset)[0]
+        if dataset in self._derived:
+            return _derived_table(dataset)
+        return None
+
+    @staticmethod
     def _migrate_dataset_table(c: sqlite3.Cursor, dataset: str) -> None:
         """Move a store written with one live table per dataset into ``sections``."""
         old = f"s_{dataset}"
@@ -271,13 +332,23 @@ class SQLiteDocumentStore(DocumentStore):
         return kept
 
     def _profile_plan(self, names: tuple[str, ...] | None) -> _Plan:
-        sql = "SELECT dataset, position, refreshed_at, body FROM sections WHERE customer_id = ?"
+        sql = "SELECT dataset, position, refreshed_at, body FROM sections WHERE customer_id = ?1"
+        named: tuple[str, ...] = ()
         if names is None:
-            return sql, self._rank, ()  # every configured dataset: filtered after the read
-        for name in names:
-            self.check_dataset(name)
-        rank = {name: i for i, name in enumerate(dict.fromkeys(names))}
-        return f"{sql} AND dataset IN ({','.join('?' * len(rank))})", rank, tuple(rank)
+            rank = self._rank  # every configured dataset: filtered after the read
+        else:
+            for name in names:
+                self.check_dataset(name)
+            rank = {name: i for i, name in enumerate(dict.fromkeys(names))}
+            named = tuple(n for n in rank if n not in self._derived)
+            sql = f"{sql} AND dataset IN ({','.join('?' * len(named))})" if named else ""
+        derived = [
+            f"SELECT '{name}', position, refreshed_at, body FROM {_derived_table(name)} "
+            "WHERE customer_id = ?1"
+            for name in rank
+            if name in self._derived
+        ]
+        return " UNION ALL ".join(part for part in (sql, *derived) if part), rank, named
 
     @staticmethod
     def _freshness(rows: list[tuple[str, int, str, bytes]]) -> dict[str, SectionMeta]:
@@ -333,10 +404,15 @@ class SQLiteDocumentStore(DocumentStore):
         return sorted(row[0] for row in rows)
 
     def load(
-        self, dataset: str, customer_ids: Iterable[str], *, staging: bool = False
+        self,
+        dataset: str,
+        customer_ids: Iterable[str],
+        *,
+        staging: bool = False,
+        shape: type[msgspec.Struct] | None = None,
     ) -> dict[str, StoredSection]:
         self.check_dataset(dataset)
-        decoder = self._decoders[dataset]
+        decoder = self._decoders[dataset] if shape is None else _decoder(shape)
         ids = list(customer_ids)
         found: dict[str, StoredSection] = {}
         conn = self._connection()
@@ -347,26 +423,31 @@ class SQLiteDocumentStore(DocumentStore):
                 found[customer_id] = StoredSection(decoder.decode(body), position)
         return found
 
-    @staticmethod
     def _positions_sql(
-        dataset: str, chunk: Sequence[str], staging: bool, *columns: str
+        self, dataset: str, chunk: Sequence[str], staging: bool, *columns: str
     ) -> tuple[str, list[str]]:
         """The statement reading the stored position (and ``columns``) of ``chunk``."""
         marks = ",".join("?" * len(chunk))
         selected = ", ".join(("customer_id", "position", *columns))
-        if staging:
-            table, _ = _staging_tables(dataset)
+        table = self._table(dataset, staging)
+        if table is not None:
             return f"SELECT {selected} FROM {table} WHERE customer_id IN ({marks})", list(chunk)
         return (
             f"SELECT {selected} FROM sections WHERE dataset = ? AND customer_id IN ({marks})",
             [dataset, *chunk],
         )
 
-    def customer_ids(self, dataset: str) -> Iterator[str]:
+    def customer_ids(self, dataset: str, *, staging: bool = False) -> Iterator[str]:
         self.check_dataset(dataset)
-        cursor = self._connection().execute(
-            "SELECT customer_id FROM sections WHERE dataset = ?", (dataset,)
-        )
+        table = self._table(dataset, staging)
+        if table is None:
+            cursor = self._connection().execute(
+                "SELECT customer_id FROM sections WHERE dataset = ?", (dataset,)
+            )
+        elif staging and not self._exists(table):
+            return
+        else:
+            cursor = self._connection().execute(f"SELECT customer_id FROM {table}")
         for (customer_id,) in cursor:
             yield customer_id
 
@@ -425,8 +506,8 @@ class SQLiteDocumentStore(DocumentStore):
             return
         with self._transaction() as c:
             self._store_sections(c, dataset, writes, refreshed_at, staging, guarded=False)
-            if staging:
-                table, _ = _staging_tables(dataset)
+            table = self._table(dataset, staging)
+            if table is not None:
                 c.executemany(
                     f"DELETE FROM {table} WHERE customer_id = ?", [(cid,) for cid in gone]
                 )
@@ -452,9 +533,9 @@ class SQLiteDocumentStore(DocumentStore):
         older stored position."""
         stamp = _format_time(refreshed_at)
         encode = self._encoder.encode
-        table = _staging_tables(dataset)[0] if staging else "sections"
+        table = self._table(dataset, staging) or "sections"
         guard = f" WHERE excluded.position > {table}.position" if guarded else ""
-        if staging:
+        if table != "sections":
             c.executemany(
                 f"INSERT INTO {table} (customer_id, position, refreshed_at, body) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (customer_id) DO UPDATE SET "
@@ -497,18 +578,26 @@ class SQLiteDocumentStore(DocumentStore):
                 (_tracking_name(dataset, staging), position, _format_time(refreshed_at)),
             )
 
-    def start_staging(self, dataset: str) -> None:
-        keyed = self.check_dataset(dataset).keyed
+    def _exists(self, table: str) -> bool:
+        found = (
+            self._connection()
+            .execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+            .fetchone()
+        )
+        return found is not None
+
+    def start_staging(self, dataset: str, *, reuse: bool = False) -> None:
+        schema = self.check_dataset(dataset)
         sections, keys = _staging_tables(dataset)
         with self._transaction() as c:
-            c.execute(f"DROP TABLE IF EXISTS {sections}")
+            # A derived dataset's spare (the generation the last swap replaced) is kept to
+            # be overwritten: dropping it zeroes every page (secure_delete).
+            if not (reuse and schema.derived):
+                c.execute(f"DROP TABLE IF EXISTS {sections}")
             c.execute(f"DROP TABLE IF EXISTS {keys}")
             c.execute("DELETE FROM tracking WHERE name = ?", (_tracking_name(dataset, True),))
-            c.execute(
-                f"CREATE TABLE {sections} (customer_id TEXT PRIMARY KEY, "
-                "position INTEGER NOT NULL, refreshed_at TEXT NOT NULL, body BLOB NOT NULL)"
-            )
-            if keyed:
+            self._create_section_table(c, sections)
+            if schema.keyed:
                 self._create_keys_table(c, keys)
 
     def promote_staging(self, dataset: str) -> None:
@@ -522,14 +611,21 @@ class SQLiteDocumentStore(DocumentStore):
             ).fetchone()
             if row is None:
                 raise RuntimeError(f"no staging area to promote for dataset {dataset!r}")
-            c.execute("DELETE FROM sections WHERE dataset = ?", (dataset,))
-            c.execute(
-                "INSERT INTO sections (customer_id, dataset, position, refreshed_at, body) "
-                f"SELECT customer_id, ?, position, refreshed_at, body FROM {sections} "
-                "ORDER BY customer_id",
-                (dataset,),
-            )
-            c.execute(f"DROP TABLE {sections}")
+            if dataset in self._derived:
+                # The swap: renames only, whatever the number of sections.
+                live, spare = _derived_table(dataset), f"{sections}_spare"
+                c.execute(f"ALTER TABLE {live} RENAME TO {spare}")
+                c.execute(f"ALTER TABLE {sections} RENAME TO {live}")
+                c.execute(f"ALTER TABLE {spare} RENAME TO {sections}")
+            else:
+                c.execute("DELETE FROM sections WHERE dataset = ?", (dataset,))
+                c.execute(
+                    "INSERT INTO sections (customer_id, dataset, position, refreshed_at, body) "
+                    f"SELECT customer_id, ?, position, refreshed_at, body FROM {sections} "
+                    "ORDER BY customer_id",
+                    (dataset,),
+                )
+                c.execute(f"DROP TABLE {sections}")
             if keyed:
                 c.execute(f"DROP TABLE {live_keys}")
                 c.execute(f"ALTER TABLE {keys} RENAME TO {live_keys}")
@@ -742,10 +838,17 @@ class SQLiteDocumentStore(DocumentStore):
 
 _OWN_TABLES = (
     "SELECT name FROM sqlite_master WHERE type = 'table' "
-    r"AND (name LIKE 'k\_%' ESCAPE '\' OR name LIKE 's\_%\_\_staging' ESCAPE '\') "
+    r"AND (name LIKE 'k\_%' ESCAPE '\' OR name LIKE 's\_%\_\_staging' ESCAPE '\' "
+    r"OR name LIKE 'd\_%' ESCAPE '\') "
     "ORDER BY name"
 )
-"""Tables of lookup keys (live and staging) and of staging sections, of any dataset."""
+"""Tables of lookup keys (live and staging), of staging sections and of derived
+datasets' live sections, of any dataset."""
+
+
+@functools.cache
+def _decoder(shape: type[msgspec.Struct]) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(shape)
 
 
 def _format_time(value: dt.datetime) -> str:

@@ -1874,7 +1874,7 @@ def open_documents(
     settings: Settings, projections: Mapping[str, Projection[Any]], *, read_only: bool = False
 ) -> DocumentStore:
     schemas = {
-        name: DatasetSchema(p.section, keyed=p.lookup_keys is not None)
+        name: DatasetSchema(p.section, keyed=p.lookup_keys is not None, derived=p.derived)
         for name, p in projections.items()
     }
     return open_document_store(
