@@ -94,6 +94,7 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             "SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, "
             "e.state, i.hash FROM {0}.{1} e LEFT JOIN {0}.{2} i "
             "ON i.originator_id = e.originator_id AND i.originator_version = e.originator_version "
+            "WHERE %s::uuid[] IS NULL OR e.originator_id = ANY(%s::uuid[]) "
             "ORDER BY e.originator_id, e.originator_version"
         ).format(
             Identifier(self.datastore.schema), Identifier(EVENTS_TABLE), Identifier(EVENT_IDS_TABLE)
@@ -199,14 +200,15 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             rows: list[DictRow] = curs.fetchall()
             return {row["event_id"] for row in rows}
 
-    def scan_chain(self) -> Iterator[ChainRow]:
+    def scan_chain(self, streams: Sequence[UUID] | None = None) -> Iterator[ChainRow]:
         with (
             self.datastore.get_connection() as conn,
             conn.transaction(),
             conn.cursor(name="profilestore_scan_chain") as curs,
         ):
             curs.itersize = 5000  # a server-side cursor: memory stays flat
-            curs.execute(self._scan_chain)
+            wanted = None if streams is None else list(streams)
+            curs.execute(self._scan_chain, (wanted, wanted))
             for r in curs:
                 yield (
                     r["notification_id"],
@@ -360,16 +362,21 @@ class PostgresKeyStore(KeyStore):
             for r in rows
         }
 
-    def create(self, keys: Mapping[UUID, Wrapped]) -> None:
+    def create(self, keys: Mapping[UUID, Wrapped]) -> dict[UUID, Wrapped | None]:
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(
                 SQL(
                     "INSERT INTO {0}.{1} (stream, kek_id, sealed) "
                     "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bytea[]) "
-                    "ON CONFLICT (stream) DO NOTHING"
+                    "ON CONFLICT (stream) DO NOTHING RETURNING stream"
                 ).format(*self._keys),
                 (list(keys), [w.kek_id for w in keys.values()], [w.sealed for w in keys.values()]),
             )
+            inserted = {r["stream"] for r in curs.fetchall()}
+        stored: dict[UUID, Wrapped | None] = {s: w for s, w in keys.items() if s in inserted}
+        if len(stored) < len(keys):  # a concurrent writer stored some first: theirs win
+            stored.update(self.load([s for s in keys if s not in inserted]))
+        return stored
 
     def destroy(self, streams: Sequence[UUID], at: dt.datetime) -> int:
         with self.datastore.transaction(commit=True) as curs:
