@@ -62,7 +62,7 @@ from profilestore.errors import (
     StoreClosed,
 )
 from profilestore.events import Event
-from profilestore.keys import Keyring, KeyStore, load_kek
+from profilestore.keys import Keyring, KeyStore, Wrapped, load_kek
 from profilestore.mapper import (
     NONCE_BYTES,
     SEALED,
@@ -150,6 +150,10 @@ class EventRecorder(ABC):
     serialisation failure): the append is planned again, as for a taken version."""
     location: str = ""
     """Where the log is (a file; a host, database and schema; never a password)."""
+    keys_in_transaction: ClassVar[bool] = False
+    """The key store shares the log's database: :meth:`insert_events` takes the batch's
+    new data keys (``keys``) and inserts them in its transaction (a stream's key stored
+    first by another writer fails it, as a taken version does)."""
 
     @abstractmethod
     def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
@@ -398,8 +402,10 @@ class EventLog:
         streams = {c: self._stream_id(c) for c in {e.customer_id for e in new_events}}
         erased: list[str] = []
         ciphers: dict[UUID, Any] = {}
+        new_keys: dict[UUID, Wrapped] | None = None
         if self.keyring is not None:
-            ciphers = self.keyring.for_append(set(streams.values()))
+            new_keys = {} if self.recorder.keys_in_transaction else None
+            ciphers = self.keyring.for_append(set(streams.values()), deferred=new_keys)
             if any(c is None for c in ciphers.values()):
                 if not skip_erased:
                     index = next(
@@ -460,9 +466,12 @@ class EventLog:
             (o, self._directory_name(o, customer, cipher), version, link)
             for o, _, cipher, _, version, link, customer in touched
         ]
+        keys_rows = sorted(new_keys.items(), key=lambda item: item[0].bytes) if new_keys else []
         notification_ids = self.recorder.insert_events(
-            stored_events, event_ids=event_ids, streams=stream_rows
+            stored_events, event_ids=event_ids, streams=stream_rows, keys=keys_rows
         )
+        if new_keys and self.keyring is not None:  # committed: the new keys are stored
+            self.keyring.remember({s: ciphers[s] for s in new_keys})
         return AppendResult(
             appended=len(stored_events),
             duplicates=len(duplicates),

@@ -430,7 +430,8 @@ class Keyring:
                 self._ciphers.clear()
                 self._generation = generation
 
-    def _remember(self, found: Mapping[UUID, AESGCM | None]) -> None:
+    def remember(self, found: Mapping[UUID, AESGCM | None]) -> None:
+        """Cache ciphers (and tombstones, None) of streams."""
         with self._lock:
             if len(self._ciphers) + len(found) > _CACHE_LIMIT:
                 self._ciphers.clear()
@@ -452,7 +453,7 @@ class Keyring:
                 s: (None if w is None else AESGCM(self._unwrap(w, _WRAP_AAD + s.bytes)))
                 for s, w in loaded.items()
             }
-            self._remember(found)
+            self.remember(found)
             known.update(found)
             never = [s for s in missing if s not in found]
             known.update((s, None) for s in never)
@@ -460,19 +461,30 @@ class Keyring:
                 absent.update(never)
         return known
 
-    def for_append(self, streams: Iterable[UUID]) -> dict[UUID, AESGCM | None]:
+    def for_append(
+        self, streams: Iterable[UUID], *, deferred: dict[UUID, Wrapped] | None = None
+    ) -> dict[UUID, AESGCM | None]:
         """The cipher of each stream, creating keys for new streams; None where the key was
         destroyed (the customer was forgotten: appending is refused).
 
         A batch costs one read of the erasure generation, one read of the keys not cached
         and, when some streams are new, one write transaction creating all their keys. A
-        key created for a batch that then fails stays, unused by any event: harmless."""
+        key created for a batch that then fails stays, unused by any event: harmless.
+
+        With ``deferred`` (a log whose key store is in its own database), the new keys are
+        not stored: they are put in ``deferred`` for the append to insert in its own
+        transaction, where a concurrent writer's key for the same stream (a unique key)
+        rolls the batch back to be planned again; call :meth:`remember` once committed."""
         absent: set[UUID] = set()
         ciphers = self.ciphers(streams, absent=absent)
         if not absent:
             return ciphers
         raw = {s: secrets.token_bytes(32) for s in absent}
         fresh = {s: self.kek.wrap(k, _WRAP_AAD + s.bytes) for s, k in raw.items()}
+        if deferred is not None:
+            deferred.update(fresh)
+            ciphers.update((s, AESGCM(k)) for s, k in raw.items())
+            return ciphers
         stored = self.store.create(fresh)
         found = {
             # Ours, unless a concurrent writer's key (or a tombstone) was there first.
@@ -485,7 +497,7 @@ class Keyring:
             )
             for s, w in stored.items()
         }
-        self._remember(found)
+        self.remember(found)
         ciphers.update(found)
         return ciphers
 

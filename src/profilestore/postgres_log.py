@@ -52,6 +52,7 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
     backend = "PostgreSQL"
     driver_errors = (psycopg.Error,)
     conflicts = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+    keys_in_transaction = True
 
     def __init__(self, datastore: PostgresDatastore) -> None:
         super().__init__(datastore, events_table_name=EVENTS_TABLE)
@@ -80,6 +81,10 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             "INSERT INTO {0}.{1} (event_id, originator_id, originator_version, hash) "
             "SELECT * FROM unnest(%s::text[], %s::uuid[], %s::bigint[], %s::bytea[])"
         ).format(*table)
+        self._insert_keys = SQL(
+            "INSERT INTO {0}.{1} (stream, kek_id, sealed) "
+            "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bytea[])"
+        ).format(Identifier(self.datastore.schema), Identifier(KEYS_TABLE))
         self._upsert_streams = SQL(
             "INSERT INTO {0}.{1} (originator_id, customer_id, head_version, head_hash) "
             "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::bytea[]) "
@@ -185,6 +190,15 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
         # is prepared on our connections (see UnpreparedDatastore). An empty batch (or a
         # call without our keyword arguments, as the library's own callers make) writes
         # nothing, as the library's recorder does.
+        keys = kwargs.get("keys") or ()
+        if keys:
+            # The batch's new data keys, first (sorted by stream: concurrent batches take
+            # key rows in one order). No ON CONFLICT: a key another writer stored first is
+            # a unique violation, which rolls the batch back to be planned again with it.
+            curs.execute(
+                self._insert_keys,
+                ([s for s, _ in keys], [w.kek_id for _, w in keys], [w.sealed for _, w in keys]),
+            )
         event_ids = kwargs.get("event_ids") or ()
         if event_ids:
             columns = [list(column) for column in zip(*event_ids, strict=True)]
