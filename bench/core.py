@@ -599,6 +599,7 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
         "batch_size": BATCH,
         "seed": SEED,
     }
+    result["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
     url = postgres_url()
     schemas = PostgresSchemas(url)
     try:
@@ -707,6 +708,7 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
     }
     result["rebuild"] = rebuilds
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 

@@ -17,7 +17,9 @@ What runs, each against its natural alternative in the same run:
    with ``ProfileStore.append`` in batches of 500 into two fresh stores, one with
    ``privacy.encryption`` on and one with it off, batch by batch, alternating which goes
    first; a new pair of stores every round. ``encrypted_vs_plain`` = plain time /
-   encrypted time (1.0 = free), over all rounds.
+   encrypted time (1.0 = free), over all rounds. ``ingest_sqlite_uuid_ids``: the same,
+   for the first half of the events with random UUIDs as event ids (see
+   :func:`with_uuid_ids`; reported, not judged).
 2. **Forget**: a store of many customers (the population) plus a few "whales" of 1,000
    events each (identifiers, a name, orders), refreshed so their documents exist; each
    whale is forgotten with ``ProfileStore.forget`` and timed whole. For the split, one
@@ -41,9 +43,11 @@ import datetime as dt
 import gc
 import os
 import pstats
+import random
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,8 @@ REPO = Path(__file__).resolve().parent.parent
 for _path in (REPO / "src", REPO):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
+
+import msgspec  # noqa: E402
 
 from bench.core import (  # noqa: E402
     PostgresSchemas,
@@ -180,6 +186,18 @@ def whale(customer: str) -> list[dict[str, Any]]:
         for i in range(WHALE_EVENTS - len(head))
     ]
     return head + orders
+
+
+def with_uuid_ids(events: Sequence[Any]) -> list[Any]:
+    """The same events with random (seeded) UUIDs as event ids, as most sources send
+    them: the generator's ids (``cust-0000001-1``, ...) arrive in order, which lets the
+    plain log's event-id index grow at its end while the encrypted log's keyed hashes of
+    them land anywhere in theirs; with UUIDs both land anywhere."""
+    rng = random.Random(SEED)
+    return [
+        msgspec.structs.replace(e, event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)))
+        for e in events
+    ]
 
 
 def append_all(store: ProfileStore, events: Sequence[Any]) -> None:
@@ -531,9 +549,13 @@ def measure(mode_name: str, work: Path) -> dict[str, Any]:
         "batch_size": BATCH,
         "source": source_state(),
     }
+    result["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
     events = population(mode["ingest_customers"], mode["ingest_per_customer"])
     with stage(f"ingest SQLite: {len(events)} events x {mode['ingest_rounds']} rounds"):
         result["ingest_sqlite"] = ingest_sqlite(work, events, mode["ingest_rounds"])
+    uuid_events = with_uuid_ids(events[: len(events) // 2])
+    with stage(f"ingest SQLite, UUID event ids: {len(uuid_events)} events x 2 rounds"):
+        result["ingest_sqlite_uuid_ids"] = ingest_sqlite(work / "uuid", uuid_events, 2)
     postgres_version = None
     if url:
         pg_events = population(mode["postgres_customers"], mode["ingest_per_customer"])
@@ -557,6 +579,7 @@ def measure(mode_name: str, work: Path) -> dict[str, Any]:
         "verify_forgotten_vs_intact": result["rebuild"]["verify_forgotten_vs_intact"],
     }
     result["targets"] = judge(figures, TARGETS, COMPARE)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
     return result
 

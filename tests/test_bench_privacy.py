@@ -48,6 +48,7 @@ def test_the_bench_compares_privacy_with_its_alternatives(
     ingest = written["ingest_sqlite"]
     assert ingest["encrypted_events_per_s"] > 0 and ingest["plain_events_per_s"] > 0
     assert ingest["encrypted_vs_plain"] > 0
+    assert written["ingest_sqlite_uuid_ids"]["encrypted_vs_plain"] > 0
     forget = written["forget"]
     assert forget["receipt"]["events_forgotten"] == 60
     # Nothing readable is left (a stale copy of a row moved by a page split once was:

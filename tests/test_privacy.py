@@ -7,6 +7,7 @@ import base64
 import datetime as dt
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from profilestore.errors import (
     Undecryptable,
 )
 from profilestore.eventlog import EventLog, open_log, stream_id
+from profilestore.events import PageViewed
 from profilestore.mapper import SEALED, Forgotten
 from profilestore.store import ProfileStore, load_projections, open_store
 
@@ -411,3 +413,64 @@ def test_a_copy_left_where_secure_delete_never_looked_is_compacted_away(
         store.append(history("cust-zz-0001", "zz@example.org", "+14155550111", "Zz"))
         store.refresh()
         assert not store.forget("cust-zz-0001", request_id="DSR-9").plaintext.compacted
+
+
+@pytest.mark.parametrize(
+    "log_kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_writers_racing_to_key_the_same_new_customers_all_read_back(
+    tmp_path: Path, request: pytest.FixtureRequest, log_kind: str
+) -> None:
+    """Four logs (four key caches) append to the same new customers at once: whichever
+    writer's data key is stored first for a stream, every event of it decrypts."""
+    if log_kind == "sqlite":
+        url, schema = f"sqlite:///{tmp_path / 'events.sqlite'}", ""
+    else:
+        url, schema = request.getfixturevalue("postgres_schema")
+    secret = kek("racing")
+    first = open_log(url, postgres_schema=schema, encryption=True, kek=secret)
+    logs = [first] + [
+        open_log(url, postgres_schema=schema, encryption=True, kek=secret) for _ in range(3)
+    ]
+    errors: list[BaseException] = []
+    t0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    together = threading.Barrier(4, timeout=60)
+
+    def writer(worker: int) -> None:
+        try:
+            for batch in range(6):
+                together.wait()  # every writer finds these customers new
+                logs[worker].append(
+                    [
+                        PageViewed(
+                            event_id=f"w{worker}-{batch}-{c}",
+                            customer_id=f"new-{batch}-{c}",
+                            occurred_at=t0,
+                            url="https://shop.example/",
+                        )
+                        for c in range(8)
+                    ]
+                )
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        reader = open_log(url, postgres_schema=schema, encryption=True, kek=secret)
+        try:
+            for batch in range(6):
+                for c in range(8):
+                    events = reader.stream(f"new-{batch}-{c}")
+                    assert sorted(e.event_id for e in events) == [
+                        f"w{w}-{batch}-{c}" for w in range(4)
+                    ]
+        finally:
+            reader.close()
+    finally:
+        for log in logs:
+            log.close()

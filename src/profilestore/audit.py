@@ -170,10 +170,10 @@ class Auditor:
         self.log = log
         self.clock = clock
 
-    def _scan(self, position: int) -> _Scan:
+    def _scan(self, position: int, streams: Sequence[UUID] | None = None) -> _Scan:
         scan = _Scan(position)
-        scan.run(self.log.scan_chain())
-        for originator_id, (version, head) in self.log.directory_heads().items():
+        scan.run(self.log.scan_chain(streams))
+        for originator_id, (version, head) in self.log.directory_heads(streams).items():
             recomputed = scan.heads_now.get(originator_id)
             if recomputed != (version, head):
                 scan.add(
@@ -247,6 +247,12 @@ class Auditor:
                     )
                 )
         return self._report(scan, digest, digest is not None, signature_checked)
+
+    def verify_streams(self, streams: Sequence[UUID]) -> AuditReport:
+        """:meth:`verify` for these streams only (no digest): their chains recomputed from
+        the stored bytes and compared with their directory heads (what ``forget`` checks
+        of the streams it made unreadable)."""
+        return self._report(self._scan(self.log.head(), streams), None, False, False)
 
     @staticmethod
     def _report(

@@ -62,8 +62,16 @@ from profilestore.errors import (
     StoreClosed,
 )
 from profilestore.events import Event
-from profilestore.keys import Keyring, KeyStore, load_kek
-from profilestore.mapper import SEALED, EventMapper, Forgotten
+from profilestore.keys import Keyring, KeyStore, Wrapped, load_kek
+from profilestore.mapper import (
+    NONCE_BYTES,
+    SEALED,
+    EventMapper,
+    Forgotten,
+    aad_prefix,
+    sealed,
+    sealed_header,
+)
 
 STREAM_NAMESPACE = UUID("6f1f3c3e-8d0c-5b7e-9a43-3c1e6f0d2b71")
 """Namespace of stream ids; changing it would orphan every stored stream."""
@@ -142,6 +150,10 @@ class EventRecorder(ABC):
     serialisation failure): the append is planned again, as for a taken version."""
     location: str = ""
     """Where the log is (a file; a host, database and schema; never a password)."""
+    keys_in_transaction: ClassVar[bool] = False
+    """The key store shares the log's database: :meth:`insert_events` takes the batch's
+    new data keys (``keys``) and inserts them in its transaction (a stream's key stored
+    first by another writer fails it, as a taken version does)."""
 
     @abstractmethod
     def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
@@ -198,8 +210,9 @@ class EventRecorder(ABC):
     def create_table(self) -> None: ...
 
     @abstractmethod
-    def scan_chain(self) -> Iterator[ChainRow]:
-        """Every stored event with its recorded chain hash, stream by stream in order."""
+    def scan_chain(self, streams: Sequence[UUID] | None = None) -> Iterator[ChainRow]:
+        """Every stored event (of ``streams``, if given) with its recorded chain hash,
+        stream by stream in order."""
 
     @abstractmethod
     def directory_heads(self) -> dict[UUID, tuple[int, bytes]]:
@@ -389,8 +402,10 @@ class EventLog:
         streams = {c: self._stream_id(c) for c in {e.customer_id for e in new_events}}
         erased: list[str] = []
         ciphers: dict[UUID, Any] = {}
+        new_keys: dict[UUID, Wrapped] | None = None
         if self.keyring is not None:
-            ciphers = self.keyring.for_append(set(streams.values()))
+            new_keys = {} if self.recorder.keys_in_transaction else None
+            ciphers = self.keyring.for_append(set(streams.values()), deferred=new_keys)
             if any(c is None for c in ciphers.values()):
                 if not skip_erased:
                     index = next(
@@ -404,36 +419,59 @@ class EventLog:
         heads = self.recorder.stream_heads(list(set(streams.values())))
         stored_events: list[StoredEvent] = []
         event_ids: list[tuple[str, UUID, int, bytes]] = []
-        touched: dict[UUID, str] = {}
-        seal = self.mapper.seal
-        for event in new_events:
-            originator_id = streams[event.customer_id]
+        # Per customer of the batch, made once: its stream (and the stream's bytes), its
+        # cipher and the constant part of its events' associated data, and its head.
+        plan: dict[str, list[Any]] = {}
+        for customer, originator_id in streams.items():
             version, previous = heads.get(originator_id, (0, GENESIS))
-            stored = self.mapper.to_stored(originator_id, version + 1, event)
             cipher = ciphers.get(originator_id)
+            prefix = aad_prefix(originator_id) if cipher is not None else b""
+            plan[customer] = [originator_id, originator_id.bytes, cipher, prefix, version, previous]
+        # One read of the system's random source for every nonce of the batch.
+        nonces = secrets.token_bytes(NONCE_BYTES * len(new_events)) if ciphers else b""
+        stored_state = self.mapper.stored_state
+        topic_bytes: dict[str, bytes] = {}
+        sha256 = hashlib.sha256
+        for n, event in enumerate(new_events):
+            step = plan[event.customer_id]
+            originator_id, stream_bytes, cipher, prefix, version, previous = step
+            version += 1
+            topic, state = stored_state(event)
+            topic_b = topic_bytes.get(topic)
+            if topic_b is None:
+                topic_b = topic_bytes[topic] = topic.encode()
+            version_b = version.to_bytes(8, "big")
             if cipher is not None:
-                state = seal(
+                at = n * NONCE_BYTES
+                state = sealed(
                     cipher,
-                    originator_id,
-                    version + 1,
-                    stored.topic,
-                    event.occurred_at,
-                    stored.state,
+                    prefix,
+                    version_b,
+                    topic_b,
+                    sealed_header(event.occurred_at),
+                    nonces[at : at + NONCE_BYTES],
+                    state,
                 )
-                stored = StoredEvent(originator_id, version + 1, stored.topic, state)
-            link = chain_hash(previous, originator_id, version + 1, stored.topic, stored.state)
-            heads[originator_id] = (version + 1, link)
-            touched[originator_id] = event.customer_id
-            stored_events.append(stored)
-            event_ids.append((keys[event.event_id], originator_id, version + 1, link))
+            # chain_hash(previous, originator_id, version, topic, state), in one call
+            link = sha256(previous + stream_bytes + version_b + topic_b + b"\0" + state).digest()
+            step[4], step[5] = version, link
+            stored_events.append(StoredEvent(originator_id, version, topic, state))
+            event_ids.append((keys[event.event_id], originator_id, version, link))
+        touched = sorted(
+            (plan[customer] + [customer] for customer in {e.customer_id for e in new_events}),
+            key=lambda step: step[1],  # the stream's bytes
+        )
         # Sorted: concurrent batches lock directory rows in one order, so cannot deadlock.
         stream_rows = [
-            (o, self._directory_name(o, touched[o], ciphers.get(o)), *heads[o])
-            for o in sorted(touched, key=lambda o: o.bytes)
+            (o, self._directory_name(o, customer, cipher), version, link)
+            for o, _, cipher, _, version, link, customer in touched
         ]
+        keys_rows = sorted(new_keys.items(), key=lambda item: item[0].bytes) if new_keys else []
         notification_ids = self.recorder.insert_events(
-            stored_events, event_ids=event_ids, streams=stream_rows
+            stored_events, event_ids=event_ids, streams=stream_rows, keys=keys_rows
         )
+        if new_keys and self.keyring is not None:  # committed: the new keys are stored
+            self.keyring.remember({s: ciphers[s] for s in new_keys})
         return AppendResult(
             appended=len(stored_events),
             duplicates=len(duplicates),
@@ -563,14 +601,20 @@ class EventLog:
         rows = [(0, originator_id, s.originator_version, s.topic, s.state) for s in stored]
         return [n.event for n in self._decoded(rows) if type(n.event) is not Forgotten]
 
-    def scan_chain(self) -> Iterator[ChainRow]:
-        """Every stored event with its recorded chain hash, stream by stream (the audit)."""
+    def scan_chain(self, streams: Sequence[UUID] | None = None) -> Iterator[ChainRow]:
+        """Every stored event (of ``streams``, if given) with its recorded chain hash,
+        stream by stream (the audit)."""
         with self.translated("scan the hash chain"):
-            yield from self.recorder.scan_chain()
+            yield from self.recorder.scan_chain(streams)
 
-    def directory_heads(self) -> dict[UUID, tuple[int, bytes]]:
-        """Every stream's head version and hash, as the stream directory records them."""
+    def directory_heads(
+        self, streams: Sequence[UUID] | None = None
+    ) -> dict[UUID, tuple[int, bytes]]:
+        """Every stream's (of ``streams``, if given) head version and hash, as the stream
+        directory records them."""
         with self.translated("read the stream directory"):
+            if streams is not None:
+                return self.recorder.stream_heads(streams)
             return self.recorder.directory_heads()
 
     def customers(self) -> list[str]:

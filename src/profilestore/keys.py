@@ -167,8 +167,10 @@ class KeyStore(ABC):
         """Each known stream's wrapped key, or None where it was destroyed."""
 
     @abstractmethod
-    def create(self, keys: Mapping[UUID, Wrapped]) -> None:
-        """Store keys for streams that have none (nor a tombstone); keep existing ones."""
+    def create(self, keys: Mapping[UUID, Wrapped]) -> dict[UUID, Wrapped | None]:
+        """Store keys for streams that have none (nor a tombstone); keep existing ones.
+        Returns what each of these streams holds afterwards: the given key where it was
+        stored, else the key (or the tombstone, None) a concurrent writer stored first."""
 
     @abstractmethod
     def destroy(self, streams: Sequence[UUID], at: dt.datetime) -> int:
@@ -245,33 +247,41 @@ class SQLiteKeyStore(KeyStore):
             return list(self._conn.execute(sql, params).fetchall())
 
     def load(self, streams: Sequence[UUID]) -> dict[UUID, Wrapped | None]:
+        with self._lock:
+            return self._select(streams)
+
+    def _select(self, streams: Sequence[UUID]) -> dict[UUID, Wrapped | None]:
+        """:meth:`load`, under the lock already held."""
         found: dict[UUID, Wrapped | None] = {}
         for start in range(0, len(streams), 500):
             chunk = streams[start : start + 500]
-            rows = self._rows(
+            rows = self._conn.execute(
                 f"SELECT stream, kek_id, sealed FROM {KEYS_TABLE} "
                 f"WHERE stream IN ({','.join('?' * len(chunk))})",
                 [s.bytes for s in chunk],
-            )
+            ).fetchall()
             for stream, kek_id, sealed in rows:
                 found[UUID(bytes=bytes(stream))] = (
                     None if sealed is None else Wrapped(str(kek_id), bytes(sealed))
                 )
         return found
 
-    def create(self, keys: Mapping[UUID, Wrapped]) -> None:
+    def create(self, keys: Mapping[UUID, Wrapped]) -> dict[UUID, Wrapped | None]:
         with self._lock:
+            # One write transaction: rows stored first (by another process) are read and
+            # kept, the others inserted; no second read after the commit.
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                stored = self._select(list(keys))
                 self._conn.executemany(
-                    f"INSERT INTO {KEYS_TABLE} (stream, kek_id, sealed) VALUES (?, ?, ?) "
-                    "ON CONFLICT (stream) DO NOTHING",
-                    [(s.bytes, w.kek_id, w.sealed) for s, w in keys.items()],
+                    f"INSERT INTO {KEYS_TABLE} (stream, kek_id, sealed) VALUES (?, ?, ?)",
+                    [(s.bytes, w.kek_id, w.sealed) for s, w in keys.items() if s not in stored],
                 )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+        return {s: stored.get(s, w) for s, w in keys.items()}
 
     def destroy(self, streams: Sequence[UUID], at: dt.datetime) -> int:
         with self._lock:
@@ -420,14 +430,18 @@ class Keyring:
                 self._ciphers.clear()
                 self._generation = generation
 
-    def _remember(self, found: Mapping[UUID, AESGCM | None]) -> None:
+    def remember(self, found: Mapping[UUID, AESGCM | None]) -> None:
+        """Cache ciphers (and tombstones, None) of streams."""
         with self._lock:
             if len(self._ciphers) + len(found) > _CACHE_LIMIT:
                 self._ciphers.clear()
             self._ciphers.update(found)
 
-    def ciphers(self, streams: Iterable[UUID]) -> dict[UUID, AESGCM | None]:
-        """The cipher of each stream; None where the key was destroyed or never made."""
+    def ciphers(
+        self, streams: Iterable[UUID], *, absent: set[UUID] | None = None
+    ) -> dict[UUID, AESGCM | None]:
+        """The cipher of each stream; None where the key was destroyed or never made
+        (those never made are added to ``absent``, if given)."""
         self._fresh()
         wanted = set(streams)
         cache = self._ciphers
@@ -439,32 +453,51 @@ class Keyring:
                 s: (None if w is None else AESGCM(self._unwrap(w, _WRAP_AAD + s.bytes)))
                 for s, w in loaded.items()
             }
-            self._remember(found)
+            self.remember(found)
             known.update(found)
-            known.update((s, None) for s in missing if s not in found)
+            never = [s for s in missing if s not in found]
+            known.update((s, None) for s in never)
+            if absent is not None:
+                absent.update(never)
         return known
 
-    def for_append(self, streams: Iterable[UUID]) -> dict[UUID, AESGCM | None]:
+    def for_append(
+        self, streams: Iterable[UUID], *, deferred: dict[UUID, Wrapped] | None = None
+    ) -> dict[UUID, AESGCM | None]:
         """The cipher of each stream, creating keys for new streams; None where the key was
-        destroyed (the customer was forgotten: appending is refused)."""
-        ciphers = self.ciphers(streams)
-        new = [s for s, c in ciphers.items() if c is None]
-        if not new:
+        destroyed (the customer was forgotten: appending is refused).
+
+        A batch costs one read of the erasure generation, one read of the keys not cached
+        and, when some streams are new, one write transaction creating all their keys. A
+        key created for a batch that then fails stays, unused by any event: harmless.
+
+        With ``deferred`` (a log whose key store is in its own database), the new keys are
+        not stored: they are put in ``deferred`` for the append to insert in its own
+        transaction, where a concurrent writer's key for the same stream (a unique key)
+        rolls the batch back to be planned again; call :meth:`remember` once committed."""
+        absent: set[UUID] = set()
+        ciphers = self.ciphers(streams, absent=absent)
+        if not absent:
             return ciphers
-        loaded = self.store.load(new)
-        fresh = {
-            s: self.kek.wrap(secrets.token_bytes(32), _WRAP_AAD + s.bytes)
-            for s in new
-            if s not in loaded
-        }
-        if fresh:
-            self.store.create(fresh)
-            loaded = self.store.load(new)  # a concurrent writer's key wins, if it was first
+        raw = {s: secrets.token_bytes(32) for s in absent}
+        fresh = {s: self.kek.wrap(k, _WRAP_AAD + s.bytes) for s, k in raw.items()}
+        if deferred is not None:
+            deferred.update(fresh)
+            ciphers.update((s, AESGCM(k)) for s, k in raw.items())
+            return ciphers
+        stored = self.store.create(fresh)
         found = {
-            s: (None if w is None else AESGCM(self._unwrap(w, _WRAP_AAD + s.bytes)))
-            for s, w in loaded.items()
+            # Ours, unless a concurrent writer's key (or a tombstone) was there first.
+            s: (
+                AESGCM(raw[s])
+                if w is fresh[s]
+                else None
+                if w is None
+                else AESGCM(self._unwrap(w, _WRAP_AAD + s.bytes))
+            )
+            for s, w in stored.items()
         }
-        self._remember(found)
+        self.remember(found)
         ciphers.update(found)
         return ciphers
 

@@ -50,8 +50,10 @@ _VERSION_SEP = "#v"
 SEALED = 0xE1
 """The first byte of a sealed (per-customer encrypted) stored event."""
 _HEADER = 1 + 8
-_NONCE = 12
+NONCE_BYTES = 12
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+_MARKER = bytes([SEALED])
 
 
 class Forgotten(Event, tag="forgotten", frozen=True, kw_only=True):
@@ -159,21 +161,18 @@ class EventMapper(Mapper[UUID]):
         self._any_decoder = msgspec.json.Decoder()
         # Topics whose stored version is current: decode straight into the Struct.
         self._topics: dict[str, tuple[type[Event], msgspec.json.Decoder[Any]]] = {}
+        self._topic_of: dict[type[Event], str] = {}
 
     def encode_state(self, event: Event) -> bytes:
         """The canonical JSON bytes of an event, before compression or encryption."""
         return self._encoder.encode(event)
 
     def to_stored(self, originator_id: UUID, originator_version: int, event: Event) -> StoredEvent:
-        state = self.encode_state(event)
-        if self.compressor:
-            state = self.compressor.compress(state)
-        if self.cipher:
-            state = self.cipher.encrypt(state)
+        topic, state = self.stored_state(event)
         return StoredEvent(
             originator_id=originator_id,
             originator_version=originator_version,
-            topic=topic_for(type(event)),
+            topic=topic,
             state=state,
         )
 
@@ -187,11 +186,29 @@ class EventMapper(Mapper[UUID]):
         state: bytes,
     ) -> bytes:
         """``state`` encrypted with its stream's key, bound to stream, version and topic."""
-        micros = (occurred_at - _EPOCH) // dt.timedelta(microseconds=1)
-        header = bytes([SEALED]) + micros.to_bytes(8, "big", signed=True)
-        nonce = secrets.token_bytes(_NONCE)
-        aad = _aad(stream, version, topic, header)
-        return header + nonce + cipher.encrypt(nonce, state, aad)
+        return sealed(
+            cipher,
+            aad_prefix(stream),
+            version.to_bytes(8, "big"),
+            topic.encode(),
+            sealed_header(occurred_at),
+            secrets.token_bytes(NONCE_BYTES),
+            state,
+        )
+
+    def stored_state(self, event: Event) -> tuple[str, bytes]:
+        """The topic and stored bytes of an event (compressed and encrypted by the
+        library's hooks, if set): what :meth:`to_stored` stores, without the StoredEvent."""
+        state = self._encoder.encode(event)
+        if self.compressor:
+            state = self.compressor.compress(state)
+        if self.cipher:
+            state = self.cipher.encrypt(state)
+        cls = type(event)
+        topic = self._topic_of.get(cls)
+        if topic is None:
+            topic = self._topic_of[cls] = topic_for(cls)
+        return topic, state
 
     def unseal(
         self, cipher: AESGCM | None, stream: UUID, version: int, topic: str, state: bytes
@@ -208,11 +225,10 @@ class EventMapper(Mapper[UUID]):
                 occurred_at=_EPOCH + dt.timedelta(microseconds=micros),
                 stored_topic=topic,
             )
-        nonce = state[_HEADER : _HEADER + _NONCE]
+        nonce = state[_HEADER : _HEADER + NONCE_BYTES]
+        aad = aad_prefix(stream) + version.to_bytes(8, "big") + header + topic.encode()
         try:
-            return cipher.decrypt(
-                nonce, state[_HEADER + _NONCE :], _aad(stream, version, topic, header)
-            )
+            return cipher.decrypt(nonce, state[_HEADER + NONCE_BYTES :], aad)
         except InvalidTag:
             raise Undecryptable(
                 f"the stored event {stream}/{version} does not decrypt with its stream's key"
@@ -271,14 +287,34 @@ class EventMapper(Mapper[UUID]):
         return event
 
 
-def _aad(stream: UUID, version: int, topic: str, header: bytes) -> bytes:
-    return (
-        b"profilestore/event/1\0"
-        + stream.bytes
-        + version.to_bytes(8, "big")
-        + header
-        + topic.encode()
-    )
+_AAD = b"profilestore/event/1\0"
+
+
+def aad_prefix(stream: UUID) -> bytes:
+    """The part of a sealed event's associated data its stream fixes (made once per
+    stream and batch by the log's append)."""
+    return _AAD + stream.bytes
+
+
+def sealed_header(occurred_at: dt.datetime) -> bytes:
+    """The clear header of a sealed event: the marker byte and the occurrence time."""
+    micros = (occurred_at - _EPOCH) // _MICROSECOND
+    return _MARKER + micros.to_bytes(8, "big", signed=True)
+
+
+def sealed(
+    cipher: AESGCM,
+    prefix: bytes,
+    version: bytes,
+    topic: bytes,
+    header: bytes,
+    nonce: bytes,
+    state: bytes,
+) -> bytes:
+    """The stored form of a sealed event (see the module doc): ``header | nonce |
+    ciphertext``, the associated data being the stream's ``prefix`` (:func:`aad_prefix`),
+    the version (8 bytes, big-endian), the header and the topic (UTF-8)."""
+    return header + nonce + cipher.encrypt(nonce, state, prefix + version + header + topic)
 
 
 class _NoTranscoder(Transcoder):

@@ -52,6 +52,7 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
     backend = "PostgreSQL"
     driver_errors = (psycopg.Error,)
     conflicts = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+    keys_in_transaction = True
 
     def __init__(self, datastore: PostgresDatastore) -> None:
         super().__init__(datastore, events_table_name=EVENTS_TABLE)
@@ -80,6 +81,10 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             "INSERT INTO {0}.{1} (event_id, originator_id, originator_version, hash) "
             "SELECT * FROM unnest(%s::text[], %s::uuid[], %s::bigint[], %s::bytea[])"
         ).format(*table)
+        self._insert_keys = SQL(
+            "INSERT INTO {0}.{1} (stream, kek_id, sealed) "
+            "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bytea[])"
+        ).format(Identifier(self.datastore.schema), Identifier(KEYS_TABLE))
         self._upsert_streams = SQL(
             "INSERT INTO {0}.{1} (originator_id, customer_id, head_version, head_hash) "
             "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::bytea[]) "
@@ -94,6 +99,7 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             "SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, "
             "e.state, i.hash FROM {0}.{1} e LEFT JOIN {0}.{2} i "
             "ON i.originator_id = e.originator_id AND i.originator_version = e.originator_version "
+            "WHERE %s::uuid[] IS NULL OR e.originator_id = ANY(%s::uuid[]) "
             "ORDER BY e.originator_id, e.originator_version"
         ).format(
             Identifier(self.datastore.schema), Identifier(EVENTS_TABLE), Identifier(EVENT_IDS_TABLE)
@@ -184,6 +190,15 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
         # is prepared on our connections (see UnpreparedDatastore). An empty batch (or a
         # call without our keyword arguments, as the library's own callers make) writes
         # nothing, as the library's recorder does.
+        keys = kwargs.get("keys") or ()
+        if keys:
+            # The batch's new data keys, first (sorted by stream: concurrent batches take
+            # key rows in one order). No ON CONFLICT: a key another writer stored first is
+            # a unique violation, which rolls the batch back to be planned again with it.
+            curs.execute(
+                self._insert_keys,
+                ([s for s, _ in keys], [w.kek_id for _, w in keys], [w.sealed for _, w in keys]),
+            )
         event_ids = kwargs.get("event_ids") or ()
         if event_ids:
             columns = [list(column) for column in zip(*event_ids, strict=True)]
@@ -199,14 +214,15 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             rows: list[DictRow] = curs.fetchall()
             return {row["event_id"] for row in rows}
 
-    def scan_chain(self) -> Iterator[ChainRow]:
+    def scan_chain(self, streams: Sequence[UUID] | None = None) -> Iterator[ChainRow]:
         with (
             self.datastore.get_connection() as conn,
             conn.transaction(),
             conn.cursor(name="profilestore_scan_chain") as curs,
         ):
             curs.itersize = 5000  # a server-side cursor: memory stays flat
-            curs.execute(self._scan_chain)
+            wanted = None if streams is None else list(streams)
+            curs.execute(self._scan_chain, (wanted, wanted))
             for r in curs:
                 yield (
                     r["notification_id"],
@@ -360,16 +376,21 @@ class PostgresKeyStore(KeyStore):
             for r in rows
         }
 
-    def create(self, keys: Mapping[UUID, Wrapped]) -> None:
+    def create(self, keys: Mapping[UUID, Wrapped]) -> dict[UUID, Wrapped | None]:
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(
                 SQL(
                     "INSERT INTO {0}.{1} (stream, kek_id, sealed) "
                     "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bytea[]) "
-                    "ON CONFLICT (stream) DO NOTHING"
+                    "ON CONFLICT (stream) DO NOTHING RETURNING stream"
                 ).format(*self._keys),
                 (list(keys), [w.kek_id for w in keys.values()], [w.sealed for w in keys.values()]),
             )
+            inserted = {r["stream"] for r in curs.fetchall()}
+        stored: dict[UUID, Wrapped | None] = {s: w for s, w in keys.items() if s in inserted}
+        if len(stored) < len(keys):  # a concurrent writer stored some first: theirs win
+            stored.update(self.load([s for s in keys if s not in inserted]))
+        return stored
 
     def destroy(self, streams: Sequence[UUID], at: dt.datetime) -> int:
         with self.datastore.transaction(commit=True) as curs:

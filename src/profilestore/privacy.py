@@ -6,7 +6,8 @@
   identifiers), gathered *before* the keys are destroyed, kept in memory only, and
   used once: to search every byte of the embedded stores for a readable copy afterwards.
 - :func:`chain_intact`: the forgotten streams' hash chains recomputed from their stored
-  (encrypted) bytes up to the head the stream directory records: erasure rewrote nothing.
+  (encrypted) bytes by the audit, up to the head the stream directory records: erasure
+  rewrote nothing.
 - :class:`ErasureReceipt`: what an auditor keeps, free of personal data: the request id,
   when it was received and completed, counts of what was destroyed and deleted, the
   plaintext search and the chain check. It is appended to the log (the ``~erasures``
@@ -16,10 +17,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from profilestore.eventlog import GENESIS, EventLog, chain_hash
+from profilestore.audit import Auditor
+from profilestore.eventlog import EventLog
 from profilestore.events import (
     ErasureReceipt,
     ErasureRecorded,
@@ -62,25 +65,11 @@ def identifiers_of(events: Iterable[object]) -> set[str]:
 
 
 def chain_intact(log: EventLog, customer_ids: Sequence[str]) -> bool:
-    """Recompute each stream's chain from its stored bytes and compare it with the head
-    hash its directory row records (the log's own audit, for these streams)."""
-    recorder = log.recorder
-    streams = [log.stream_of(c) for c in customer_ids]
-    with log.translated("verify the forgotten streams"):
-        heads = recorder.stream_heads(streams)
-        for stream in streams:
-            head = heads.get(stream)
-            if head is None:
-                continue
-            link, version = GENESIS, 0
-            for stored in recorder.select_events(stream):
-                version += 1
-                if stored.originator_version != version:
-                    return False
-                link = chain_hash(link, stream, version, stored.topic, stored.state)
-            if (version, link) != (head[0], bytes(head[1])):
-                return False
-    return True
+    """The log's own audit (:meth:`~profilestore.audit.Auditor.verify_streams`) of these
+    customers' streams: each chain recomputed from its stored bytes matches every recorded
+    hash and the head its directory row records."""
+    auditor = Auditor(log, clock=lambda: dt.datetime.now(dt.UTC))
+    return auditor.verify_streams([log.stream_of(c) for c in customer_ids]).ok
 
 
 def events_in(log: EventLog, customer_ids: Sequence[str]) -> int:

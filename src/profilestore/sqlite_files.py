@@ -73,30 +73,44 @@ def find_plaintext(
     A probe is raw bytes: encode a value the way it is stored (UTF-8 for SQLite's text
     and its JSON). A missing file holds nothing.
 
-    Files are read in chunks of ``chunk_bytes``, each searched with ``bytes.find``
-    (C speed), overlapping by the longest probe less one byte so that a value straddling
-    two chunks is found. Not a memory map: another process may truncate a ``-wal`` while
-    it is read, which would kill a reader of a mapping (SIGBUS) and only shortens a read.
+    Files are read in chunks of ``chunk_bytes`` into one reused buffer, each searched
+    with ``bytearray.find`` (C speed), overlapping by the longest probe less one byte so
+    that a value straddling two chunks is found. A probe containing a shorter one (an
+    email and its lookup key ``email:...``) is looked for in a chunk only where the
+    shorter one is there: most chunks are searched for the shorter probes only. Not a
+    memory map: another process may truncate a ``-wal`` while it is read, which would
+    kill a reader of a mapping (SIGBUS) and only shortens a read.
     """
     for i, probe in enumerate(probes):
         if not probe:
             raise ValueError(f"probes[{i}] is empty: it would be found everywhere")
     overlap = max((len(p) for p in probes), default=1) - 1
+    order = sorted(range(len(probes)), key=lambda i: len(probes[i]))
+    # For each probe, the shorter ones (searched before it) it contains.
+    within = {i: [j for j in order[:at] if probes[j] in probes[i]] for at, i in enumerate(order)}
     found: set[int] = set()
+    buffer = bytearray(overlap + chunk_bytes)
+    view = memoryview(buffer)
     for path in paths:
         try:
             file = path.open("rb")
         except FileNotFoundError:
             continue
         with file:
-            tail = b""
+            kept = 0  # the previous chunk's last bytes, at the buffer's start
             while len(found) < len(probes):
-                chunk = file.read(chunk_bytes)
-                if not chunk:
+                read = file.readinto(view[kept : kept + chunk_bytes])
+                if not read:
                     break
-                window = tail + chunk
-                for i, probe in enumerate(probes):
-                    if i not in found and window.find(probe) >= 0:
-                        found.add(i)
-                tail = window[-overlap:] if overlap else b""
+                end = kept + read
+                here: set[int] = set()  # in this chunk (or found before: not searched)
+                for i in order:
+                    if any(j not in here for j in within[i]):
+                        continue  # a probe it contains is not in this chunk: nor is it
+                    if i in found or buffer.find(probes[i], 0, end) >= 0:
+                        here.add(i)
+                found |= here
+                kept = min(overlap, end)
+                buffer[:kept] = buffer[end - kept : end]
+    view.release()
     return sorted(found)

@@ -77,7 +77,12 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
         )
         return statements
 
-    def scan_chain(self) -> Iterator[ChainRow]:
+    def scan_chain(self, streams: Sequence[UUID] | None = None) -> Iterator[ChainRow]:
+        where, params = "", []
+        if streams is not None:
+            # Few streams (an erasure's): one IN list, read through the primary key.
+            params = [s.hex for s in streams]
+            where = f"WHERE e.originator_id IN ({','.join('?' * len(params))}) "
         with self.datastore.transaction(commit=False) as c:
             cursor = c.sqlite_cursor
             cursor.execute(
@@ -85,14 +90,15 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
                 f"i.hash FROM {EVENTS_TABLE} e LEFT JOIN {EVENT_IDS_TABLE} i "
                 "ON i.originator_id = e.originator_id "
                 "AND i.originator_version = e.originator_version "
-                "ORDER BY e.originator_id, e.originator_version"
+                f"{where}ORDER BY e.originator_id, e.originator_version",
+                params,
             )
-            streams: dict[str, UUID] = {}
+            ids: dict[str, UUID] = {}
             while rows := cursor.fetchmany(5000):
                 for nid, originator, version, topic, state, link in rows:
-                    stream = streams.get(originator)
+                    stream = ids.get(originator)
                     if stream is None:
-                        stream = streams[originator] = UUID(originator)
+                        stream = ids[originator] = UUID(originator)
                     # A tampered row may hold text where bytes were stored: report, not crash.
                     stored = state if isinstance(state, bytes) else str(state).encode()
                     yield nid, stream, version, str(topic), stored, link
