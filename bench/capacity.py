@@ -3,8 +3,8 @@ how the PostgreSQL log's appends scale with concurrent writers.
 
 Run from the repository root with the project's virtualenv::
 
-    .venv/bin/python bench/capacity.py            # full run (~5 minutes on 2 cores)
-    .venv/bin/python bench/capacity.py --quick    # smaller, ~2 minutes
+    .venv/bin/python bench/capacity.py            # full run (~10 minutes on 2 cores)
+    .venv/bin/python bench/capacity.py --quick    # smaller, ~3 minutes
 
 Prints one JSON object on stdout (progress on stderr) and writes it to
 ``bench/results/capacity.json`` (``--output`` to change).
@@ -67,13 +67,15 @@ MODES: dict[str, dict[str, Any]] = {
         "writer_customers": 200,
         "library_rounds": 6,
         "seconds": 6,
+        "rounds": 1,
     },
     "full": {
-        "customers": 2_000,
+        "customers": 1_000,
         "per_customer": 40,
         "writer_customers": 300,
         "library_rounds": 10,
-        "seconds": 12,
+        "seconds": 10,
+        "rounds": 3,
     },
 }
 WRITERS = (1, 2, 4)
@@ -201,8 +203,10 @@ def writer(
     ``ours``: ``store.append`` (validation, duplicate checks, encryption, the chain);
     ``library``: the library's own insert of events mapped beforehand, so little but
     the database's work (and its lock) is timed."""
-    from core import library_postgres_recorder, stored_events
+    from core import stored_events
+    from eventsourcing.postgres import PostgresApplicationRecorder
 
+    from profilestore.postgres_log import postgres_datastore
     from profilestore.store import open_store
 
     base = list(generate(mode["writer_customers"], seed=SEED + index, events_per_customer=20))
@@ -214,7 +218,8 @@ def writer(
             close = store.close
             batches: Any = None
         else:
-            recorder = library_postgres_recorder(url, schema)
+            # Its table was made before the writers started: a CREATE in each would race.
+            recorder = PostgresApplicationRecorder(postgres_datastore(url, schema=schema))
             append = recorder.insert_events
             close = recorder.datastore.close
             # Each round its own customers (streams from version 1): mapped before timing.
@@ -237,20 +242,23 @@ def writer(
                 else:
                     chunk = base[(round_ * BATCH) % len(base) :][:BATCH]
                     lap = (round_ * BATCH) // len(base)
-                    appended += append([_renamed(e, index, lap) for e in chunk]).appended
+                    batch = [_renamed(e, index, lap, same_customers=True) for e in chunk]
+                    appended += append(batch).appended
                 round_ += 1
             results.put(("done", index, appended, time.perf_counter() - began))
         finally:
             close()
 
 
-def _renamed(event: Event, index: int, round_: int) -> Event:
-    """The event for writer ``index``'s own customers, with an id new in each round
-    (and, for the library's rows, streams new in each round)."""
+def _renamed(event: Event, index: int, round_: int, *, same_customers: bool = False) -> Event:
+    """The event for writer ``index``'s own customers, with an id new in each round.
+    ``same_customers``: the customers stay across rounds (their streams grow, as a live
+    log's do); else each round has its own (the library's rows, mapped from version 1)."""
+    customer = f"w{index}-{event.customer_id}"
+    if not same_customers:
+        customer = f"w{index}-r{round_}-{event.customer_id}"
     return msgspec.structs.replace(
-        event,
-        customer_id=f"w{index}-r{round_}-{event.customer_id}",
-        event_id=f"w{index}-r{round_}-{event.event_id}",
+        event, customer_id=customer, event_id=f"w{index}-r{round_}-{event.event_id}"
     )
 
 
@@ -323,20 +331,48 @@ def run_writers(
     }
 
 
-def scaling(runs: dict[str, Any]) -> dict[str, Any]:
-    """Aggregate events/s by number of writers: one log against a log each."""
-    one = runs["1_writers_one_log"]["events_per_s"]
+def scaling(rounds: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """Median aggregate events/s by number of writers: one log against a log each."""
+
+    def median(label: str) -> float:
+        return statistics.median(r[f"{kind}_{label}"]["events_per_s"] for r in rounds)
+
+    def waiting(label: str) -> float:
+        return statistics.median(
+            r[f"{kind}_{label}"]["share_of_samples_with_a_writer_waiting"] for r in rounds
+        )
+
+    one = median("1_writers_one_log")
     table: dict[str, Any] = {}
     for n in WRITERS:
-        shared = runs[f"{n}_writers_one_log"]["events_per_s"]
-        own = one if n == 1 else runs[f"{n}_writers_own_logs"]["events_per_s"]
+        shared = median(f"{n}_writers_one_log")
+        own = one if n == 1 else median(f"{n}_writers_own_logs")
         table[f"{n}_writers"] = {
-            "one_log_events_per_s": shared,
-            "own_logs_events_per_s": own,
+            "one_log_events_per_s": round(shared),
+            "own_logs_events_per_s": round(own),
             "one_log_vs_1_writer": round(shared / one, 3),
             "one_log_vs_own_logs": round(shared / own, 3),
+            "one_log_share_of_samples_with_a_writer_waiting": waiting(f"{n}_writers_one_log"),
         }
     return table
+
+
+def commit_latency(url: str, schemas: PostgresSchemas) -> dict[str, float]:
+    """How long a one-row commit takes on the server now (the disk's flush, mostly):
+    the least time the log's lock is held per append."""
+    import psycopg
+
+    schema = schemas.new(f"commit_{len(schemas.created)}")
+    times: list[float] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {schema}.probe (n int)")
+        for n in range(50):
+            began = time.perf_counter()
+            with conn.transaction():
+                conn.execute(f"INSERT INTO {schema}.probe VALUES (%s)", (n,))
+            times.append((time.perf_counter() - began) * 1000)
+    times.sort()
+    return {"p50": round(times[25], 2), "p90": round(times[45], 2), "max": round(times[-1], 2)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -358,18 +394,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     try:
         result["bytes"] = measure_bytes(url, schemas, mode)
+        # Rounds interleave the configurations, so a change of the machine's load (other
+        # processes share its 2 cores and its disk) spreads over all of them alike.
+        rounds: list[dict[str, Any]] = []
+        for round_ in range(mode["rounds"]):
+            runs: dict[str, Any] = {"commit_ms": commit_latency(url, schemas)}
+            info(f"round {round_ + 1}: commit p50 {runs['commit_ms']['p50']} ms")
+            for kind in ("ours", "library"):
+                for count in WRITERS:
+                    for shared in (True, False):
+                        if count == 1 and not shared:
+                            continue  # one writer into one log is the same run
+                        label = f"{kind}_{count}_writers_{'one_log' if shared else 'own_logs'}"
+                        with stage(f"round {round_ + 1}: {label}"):
+                            runs[label] = run_writers(kind, url, schemas, mode, count, shared)
+                        info(f"  {runs[label]['events_per_s']:,} events/s")
+            rounds.append(runs)
+        result["rounds"] = rounds
         for kind in ("ours", "library"):
-            runs: dict[str, Any] = {}
-            for count in WRITERS:
-                for shared in (True, False):
-                    if count == 1 and not shared:
-                        continue  # one writer into one log is the same run
-                    label = f"{count}_writers_{'one_log' if shared else 'own_logs'}"
-                    with stage(f"writers ({kind}): {label}"):
-                        runs[label] = run_writers(kind, url, schemas, mode, count, shared)
-                    info(f"  {runs[label]['events_per_s']:,} events/s")
-            result[f"writers_{kind}"] = runs
-            result[f"scaling_{kind}"] = scaling(runs)
+            result[f"scaling_{kind}"] = scaling(rounds, kind)
+        hold = result["scaling_library"]["4_writers"]
+        result["lock_bound"] = {
+            "why": (
+                "with 4 library writers on one log a writer waits for the lock in nearly "
+                "every sample, so the log is held all the time: events/s = batch / hold"
+            ),
+            "lock_held_ms_per_batch": round(BATCH / hold["one_log_events_per_s"] * 1000, 1),
+            "commit_ms_p50_median": statistics.median(r["commit_ms"]["p50"] for r in rounds),
+        }
     finally:
         schemas.close()
     result["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
