@@ -70,7 +70,7 @@ MODES: dict[str, dict[str, Any]] = {
         "rounds": 1,
     },
     "full": {
-        "customers": 1_000,
+        "customers": 800,
         "per_customer": 40,
         "writer_customers": 300,
         "library_rounds": 10,
@@ -281,7 +281,7 @@ def run_writers(
     kind: str, url: str, schemas: PostgresSchemas, mode: dict[str, Any], count: int, shared: bool
 ) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
-    label = f"{kind}_w{count}_{'one' if shared else 'own'}"
+    label = f"{kind}_w{count}_{'one' if shared else 'own'}_{len(schemas.created)}"
     names = [schemas.new(f"{label}_{i}") for i in range(1 if shared else count)]
     if kind == "library":
         from core import library_postgres_recorder
