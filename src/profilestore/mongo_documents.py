@@ -34,7 +34,10 @@ do not change cost one read and no lookup write.
 staging keys; idempotent, so an interrupted one is simply redone) and then records a
 marker in the tracking collection; until the marker is there, :meth:`find` reads the
 documents' keys as it used to (a scatter-gather query). Stop processes of the previous
-version before starting this one: they write sections without entries.
+version before starting this one: they write sections without entries. On a large store,
+let one process open it first (any writing command, e.g. ``profilestore refresh``): every
+writable open that finds no marker backfills, so processes started together would all
+scan the profiles.
 
 Writes are guarded upserts: the filter matches the customer only while the stored
 position is older, so a replayed write matches nothing, tries to insert, and is rejected
