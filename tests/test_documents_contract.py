@@ -1776,6 +1776,32 @@ def test_get_records_after_reads_one_kind_from_a_key_on(document_store: Document
     assert s.get_records_after("change", "00012") == {}
 
 
+def test_get_records_after_reads_a_bounded_range_in_code_point_order(
+    document_store: DocumentStore,
+) -> None:
+    # A range read of an index kept as records: "<group>\x1f<sortable value>\x1f<key>".
+    s = document_store
+    keys = ["a\x1f2026-01-02\x1fz", "a\x1f2026-01-01\x1fy", "a\x1f2026-01-03\x1fx"]
+    keys += ["a\x1f2026-01-02\x1fé", "b\x1f2026-01-01\x1fw", "a\x1f2026-01-02\x1f\u4e2d"]
+    s.put_records([("due", key, {"i": i}) for i, key in enumerate(keys)])
+    s.put_records([("duex", "a\x1f2026-01-01\x1fv", {"other": True})])
+    until = "a\x1f2026-01-02\x1f\U0010ffff"  # every key of the group up to that day
+
+    found = s.get_records_after("due", "a\x1f", until=until)
+
+    assert list(found) == [
+        "a\x1f2026-01-01\x1fy",
+        "a\x1f2026-01-02\x1fz",
+        "a\x1f2026-01-02\x1fé",
+        "a\x1f2026-01-02\x1f\u4e2d",
+    ]
+    assert found["a\x1f2026-01-01\x1fy"] == {"i": 1}
+    assert list(s.get_records_after("due", "a\x1f", until=until, limit=2)) == list(found)[:2]
+    assert list(s.get_records_after("due", "a\x1f2026-01-02\x1fz", until=until)) == list(found)[2:]
+    assert s.get_records_after("due", "a\x1f", until="a\x1f2025") == {}
+    assert list(s.get_records_after("due", "b\x1f", limit=5)) == ["b\x1f2026-01-01\x1fw"]
+
+
 def test_aget_record_reads_one_record_from_an_event_loop(document_store: DocumentStore) -> None:
     document_store.put_records([("link", "c1", {"to": "c9"}), ("seen", "c1", {"n": 1})])
 

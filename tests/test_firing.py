@@ -15,8 +15,19 @@ from typing import Any
 import msgspec
 import pytest
 
+from profilestore import firing
 from profilestore.config import Settings, load_settings
-from profilestore.firing import FIRED, OUTCOME, TARGET, TIMER, read_firings
+from profilestore.documents import DocumentStore
+from profilestore.firing import (
+    FIRED,
+    META,
+    OUTCOME,
+    TARGET,
+    TIMER,
+    TIMER_DUE,
+    TIMERS_INDEXED,
+    read_firings,
+)
 from profilestore.pipeline import LEASE_TTL
 from profilestore.store import ProfileStore, open_store
 
@@ -526,6 +537,116 @@ def test_a_cart_ordered_or_emptied_before_its_timer_is_not_recalled(
     assert [f.trigger for f in read_firings(carts._documents)] == ["receipt"]
     assert [o.status for o in carts.trigger_log("bob")] == ["waiting", "cancelled"]
     assert not records(carts, TIMER)
+
+
+class _CountingReads:
+    """Counts the document reads the engine makes of the timers (wraps the store's)."""
+
+    def __init__(self, documents: DocumentStore) -> None:
+        self.read_all = documents.get_records
+        self.read_after = documents.get_records_after
+        self.whole: list[str] = []
+        self.ranges: list[int | None] = []
+
+    def get_records(self, kind: str, prefix: str = "") -> dict[str, dict[str, Any]]:
+        self.whole.append(kind)
+        return self.read_all(kind, prefix)
+
+    def get_records_after(
+        self, kind: str, after: str, *, until: str | None = None, limit: int | None = None
+    ) -> dict[str, dict[str, Any]]:
+        if kind == TIMER_DUE:
+            self.ranges.append(limit)
+        return self.read_after(kind, after, until=until, limit=limit)
+
+
+def test_the_engine_reads_timers_by_due_time_never_all_of_them(
+    carts: ProfileStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 40 carts left a minute apart: 40 timers, one falling due each minute.
+    for n in range(40):
+        carts.append(
+            [consent(f"c-{n}", f"cust{n}"), cart_added(f"a{n}", f"cust{n}", f"k{n}", clock.now)]
+        )
+        assert carts.run_triggers().outcomes == {"waiting": 1}
+        clock.advance(minutes=1)
+    assert len(records(carts, TIMER)) == len(records(carts, TIMER_DUE)) == 40
+    documents = carts._documents
+    counting = _CountingReads(documents)
+    monkeypatch.setattr(documents, "get_records", counting.get_records)
+    monkeypatch.setattr(documents, "get_records_after", counting.get_records_after)
+    monkeypatch.setattr(firing, "DUE_BATCH", 3)  # read 3 entries of a trigger at a time
+
+    clock.now = T0 + dt.timedelta(seconds=1, minutes=66)  # the first 7 are due
+    report = carts.run_triggers()
+
+    assert report.outcomes == {"fired": 7}
+    assert TIMER not in counting.whole  # no pass read every timer
+    assert counting.ranges and set(counting.ranges) <= {1, 3}  # the first, or a batch
+    assert len(records(carts, TIMER)) == len(records(carts, TIMER_DUE)) == 33
+    assert sorted(f.dedupe_key for f in read_firings(documents)) == sorted(
+        f"cart:k{n}" for n in range(7)
+    )
+
+
+def test_a_dropped_or_moved_timers_old_entry_is_removed_when_it_falls_due(
+    carts: ProfileStore, clock: Clock
+) -> None:
+    carts.append(
+        [cart_added("a1", "ann", "k1", clock.now), cart_added("b1", "bob", "k2", clock.now)]
+    )
+    carts.run_triggers()
+    first_due = sorted(records(carts, TIMER_DUE))
+    clock.advance(minutes=10)
+    ordered = {**order("o1", "ann", "A-1"), "cart_id": "k1", "occurred_at": clock.now.isoformat()}
+    carts.append([ordered, cart_added("b2", "bob", "k2", clock.now)])  # dropped; moved
+    carts.run_triggers()
+    # The entries by due time are not read when a timer is dropped or moved: they stay.
+    assert set(first_due) < set(records(carts, TIMER_DUE))
+    assert len(records(carts, TIMER)) == 2  # ann's cart waits for its recall to be cancelled
+
+    clock.advance(minutes=50)  # the first entries fall due: ann's is decided, bob's moved
+    assert carts.run_triggers().outcomes == {"cancelled": 1}
+    [moved] = records(carts, TIMER_DUE)
+    assert moved not in first_due and "\x1fbob\x1f" in moved
+    clock.advance(minutes=10)
+    assert carts.run_triggers().outcomes == {"fired": 1}
+    assert not records(carts, TIMER) and not records(carts, TIMER_DUE)
+
+
+def test_a_store_whose_timers_predate_the_index_has_them_indexed_once(
+    carts: ProfileStore, clock: Clock
+) -> None:
+    carts.append(
+        [cart_added("a1", "ann", "k1", clock.now), cart_added("b1", "bob", "k2", clock.now)]
+    )
+    carts.run_triggers()
+    documents = carts._documents
+    # As an older version left it: timers, no index, no record of having built one.
+    documents.delete_records(TIMER_DUE, list(records(carts, TIMER_DUE)))
+    documents.delete_record(META, TIMERS_INDEXED)
+
+    clock.advance(minutes=61)
+    assert carts.run_triggers().outcomes == {"fired": 2}
+
+    assert documents.get_record(META, TIMERS_INDEXED) == {"version": 1}
+    assert not records(carts, TIMER) and not records(carts, TIMER_DUE)
+
+
+def test_a_disabled_triggers_timers_wait_for_it_in_the_index(tmp_path: Path, clock: Clock) -> None:
+    home = tmp_path / "home"
+    with open_store(trigger_settings(home, "abandoned_cart"), clock=clock) as store:
+        store.append([consent("c0", "ann")])
+        store.run_triggers()
+        store.append([cart_added("a1", "ann", "k1", clock.now)])
+        store.run_triggers()
+    clock.advance(hours=2)
+    with open_store(trigger_settings(home, "receipt"), clock=clock) as store:
+        assert store.run_triggers().outcomes == {}
+        assert len(records(store, TIMER)) == len(records(store, TIMER_DUE)) == 1
+    clock.advance(minutes=1)
+    with open_store(trigger_settings(home, "abandoned_cart"), clock=clock) as store:
+        assert store.run_triggers().outcomes == {"fired": 1}
 
 
 def test_a_cart_found_long_after_it_was_left_is_not_recalled(

@@ -295,10 +295,14 @@ class RecordStore(ABC):
         return self.get_records_for(kind, [key]).get(key)
 
     @abstractmethod
-    def get_records_after(self, kind: str, after: str) -> dict[str, dict[str, Any]]:
+    def get_records_after(
+        self, kind: str, after: str, *, until: str | None = None, limit: int | None = None
+    ) -> dict[str, dict[str, Any]]:
         """The records of ``kind`` whose key sorts after ``after`` (by code point), by
         key, sorted by key: a log of records keyed by zero-padded positions is read from
-        where a reader stopped, without reading what it has read."""
+        where a reader stopped, without reading what it has read. ``until``: only keys
+        at or before it; ``limit``: only the first so many (a range read of an index kept
+        as records, such as the trigger engine's timers by due time)."""
 
     @abstractmethod
     def put_records(self, records: Sequence[tuple[str, str, Mapping[str, Any]]]) -> None:

@@ -14,9 +14,11 @@ and records what came of it:
   claim under any key of the customer's profile makes a second firing a duplicate, so
   merged customers are one customer for dedupe whatever their canonical id becomes. A
   deferral (quiet hours) is a timer at the window's end.
-- **Wait**: a durable timer in the record store. When it is due, the decision is made
-  again with the same event, the profile as it is then and the time then, so it checks
-  its exit conditions itself (the cart was ordered or emptied: nothing).
+- **Wait**: a durable timer in the record store, indexed by due time
+  (:data:`TIMER_DUE`): the engine reads the due ones, never every timer. When it is due,
+  the decision is made again with the same event, the profile as it is then and the
+  time then, so it checks its exit conditions itself (the cart was ordered or emptied:
+  nothing).
 - Every outcome (fired, duplicate, deferred or waiting until T, suppressed and why,
   cancelled, failed) is a record under the customer key and the event's log position:
   ``profilestore triggers log CUSTOMER`` reads them.
@@ -80,6 +82,16 @@ LEASE_KIND = "triggers"
 ENABLED = "trigger.enabled"
 OUTCOME = "trigger.outcome"
 TIMER = "trigger.timer"
+TIMER_DUE = "trigger.due"
+"""The timers by when they fall due: :func:`due_key` -> ``{}``. The engine reads the due
+ones by key range, never every timer: a store holds a timer per customer for birthdays
+alone. An entry whose timer was since dropped or moved is removed when it falls due."""
+META = "trigger.meta"
+TIMERS_INDEXED = "timers-by-due"
+"""The record saying :data:`TIMER_DUE` covers every timer (written by the first engine
+that ran after the index was introduced, which built it)."""
+DUE_BATCH = 500
+"""Entries of one trigger's due timers read at once (as many batches as are due)."""
 CONTACTS = "trigger.contacts"
 
 CONTEXT_DATASETS = ("consents", "attributes", "social")
@@ -172,6 +184,22 @@ class Contacts(msgspec.Struct, frozen=True, kw_only=True):
 
 def claim_key(trigger: str, customer_id: str, dedupe_key: str) -> str:
     return f"{trigger}\x1f{customer_id}\x1f{dedupe_key}"
+
+
+def due_key(trigger: str, due: dt.datetime, key: str) -> str:
+    """A timer's entry in :data:`TIMER_DUE`: its trigger, its due time in UTC (fixed
+    width, so keys sort by time) and the timer's key."""
+    return f"{trigger}\x1f{due.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%S.%f}\x1f{key}"
+
+
+def _due_until(trigger: str, now: dt.datetime) -> str:
+    """The last possible :func:`due_key` of ``trigger`` due at ``now``."""
+    return due_key(trigger, now, "\U0010ffff")
+
+
+def _due_of(entry: str) -> dt.datetime:
+    stamp = entry.split("\x1f", 2)[1]
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=dt.UTC)
 
 
 def message_id(trigger: str, customer_id: str, dedupe_key: str) -> str:
@@ -276,7 +304,7 @@ class _Writes:
         if not self.changed:
             return
         self.documents.put_records(
-            [(kind, key, value) for (kind, key), value in self.changed.items() if value]
+            [(kind, key, value) for (kind, key), value in self.changed.items() if value is not None]
         )
         removed: dict[str, list[str]] = {}
         for (kind, key), value in self.changed.items():
@@ -310,10 +338,7 @@ class _TriggerPass(Pass):
         self.topics = sorted(self.routes)
         self.cutoffs = handler.cutoffs()
         self.graph = IdentityGraph(self.documents)
-        self.timers = {
-            key: msgspec.convert(value, Timer)
-            for key, value in self.documents.get_records(TIMER).items()
-        }
+        self._index_timers()
         self._next_due: dt.datetime | None = None
         self._due_known = False
         self._cache: dict[str, _Cached] = {}
@@ -330,13 +355,37 @@ class _TriggerPass(Pass):
         self.counts = {}
         self.graph.forget_cache()
 
+    def _index_timers(self) -> None:
+        """Build :data:`TIMER_DUE` from the timers of a store that had none (once)."""
+        if self.documents.get_record(META, TIMERS_INDEXED) is not None:
+            return
+        entries: list[tuple[str, str, Mapping[str, Any]]] = [
+            (TIMER_DUE, due_key(timer.trigger, timer.due, key), {})
+            for key, value in self.documents.get_records(TIMER).items()
+            for timer in [msgspec.convert(value, Timer)]
+        ]
+        self.documents.put_records([*entries, (META, TIMERS_INDEXED, {"version": 1})])
+
     def pending(self) -> bool:
         # Asked before every step of a live consumer: the earliest due time is kept, not
-        # looked for among every timer each time.
+        # looked for each time. It may be a timer since dropped (its entry stays until
+        # it falls due): a step then only removes the entry.
         if not self._due_known:
-            enabled = self.handler.triggers
-            dues = [t.due for t in self.timers.values() if t.trigger in enabled]
-            self._next_due = min(dues, default=None)
+            entries = [  # a disabled trigger's timers wait for it
+                entry
+                for name in self.handler.triggers
+                for entry in self.documents.get_records_after(
+                    TIMER_DUE, f"{name}\x1f", until=f"{name}\x20", limit=1
+                )
+            ]
+            entries += [  # and what this page set and has not written yet
+                key
+                for (kind, key), value in self.writes.changed.items()
+                if kind == TIMER_DUE
+                and value is not None
+                and key.split("\x1f", 1)[0] in self.handler.triggers
+            ]
+            self._next_due = min(map(_due_of, entries), default=None)
             self._due_known = True
         return self._next_due is not None and self._next_due <= self.handler.clock()
 
@@ -701,13 +750,14 @@ class _TriggerPass(Pass):
             reason=reason,
         )
         self.writes.put(TIMER, key, msgspec.to_builtins(timer))
-        self.timers[key] = timer
-        self._due_known = False
+        self.writes.put(TIMER_DUE, due_key(timer.trigger, timer.due, key), {})
+        if self._next_due is None or timer.due < self._next_due:
+            self._next_due = timer.due  # (an earlier entry it replaces is removed when due)
 
     def _drop_timer(self, key: str | None) -> None:
-        if key is not None and self.timers.pop(key, None) is not None:
+        # Its entry by due time stays, and is removed when it falls due (no read here).
+        if key is not None:
             self.writes.delete(TIMER, key)
-            self._due_known = False
 
     def _sent(self, members: Iterable[str], now: dt.datetime) -> list[Sent]:
         found = self.writes.get_for(CONTACTS, list(members))
@@ -733,34 +783,70 @@ class _TriggerPass(Pass):
 
     # --- timers -------------------------------------------------------------------------
 
-    def run_due_timers(self) -> None:
-        """Decide again for every timer due now, oldest first."""
-        self._cache.clear()
-        now = self.handler.clock()
-        due = sorted(
-            (
-                (key, timer)
-                for key, timer in self.timers.items()
-                # A disabled trigger's timers are kept for when it is enabled again.
-                if timer.due <= now and timer.trigger in self.handler.triggers
-            ),
-            key=lambda item: (item[1].due, item[0]),
-        )
-        for key, timer in due:
-            entry = self.handler.triggers[timer.trigger]  # due ones are of enabled triggers
-            found = self.handler.log.changes(timer.position - 1, 1, until=timer.position)
-            if not found or type(found[0].event) is Forgotten:  # its customer was forgotten
-                self._drop_timer(key)
-                continue
-            self.decided += 1
-            self._decide(
-                entry,
-                found[0],
-                self.view(timer.customer_id, None),
-                origin=f"timer:{timer.position}:{timer.due.isoformat()}",
-                occasion=timer.due.isoformat(),
-                timer=timer,
+    def _due_timers(
+        self, now: dt.datetime, cursors: dict[str, str], seen: set[str]
+    ) -> list[tuple[str, Timer]]:
+        """The next timers due at ``now``, oldest first: of each enabled trigger, the
+        next :data:`DUE_BATCH` entries by due time after its cursor (moved on), with what
+        this page set and has not written yet. Each entry read is removed: its timer is
+        decided now, and set again if it waits. An entry whose timer was since dropped or
+        set for another time is only removed. A disabled trigger's timers are kept for
+        when it is enabled again."""
+        unwritten = {k: v for (kind, k), v in self.writes.changed.items() if kind == TIMER_DUE}
+        entries: dict[str, str] = {}  # entry -> timer key
+        for name, cursor in list(cursors.items()):
+            low, high = f"{name}\x1f", _due_until(name, now)
+            stored = self.documents.get_records_after(
+                TIMER_DUE, cursor, until=high, limit=DUE_BATCH
             )
+            if stored:
+                cursors[name] = next(reversed(stored))
+            else:
+                del cursors[name]
+            for entry in [*stored, *unwritten]:
+                if (
+                    low < entry <= high
+                    and entry not in seen
+                    and unwritten.get(entry, {}) is not None
+                ):
+                    entries[entry] = entry.split("\x1f", 2)[2]
+        seen.update(entries)
+        timers = self.writes.get_for(TIMER, list(dict.fromkeys(entries.values())))
+        due: list[tuple[dt.datetime, str, Timer]] = []
+        for entry, key in entries.items():
+            value = timers.get(key)
+            timer = None if value is None else msgspec.convert(value, Timer)
+            self.writes.delete(TIMER_DUE, entry)
+            if timer is None or timer.due != _due_of(entry):
+                continue  # dropped, or set for another time (its own entry says when)
+            due.append((timer.due, key, timer))
+        return [(key, timer) for _, key, timer in sorted(due, key=lambda d: (d[0], d[1]))]
+
+    def run_due_timers(self) -> None:
+        """Decide again for every timer due now, oldest first (a batch at a time)."""
+        self._cache.clear()
+        if not self.pending():
+            return
+        now = self.handler.clock()
+        cursors = {name: f"{name}\x1f" for name in self.handler.triggers}
+        seen: set[str] = set()
+        while cursors:
+            for key, timer in self._due_timers(now, cursors, seen):
+                entry = self.handler.triggers[timer.trigger]  # due ones are of enabled triggers
+                found = self.handler.log.changes(timer.position - 1, 1, until=timer.position)
+                if not found or type(found[0].event) is Forgotten:  # its customer was forgotten
+                    self._drop_timer(key)
+                    continue
+                self.decided += 1
+                self._decide(
+                    entry,
+                    found[0],
+                    self.view(timer.customer_id, None),
+                    origin=f"timer:{timer.position}:{timer.due.isoformat()}",
+                    occasion=timer.due.isoformat(),
+                    timer=timer,
+                )
+        self._due_known = False  # decided, dropped or set again: look again
 
     # --- the profile a decision sees ----------------------------------------------------
 

@@ -744,12 +744,19 @@ class MongoDocumentStore(DocumentStore):
         }
         return dict(sorted(found.items()))
 
-    def get_records_after(self, kind: str, after: str) -> dict[str, dict[str, Any]]:
+    def get_records_after(
+        self, kind: str, after: str, *, until: str | None = None, limit: int | None = None
+    ) -> dict[str, dict[str, Any]]:
         # On _id (kind/key), which its index answers: "kind0" is the first id past every
         # "kind/..." ('0' follows '/'), so the range holds this kind's keys after `after`.
-        query = {"_id": {"$gt": _record_id(kind, after), "$lt": f"{kind}0"}}
-        found = {str(r["key"]): dict(r["value"]) for r in self.records.find(query)}
-        return dict(sorted(found.items()))
+        # Strings compare by their UTF-8 bytes: the order of code points, as on SQLite.
+        bounds: dict[str, str] = {"$gt": _record_id(kind, after), "$lt": f"{kind}0"}
+        if until is not None:
+            bounds["$lte"] = _record_id(kind, until)
+        cursor = self.records.find({"_id": bounds}).sort("_id", 1)
+        if limit is not None:
+            cursor = cursor.limit(limit)
+        return {str(r["key"]): dict(r["value"]) for r in cursor}
 
     def get_records_for(self, kind: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         ids = [_record_id(kind, key) for key in dict.fromkeys(keys)]

@@ -601,15 +601,20 @@ class SQLiteDocumentStore(DocumentStore):
             raise self.unavailable("get_record", e) from e
         return None if row is None else msgspec.json.decode(row[0])
 
-    def get_records_after(self, kind: str, after: str) -> dict[str, dict[str, Any]]:
-        rows = (
-            self._connection()
-            .execute(
-                "SELECT key, body FROM records WHERE kind = ? AND key > ? ORDER BY key",
-                (kind, after),
-            )
-            .fetchall()
-        )
+    def get_records_after(
+        self, kind: str, after: str, *, until: str | None = None, limit: int | None = None
+    ) -> dict[str, dict[str, Any]]:
+        # BINARY collation compares UTF-8 bytes: the order of code points.
+        statement = "SELECT key, body FROM records WHERE kind = ? AND key > ?"
+        params: list[Any] = [kind, after]
+        if until is not None:
+            statement += " AND key <= ?"
+            params.append(until)
+        statement += " ORDER BY key"
+        if limit is not None:
+            statement += " LIMIT ?"
+            params.append(limit)
+        rows = self._connection().execute(statement, params).fetchall()
         return {key: msgspec.json.decode(body) for key, body in rows}
 
     def get_records_for(self, kind: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
