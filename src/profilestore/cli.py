@@ -37,7 +37,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from profilestore.config import load_settings
+from profilestore.config import Settings, load_settings
 from profilestore.errors import (
     AmbiguousIdentifier,
     AppendConflict,
@@ -58,7 +58,7 @@ from profilestore.errors import (
 from profilestore.eventlog import event_json
 from profilestore.identifiers import LOOKUP_KINDS, one_identifier
 from profilestore.schedule import fire_times, next_due, parse_cadence
-from profilestore.store import ProfileStore, open_store
+from profilestore.store import ProfileStore, load_projections, open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,6 +81,11 @@ class _Context:
     def __init__(self, config: str | None, home: str | None) -> None:
         self.config = config
         self.home = home
+
+    @property
+    def settings(self) -> Settings:
+        """The settings, read afresh (for a command that opens no store)."""
+        return load_settings(self.config, home=self.home)
 
     def open(self, *, read_only: bool = False) -> ProfileStore:
         settings = load_settings(self.config, home=self.home)
@@ -1185,6 +1190,35 @@ def list_datasets(obj: _Context) -> None:
                 }
             )
         _emit(rows, pretty=True)
+
+
+@main.group("documents")
+def documents_group() -> None:
+    """The document store's layout."""
+
+
+@documents_group.command("shard-plan")
+@click.option(
+    "--database",
+    default=None,
+    help="Database to shard (default: the one documents.url names, else profilestore).",
+)
+@click.pass_obj
+def shard_plan(obj: _Context, database: str | None) -> None:
+    """Print the mongosh script that shards a MongoDB document store: the shard keys and
+    indexes of every collection (run it on mongos before the first process opens it)."""
+    from profilestore.mongo_layout import mongosh_script
+
+    with _errors():
+        documents = obj.settings.documents
+        if database is None:
+            database = "profilestore"
+            if documents.url.startswith("mongodb"):
+                from pymongo.uri_parser import parse_uri
+
+                database = parse_uri(documents.url).get("database") or database
+        derived = [n for n, p in load_projections(obj.settings).items() if p.derived]
+        click.echo(mongosh_script(database, documents.collection, derived), nl=False)
 
 
 @main.command()

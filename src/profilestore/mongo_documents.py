@@ -3,9 +3,41 @@
 A document is ``{_id: customer_id, <dataset>: section, _meta: {<dataset>: {position,
 refreshed_at}}, _keys: {<dataset>: [lookup keys]}}``; sections are the same JSON shapes
 the embedded store keeps (msgspec builtins: datetimes and decimals as strings), so both
-stores hold equal documents. A multikey index on each keyed dataset's ``_keys`` path
-serves identifier lookups. ``_id`` is the customer id, the natural shard key when one
-server is not enough: every operation here addresses documents by ``_id``.
+stores hold equal documents. The layout is ready for a sharded cluster
+(``mongo_layout.py`` states the shard keys and indexes, and this store creates those
+indexes): every operation on a document names its ``_id``, the profiles' shard key.
+
+**Lookups.** Identifier lookups go through a collection of their own,
+``<collection>_lookups``, sharded on its key: one entry ``{k: lookup key, c: customer,
+h: [holders]}`` per key and customer, held by the sections that carry the key (``h``:
+``identities``, or ``identities:staging`` for a rebuild's). :meth:`find` reads the entries
+of one key (targeted: ``k`` leads the shard key), then the candidates' documents by
+``_id``, keeping those whose live keys carry it: an entry is a hint, the document the
+truth, so an entry a crash left behind never makes a lookup lie.
+
+The write order keeps the entries a superset of the documents' keys, so no lookup ever
+misses either. A write first reads the keys its customers' documents keep (one read per
+chunk), holds an entry for each key a section gains, then writes the sections, then
+re-reads the changed documents and releases the keys they no longer carry (a key lost,
+or one a write refused by the position guard would have added); an entry nobody holds
+is deleted. A crash after the holds leaves entries the documents do not carry: ``find``
+ignores them, the retried write (the same fold again) makes them true or releases them,
+and an erasure deletes them. A crash before the releases leaves entries held for keys
+no longer carried: also ignored, and released when the dataset is next rebuilt (the
+promotion releases every live hold the rebuild did not produce) or the customer erased.
+Only the dataset's lease holder writes its live (or staging) sections, and so only it
+moves its holds: two writers never release each other's. Steady-state writes whose keys
+do not change cost one read and no lookup write.
+
+**Migration.** A store written before this collection existed keeps its keys in
+``_keys`` only. The first writable open backfills the entries (every document's live and
+staging keys; idempotent, so an interrupted one is simply redone) and then records a
+marker in the tracking collection; until the marker is there, :meth:`find` reads the
+documents' keys as it used to (a scatter-gather query). Stop processes of the previous
+version before starting this one: they write sections without entries. On a large store,
+let one process open it first (any writing command, e.g. ``profilestore refresh``): every
+writable open that finds no marker backfills, so processes started together would all
+scan the profiles.
 
 Writes are guarded upserts: the filter matches the customer only while the stored
 position is older, so a replayed write matches nothing, tries to insert, and is rejected
@@ -15,7 +47,7 @@ A regroup (identity resolution) writes unguarded upserts, then unsets the remove
 customers' section, meta and keys of the dataset and deletes the documents that hold no
 section any more. Each document changes atomically, but nothing spans documents: a crash
 between the writes and the removals leaves sections that the caller's repeated (and
-idempotent) regroup removes.
+idempotent) regroup removes. Its lookup entries follow the write order above.
 
 Rebuilds write the ``_staging`` fields of the same documents (one collection holds every
 dataset, so a collection rename cannot swap one of them); lookups never read staging.
@@ -34,10 +66,16 @@ before the switch still finds its sections). A profile read that asks for a deri
 dataset reads the pointer and that collection too, by ``_id``: two more round trips,
 not one snapshot with the profile document (no transaction spans them); each section is
 read whole and names its fit.
-Promotion first drops the live section of documents the rebuild did not produce, then
-renames the staging fields over the live ones. Each document changes atomically; the
-dataset as a whole changes within the two ``update_many`` calls, during which the
-dataset's lease keeps refreshes out.
+
+Promotion first holds every staged key's entry as live, drops the live section of
+documents the rebuild did not produce, renames the staging fields over the live ones,
+then releases the live holds the rebuild did not produce and every staging hold. Each
+document changes atomically; the dataset as a whole changes within those ``update_many``
+calls (which go to every shard), during which the dataset's lease keeps refreshes out.
+
+An erasure deletes the customers' documents, then their lookup entries by customer (the
+one write that goes to every shard; the index on ``c`` serves it), so entries a crash
+left behind go too.
 
 ``open_documents`` (last in the module) is the factory :data:`DOCUMENT_BACKENDS` calls for
 ``mongodb:`` and ``mongodb+srv:`` URLs; a malformed URL is an ``InvalidSetting`` (password
@@ -47,11 +85,18 @@ masked) before any client exists.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
-from pymongo import AsyncMongoClient, MongoClient, ReplaceOne, ReturnDocument, UpdateOne
+from pymongo import (
+    AsyncMongoClient,
+    DeleteOne,
+    MongoClient,
+    ReplaceOne,
+    ReturnDocument,
+    UpdateOne,
+)
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -74,6 +119,7 @@ from profilestore.documents import (
     url_error,
     utc,
 )
+from profilestore.mongo_layout import LOOKUP_CUSTOMER, LOOKUP_HOLDERS, LOOKUP_KEY, shard_plan
 from profilestore.redaction import Erasure, Verdict
 
 if TYPE_CHECKING:
@@ -119,11 +165,17 @@ class MongoDocumentStore(DocumentStore):
         self.tracking_records: Collection[dict[str, Any]] = database[f"{collection}_tracking"]
         self.leases: Collection[dict[str, Any]] = database[f"{collection}_leases"]
         self.records: Collection[dict[str, Any]] = database[f"{collection}_records"]
+        self.lookups: Collection[dict[str, Any]] = database[f"{collection}_lookups"]
+        self._lookups_ready = False
         self._derived: set[str] = set()
         try:
-            for name, schema in self.schemas.items():
-                if schema.keyed and not read_only:  # read-only: no index is created
-                    self.profiles.create_index(f"_keys.{name}")
+            if not read_only:  # read-only: no index is created, nothing backfilled
+                for plan in shard_plan(collection):
+                    for index in plan.indexes:
+                        database[plan.name].create_index(
+                            list(index.keys), unique=index.unique, name=index.name
+                        )
+                self.backfill_lookups()
             self._derived = self._derived_datasets()
         except PyMongoError as e:
             failure = self.unavailable("open", e)
@@ -202,12 +254,22 @@ class MongoDocumentStore(DocumentStore):
     async def afind(self, lookup_key: str) -> list[str]:
         if self.closed:
             raise self.closed_error()
-        collection = self._async_collection()
-        if collection is None:
+        profiles = self._async_collection()
+        lookups = self._async_collection(self.lookups.name)
+        if profiles is None or lookups is None:
             return self.find(lookup_key)
-        cursor = collection.find(self._find_query(lookup_key), {"_id": 1})
         try:
-            return sorted([str(d["_id"]) async for d in cursor])
+            if not self._lookups_usable():
+                cursor = profiles.find(self._legacy_find_query(lookup_key), {"_id": 1})
+                return sorted([str(d["_id"]) async for d in cursor])
+            entries = lookups.find({LOOKUP_KEY: lookup_key}, {LOOKUP_CUSTOMER: 1, "_id": 0})
+            candidates = [str(e[LOOKUP_CUSTOMER]) async for e in entries]
+            found: list[str] = []
+            for start in range(0, len(candidates), _IN_CHUNK):
+                chunk = candidates[start : start + _IN_CHUNK]
+                cursor = profiles.find(self._verified_query(lookup_key, chunk), {"_id": 1})
+                found += [str(d["_id"]) async for d in cursor]
+            return sorted(found)
         except PyMongoError as e:
             raise self.unavailable("afind", e) from e
 
@@ -321,9 +383,26 @@ class MongoDocumentStore(DocumentStore):
     def _meta(meta: Mapping[str, Any]) -> SectionMeta:
         return SectionMeta(position=meta["position"], refreshed_at=utc(meta["refreshed_at"]))
 
-    def _find_query(self, lookup_key: str) -> dict[str, Any]:
-        keyed = [name for name, schema in self.schemas.items() if schema.keyed]
-        return {"$or": [{f"_keys.{name}": lookup_key} for name in keyed]}
+    def _keyed(self) -> list[str]:
+        return [name for name, schema in self.schemas.items() if schema.keyed]
+
+    def _legacy_find_query(self, lookup_key: str) -> dict[str, Any]:
+        """The lookup of a store whose lookups collection is not backfilled yet: the
+        profiles' own keys (a scatter-gather query on a sharded cluster)."""
+        return {"$or": [{f"_keys.{name}": lookup_key} for name in self._keyed()]}
+
+    def _verified_query(self, lookup_key: str, customer_ids: Sequence[str]) -> dict[str, Any]:
+        """Those of ``customer_ids`` whose live sections carry ``lookup_key``: a lookup
+        entry is a hint, the profile document the truth (see the module docstring)."""
+        return {"_id": {"$in": list(customer_ids)}, **self._legacy_find_query(lookup_key)}
+
+    def _lookups_usable(self) -> bool:
+        """Whether the lookups collection holds every key (backfilled); read until it is."""
+        if not self._lookups_ready:
+            self._lookups_ready = (
+                self.tracking_records.find_one({"_id": _LOOKUPS_BACKFILLED}) is not None
+            )
+        return self._lookups_ready
 
     @guards_itself
     def get(self, customer_id: str, datasets: Sequence[str] | None = None) -> Profile | None:
@@ -359,8 +438,19 @@ class MongoDocumentStore(DocumentStore):
         if not any(schema.keyed for schema in self.schemas.values()):
             return []
         try:
-            cursor = self.profiles.find(self._find_query(lookup_key), {"_id": 1})
-            return sorted(str(d["_id"]) for d in cursor)
+            if not self._lookups_usable():
+                cursor = self.profiles.find(self._legacy_find_query(lookup_key), {"_id": 1})
+                return sorted(str(d["_id"]) for d in cursor)
+            # One read targeted by the lookups' shard key, then the candidates' documents
+            # by _id (targeted too): an entry a crash left behind is not believed.
+            entries = self.lookups.find({LOOKUP_KEY: lookup_key}, {LOOKUP_CUSTOMER: 1, "_id": 0})
+            candidates = [str(e[LOOKUP_CUSTOMER]) for e in entries]
+            found: list[str] = []
+            for start in range(0, len(candidates), _IN_CHUNK):
+                chunk = candidates[start : start + _IN_CHUNK]
+                cursor = self.profiles.find(self._verified_query(lookup_key, chunk), {"_id": 1})
+                found += [str(d["_id"]) for d in cursor]
+            return sorted(found)
         except PyMongoError as e:
             raise self.unavailable("find", e) from e
 
@@ -454,19 +544,26 @@ class MongoDocumentStore(DocumentStore):
             }
             update = self._section_update(w, paths, keyed, refreshed_at)
             operations.append(UpdateOne(guard, update, upsert=True))
-        written = 0
-        for start in range(0, len(operations), _CHUNK):
-            chunk = operations[start : start + _CHUNK]
-            try:
-                result = target.bulk_write(chunk, ordered=False)
-                written += result.modified_count + result.upserted_count
-            except BulkWriteError as e:
-                # A duplicate key means the stored section is as new or newer: skip it.
-                errors = e.details.get("writeErrors", [])
-                if any(err.get("code") != DUPLICATE_KEY for err in errors):
-                    raise
-                written += e.details.get("nModified", 0) + e.details.get("nUpserted", 0)
-        return written
+
+        def store_sections() -> int:
+            written = 0
+            for start in range(0, len(operations), _CHUNK):
+                chunk = operations[start : start + _CHUNK]
+                try:
+                    result = target.bulk_write(chunk, ordered=False)
+                    written += result.modified_count + result.upserted_count
+                except BulkWriteError as e:
+                    # A duplicate key means the stored section is as new or newer: skip it.
+                    errors = e.details.get("writeErrors", [])
+                    if any(err.get("code") != DUPLICATE_KEY for err in errors):
+                        raise
+                    written += e.details.get("nModified", 0) + e.details.get("nUpserted", 0)
+            return written
+
+        if not keyed:
+            return store_sections()
+        new_keys = {w.customer_id: w.lookup_keys for w in writes}
+        return self._keeping_lookups(dataset, staging, new_keys, store_sections)
 
     def regroup(
         self,
@@ -506,15 +603,161 @@ class MongoDocumentStore(DocumentStore):
             )
             for w in writes
         ]
+
+        def store_sections() -> None:
+            for start in range(0, len(operations), _CHUNK):
+                self.profiles.bulk_write(operations[start : start + _CHUNK], ordered=False)
+            for start in range(0, len(gone), _IN_CHUNK):
+                chunk = gone[start : start + _IN_CHUNK]
+                self.profiles.update_many(
+                    {"_id": {"$in": chunk}}, {"$unset": dict.fromkeys(paths, "")}
+                )
+                # A document left with no section, live or staging, goes. Its emptiness
+                # is tested by the delete itself, atomically: a section another dataset's
+                # refresh writes meanwhile keeps the document.
+                self.profiles.delete_many({"_id": {"$in": chunk}, **_HOLDS_NO_SECTION})
+
+        if not keyed:
+            store_sections()
+            return
+        new_keys: dict[str, Sequence[str]] = {c: () for c in gone}
+        new_keys.update({w.customer_id: w.lookup_keys for w in writes})
+        self._keeping_lookups(dataset, staging, new_keys, store_sections)
+
+    # --- the lookups collection ---------------------------------------------------------
+
+    def _keeping_lookups(
+        self,
+        dataset: str,
+        staging: bool,
+        new_keys: Mapping[str, Sequence[str]],
+        store_sections: Callable[[], R],
+    ) -> R:
+        """Run ``store_sections`` (which gives the customers of ``new_keys`` those lookup
+        keys in the dataset, or leaves a section alone) keeping the lookups collection a
+        superset of the documents' keys: entries for keys a section gains are held
+        before it is written, and keys it lost (or a write the guard refused would have
+        added) are released after, judged from the documents as they are then."""
+        holder = _holder(dataset, staging)
+        keys_path = _fields(dataset, staging)[2]
+        before = self._held_keys(list(new_keys), keys_path)
+        changed: dict[str, set[str]] = {}
+        for customer_id, keys in new_keys.items():
+            difference = before.get(customer_id, set()) ^ set(keys)
+            if difference:
+                changed[customer_id] = difference
+        gained = [
+            (key, customer_id)
+            for customer_id, keys in new_keys.items()
+            for key in dict.fromkeys(keys)
+            if key in changed.get(customer_id, ())
+        ]
+        self._hold(gained, holder)
+        result = store_sections()
+        if changed:
+            after = self._held_keys(list(changed), keys_path)
+            lost = [
+                (key, customer_id)
+                for customer_id, keys in changed.items()
+                for key in sorted(keys)
+                if key not in after.get(customer_id, set())
+            ]
+            self._release(lost, holder)
+        return result
+
+    def _held_keys(self, customer_ids: Sequence[str], keys_path: str) -> dict[str, set[str]]:
+        """The lookup keys the documents of ``customer_ids`` keep at ``keys_path``."""
+        held: dict[str, set[str]] = {}
+        for start in range(0, len(customer_ids), _IN_CHUNK):
+            chunk = list(customer_ids[start : start + _IN_CHUNK])
+            for document in self.profiles.find({"_id": {"$in": chunk}}, {keys_path: 1}):
+                keys = _dig(document, keys_path)
+                if keys:
+                    held[str(document["_id"])] = set(keys)
+        return held
+
+    def _hold(self, pairs: Sequence[tuple[str, str]], holder: str) -> None:
+        """Entries (key, customer), each held by ``holder`` too: one upsert per entry,
+        each addressed by its full shard key."""
+        operations = [
+            UpdateOne(
+                {LOOKUP_KEY: key, LOOKUP_CUSTOMER: customer_id},
+                {"$addToSet": {LOOKUP_HOLDERS: holder}},
+                upsert=True,
+            )
+            for key, customer_id in pairs
+        ]
         for start in range(0, len(operations), _CHUNK):
-            self.profiles.bulk_write(operations[start : start + _CHUNK], ordered=False)
-        for start in range(0, len(gone), _IN_CHUNK):
-            chunk = gone[start : start + _IN_CHUNK]
-            self.profiles.update_many({"_id": {"$in": chunk}}, {"$unset": dict.fromkeys(paths, "")})
-            # A document left with no section, live or staging, goes. Its emptiness is
-            # tested by the delete itself, atomically: a section another dataset's refresh
-            # writes meanwhile keeps the document.
-            self.profiles.delete_many({"_id": {"$in": chunk}, **_HOLDS_NO_SECTION})
+            chunk = operations[start : start + _CHUNK]
+            try:
+                self.lookups.bulk_write(chunk, ordered=False)
+            except BulkWriteError as e:
+                # Two upserts of one new entry at once: one inserts, the other meets the
+                # unique index. Again, the entry exists and the upsert updates it.
+                errors = e.details.get("writeErrors", [])
+                if any(err.get("code") != DUPLICATE_KEY for err in errors):
+                    raise
+                self.lookups.bulk_write(chunk, ordered=False)
+
+    def _release(self, pairs: Sequence[tuple[str, str]], holder: str) -> None:
+        """``holder`` no longer holds these entries; an entry nobody holds goes (the
+        delete tests the emptiness itself, so a hold taken meanwhile keeps it)."""
+        for start in range(0, len(pairs), _CHUNK):
+            chunk = pairs[start : start + _CHUNK]
+            self.lookups.bulk_write(
+                [
+                    UpdateOne(
+                        {LOOKUP_KEY: key, LOOKUP_CUSTOMER: customer_id},
+                        {"$pull": {LOOKUP_HOLDERS: holder}},
+                    )
+                    for key, customer_id in chunk
+                ],
+                ordered=False,
+            )
+            self.lookups.bulk_write(
+                [
+                    DeleteOne({LOOKUP_KEY: key, LOOKUP_CUSTOMER: customer_id, **_HELD_BY_NOBODY})
+                    for key, customer_id in chunk
+                ],
+                ordered=False,
+            )
+
+    def _release_all(self, holder: str) -> None:
+        """``holder`` holds no entry any more (a dataset-wide step: staging, promotion)."""
+        self.lookups.update_many({LOOKUP_HOLDERS: holder}, {"$pull": {LOOKUP_HOLDERS: holder}})
+        self.lookups.delete_many(_HELD_BY_NOBODY)
+
+    def backfill_lookups(self) -> int:
+        """Hold an entry for every key the documents keep, live and staging, unless done
+        before (a marker in the tracking collection says so): how a store written before
+        the lookups collection existed (keys in ``_keys`` only) is migrated, on the first
+        writable open. Until the marker is there, :meth:`find` reads the documents' keys
+        as it used to. Returns how many keys were held (0 when done before)."""
+        if self._lookups_usable():
+            return 0
+        held = 0
+        pairs: dict[str, list[tuple[str, str]]] = {}
+        shape = {"_keys": 1, "_staging_keys": 1}
+        query = {"$or": [{"_keys": {"$exists": True}}, {"_staging_keys": {"$exists": True}}]}
+        for document in self.profiles.find(query, shape):
+            customer_id = str(document["_id"])
+            for field, staging in (("_keys", False), ("_staging_keys", True)):
+                for dataset, keys in (document.get(field) or {}).items():
+                    holder = _holder(dataset, staging)
+                    batch = pairs.setdefault(holder, [])
+                    batch += [(key, customer_id) for key in dict.fromkeys(keys)]
+                    if len(batch) >= _CHUNK:
+                        self._hold(batch, holder)
+                        held += len(batch)
+                        batch.clear()
+        for holder, batch in pairs.items():
+            self._hold(batch, holder)
+            held += len(batch)
+        self.tracking_records.update_one(
+            {"_id": _LOOKUPS_BACKFILLED}, {"$set": {"held": held}}, upsert=True
+        )
+        self._lookups_ready = True
+        return held
 
     def _section_update(
         self, w: SectionWrite, paths: tuple[str, str, str], keyed: bool, refreshed_at: dt.datetime
@@ -553,6 +796,8 @@ class MongoDocumentStore(DocumentStore):
             {meta_path: {"$exists": True}},
             {"$unset": {section_path: "", meta_path: "", keys_path: ""}},
         )
+        if self.schemas[dataset].keyed:  # released after the keys left the documents
+            self._release_all(_holder(dataset, staging=True))
         self.tracking_records.delete_one({"_id": _tracking_id(dataset, True)})
 
     def promote_staging(self, dataset: str) -> None:
@@ -571,6 +816,12 @@ class MongoDocumentStore(DocumentStore):
             return
         live = _fields(dataset, staging=False)
         staging = _fields(dataset, staging=True)
+        keyed = self.schemas[dataset].keyed
+        live_holder, staging_holder = _holder(dataset, False), _holder(dataset, True)
+        if keyed:  # entries first: every staged key is held as live before it is live
+            self.lookups.update_many(
+                {LOOKUP_HOLDERS: staging_holder}, {"$addToSet": {LOOKUP_HOLDERS: live_holder}}
+            )
         # Order matters: unset first, or the unset would remove what the rename brought in.
         self.profiles.update_many(
             {staging[1]: {"$exists": False}, live[1]: {"$exists": True}},
@@ -580,6 +831,17 @@ class MongoDocumentStore(DocumentStore):
         if self.schemas[dataset].keyed:
             renames[staging[2]] = live[2]
         self.profiles.update_many({staging[1]: {"$exists": True}}, {"$rename": renames})
+        if keyed:  # then the old live keys the rebuild did not produce are released
+            self.lookups.update_many(
+                {
+                    "$and": [
+                        {LOOKUP_HOLDERS: live_holder},
+                        {LOOKUP_HOLDERS: {"$ne": staging_holder}},
+                    ]
+                },
+                {"$pull": {LOOKUP_HOLDERS: live_holder}},
+            )
+            self._release_all(staging_holder)
         self._promoted(dataset, staged)
 
     def _promoted(self, dataset: str, staged: Mapping[str, Any]) -> None:
@@ -680,6 +942,9 @@ class MongoDocumentStore(DocumentStore):
                 for staging in (False, True):
                     result = self._sections(name, staging).delete_many({"_id": {"$in": chunk}})
                     counts["sections:staging" if staging else "sections"] += result.deleted_count
+            # By customer, not by key: this also finds entries a crash left without their
+            # section. The one write that goes to every shard (the index on c serves it).
+            self.lookups.delete_many({LOOKUP_CUSTOMER: {"$in": chunk}})
         self._erase_records(erasure, counts)
         return counts
 
@@ -764,6 +1029,19 @@ _KEY_FIELDS = (("_keys", "lookup_keys"), ("_staging_keys", "lookup_keys:staging"
 
 def _derived_meta(document: Mapping[str, Any]) -> SectionMeta:
     return SectionMeta(position=document["position"], refreshed_at=utc(document["refreshed_at"]))
+
+
+_HELD_BY_NOBODY = {LOOKUP_HOLDERS: {"$size": 0}}
+
+_LOOKUPS_BACKFILLED = "layout:lookups"
+"""The tracking record saying every document's keys are in the lookups collection."""
+
+R = TypeVar("R")
+
+
+def _holder(dataset: str, staging: bool) -> str:
+    """Who holds a lookup entry: a dataset's live or staging sections."""
+    return f"{dataset}:staging" if staging else dataset
 
 
 def _tracking_id(dataset: str, staging: bool) -> str:
