@@ -61,6 +61,9 @@ from profilestore.experiment import HOLDOUT, Experiment, assign
 from profilestore.identity import KEY, IdentityGraph, merged_changes
 from profilestore.mapper import Forgotten
 from profilestore.outbox import FIRED, enqueue, pending_deliveries
+from profilestore.partitions import Partition
+from profilestore.partitions import advance as advance_partition
+from profilestore.partitions import position as partition_position
 from profilestore.pipeline import Clock, Handler, Pass, PassReport
 from profilestore.projection import Projection
 from profilestore.tally import Tally
@@ -207,7 +210,13 @@ class TriggerHandler(Handler):
         routes: Callable[[str], list[str]] = lambda channel: [],
         tally: Tally | None = None,
         experiments: Mapping[str, Experiment] | None = None,
+        partition: Partition | None = None,
     ) -> None:
+        self.partition = partition
+        """Only the events and timers of this partition's customers (None: every one);
+        the claims keep a customer's firing once wherever it is decided."""
+        if partition is not None:
+            self.lease_kind = f"{LEASE_KIND}#{partition.label}"
         self.tally = tally or Tally()
         self.experiments = experiments or {}
         """Trigger name -> the experiment splitting its firings."""
@@ -225,6 +234,9 @@ class TriggerHandler(Handler):
 
     def begin(self, targets: Sequence[str]) -> _TriggerPass:
         assert list(targets) == [TARGET], targets
+        if self.partition is not None:
+            found = partition_position(self.documents, TARGET, self.partition)
+            return _TriggerPass(self, found or 0)
         tracked = self.documents.tracking(TARGET)
         return _TriggerPass(self, tracked.position if tracked else 0)
 
@@ -314,6 +326,8 @@ class _TriggerPass(Pass):
             key: msgspec.convert(value, Timer)
             for key, value in self.documents.get_records(TIMER).items()
         }
+        if handler.partition is not None:
+            self.timers = {k: t for k, t in self.timers.items() if self._owns(t.customer_id)}
         self._next_due: dt.datetime | None = None
         self._due_known = False
         self._cache: dict[str, _Cached] = {}
@@ -322,6 +336,11 @@ class _TriggerPass(Pass):
         """Outcomes to count once they are written."""
         self.decided = 0
         self.counts: dict[str, int] = {}
+
+    def _owns(self, customer_id: str) -> bool:
+        """Whether the customer's profile is in this pass's partition (or it has none)."""
+        partition = self.handler.partition
+        return partition is None or partition.owns(self.graph.profile_of(customer_id))
 
     # --- the pass contract ----------------------------------------------------------------
 
@@ -345,6 +364,8 @@ class _TriggerPass(Pass):
         fresh = [n for n in page if n.notification_id > self.position]
         if fresh:
             self.graph.prefetch(KEY, {n.event.customer_id for n in fresh})
+            if self.handler.partition is not None:
+                fresh = [n for n in fresh if self._owns(n.event.customer_id)]
             wanted = [
                 (logged, entry)
                 for logged in fresh
@@ -373,7 +394,11 @@ class _TriggerPass(Pass):
     def commit(self, through: int) -> None:
         self._flush()
         if through > self.position or self.position == 0:
-            self.documents.advance(TARGET, through, refreshed_at=self.handler.clock())
+            now = self.handler.clock()
+            if self.handler.partition is None:
+                self.documents.advance(TARGET, through, refreshed_at=now)
+            else:
+                advance_partition(self.documents, TARGET, self.handler.partition, through, now)
             self.position = max(self.position, through)
 
     def finish(self, through: int) -> None:

@@ -1,0 +1,166 @@
+"""Partitions: customers split by a stable hash, so several workers share the log.
+
+A profile belongs to partition ``hash(canonical customer key) mod count``: the key its
+events fold into (itself, or the canonical id of the profile a link merged it into), so a
+merged customer is one customer in one partition. The hash is BLAKE2b of the key's UTF-8
+bytes: the same on every machine, Python version and process (Python's ``hash`` is not).
+
+Every reader of the log that runs per partition (a dataset's refresh and real-time
+consumer, the trigger engine) reads the same pages as an unpartitioned one and handles
+only the events of its partition's profiles. It tracks its own position in the documents'
+tracking table under :func:`tracked_name` (``carts#2/8``); the target's plain row
+(``carts``) stays the least of its partitions' positions, so freshness, ``status`` and an
+unpartitioned run read what they always did. A partition with no position yet starts from
+that plain row: upgrading a store from one position to partitions re-reads nothing and
+skips nothing, and so does changing the count (every new partition starts from the least
+position of the old ones; what a partition had already written is skipped by the guards
+every write carries: a section's position, a trigger's outcome record and claim).
+
+The count is stored with the documents the first time a partitioned reader runs
+(:func:`fix_count`): another count in the config is refused until ``profilestore
+partitions set N`` changes it with every worker stopped (see ``docs/partitions.md``).
+
+Workers share the partitions (:mod:`profilestore.worker`): each writes a heartbeat
+record, counts the workers alive and holds the lease of at most ``ceil(count / alive)``
+partitions, releasing the excess when a worker appears and taking over a dead worker's
+partitions once their leases lapse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from profilestore.documents import DocumentStore
+from profilestore.errors import InvalidSetting
+
+COUNT = "partitions"
+"""Record kind of the stored partition count (key :data:`COUNT_KEY`)."""
+COUNT_KEY = "count"
+WORKER = "worker.heartbeat"
+"""Record kind of the workers' heartbeats: holder -> when it last beat, its partitions."""
+LEASE_KIND = "partition"
+"""The lease a worker holds on each partition it works on (target: the index)."""
+
+
+def partition_of(key: str, count: int) -> int:
+    """The partition of a canonical customer key among ``count``."""
+    if count == 1:
+        return 0
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition of ``count``: what a partitioned reader handles."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"partition {self.index} is not one of 0..{self.count - 1}")
+
+    def owns(self, profile: str) -> bool:
+        return partition_of(profile, self.count) == self.index
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def tracked(self, target: str) -> str:
+        return tracked_name(target, self)
+
+
+def tracked_name(target: str, partition: Partition) -> str:
+    """The tracking row of ``target`` (a dataset, the trigger engine) in ``partition``."""
+    return f"{target}#{partition.label}"
+
+
+def all_partitions(count: int) -> list[Partition]:
+    return [Partition(i, count) for i in range(count)]
+
+
+def position(documents: DocumentStore, target: str, partition: Partition) -> int | None:
+    """Where ``target`` stands in ``partition``: its own row, else the target's plain row
+    (an upgrade, or a new count: every partition starts where all had got to)."""
+    tracked = documents.tracking(tracked_name(target, partition))
+    if tracked is None:
+        tracked = documents.tracking(target)
+    return tracked.position if tracked else None
+
+
+def advance(
+    documents: DocumentStore, target: str, partition: Partition, through: int, now: dt.datetime
+) -> None:
+    """Advance ``target`` in ``partition``, then its plain row to the least partition's
+    position (never back: the rows only move forward)."""
+    documents.advance(tracked_name(target, partition), through, refreshed_at=now)
+    least = min(
+        (p for p in positions(documents, target, partition.count).values()),
+        default=through,
+    )
+    documents.advance(target, least, refreshed_at=now)
+
+
+def positions(documents: DocumentStore, target: str, count: int) -> dict[int, int]:
+    """Every partition's position of ``target`` (those with none: the plain row's)."""
+    plain = documents.tracking(target)
+    start = plain.position if plain else 0
+    found = {}
+    for partition in all_partitions(count):
+        tracked = documents.tracking(tracked_name(target, partition))
+        found[partition.index] = tracked.position if tracked else start
+    return found
+
+
+class PartitionCountChanged(InvalidSetting):
+    """The config asks for another partition count than the one the store was split by."""
+
+    def __init__(self, stored: int, configured: int) -> None:
+        super().__init__(
+            "schedule.partitions",
+            f"is {configured} but this store is split into {stored} partitions; stop every "
+            f"worker, then run `profilestore partitions set {configured}` (or set it back "
+            f"to {stored})",
+        )
+
+
+def stored_count(documents: DocumentStore) -> int | None:
+    found = documents.get_record(COUNT, COUNT_KEY)
+    return int(found["count"]) if found else None
+
+
+def fix_count(documents: DocumentStore, configured: int) -> int:
+    """Store ``configured`` as the store's partition count the first time; refuse another
+    one later (:class:`PartitionCountChanged`)."""
+    stored = stored_count(documents)
+    if stored is None:
+        if configured == 1:
+            return 1  # the default writes nothing: a store never partitioned stays as it was
+        documents.insert_record_if_absent(COUNT, COUNT_KEY, {"count": configured})
+        stored = stored_count(documents)
+    if stored != configured:
+        raise PartitionCountChanged(stored or 1, configured)
+    return configured
+
+
+def share(count: int, alive: int) -> int:
+    """How many partitions one of ``alive`` workers holds at most: ceil(count / alive)."""
+    return math.ceil(count / max(1, alive))
+
+
+def excess(held: Sequence[int], count: int, alive: int) -> list[int]:
+    """The partitions a worker holding ``held`` gives back: those beyond its share, the
+    highest indexes first (so two workers agree on nothing to trade: no flapping)."""
+    keep = share(count, alive)
+    return sorted(held)[keep:]
+
+
+def wanted(held: Iterable[int], count: int, alive: int) -> int:
+    """How many more partitions a worker holding ``held`` may take."""
+    return max(0, share(count, alive) - len(set(held)))
