@@ -9,6 +9,7 @@ documents store, refreshed): the same sections at the same positions. The proces
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,14 @@ from typing import Any
 
 import msgspec
 import pytest
+from click.testing import CliRunner
+from litestar.testing import TestClient
+from test_api import api_settings, headers
 from test_firing import order, signed_up
 from test_identity_concurrency import differences, rebuilt, snapshot
 
+from profilestore.api import create_app
+from profilestore.cli import main
 from profilestore.config import Settings, load_settings
 from profilestore.errors import InvalidArgument
 from profilestore.firing import TARGET as TRIGGERS
@@ -224,3 +230,41 @@ def test_two_workers_share_the_partitions_and_one_takes_over_when_the_other_stop
         assert first.share.held() == list(range(8))
         assert [w.holder for w in one.workers()] == [one.holder]
         first.share.stop()
+
+
+# --- where it shows ---------------------------------------------------------------------
+
+
+def test_status_and_the_api_show_who_holds_each_partition_and_its_lag(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in environ(4).items():
+        monkeypatch.setenv(name, value)
+    with open_store(api_settings(settings_for(home, 4))) as store:
+        store.append(views(6, 0))
+        store.refresh(partitions=[0, 1, 2])
+        assert store.take_partition(1)
+        store.heartbeat([1])
+        with TestClient(create_app(store)) as client:
+            body = client.get("/v1/status/partitions", headers=headers()).json()
+        behind = {p["partition"]: p["events_behind"] for p in body["partitions"]}
+        assert behind[3] == store.head() and behind[0] == store.head()  # the trigger engine
+        assert [p["holder"] for p in body["partitions"]] == [None, store.holder, None, None]
+        assert [w["holder"] for w in body["workers"]] == [store.holder]
+        assert body["partitions"][3]["positions"]["browsing"] == 0
+        assert body["partitions"][2]["positions"]["browsing"] == store.head()
+        table = CliRunner().invoke(main, ["--home", str(home), "status"])
+        assert table.exit_code == 0, table.output
+        assert "partitions (4; 1 worker(s) alive)" in table.stdout
+        assert "nobody" in table.stdout and store.holder in table.stdout
+        shown = CliRunner().invoke(main, ["--home", str(home), "partitions", "show", "--json"])
+        assert [p["partition"] for p in json.loads(shown.stdout)["partitions"]] == [0, 1, 2, 3]
+        store.release_partition(1)
+        store.leave()
+    changed = CliRunner().invoke(main, ["--home", str(home), "partitions", "set", "2"])
+    assert changed.exit_code == 0 and "partitions: 4 -> 2" in changed.stderr
+    refused = CliRunner().invoke(main, ["--home", str(home), "refresh"])
+    assert refused.exit_code == 2 and "partitions set 4" in refused.stderr
+    # Reading is not refused: it shows the store as it is split.
+    shown = CliRunner().invoke(main, ["--home", str(home), "partitions", "show", "--json"])
+    assert len(json.loads(shown.stdout)["partitions"]) == 2

@@ -1016,7 +1016,7 @@ class ProfileStore:
         is enabled); with ``partition``, of that partition's customers only."""
         if not self.triggers:
             return None
-        (chosen,) = self._partitions(None if partition is None else [partition])
+        (chosen,) = [None] if partition is None else self._partitions([partition])
         return self._consumer.live(
             self._trigger_handler(chosen), [TRIGGER_TARGET], batch=batch, guard=self._entered
         )
@@ -1304,8 +1304,9 @@ class ProfileStore:
 
     def live(self, datasets: Sequence[str], *, batch: int, partition: int | None = None) -> Live:
         """A consumer of ``datasets`` kept running; the follower decides when it steps.
-        With ``partition``, of that partition's customers only."""
-        (chosen,) = self._partitions(None if partition is None else [partition])
+        With ``partition``, of that partition's customers only (None: every customer,
+        from the datasets' plain positions)."""
+        (chosen,) = [None] if partition is None else self._partitions([partition])
         return self._consumer.live(
             self._handler(partition=chosen),
             self._folded(self.datasets(datasets)),

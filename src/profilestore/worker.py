@@ -68,6 +68,8 @@ class Worker:
         self.realtime = [n for n, c in self.cadences.items() if c.kind == "realtime"]
         self.scheduled = [n for n, c in self.cadences.items() if c.scheduled]
         self.follows = bool(self.realtime or store.triggers)
+        # A partitioned store is worked on by partition only, flag or not.
+        partitioned = partitioned or store.partition_count() > 1
         self.share = Share(self) if partitioned else None
         """The partitions this worker holds, shared with the others (None: every customer)."""
         self.follower = Follower(store, self.realtime) if self.follows and not partitioned else None
