@@ -2,8 +2,11 @@
 
 A profile belongs to partition ``hash(canonical customer key) mod count``: the key its
 events fold into (itself, or the canonical id of the profile a link merged it into), so a
-merged customer is one customer in one partition. The hash is BLAKE2b of the key's UTF-8
-bytes: the same on every machine, Python version and process (Python's ``hash`` is not).
+merged customer is one customer in one partition. The hash is BLAKE2b of the key's stream
+id (what the log files its events under: a UUIDv5 of the key, or on an encrypted log a
+keyed hash with the store's naming key): the same on every machine, Python version and
+process (Python's ``hash`` is not), and known from a stored row before its event is
+decoded, so a partition decodes only its own customers' events (:class:`Membership`).
 
 Every reader of the log that runs per partition (a dataset's refresh and real-time
 consumer, the trigger engine) reads the same pages as an unpartitioned one and handles
@@ -31,11 +34,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from uuid import UUID
 
 from profilestore.documents import DocumentStore
 from profilestore.errors import InvalidSetting
+from profilestore.eventlog import stream_id
 
 COUNT = "partitions"
 """Record kind of the stored partition count (key :data:`COUNT_KEY`)."""
@@ -46,12 +51,21 @@ LEASE_KIND = "partition"
 """The lease a worker holds on each partition it works on (target: the index)."""
 
 
-def partition_of(key: str, count: int) -> int:
-    """The partition of a canonical customer key among ``count``."""
+def partition_of(key: str, count: int, stream_of: StreamOf = stream_id) -> int:
+    """The partition of a canonical customer key among ``count`` (``stream_of``: the log's
+    naming of streams, :meth:`EventLog.stream_of <profilestore.eventlog.EventLog.stream_of>`)."""
+    return stream_partition(stream_of(key), count)
+
+
+def stream_partition(stream: UUID, count: int) -> int:
+    """The partition of the customer key whose stream is ``stream``."""
     if count == 1:
         return 0
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(stream.bytes, digest_size=8).digest()
     return int.from_bytes(digest, "big") % count
+
+
+StreamOf = Callable[[str], UUID]
 
 
 @dataclass(frozen=True)
@@ -60,13 +74,19 @@ class Partition:
 
     index: int
     count: int
+    stream_of: StreamOf = field(default=stream_id, compare=False, repr=False)
+    """The log's naming of streams (keyed on an encrypted log)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < self.count:
             raise ValueError(f"partition {self.index} is not one of 0..{self.count - 1}")
 
     def owns(self, profile: str) -> bool:
-        return partition_of(profile, self.count) == self.index
+        return partition_of(profile, self.count, self.stream_of) == self.index
+
+    def owns_stream(self, stream: UUID) -> bool:
+        """Whether the key filed under ``stream`` is in this partition, if it is alone."""
+        return stream_partition(stream, self.count) == self.index
 
     @property
     def label(self) -> str:
@@ -76,13 +96,44 @@ class Partition:
         return tracked_name(target, self)
 
 
+@dataclass
+class Membership:
+    """Which streams and profiles are a partition's, as of a routing (key -> profile, for
+    keys not alone), remembered: asked once per event read."""
+
+    partition: Partition
+    routing: Mapping[str, str]
+    _merged: dict[UUID, str] = field(default_factory=dict)
+    _streams: dict[UUID, bool] = field(default_factory=dict)
+    _profiles: dict[str, bool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        stream_of = self.partition.stream_of
+        self._merged = {stream_of(k): p for k, p in self.routing.items()}
+
+    def keeps(self, stream: UUID) -> bool:
+        """Whether the events of ``stream`` fold into a profile of the partition."""
+        found = self._streams.get(stream)
+        if found is None:
+            profile = self._merged.get(stream)
+            found = self.partition.owns_stream(stream) if profile is None else self.owns(profile)
+            self._streams[stream] = found
+        return found
+
+    def owns(self, profile: str) -> bool:
+        found = self._profiles.get(profile)
+        if found is None:
+            found = self._profiles[profile] = self.partition.owns(profile)
+        return found
+
+
 def tracked_name(target: str, partition: Partition) -> str:
     """The tracking row of ``target`` (a dataset, the trigger engine) in ``partition``."""
     return f"{target}#{partition.label}"
 
 
-def all_partitions(count: int) -> list[Partition]:
-    return [Partition(i, count) for i in range(count)]
+def all_partitions(count: int, stream_of: StreamOf = stream_id) -> list[Partition]:
+    return [Partition(i, count, stream_of) for i in range(count)]
 
 
 def position(documents: DocumentStore, target: str, partition: Partition) -> int | None:

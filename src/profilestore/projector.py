@@ -57,7 +57,7 @@ from profilestore.identity import (
     merged_changes,
     route,
 )
-from profilestore.partitions import Partition
+from profilestore.partitions import Membership, Partition
 from profilestore.pipeline import Clock, Handler, Pass, PassReport
 from profilestore.projection import Projection
 from profilestore.runs import DeadLetter, Journal
@@ -250,6 +250,8 @@ class _ProjectionPass(Pass):
         self.identity = -1
         """The last identity change applied to every dataset of the pass (-1: not yet)."""
         self.profiles: dict[str, str] = {}
+        self.membership: Membership
+        """The partition's streams and profiles (a partitioned pass only)."""
         """Customer key -> the profile its events fold into, for keys not alone."""
         self._regroup_all()
 
@@ -300,6 +302,11 @@ class _ProjectionPass(Pass):
         if opening:
             self.profiles = handler.routing.at(documents, position)
         self.identity = position
+        if handler.partition is not None:
+            # Which streams are the partition's follows the routing: pages are read
+            # through it, so only the partition's events are decoded.
+            self.membership = Membership(handler.partition, self.profiles)
+            self.keep = self.membership.keeps
 
     def _applied_key(self, dataset: str) -> str:
         """Where the identity changes applied to the dataset are marked (per partition)."""
@@ -365,12 +372,12 @@ class _ProjectionPass(Pass):
         # Group per dataset and customer first, so each dataset loads its sections once.
         grouped: dict[int, tuple[_DatasetRun, dict[str, list[Notified]]]] = {}
         profiles = self.profiles
-        partition = handler.partition
+        membership = self.membership if handler.partition is not None else None
         for logged in page:
             key = logged.event.customer_id
             profile = profiles.get(key, key)
-            if partition is not None and not partition.owns(profile):
-                continue  # another partition's customer
+            if membership is not None and not membership.owns(profile):
+                continue  # another partition's customer (read before a regroup moved it)
             for run in self.routes.get(logged.topic, ()):
                 if skip_applied and logged.notification_id <= run.position:
                     continue

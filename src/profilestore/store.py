@@ -125,7 +125,13 @@ from profilestore.partitions import COUNT as PARTITION_COUNT
 from profilestore.partitions import COUNT_KEY as PARTITION_COUNT_KEY
 from profilestore.partitions import LEASE_KIND as PARTITION_LEASE
 from profilestore.partitions import WORKER as WORKER_HEARTBEAT
-from profilestore.partitions import Partition, all_partitions, fix_count, stored_count
+from profilestore.partitions import (
+    Partition,
+    all_partitions,
+    fix_count,
+    partition_of,
+    stored_count,
+)
 from profilestore.partitions import positions as partition_positions
 from profilestore.pipeline import (
     Clock,
@@ -621,7 +627,11 @@ class ProfileStore:
         for index in chosen:
             if not 0 <= index < count:
                 raise InvalidArgument("partition", f"must be 0 to {count - 1}")
-        return [Partition(i, count) for i in chosen]
+        return [Partition(i, count, self._log.stream_of) for i in chosen]
+
+    def partition_of(self, profile_id: str) -> int:
+        """The partition of a profile (a customer key alone, or a merged profile's id)."""
+        return partition_of(profile_id, self.partition_count(), self._log.stream_of)
 
     @contextlib.contextmanager
     def _every_partition(self, names: Sequence[str]) -> Iterator[None]:
