@@ -103,21 +103,23 @@ class Membership:
 
     partition: Partition
     routing: Mapping[str, str]
-    _merged: dict[UUID, str] = field(default_factory=dict)
-    _streams: dict[UUID, bool] = field(default_factory=dict)
+    _merged: dict[int, str] = field(default_factory=dict)
+    _streams: dict[int, bool] = field(default_factory=dict)
+    """By the stream's integer: a UUID's own hash is a Python call, this one is not."""
     _profiles: dict[str, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         stream_of = self.partition.stream_of
-        self._merged = {stream_of(k): p for k, p in self.routing.items()}
+        self._merged = {stream_of(k).int: p for k, p in self.routing.items()}
 
     def keeps(self, stream: UUID) -> bool:
         """Whether the events of ``stream`` fold into a profile of the partition."""
-        found = self._streams.get(stream)
+        number = stream.int
+        found = self._streams.get(number)
         if found is None:
-            profile = self._merged.get(stream)
+            profile = self._merged.get(number)
             found = self.partition.owns_stream(stream) if profile is None else self.owns(profile)
-            self._streams[stream] = found
+            self._streams[number] = found
         return found
 
     def owns(self, profile: str) -> bool:
