@@ -26,12 +26,11 @@ from test_identity_concurrency import differences, rebuilt, snapshot
 from profilestore.api import create_app
 from profilestore.cli import main
 from profilestore.config import Settings, load_settings
-from profilestore.errors import InvalidArgument
+from profilestore.errors import InvalidArgument, PartitionCountChanged
 from profilestore.firing import TARGET as TRIGGERS
 from profilestore.firing import read_firings
 from profilestore.partitions import (
     Partition,
-    PartitionCountChanged,
     excess,
     partition_of,
     share,

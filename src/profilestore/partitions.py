@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from profilestore.documents import DocumentStore
-from profilestore.errors import InvalidSetting
+from profilestore.errors import PartitionCountChanged
 from profilestore.eventlog import stream_id
 
 COUNT = "partitions"
@@ -169,18 +169,6 @@ def positions(documents: DocumentStore, target: str, count: int) -> dict[int, in
         tracked = documents.tracking(tracked_name(target, partition))
         found[partition.index] = tracked.position if tracked else start
     return found
-
-
-class PartitionCountChanged(InvalidSetting):
-    """The config asks for another partition count than the one the store was split by."""
-
-    def __init__(self, stored: int, configured: int) -> None:
-        super().__init__(
-            "schedule.partitions",
-            f"is {configured} but this store is split into {stored} partitions; stop every "
-            f"worker, then run `profilestore partitions set {configured}` (or set it back "
-            f"to {stored})",
-        )
 
 
 def stored_count(documents: DocumentStore) -> int | None:
