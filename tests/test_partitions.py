@@ -26,7 +26,7 @@ from test_identity_concurrency import differences, rebuilt, snapshot
 from profilestore.api import create_app
 from profilestore.cli import main
 from profilestore.config import Settings, load_settings
-from profilestore.errors import InvalidArgument, PartitionCountChanged
+from profilestore.errors import InvalidArgument, LeaseHeld, PartitionCountChanged
 from profilestore.firing import TARGET as TRIGGERS
 from profilestore.firing import read_firings
 from profilestore.partitions import (
@@ -268,3 +268,32 @@ def test_status_and_the_api_show_who_holds_each_partition_and_its_lag(
     # Reading is not refused: it shows the store as it is split.
     shown = CliRunner().invoke(main, ["--home", str(home), "partitions", "show", "--json"])
     assert len(json.loads(shown.stdout)["partitions"]) == 2
+
+
+def test_a_merge_regroups_each_partition_under_its_own_lease(store: ProfileStore) -> None:
+    first, other = two_keys_in_different_partitions(store)
+    store.append([order("o1", first, "N-1"), order("o2", other, "N-2")])
+    store.refresh()
+    store.append([link("l1", first, "same@example.com"), link("l2", other, "same@example.com")])
+    store.resolve_identity()
+    merged = store.resolve(first)
+    assert store.resolve(other) == merged and merged not in (first, other)
+    report = store.apply_identity(["orders"])  # no refresh: the regroup alone
+    assert report.skipped_locked == []
+    assert store.profile(merged, datasets=["orders"]).sections["orders"].order_count == 2
+    assert store._documents.load("orders", [first, other]) == {}
+
+
+def test_retrying_dead_letters_waits_for_every_partition_of_the_dataset(
+    home: Path, store: ProfileStore
+) -> None:
+    with open_store(settings_for(home, 4)) as worker:
+        assert worker.take_partition(0)  # a worker's hold is not a writer's lease
+        assert store.retry_dead_letters("orders") == (0, 0)
+        follower = worker.live(["orders"], batch=100, partition=2)
+        assert follower.take()
+        with pytest.raises(LeaseHeld):
+            store.retry_dead_letters("orders")
+        follower.release()
+        assert store.retry_dead_letters("orders") == (0, 0)
+        worker.release_partition(0)

@@ -101,7 +101,7 @@ class ProjectionHandler(Handler):
         self.partition = partition
         """Only this partition's profiles, tracked per partition (None: every profile)."""
         if partition is not None:
-            if self.staging or type(self) not in (ProjectionHandler,):
+            if self.staging or type(self) not in (ProjectionHandler, RegroupHandler):
                 raise ValueError(f"{type(self).__name__} does not run per partition")
             # Each partition's run holds a lease of its own: partitions run side by side.
             self.lease_kind = f"{type(self).lease_kind}#{partition.label}"

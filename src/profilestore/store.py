@@ -783,10 +783,18 @@ class ProfileStore:
     def apply_identity(self, datasets: Sequence[str] | None = None) -> PassReport:
         """Regroup the profiles of ``datasets`` as the identity graph says now, without
         waiting for their next refresh. Datasets another process holds are skipped (its
-        pass applies the changes itself)."""
-        return self._consumer.run(
-            self._handler(RegroupHandler), self._folded(self.datasets(datasets)), trigger="manual"
-        )
+        pass applies the changes itself). On a partitioned store, per partition: a regroup
+        writes unguarded, so it must hold the lease the partition's writers hold."""
+        report: PassReport | None = None
+        for partition in self._partitions(None):
+            ran = self._consumer.run(
+                self._handler(RegroupHandler, partition),
+                self._folded(self.datasets(datasets)),
+                trigger="manual",
+            )
+            report = ran if report is None else _merged(report, ran)
+        assert report is not None
+        return report
 
     def _current_graph(self) -> IdentityGraph:
         """The graph once it has applied the log up to its head as it is now.
@@ -1226,9 +1234,12 @@ class ProfileStore:
         name = self.datasets([dataset])[0]
         if self.projections[name].derived:
             return 0, 0  # computed, never folded: no dead letter
-        report = self._consumer.run(
-            self._handler(RetryHandler), [name], trigger="manual", required=True
-        )
+        # Every partition's lease too: a partition's pass keeps its parked customers in
+        # memory, so none may run while they are released.
+        with self._every_partition([name]):
+            report = self._consumer.run(
+                self._handler(RetryHandler), [name], trigger="manual", required=True
+            )
         return report.released.get(name, 0), report.dead_letters.get(name, 0)
 
     @_guarded
