@@ -96,6 +96,7 @@ PROTECTED = [
     ("GET", "/v1/profiles?email=ann@example.com", "read"),
     ("GET", "/v1/history/ann", "audit"),
     ("GET", "/v1/status", "admin"),
+    ("GET", "/v1/status/partitions", "admin"),
 ]
 
 

@@ -18,7 +18,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -354,7 +354,58 @@ def status(obj: _Context, as_json: bool) -> None:
                 f"{engine.events_behind} log positions behind, {running}; {engine.timers} "
                 f"timer(s), {engine.pending_deliveries} delivery(ies) pending{dead}"
             )
-        Console(width=None if sys.stdout.isatty() else 200).print(table)
+        console = Console(width=None if sys.stdout.isatty() else 200)
+        console.print(table)
+        partitioned = store.partition_status()
+        if partitioned:
+            console.print(_partition_table(partitioned, store.workers()))
+
+
+def _partition_table(rows: Sequence[Any], workers: Sequence[Any]) -> Table:
+    table = Table(title=f"partitions ({len(rows)}; {len(workers)} worker(s) alive)")
+    for column in ("partition", "held by", "behind", "least position"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row.partition),
+            escape(row.holder) if row.holder else "[yellow]nobody[/yellow]",
+            f"{row.events_behind} log positions",
+            str(min(row.positions.values(), default=0)),
+        )
+    return table
+
+
+@main.group()
+def partitions() -> None:
+    """How customers are split between workers (`worker --partitions auto`)."""
+
+
+@partitions.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def partitions_show(obj: _Context, as_json: bool) -> None:
+    """Per partition: the worker holding it, its lag, and its targets' positions."""
+    with _errors(), obj.open(read_only=True) as store:
+        rows, workers = store.partition_status(), store.workers()
+        if as_json:
+            _emit({"partitions": rows, "workers": workers}, pretty=True)
+            return
+        if not rows:
+            stderr.print("this store is not partitioned (schedule.partitions = 1)")
+            return
+        Console(width=None if sys.stdout.isatty() else 200).print(_partition_table(rows, workers))
+
+
+@partitions.command("set")
+@click.argument("count", type=click.IntRange(1, 1024))
+@click.pass_obj
+def partitions_set(obj: _Context, count: int) -> None:
+    """Split the store into COUNT partitions (every worker stopped; set
+    `schedule.partitions` to the same). Safe: each new partition starts from the least
+    position of the old ones, and the writes' guards skip what was already done."""
+    with _errors(), obj.open() as store:
+        previous = store.set_partition_count(count)
+        stderr.print(f"partitions: {previous} -> {count}")
 
 
 def _when(moment: dt.datetime) -> str:
@@ -400,13 +451,25 @@ def schedule_list(obj: _Context, count: int) -> None:
 
 @main.command()
 @click.argument("datasets", nargs=-1)
+@click.option(
+    "--partitions",
+    "share",
+    type=click.Choice(["auto"]),
+    default=None,
+    help="Share the partitions (`schedule.partitions`) with the other workers on the same "
+    "stores: each holds ceil(partitions / workers alive), and takes over a dead one's.",
+)
 @click.pass_obj
-def worker(obj: _Context, datasets: tuple[str, ...]) -> None:
+def worker(obj: _Context, datasets: tuple[str, ...], share: str | None) -> None:
     """Run the real-time follower and the scheduled refreshes until stopped (Ctrl-C, TERM)."""
     from profilestore.worker import Worker
 
     stop = _stop_on_signals()  # first: a TERM while starting stops it cleanly once started
-    with _errors(), obj.open() as store, Worker(store, list(datasets) or None) as running:
+    with (
+        _errors(),
+        obj.open() as store,
+        Worker(store, list(datasets) or None, partitioned=share == "auto") as running,
+    ):
         _announce(store, running)
         _wait_for_signal(stop)
         stderr.print("stopping: finishing the current batch")
@@ -418,6 +481,12 @@ def _announce(store: ProfileStore, running: Any, *, serving: bool = False) -> No
         f"scheduled {', '.join(running.scheduled) or '-'}; "
         f"triggers {', '.join(store.triggers) or '-'}"
         f"{'; delivering the outbox' if running.delivers else ''}"
+        + (
+            f"; partitions {', '.join(map(str, running.share.held())) or 'none yet'} of "
+            f"{running.share.count}"
+            if running.share is not None
+            else ""
+        )
     )
     if serving:
         # Under `serve`, stderr is the JSON log: this line is one of its lines too.

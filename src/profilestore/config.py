@@ -81,6 +81,13 @@ class ScheduleSettings(Strict, frozen=True, kw_only=True):
     another projection version built (reads keep answering from the old ones meanwhile)."""
     version_check_s: Annotated[int, msgspec.Meta(ge=1)] = 60
     """How often the worker looks for such datasets."""
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
+    """How many partitions customers are split into, so several workers
+    (``profilestore worker --partitions auto``) share the log; fixed once a store is
+    partitioned (``profilestore partitions set N`` changes it, see docs/partitions.md)."""
+    heartbeat_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 5
+    """How often a partitioned worker writes its heartbeat and rebalances; a worker
+    whose heartbeat is older than ``lease_ttl_s`` counts as gone."""
 
     def __post_init__(self) -> None:
         try:

@@ -40,6 +40,18 @@ class InvalidSetting(ConfigError):
         self.setting = setting
 
 
+class PartitionCountChanged(InvalidSetting):
+    """The config asks for another partition count than the one the store was split by."""
+
+    def __init__(self, stored: int, configured: int) -> None:
+        super().__init__(
+            "schedule.partitions",
+            f"is {configured} but this store is split into {stored} partitions; stop every "
+            f"worker, then run `profilestore partitions set {configured}` (or set it back "
+            f"to {stored})",
+        )
+
+
 class CadenceError(ProfileStoreError, ValueError):
     """A cadence (``every``, ``cron``, a time zone) that cannot be scheduled.
 

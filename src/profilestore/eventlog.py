@@ -138,6 +138,15 @@ class Notified(NamedTuple):
     event: Event
 
 
+class Page(NamedTuple):
+    """What :meth:`EventLog.page` read: the events kept, how many rows it read, and the
+    notification id of the last of them (None: nothing after ``after``)."""
+
+    events: list[Notified]
+    rows: int
+    through: int | None
+
+
 class EventRecorder(ABC):
     """What the log needs from a recorder beyond the library's ApplicationRecorder."""
 
@@ -521,6 +530,23 @@ class EventLog:
         with self.translated("read events"):
             rows = self.recorder.select_states(after, limit, until, topics)
         return self._decoded(rows)
+
+    def page(
+        self,
+        after: int,
+        limit: int,
+        *,
+        until: int | None = None,
+        topics: Sequence[str] = (),
+        keep: Callable[[UUID], bool] | None = None,
+    ) -> Page:
+        """Like :meth:`changes`, decoding only the events of the streams ``keep`` accepts
+        (a partition's customers), and saying how far it read: the rows of other streams
+        are skipped undecoded, yet read through."""
+        with self.translated("read events"):
+            rows = self.recorder.select_states(after, limit, until, topics)
+        kept = rows if keep is None else [row for row in rows if keep(row[1])]
+        return Page(self._decoded(kept), len(rows), rows[-1][0] if rows else None)
 
     def customer_changes(
         self,

@@ -63,6 +63,9 @@ from profilestore.experiment import HOLDOUT, Experiment, assign
 from profilestore.identity import KEY, IdentityGraph, merged_changes
 from profilestore.mapper import Forgotten
 from profilestore.outbox import FIRED, enqueue, pending_deliveries
+from profilestore.partitions import Partition
+from profilestore.partitions import advance as advance_partition
+from profilestore.partitions import position as partition_position
 from profilestore.pipeline import Clock, Handler, Pass, PassReport
 from profilestore.projection import Projection
 from profilestore.tally import Tally
@@ -235,7 +238,13 @@ class TriggerHandler(Handler):
         routes: Callable[[str], list[str]] = lambda channel: [],
         tally: Tally | None = None,
         experiments: Mapping[str, Experiment] | None = None,
+        partition: Partition | None = None,
     ) -> None:
+        self.partition = partition
+        """Only the events and timers of this partition's customers (None: every one);
+        the claims keep a customer's firing once wherever it is decided."""
+        if partition is not None:
+            self.lease_kind = f"{LEASE_KIND}#{partition.label}"
         self.tally = tally or Tally()
         self.experiments = experiments or {}
         """Trigger name -> the experiment splitting its firings."""
@@ -253,6 +262,9 @@ class TriggerHandler(Handler):
 
     def begin(self, targets: Sequence[str]) -> _TriggerPass:
         assert list(targets) == [TARGET], targets
+        if self.partition is not None:
+            found = partition_position(self.documents, TARGET, self.partition)
+            return _TriggerPass(self, found or 0)
         tracked = self.documents.tracking(TARGET)
         return _TriggerPass(self, tracked.position if tracked else 0)
 
@@ -348,6 +360,11 @@ class _TriggerPass(Pass):
         self.decided = 0
         self.counts: dict[str, int] = {}
 
+    def _owns(self, customer_id: str) -> bool:
+        """Whether the customer's profile is in this pass's partition (or it has none)."""
+        partition = self.handler.partition
+        return partition is None or partition.owns(self.graph.profile_of(customer_id))
+
     # --- the pass contract ----------------------------------------------------------------
 
     def resume(self) -> None:
@@ -372,11 +389,7 @@ class _TriggerPass(Pass):
         # it falls due): a step then only removes the entry.
         if not self._due_known:
             entries = [  # a disabled trigger's timers wait for it
-                entry
-                for name in self.handler.triggers
-                for entry in self.documents.get_records_after(
-                    TIMER_DUE, f"{name}\x1f", until=f"{name}\x20", limit=1
-                )
+                entry for name in self.handler.triggers for entry in self._first_owned(name)
             ]
             entries += [  # and what this page set and has not written yet
                 key
@@ -394,6 +407,8 @@ class _TriggerPass(Pass):
         fresh = [n for n in page if n.notification_id > self.position]
         if fresh:
             self.graph.prefetch(KEY, {n.event.customer_id for n in fresh})
+            if self.handler.partition is not None:
+                fresh = [n for n in fresh if self._owns(n.event.customer_id)]
             wanted = [
                 (logged, entry)
                 for logged in fresh
@@ -422,7 +437,11 @@ class _TriggerPass(Pass):
     def commit(self, through: int) -> None:
         self._flush()
         if through > self.position or self.position == 0:
-            self.documents.advance(TARGET, through, refreshed_at=self.handler.clock())
+            now = self.handler.clock()
+            if self.handler.partition is None:
+                self.documents.advance(TARGET, through, refreshed_at=now)
+            else:
+                advance_partition(self.documents, TARGET, self.handler.partition, through, now)
             self.position = max(self.position, through)
 
     def finish(self, through: int) -> None:
@@ -783,6 +802,35 @@ class _TriggerPass(Pass):
 
     # --- timers -------------------------------------------------------------------------
 
+    def _first_owned(self, trigger: str) -> list[str]:
+        """The first entry by due time of ``trigger`` whose timer is this pass's (any
+        timer's, unpartitioned; a partition's engine passes over the others')."""
+        cursor = f"{trigger}\x1f"
+        batch = 1 if self.handler.partition is None else 50
+        while True:
+            entries = list(
+                self.documents.get_records_after(
+                    TIMER_DUE, cursor, until=f"{trigger}\x20", limit=batch
+                )
+            )
+            if not entries or self.handler.partition is None:
+                return entries
+            owned = self._owned_entries(entries)
+            if owned:
+                return owned[:1]
+            cursor = entries[-1]
+
+    def _owned_entries(self, entries: Sequence[str]) -> list[str]:
+        """Those of ``entries`` whose timer (still there) is a customer of this pass's
+        partition; an entry whose timer is gone is anyone's (whoever reads it removes it)."""
+        keys = {entry: entry.split("\x1f", 2)[2] for entry in entries}
+        timers = self.writes.get_for(TIMER, list(dict.fromkeys(keys.values())))
+        return [
+            entry
+            for entry, key in keys.items()
+            if key not in timers or self._owns(str(timers[key]["customer_id"]))
+        ]
+
     def _due_timers(
         self, now: dt.datetime, cursors: dict[str, str], seen: set[str]
     ) -> list[tuple[str, Timer]]:
@@ -796,13 +844,15 @@ class _TriggerPass(Pass):
         entries: dict[str, str] = {}  # entry -> timer key
         for name, cursor in list(cursors.items()):
             low, high = f"{name}\x1f", _due_until(name, now)
-            stored = self.documents.get_records_after(
-                TIMER_DUE, cursor, until=high, limit=DUE_BATCH
+            stored = list(
+                self.documents.get_records_after(TIMER_DUE, cursor, until=high, limit=DUE_BATCH)
             )
             if stored:
-                cursors[name] = next(reversed(stored))
+                cursors[name] = stored[-1]
             else:
                 del cursors[name]
+            if self.handler.partition is not None:  # another partition's are left to it
+                stored = self._owned_entries(stored)
             for entry in [*stored, *unwritten]:
                 if (
                     low < entry <= high

@@ -57,15 +57,19 @@ class Follower:
         *,
         poll_s: float | None = None,
         batch: int | None = None,
+        partition: int | None = None,
     ) -> None:
         self.store = store
+        self.partition = partition
+        """The partition whose customers it follows (None: every customer)."""
         self.datasets = store.datasets(datasets)
         settings = store.settings.schedule
         self.poll_s = poll_s if poll_s is not None else settings.follower_poll_ms / 1000
         self.batch = batch or settings.follower_batch
-        self.consumer = store.live(self.datasets, batch=self.batch)
+        self.consumer = store.live(self.datasets, batch=self.batch, partition=partition)
         self.graph = store.live_identity(batch=self.batch)
-        self.triggers = store.live_triggers(batch=self.batch)
+        """Not partitioned: one follower of the process keeps it (its lease is counted)."""
+        self.triggers = store.live_triggers(batch=self.batch, partition=partition)
         """The trigger engine, stepped after the datasets (None: no trigger enabled)."""
         self._triggers_retry_at = 0.0
         self.others = [n for n in store.projections if n not in self.datasets]
@@ -96,7 +100,10 @@ class Follower:
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="profilestore-follower")
+        name = "profilestore-follower"
+        if self.partition is not None:
+            name += f"-{self.partition}"
+        self._thread = threading.Thread(target=self._run, name=name)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:

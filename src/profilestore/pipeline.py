@@ -42,13 +42,14 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from uuid import UUID
 
 from profilestore.documents import DocumentStore
 from profilestore.errors import LeaseHeld
-from profilestore.eventlog import EventLog, Notified
+from profilestore.eventlog import EventLog, Notified, Page
 from profilestore.mapper import Forgotten
 from profilestore.runs import Journal, Trigger
 
@@ -99,6 +100,9 @@ class Pass(ABC):
     """The lowest position its targets have applied: pages are read after it."""
     topics: Sequence[str]
     """The event topics it reads (empty: nothing to read)."""
+    keep: Callable[[UUID], bool] | None = None
+    """Which streams' events it handles (a partition's customers): the others are read
+    through without being decoded. None: every stream."""
 
     def pages(self, high_water: int) -> Iterable[Sequence[Notified]] | None:
         """Pages of its own to handle instead of the log's (a retry reads streams)."""
@@ -269,18 +273,20 @@ class Consumer:
         opened = handler.begin(targets)
         start = min(opened.start, high_water)
         report = PassReport(list(targets), start, high_water)
-        pages = opened.pages(high_water)
-        if pages is None:
-            pages = self._pages(start, high_water, opened.topics, progress)
+        own = opened.pages(high_water)
+        if own is None:
+            pages: Iterable[Page] = self._pages(start, high_water, opened, progress)
+        else:
+            pages = (Page(list(p), len(p), p[-1].notification_id if p else None) for p in own)
         renewed = time.monotonic()
         for page in pages:
             # A forgotten customer's events (their key destroyed) are read, never handled.
-            readable = [n for n in page if type(n.event) is not Forgotten]
+            readable = [n for n in page.events if type(n.event) is not Forgotten]
             if readable:
                 opened.handle(readable)
-            report.events_read += len(page)
-            if opened.should_commit():
-                opened.commit(page[-1].notification_id)
+            report.events_read += page.rows
+            if page.through is not None and opened.should_commit():
+                opened.commit(page.through)
             if time.monotonic() - renewed > self.leases.ttl.total_seconds() / 3:
                 self.leases.renew(targets, kind=handler.lease_kind)
                 renewed = time.monotonic()
@@ -289,15 +295,18 @@ class Consumer:
         return opened.report(report)
 
     def _pages(
-        self, start: int, high_water: int, topics: Sequence[str], progress: Progress | None
-    ) -> Iterable[Sequence[Notified]]:
+        self, start: int, high_water: int, opened: Pass, progress: Progress | None
+    ) -> Iterator[Page]:
         after = start
+        topics = opened.topics
         while topics and after < high_water:
-            page = self.log.changes(after, self.page_size, until=high_water, topics=topics)
-            if not page:
+            page = self.log.page(
+                after, self.page_size, until=high_water, topics=topics, keep=opened.keep
+            )
+            if page.through is None:
                 return
             yield page
-            after = page[-1].notification_id
+            after = page.through
             if progress:
                 progress(after - start, high_water - start)
 
@@ -398,9 +407,12 @@ class Live:
         if head <= self.position and not pending:
             return None
         opened.resume()
-        page = log.changes(self.position, self.batch, until=head, topics=opened.topics)
-        through = head if len(page) < self.batch else page[-1].notification_id
-        report = PassReport(list(self.targets), self.position, through, events_read=len(page))
+        read = log.page(
+            self.position, self.batch, until=head, topics=opened.topics, keep=opened.keep
+        )
+        page = read.events
+        through = head if read.rows < self.batch or read.through is None else read.through
+        report = PassReport(list(self.targets), self.position, through, events_read=read.rows)
         try:
             if page or pending:
                 opened.handle(page)

@@ -42,6 +42,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from profilestore import partitions
 from profilestore.documents import DocumentStore, SectionWrite, StoredSection
 from profilestore.errors import StagingMissing
 from profilestore.eventlog import EventLog, Notified
@@ -56,6 +57,7 @@ from profilestore.identity import (
     merged_changes,
     route,
 )
+from profilestore.partitions import Membership, Partition
 from profilestore.pipeline import Clock, Handler, Pass, PassReport
 from profilestore.projection import Projection
 from profilestore.runs import DeadLetter, Journal
@@ -94,7 +96,15 @@ class ProjectionHandler(Handler):
         clock: Clock,
         cache_sections: int = 50_000,
         routing: Routing | None = None,
+        partition: Partition | None = None,
     ) -> None:
+        self.partition = partition
+        """Only this partition's profiles, tracked per partition (None: every profile)."""
+        if partition is not None:
+            if self.staging or type(self) not in (ProjectionHandler, RegroupHandler):
+                raise ValueError(f"{type(self).__name__} does not run per partition")
+            # Each partition's run holds a lease of its own: partitions run side by side.
+            self.lease_kind = f"{type(self).lease_kind}#{partition.label}"
         self.log = log
         self.documents = documents
         self.journal = journal
@@ -117,15 +127,19 @@ class ProjectionHandler(Handler):
     def _runs(self, targets: Sequence[str]) -> dict[str, _DatasetRun]:
         runs: dict[str, _DatasetRun] = {}
         for name in targets:
-            tracked = self.documents.tracking(name, staging=self.staging)
+            if self.partition is None:
+                tracked = self.documents.tracking(name, staging=self.staging)
+                found = tracked.position if tracked else None
+            else:
+                found = partitions.position(self.documents, name, self.partition)
             # A staging area starts empty, so do its letters (cleared by StagingHandler).
             parked = set() if self.staging else self.journal.parked(name)
             runs[name] = _DatasetRun(
                 self.projections[name],
-                tracked.position if tracked else 0,
+                found or 0,
                 parked,
-                first_build=tracked is None and not self.staging,
-                fresh=tracked is None,
+                first_build=found is None and not self.staging,
+                fresh=found is None,
             )
         return runs
 
@@ -236,6 +250,8 @@ class _ProjectionPass(Pass):
         self.identity = -1
         """The last identity change applied to every dataset of the pass (-1: not yet)."""
         self.profiles: dict[str, str] = {}
+        self.membership: Membership
+        """The partition's streams and profiles (a partitioned pass only)."""
         """Customer key -> the profile its events fold into, for keys not alone."""
         self._regroup_all()
 
@@ -252,10 +268,18 @@ class _ProjectionPass(Pass):
         position = graph_position(documents)
         opening = self.identity < 0
         if self.runs and position > self.identity:
-            names = {applied_key(n, handler.staging): n for n in self.runs}
-            applied = documents.get_records_for(APPLIED, names)
+            names = {self._applied_key(n): n for n in self.runs}
+            applied = documents.get_records_for(
+                APPLIED, [*names, *(applied_key(n, handler.staging) for n in self.runs)]
+            )
+            # A partition that never regrouped starts from its dataset's mark.
             done = {
-                name: int(applied.get(key, {}).get("position", 0)) for key, name in names.items()
+                name: int(
+                    applied.get(key, applied.get(applied_key(name, handler.staging), {})).get(
+                        "position", 0
+                    )
+                )
+                for key, name in names.items()
             }
             # From what the least advanced reader (a dataset, or this pass's routing) has.
             since = min(*done.values(), position if opening else self.identity)
@@ -278,6 +302,17 @@ class _ProjectionPass(Pass):
         if opening:
             self.profiles = handler.routing.at(documents, position)
         self.identity = position
+        if handler.partition is not None:
+            # Which streams are the partition's follows the routing: pages are read
+            # through it, so only the partition's events are decoded.
+            self.membership = Membership(handler.partition, self.profiles)
+            self.keep = self.membership.keeps
+
+    def _applied_key(self, dataset: str) -> str:
+        """Where the identity changes applied to the dataset are marked (per partition)."""
+        key = applied_key(dataset, self.handler.staging)
+        partition = self.handler.partition
+        return key if partition is None else partitions.tracked_name(key, partition)
 
     def _regroup(
         self, run: _DatasetRun, changes: Sequence[Change], streams: dict[str, list[Notified]]
@@ -289,6 +324,10 @@ class _ProjectionPass(Pass):
         handler = self.handler
         name = run.projection.dataset
         profiles, dropped = combine(changes)
+        partition = handler.partition
+        if partition is not None:  # the other partitions regroup their own profiles
+            profiles = {p: m for p, m in profiles.items() if partition.owns(p)}
+            dropped = {p for p in dropped if partition.owns(p)}
         keys = run.projection.lookup_keys
         topics = set(run.projection.topics)
         writes: list[SectionWrite] = []
@@ -333,13 +372,17 @@ class _ProjectionPass(Pass):
         # Group per dataset and customer first, so each dataset loads its sections once.
         grouped: dict[int, tuple[_DatasetRun, dict[str, list[Notified]]]] = {}
         profiles = self.profiles
+        membership = self.membership if handler.partition is not None else None
         for logged in page:
+            key = logged.event.customer_id
+            profile = profiles.get(key, key)
+            if membership is not None and not membership.owns(profile):
+                continue  # another partition's customer (read before a regroup moved it)
             for run in self.routes.get(logged.topic, ()):
                 if skip_applied and logged.notification_id <= run.position:
                     continue
                 _, by_customer = grouped.setdefault(id(run), (run, {}))
-                key = logged.event.customer_id
-                by_customer.setdefault(profiles.get(key, key), []).append(logged)
+                by_customer.setdefault(profile, []).append(logged)
         for run, by_customer in grouped.values():
             name = run.projection.dataset
             missing = [c for c in by_customer if c not in run.cache]
@@ -413,7 +456,10 @@ class _ProjectionPass(Pass):
             run.written += documents.write(name, writes, refreshed_at=now, staging=handler.staging)
         for name, run in self.runs.items():
             if through > run.position or run.first_build:
-                documents.advance(name, through, refreshed_at=now, staging=handler.staging)
+                if handler.partition is None:
+                    documents.advance(name, through, refreshed_at=now, staging=handler.staging)
+                else:
+                    partitions.advance(documents, name, handler.partition, through, now)
                 run.position = through
             if run.first_build:
                 handler.journal.built_by(name, run.projection.version, now)

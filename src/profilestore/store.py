@@ -121,6 +121,18 @@ from profilestore.outbox import (
     redrive,
 )
 from profilestore.outbox import Status as OutboxStatus
+from profilestore.partitions import COUNT as PARTITION_COUNT
+from profilestore.partitions import COUNT_KEY as PARTITION_COUNT_KEY
+from profilestore.partitions import LEASE_KIND as PARTITION_LEASE
+from profilestore.partitions import WORKER as WORKER_HEARTBEAT
+from profilestore.partitions import (
+    Partition,
+    all_partitions,
+    fix_count,
+    partition_of,
+    stored_count,
+)
+from profilestore.partitions import positions as partition_positions
 from profilestore.pipeline import (
     Clock,
     Consumer,
@@ -337,6 +349,27 @@ class EngineStatus(msgspec.Struct, frozen=True, kw_only=True):
     dead_letters: int
 
 
+class PartitionStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One partition: the worker holding it, and how far behind the log head it is."""
+
+    partition: int
+    count: int
+    holder: str | None
+    """The worker holding the partition's lease (None: nobody; a worker takes it soon)."""
+    positions: dict[str, int]
+    """Per target (each folded dataset, ``trigger-engine``): its position in the partition."""
+    events_behind: int
+    """Log positions between the least of them and the head."""
+
+
+class WorkerStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A partitioned worker that wrote a heartbeat recently."""
+
+    holder: str
+    beat_at: dt.datetime
+    partitions: list[int]
+
+
 class GraphStatus(msgspec.Struct, frozen=True, kw_only=True):
     """How far the identity graph has applied the log, and who keeps it."""
 
@@ -534,7 +567,11 @@ class ProfileStore:
         self._routing = Routing()
         self._gate = _Gate()
 
-    def _handler(self, kind: type[ProjectionHandler] = ProjectionHandler) -> ProjectionHandler:
+    def _handler(
+        self,
+        kind: type[ProjectionHandler] = ProjectionHandler,
+        partition: Partition | None = None,
+    ) -> ProjectionHandler:
         return kind(
             self._log,
             self._documents,
@@ -543,7 +580,143 @@ class ProfileStore:
             clock=self.clock,
             cache_sections=self._cache_sections,
             routing=self._routing,
+            partition=partition,
         )
+
+    # --- partitions ---------------------------------------------------------------------
+
+    @_guarded
+    def partition_count(self) -> int:
+        """How many partitions customers are split into: the configured count, stored the
+        first time it is more than one (another count later is refused, naming the fix)."""
+        if self._documents.read_only:
+            return stored_count(self._documents) or 1
+        return fix_count(self._documents, self.settings.schedule.partitions)
+
+    @_guarded
+    def set_partition_count(self, count: int) -> int:
+        """Split the store into ``count`` partitions from now on (the config must say the
+        same). Refused while a partitioned worker is alive or holds a partition: every
+        new partition starts from the least position of the old ones, which is safe only
+        when no worker advances an old one meanwhile. Returns the previous count."""
+        if not 1 <= count <= 1024:
+            raise InvalidArgument("count", "must be 1 to 1024")
+        alive = self.workers()
+        previous = stored_count(self._documents) or 1
+        held = [
+            p.index
+            for p in all_partitions(previous)
+            if self._leases.holder_of(str(p.index), kind=PARTITION_LEASE)
+        ]
+        if alive or held:
+            raise InvalidArgument(
+                "count",
+                f"cannot change while {len(alive)} worker(s) run and {len(held)} partition(s) "
+                "are held: stop every worker (or wait for their leases to lapse) first",
+            )
+        self._documents.put_record(PARTITION_COUNT, PARTITION_COUNT_KEY, {"count": count})
+        return previous
+
+    def _partitions(self, indexes: Sequence[int] | None) -> list[Partition | None]:
+        """The partitions a run covers: [None] (every customer, one position) on a store
+        that is not partitioned, else each one of ``indexes`` (default: all)."""
+        count = self.partition_count()
+        if count == 1:
+            return [None]
+        chosen = range(count) if indexes is None else sorted(set(indexes))
+        for index in chosen:
+            if not 0 <= index < count:
+                raise InvalidArgument("partition", f"must be 0 to {count - 1}")
+        return [Partition(i, count, self._log.stream_of) for i in chosen]
+
+    def partition_of(self, profile_id: str) -> int:
+        """The partition of a profile (a customer key alone, or a merged profile's id)."""
+        return partition_of(profile_id, self.partition_count(), self._log.stream_of)
+
+    @contextlib.contextmanager
+    def _every_partition(self, names: Sequence[str]) -> Iterator[None]:
+        """Hold every partition's lease of ``names`` (a promotion swaps whole datasets:
+        no partition may write with the old fold meanwhile); LeaseHeld if one is held."""
+        count = self.partition_count()
+        kinds = [f"dataset#{p.label}" for p in all_partitions(count)] if count > 1 else []
+        taken: list[str] = []
+        try:
+            for kind in kinds:
+                self._leases.acquire(names, required=True, kind=kind)
+                taken.append(kind)
+            yield
+        finally:
+            for kind in taken:
+                self._leases.release(names, kind=kind)
+
+    def take_partition(self, index: int) -> bool:
+        """Take a partition's lease for this worker; False while another holds it."""
+        return not self._leases.acquire([str(index)], required=False, kind=PARTITION_LEASE)
+
+    def renew_partitions(self, indexes: Sequence[int]) -> list[int]:
+        """Renew the partitions' leases; returns those lost (another worker took them)."""
+        lost = []
+        for index in indexes:
+            try:
+                self._leases.renew([str(index)], kind=PARTITION_LEASE)
+            except LeaseHeld:
+                lost.append(index)
+        return lost
+
+    def release_partition(self, index: int) -> None:
+        self._leases.release([str(index)], kind=PARTITION_LEASE)
+
+    def heartbeat(self, partitions: Sequence[int]) -> None:
+        """Say this worker is alive and which partitions it holds."""
+        self._documents.put_record(
+            WORKER_HEARTBEAT,
+            self.holder,
+            {"beat_at": self.clock().isoformat(), "partitions": sorted(partitions)},
+        )
+
+    def leave(self) -> None:
+        """Take this worker's heartbeat away (it stopped): the others rebalance at once."""
+        self._documents.delete_record(WORKER_HEARTBEAT, self.holder)
+
+    @_guarded
+    def workers(self) -> list[WorkerStatus]:
+        """The partitioned workers alive: a heartbeat within the lease time to live."""
+        now = self.clock()
+        ttl = dt.timedelta(seconds=self.settings.schedule.lease_ttl_s)
+        found = []
+        for holder, record in sorted(self._documents.get_records(WORKER_HEARTBEAT).items()):
+            beat_at = dt.datetime.fromisoformat(record["beat_at"])
+            if now - beat_at < ttl:
+                found.append(
+                    WorkerStatus(holder=holder, beat_at=beat_at, partitions=record["partitions"])
+                )
+        return found
+
+    @_guarded
+    def partition_status(self) -> list[PartitionStatus]:
+        """Per partition: who holds it and how far behind the head it is (empty: the store
+        is not partitioned)."""
+        count = self.partition_count()
+        if count == 1:
+            return []
+        head = self._log.head()
+        targets = self._folded(list(self.projections))
+        if self.triggers:
+            targets.append(TRIGGER_TARGET)
+        tracked = {t: partition_positions(self._documents, t, count) for t in targets}
+        rows = []
+        for partition in all_partitions(count):
+            found = {t: tracked[t][partition.index] for t in targets}
+            rows.append(
+                PartitionStatus(
+                    partition=partition.index,
+                    count=count,
+                    holder=self._leases.holder_of(str(partition.index), kind=PARTITION_LEASE),
+                    positions=found,
+                    events_behind=head - min(found.values(), default=head),
+                )
+            )
+        return rows
 
     # --- identity -----------------------------------------------------------------------
 
@@ -610,10 +783,18 @@ class ProfileStore:
     def apply_identity(self, datasets: Sequence[str] | None = None) -> PassReport:
         """Regroup the profiles of ``datasets`` as the identity graph says now, without
         waiting for their next refresh. Datasets another process holds are skipped (its
-        pass applies the changes itself)."""
-        return self._consumer.run(
-            self._handler(RegroupHandler), self._folded(self.datasets(datasets)), trigger="manual"
-        )
+        pass applies the changes itself). On a partitioned store, per partition: a regroup
+        writes unguarded, so it must hold the lease the partition's writers hold."""
+        report: PassReport | None = None
+        for partition in self._partitions(None):
+            ran = self._consumer.run(
+                self._handler(RegroupHandler, partition),
+                self._folded(self.datasets(datasets)),
+                trigger="manual",
+            )
+            report = ran if report is None else _merged(report, ran)
+        assert report is not None
+        return report
 
     def _current_graph(self) -> IdentityGraph:
         """The graph once it has applied the log up to its head as it is now.
@@ -746,7 +927,7 @@ class ProfileStore:
 
     # --- triggers -------------------------------------------------------------------------
 
-    def _trigger_handler(self) -> TriggerHandler:
+    def _trigger_handler(self, partition: Partition | None = None) -> TriggerHandler:
         delivery = self.settings.delivery
         return TriggerHandler(
             self._log,
@@ -758,6 +939,7 @@ class ProfileStore:
             routes=lambda channel: destinations(delivery, channel),
             tally=self.tally,
             experiments={e.trigger: e for e in self.experiments.values()},
+            partition=partition,
         )
 
     @_guarded
@@ -834,21 +1016,27 @@ class ProfileStore:
             head = self._log.head()
             return PassReport([], head, head)
         self.resolve_identity(trigger=trigger)
-        return self._consumer.run(
-            self._trigger_handler(),
-            [TRIGGER_TARGET],
-            trigger=trigger,
-            until=until,
-            progress=progress,
-        )
+        report: PassReport | None = None
+        for partition in self._partitions(None):
+            ran = self._consumer.run(
+                self._trigger_handler(partition),
+                [TRIGGER_TARGET],
+                trigger=trigger,
+                until=until,
+                progress=progress,
+            )
+            report = ran if report is None else _merged(report, ran)
+        assert report is not None
+        return report
 
-    def live_triggers(self, *, batch: int) -> Live | None:
+    def live_triggers(self, *, batch: int, partition: int | None = None) -> Live | None:
         """The trigger engine's consumer, kept running by the follower (None: no trigger
-        is enabled)."""
+        is enabled); with ``partition``, of that partition's customers only."""
         if not self.triggers:
             return None
+        (chosen,) = [None] if partition is None else self._partitions([partition])
         return self._consumer.live(
-            self._trigger_handler(), [TRIGGER_TARGET], batch=batch, guard=self._entered
+            self._trigger_handler(chosen), [TRIGGER_TARGET], batch=batch, guard=self._entered
         )
 
     def trigger_catalogue(self) -> list[TriggerListing]:
@@ -1004,23 +1192,32 @@ class ProfileStore:
         progress: Progress | None = None,
         trigger: Trigger = "manual",
         until: int | None = None,
+        partitions: Sequence[int] | None = None,
     ) -> PassReport:
         """Fold new events into ``datasets`` now, up to the log head as it is now.
 
         Each dataset is refreshed under its lease: one held by another process (a
-        scheduled run, the follower) is skipped and listed in ``skipped_locked``. Each
+        scheduled run, the follower) is skipped and listed in ``skipped_locked``. On a
+        partitioned store each partition (of ``partitions``, default all) is a run of its
+        own under its own lease (``carts#2/8`` when skipped). Each
         refreshed dataset gets a run record (see ``status``). The identity graph is brought
         up to date first (links regroup profiles before their events are folded).
         """
         names = self.datasets(datasets)
         self.resolve_identity(trigger=trigger)
-        report = self._consumer.run(
-            self._handler(),
-            self._folded(names),
-            trigger=trigger,
-            until=until,
-            progress=progress,
-        )
+        report: PassReport | None = None
+        for partition in self._partitions(partitions):
+            ran = self._consumer.run(
+                self._handler(partition=partition),
+                self._folded(names),
+                trigger=trigger,
+                until=until,
+                progress=progress,
+            )
+            if partition is not None:
+                ran.skipped_locked = [f"{n}#{partition.label}" for n in ran.skipped_locked]
+            report = ran if report is None else _merged(report, ran)
+        assert report is not None
         _derived_counts(report, names, self.projections)
         if SCORES in names and datasets is not None:
             # Scores are computed, not folded: asked for by name (the schedule, the CLI),
@@ -1037,9 +1234,12 @@ class ProfileStore:
         name = self.datasets([dataset])[0]
         if self.projections[name].derived:
             return 0, 0  # computed, never folded: no dead letter
-        report = self._consumer.run(
-            self._handler(RetryHandler), [name], trigger="manual", required=True
-        )
+        # Every partition's lease too: a partition's pass keeps its parked customers in
+        # memory, so none may run while they are released.
+        with self._every_partition([name]):
+            report = self._consumer.run(
+                self._handler(RetryHandler), [name], trigger="manual", required=True
+            )
         return report.released.get(name, 0), report.dead_letters.get(name, 0)
 
     @_guarded
@@ -1061,13 +1261,14 @@ class ProfileStore:
         # The staging area is also a background rebuild's: hold its lease too.
         self._leases.acquire(names, required=True, kind="rebuild")
         try:
-            report = self._consumer.run(
-                self._handler(RebuildHandler),
-                names,
-                trigger="rebuild",
-                required=True,
-                progress=progress,
-            )
+            with self._every_partition(names):
+                report = self._consumer.run(
+                    self._handler(RebuildHandler),
+                    names,
+                    trigger="rebuild",
+                    required=True,
+                    progress=progress,
+                )
         finally:
             self._leases.release(names, kind="rebuild")
         self.refresh(names, trigger="rebuild")
@@ -1092,12 +1293,11 @@ class ProfileStore:
     def promote(self, datasets: Sequence[str]) -> PassReport:
         """The second half: swap each built staging area in and fold what the live
         dataset had meanwhile, under the live lease (LeaseHeld while another holds it)."""
-        return self._consumer.run(
-            self._handler(PromoteHandler),
-            self._folded(self.datasets(datasets)),
-            trigger="rebuild",
-            required=True,
-        )
+        names = self._folded(self.datasets(datasets))
+        with self._every_partition(names):
+            return self._consumer.run(
+                self._handler(PromoteHandler), names, trigger="rebuild", required=True
+            )
 
     @_guarded
     def built_versions(self) -> dict[str, int | None]:
@@ -1123,10 +1323,16 @@ class ProfileStore:
             and not projection.derived
         ]
 
-    def live(self, datasets: Sequence[str], *, batch: int) -> Live:
-        """A consumer of ``datasets`` kept running; the follower decides when it steps."""
+    def live(self, datasets: Sequence[str], *, batch: int, partition: int | None = None) -> Live:
+        """A consumer of ``datasets`` kept running; the follower decides when it steps.
+        With ``partition``, of that partition's customers only (None: every customer,
+        from the datasets' plain positions)."""
+        (chosen,) = [None] if partition is None else self._partitions([partition])
         return self._consumer.live(
-            self._handler(), self._folded(self.datasets(datasets)), batch=batch, guard=self._entered
+            self._handler(partition=chosen),
+            self._folded(self.datasets(datasets)),
+            batch=batch,
+            guard=self._entered,
         )
 
     @_guarded
@@ -1826,6 +2032,25 @@ class ProfileStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _merged(first: PassReport, then: PassReport) -> PassReport:
+    """Two runs over the same targets (two partitions) as one report."""
+    first.start = min(first.start, then.start)
+    first.high_water = max(first.high_water, then.high_water)
+    first.events_read = max(first.events_read, then.events_read)  # the same pages
+    for counts, more in (
+        (first.events_applied, then.events_applied),
+        (first.sections_written, then.sections_written),
+        (first.dead_letters, then.dead_letters),
+        (first.released, then.released),
+        (first.outcomes, then.outcomes),
+    ):
+        for key, value in more.items():
+            counts[key] = counts.get(key, 0) + value
+    first.datasets = list(dict.fromkeys([*first.datasets, *then.datasets]))
+    first.skipped_locked.extend(then.skipped_locked)
+    return first
 
 
 def _derived_counts(

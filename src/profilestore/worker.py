@@ -14,21 +14,32 @@ says: immediately if the dataset never ran or missed a run while no worker was u
 A run refreshes up to the log head as it is when the run starts, under the dataset's
 lease, so two workers on the same stores never refresh one dataset at the same time:
 the second one's run is recorded as skipped. Running a dataset twice changes nothing.
+
+**Partitioned** (``profilestore worker --partitions auto``, :mod:`profilestore.partitions`):
+the worker shares the partitions with the other workers on the same stores, with nothing
+else to configure. Every ``heartbeat_s`` it writes its heartbeat, renews its partitions'
+leases, counts the workers alive and keeps at most ``ceil(count / alive)`` partitions:
+it gives back the excess (highest indexes first) when a worker appears, and takes free
+ones (a dead worker's, once their leases lapsed) up to its share. Each partition it holds
+gets a follower of its own (the real-time datasets and the trigger engine, for that
+partition's customers), and its scheduled refreshes cover the partitions it holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from profilestore.errors import LeaseHeld, StoreClosed
 from profilestore.follower import Follower
+from profilestore.partitions import excess, wanted
 from profilestore.pipeline import PassReport
 from profilestore.runs import Trigger
 from profilestore.schedule import next_due, parse_cadence, trigger
@@ -44,13 +55,24 @@ SKIPPED_RETRY_S = 0.1
 
 
 class Worker:
-    def __init__(self, store: ProfileStore, datasets: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        store: ProfileStore,
+        datasets: Sequence[str] | None = None,
+        *,
+        partitioned: bool = False,
+    ) -> None:
         self.store = store
         names = store.datasets(datasets)
         self.cadences = {n: parse_cadence(store.cadence(n)) for n in names}
         self.realtime = [n for n, c in self.cadences.items() if c.kind == "realtime"]
         self.scheduled = [n for n, c in self.cadences.items() if c.scheduled]
-        self.follower = Follower(store, self.realtime) if self.realtime or store.triggers else None
+        self.follows = bool(self.realtime or store.triggers)
+        # A partitioned store is worked on by partition only, flag or not.
+        partitioned = partitioned or store.partition_count() > 1
+        self.share = Share(self) if partitioned else None
+        """The partitions this worker holds, shared with the others (None: every customer)."""
+        self.follower = Follower(store, self.realtime) if self.follows and not partitioned else None
         """Follows the real-time datasets, and runs the trigger engine if one is enabled."""
         settings = store.settings.schedule
         self.scheduler = BackgroundScheduler(
@@ -146,6 +168,8 @@ class Worker:
         self.scheduler.start()
         if self.follower is not None:
             self.follower.start()
+        if self.share is not None:
+            self.share.start()
         if self.delivers:
             self._courier = threading.Thread(target=self._deliver, name="profilestore-courier")
             self._courier.start()
@@ -155,6 +179,8 @@ class Worker:
         self.scheduler.shutdown(wait=True)
         if self.follower is not None:
             self.follower.stop()
+        if self.share is not None:
+            self.share.stop()
         self._stop_delivery.set()
         if self._courier is not None:
             self._courier.join(30)
@@ -205,7 +231,10 @@ class Worker:
     def _promote(self, name: str) -> None:
         for attempt in range(PROMOTE_ATTEMPTS):
             try:
-                if self.follower is not None and name in self.follower.datasets:
+                if self.share is not None:
+                    with self.share.paused():
+                        self.store.promote([name])
+                elif self.follower is not None and name in self.follower.datasets:
                     with self.follower.paused():
                         self.store.promote([name])
                 else:
@@ -223,14 +252,17 @@ class Worker:
             if job is not None:
                 job.modify(args=[dataset, "schedule"])  # later fires are regular runs
         try:
-            report = self.store.refresh([dataset], trigger=trigger)
+            held = None if self.share is None else self.share.held()
+            if held == []:
+                return None  # no partition here: the workers holding them run it
+            report = self.store.refresh([dataset], trigger=trigger, partitions=held)
             for _ in range(SKIPPED_RETRIES):
                 # A merge regrouping the dataset holds its lease for moments only: a
                 # scheduled run waits for it rather than skip a whole period.
                 if not report.skipped_locked:
                     break
                 time.sleep(SKIPPED_RETRY_S)
-                report = self.store.refresh([dataset], trigger=trigger)
+                report = self.store.refresh([dataset], trigger=trigger, partitions=held)
         except Exception:
             log.exception("scheduled refresh of %s failed", dataset)
             self.reports.append((dataset, trigger, None))
@@ -239,3 +271,99 @@ class Worker:
             log.info("%s is being refreshed by another process; skipped", dataset)
         self.reports.append((dataset, trigger, report))
         return report
+
+
+class Share:
+    """A partitioned worker's share of the partitions; see the module docstring."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.store = worker.store
+        self.count = self.store.partition_count()
+        self.every_s = self.store.settings.schedule.heartbeat_s
+        self.followers: dict[int, Follower] = {}
+        """Partition -> its follower (only when the worker follows anything)."""
+        self._held: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def held(self) -> list[int]:
+        with self._lock:
+            return sorted(self._held)
+
+    def start(self) -> None:
+        self.balance()  # a share at once, not a heartbeat later
+        self._thread = threading.Thread(target=self._run, name="profilestore-partitions")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        for index in self.held():
+            self._give_back(index)
+        with contextlib.suppress(StoreClosed):
+            self.store.leave()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.balance()
+            except StoreClosed:
+                return
+            except Exception:
+                log.exception("sharing the partitions failed; retrying")
+
+    def balance(self) -> None:
+        """One round: renew, beat, give back the excess, take up to the share."""
+        store = self.store
+        for index in store.renew_partitions(self.held()):
+            log.warning("partition %s was taken over; giving it up", index)
+            self._give_back(index, lost=True)
+        store.heartbeat(self.held())
+        alive = max(1, len(store.workers()))
+        for index in excess(self.held(), self.count, alive):
+            self._give_back(index)
+        more = wanted(self.held(), self.count, alive)
+        if more:
+            # Start from a different place per worker, so workers starting together try
+            # different partitions first.
+            offset = hash(store.holder) % self.count
+            for step in range(self.count):
+                index = (offset + step) % self.count
+                if more == 0:
+                    break
+                if index in self._held or not store.take_partition(index):
+                    continue
+                self._take(index)
+                more -= 1
+            store.heartbeat(self.held())
+
+    def _take(self, index: int) -> None:
+        with self._lock:
+            self._held.add(index)
+        log.info("took partition %s of %s", index, self.count)
+        if self.worker.follows:
+            follower = Follower(self.store, self.worker.realtime, partition=index)
+            self.followers[index] = follower
+            follower.start()
+
+    def _give_back(self, index: int, *, lost: bool = False) -> None:
+        follower = self.followers.pop(index, None)
+        if follower is not None:
+            follower.stop()
+        with self._lock:
+            self._held.discard(index)
+        if not lost:
+            with contextlib.suppress(StoreClosed):
+                self.store.release_partition(index)
+        log.info("gave back partition %s of %s", index, self.count)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Every follower of this worker paused (a promotion needs every partition)."""
+        with contextlib.ExitStack() as stack:
+            for follower in list(self.followers.values()):
+                stack.enter_context(follower.paused())
+            yield

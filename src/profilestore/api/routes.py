@@ -38,8 +38,10 @@ from profilestore.store import (
     DatasetStatus,
     IdentityExplanation,
     LinkResult,
+    PartitionStatus,
     ProfileStore,
     TriggerListing,
+    WorkerStatus,
 )
 
 MAX_VERSION = 2**53
@@ -410,6 +412,24 @@ async def post_outbox_retry(
 async def get_status(request: Request[Any, Any, Any]) -> list[DatasetStatus]:
     """Per dataset: cadence, last and next run, lag, running or failed, dead letters."""
     return await anyio.to_thread.run_sync(_store(request).status)
+
+
+class PartitionsResponse(msgspec.Struct, frozen=True, kw_only=True):
+    partitions: list[PartitionStatus]
+    """Empty when the store is not partitioned (``schedule.partitions = 1``)."""
+    workers: list[WorkerStatus]
+
+
+@get("/v1/status/partitions", guards=[require("admin")], summary="Partitions' workers and lag")
+async def get_partition_status(request: Request[Any, Any, Any]) -> PartitionsResponse:
+    """Per partition: the worker holding it and how far behind the log head it is; and the
+    partitioned workers alive (a heartbeat within the lease time to live)."""
+    store = _store(request)
+
+    def read() -> PartitionsResponse:
+        return PartitionsResponse(partitions=store.partition_status(), workers=store.workers())
+
+    return await anyio.to_thread.run_sync(read)
 
 
 @get("/v1/scores/summary", guards=[require("read")], summary="Where customers are")
