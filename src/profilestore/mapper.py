@@ -156,6 +156,7 @@ class EventMapper(Mapper[UUID]):
         self._encoder = msgspec.json.Encoder(decimal_format="string")
         self._decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
         self._lenient: dict[type[Event], msgspec.json.Decoder[Any]] = {}
+        self._unchecked: dict[str, msgspec.json.Decoder[Any]] = {}
         self._any_decoder = msgspec.json.Decoder()
         # Topics whose stored version is current: decode straight into the Struct.
         self._topics: dict[str, tuple[type[Event], msgspec.json.Decoder[Any]]] = {}
@@ -261,6 +262,25 @@ class EventMapper(Mapper[UUID]):
         except msgspec.ValidationError:
             upcast = msgspec.convert(document, lenient_type(cls))
         return upcast
+
+    def decode_unchecked(self, topic: str, state: bytes) -> Event:
+        """The event stored under ``topic``, decoded into its class's lenient twin.
+
+        For the readers that fold (the consumer loop, rebuilds, verify, as-of): an event
+        was checked when it was appended, and checking it again on every read cost four
+        to ten times the decoding itself (an identifier's check validates it, a key's
+        runs a pattern). The twin is an instance of the catalogue class with the same
+        fields and JSON; only ``type(event) is Class`` tells them apart.
+        """
+        decoder = self._unchecked.get(topic)
+        if decoder is None or self.cipher or self.compressor:
+            tag, version = _split_topic(topic)
+            cls = self.event_types.get(tag)
+            if cls is None or version != cls.class_version or self.cipher or self.compressor:
+                return self.decode(topic, state)  # an upcast, or the library's hooks
+            decoder = self._unchecked[topic] = msgspec.json.Decoder(lenient_type(cls))
+        event: Event = decoder.decode(state)
+        return event
 
     def _decode_lenient(self, cls: type[Event], state: bytes) -> Event:
         """An event stored before a bound it breaks: decoded without the bounds."""

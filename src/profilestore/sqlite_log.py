@@ -211,6 +211,49 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
             states.append((nid, stream, version, topic, state))
         return states
 
+    def select_states_by_stream(
+        self, after: UUID | None, limit: int, until: int | None, topics: Sequence[str]
+    ) -> list[StateRow]:
+        # Along the primary key (originator_id, originator_version): no sort.
+        statement, params = _position_range(
+            f"SELECT rowid, originator_id, originator_version, topic, state FROM {EVENTS_TABLE} "
+            "WHERE originator_id > ?",
+            ["" if after is None else after.hex],
+            until,
+            topics,
+        )
+        statement += " ORDER BY originator_id, originator_version LIMIT ?"
+        params.append(limit)
+        return self._stream_rows(statement, params)
+
+    def select_streams_states(
+        self, streams: Sequence[UUID], until: int | None, topics: Sequence[str]
+    ) -> list[StateRow]:
+        states: list[StateRow] = []
+        for chunk in _chunks(sorted(streams, key=lambda s: s.hex), 500):
+            statement, params = _position_range(
+                f"SELECT rowid, originator_id, originator_version, topic, state "
+                f"FROM {EVENTS_TABLE} WHERE originator_id IN ({','.join('?' * len(chunk))})",
+                [s.hex for s in chunk],
+                until,
+                topics,
+            )
+            statement += " ORDER BY originator_id, originator_version"
+            states.extend(self._stream_rows(statement, params))
+        return states
+
+    def _stream_rows(self, statement: str, params: list[Any]) -> list[StateRow]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(statement, params)
+            rows = c.fetchall()
+        states: list[StateRow] = []
+        current, stream = "", UUID(int=0)
+        for nid, originator, version, topic, state in rows:
+            if originator != current:  # rows come stream by stream: parse each id once
+                current, stream = originator, UUID(originator)
+            states.append((nid, stream, version, topic, state))
+        return states
+
     def subscribe_states(self, after: int, topics: Sequence[str]) -> StateSubscription | None:
         return None  # SQLite cannot notify other processes: the follower polls
 

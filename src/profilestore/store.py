@@ -543,6 +543,7 @@ class ProfileStore:
             clock=self.clock,
             cache_sections=self._cache_sections,
             routing=self._routing,
+            page_size=self._consumer.page_size,
         )
 
     # --- identity -----------------------------------------------------------------------
