@@ -551,16 +551,21 @@ class EventLog:
         *,
         until: int | None = None,
         topics: Sequence[str] = (),
+        recorded_by: dt.datetime | None = None,
     ) -> dict[str, list[Notified]]:
         """Several customers' events with positions up to ``until``, each customer's in
         order, read in one query per few hundred customers (not one each); forgotten
         customers' events are left out. Decoded without the catalogue's checks, for a
-        fold (see :meth:`~profilestore.mapper.EventMapper.decode_unchecked`)."""
+        fold (see :meth:`~profilestore.mapper.EventMapper.decode_unchecked`).
+
+        ``recorded_by``: only the events recorded at or before that time (a profile as
+        of then); the others are not decoded past their ``recorded_at``.
+        """
         streams = {self._stream_id(c): c for c in customer_ids}
         with self.translated("read the customers' events"):
             rows = self.recorder.select_streams_states(list(streams), until, topics)
         found: dict[str, list[Notified]] = {c: [] for c in customer_ids}
-        for logged in self._decoded(rows, checked=False):
+        for logged in self._decoded(rows, checked=False, recorded_by=recorded_by):
             if type(logged.event) is not Forgotten:
                 found[streams[logged.stream_id]].append(logged)
         return found
@@ -582,21 +587,38 @@ class EventLog:
             )
         return [n for n in self._decoded(rows) if type(n.event) is not Forgotten]
 
-    def _decoded(self, rows: Sequence[StateRow], *, checked: bool = True) -> list[Notified]:
+    def _decoded(
+        self,
+        rows: Sequence[StateRow],
+        *,
+        checked: bool = True,
+        recorded_by: dt.datetime | None = None,
+    ) -> list[Notified]:
         """Rows as events: as the catalogue's classes (``checked``), or as their lenient
-        twins without the checks for a fold (see :meth:`EventMapper.decode_unchecked`)."""
+        twins without the checks for a fold (see :meth:`EventMapper.decode_unchecked`).
+        With ``recorded_by``, only those recorded by then (the others, and forgotten
+        ones, which say nothing of when, are left out after reading ``recorded_at``)."""
         decode = self.mapper.decode if checked else self.mapper.decode_unchecked
-        if self.keyring is None:
+        if self.keyring is None and recorded_by is None:
             return [
                 Notified(nid, stream, topic, decode(topic, state))
                 for nid, stream, _, topic, state in rows
             ]
-        with self.translated("read the customers' keys"):
-            ciphers = self.keyring.ciphers({row[1] for row in rows})
+        ciphers: dict[UUID, Any] = {}
+        if self.keyring is not None:
+            with self.translated("read the customers' keys"):
+                ciphers = self.keyring.ciphers({row[1] for row in rows})
         unseal = self.mapper.unseal
+        peek = _RECORDED.decode
         decoded: list[Notified] = []
         for nid, stream, version, topic, state in rows:
             plain = unseal(ciphers.get(stream), stream, version, topic, state)
+            if recorded_by is not None:
+                if isinstance(plain, Forgotten):
+                    continue
+                recorded = peek(plain).recorded_at
+                if recorded is None or recorded > recorded_by:
+                    continue
             event = plain if isinstance(plain, Forgotten) else decode(topic, plain)
             decoded.append(Notified(nid, stream, topic, event))
         return decoded
@@ -820,6 +842,15 @@ def attach_keys(log: EventLog, options: LogOptions) -> None:
 
 
 _EVENT_ENCODER = msgspec.json.Encoder(decimal_format="string")
+
+
+class _Recorded(msgspec.Struct):
+    """An event's ``recorded_at`` alone: decoding it skips the rest of the JSON."""
+
+    recorded_at: dt.datetime | None = None
+
+
+_RECORDED = msgspec.json.Decoder(_Recorded)
 
 
 def event_json(event: Event) -> bytes:
