@@ -22,6 +22,7 @@ import datetime as dt
 import functools
 import hashlib
 import logging
+import os
 import re
 import threading
 import time
@@ -157,6 +158,8 @@ from profilestore.scorer import ScoreHandler, current_fit, fit_of, summaries
 from profilestore.scoring import ScoreFit, Summary
 from profilestore.tally import Tally
 from profilestore.trigger import EnabledTrigger, check_needs, load_trigger, settings_of
+from profilestore.verification import TASK as VERIFY_TASK
+from profilestore.verification import verify_in_processes
 
 log = logging.getLogger(__name__)
 OUTBOX_TARGET = "outbox"
@@ -1577,13 +1580,30 @@ class ProfileStore:
         sample: int | None = None,
         customer_ids: Sequence[str] | None = None,
         progress: Progress | None = None,
+        workers: int | None = None,
     ) -> VerifyReport:
-        """Refold customers from the log and diff them with the stored documents."""
+        """Refold customers from the log and diff them with the stored documents.
+
+        Over many customers the work is shared by ``workers`` processes (default: one per
+        core; see :mod:`profilestore.verification`), each opening the stores read-only.
+        A store whose projections are not its settings' (replaced in this process) checks
+        in this process, as workers would load the settings' ones.
+        """
         chosen = (
             [self.resolve(c) for c in customer_ids]
             if customer_ids is not None
             else choose_customers(self._log, self._documents, self._folded_projections(), sample)
         )
+        workers = workers or os.cpu_count() or 1
+        if (
+            workers > 1
+            and len(chosen) >= 2 * VERIFY_TASK
+            and self._projections == load_projections(self.settings)
+        ):
+            return verify_in_processes(self.settings, chosen, workers, progress)
+        return self._verify(chosen, progress)
+
+    def _verify(self, chosen: Sequence[str], progress: Progress | None = None) -> VerifyReport:
         graph = self._graph()
         return verify_profiles(
             self._log,
