@@ -587,7 +587,7 @@ def rebuild_child(home: str) -> None:
 def bench_verify(store: ProfileStore) -> dict[str, Any]:
     """verify over every customer with every core, and in one process (the alternative)."""
     runs = {}
-    for name, workers in (("every_core", None), ("one_process", 1)):
+    for name, workers in (("every_core", os.cpu_count()), ("one_process", 1)):
         gc.collect()
         with stage(f"verify every customer, {name}"):
             started = time.perf_counter()

@@ -5,7 +5,9 @@ log the same way, through :class:`Consumer`:
 
 1. take the leases of the targets (datasets), named by :func:`lease_name` only;
 2. read pages of events after the handler's tracked position, up to a high-water mark
-   fixed when the run starts (so a run has a defined end);
+   fixed when the run starts (so a run has a defined end), decoded without the
+   catalogue's checks (they ran at append; see ``EventMapper.decode_unchecked``); a pass
+   may read pages of its own instead (a rebuild reads whole streams, a retry one);
 3. hand each page to the handler's :class:`Pass`, which folds and buffers;
 4. let the pass write what it buffered and advance its tracked position (when its buffer
    is full, and at the end);

@@ -1584,17 +1584,20 @@ class ProfileStore:
     ) -> VerifyReport:
         """Refold customers from the log and diff them with the stored documents.
 
-        Over many customers the work is shared by ``workers`` processes (default: one per
-        core; see :mod:`profilestore.verification`), each opening the stores read-only.
-        A store whose projections are not its settings' (replaced in this process) checks
-        in this process, as workers would load the settings' ones.
+        The work is shared by ``workers`` processes (see :mod:`profilestore.verification`),
+        each opening the stores read-only; by default one per core from
+        ``VERIFY_PROCESSES_FROM`` customers, where their start (seconds each, to import
+        and open the stores) is paid back. A store whose projections are not its
+        settings' (replaced in this process) checks in this process, as workers would
+        load the settings' ones.
         """
         chosen = (
             [self.resolve(c) for c in customer_ids]
             if customer_ids is not None
             else choose_customers(self._log, self._documents, self._folded_projections(), sample)
         )
-        workers = workers or os.cpu_count() or 1
+        if workers is None:
+            workers = (os.cpu_count() or 1) if len(chosen) >= VERIFY_PROCESSES_FROM else 1
         if (
             workers > 1
             and len(chosen) >= 2 * VERIFY_TASK
@@ -1841,6 +1844,10 @@ class ProfileStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+VERIFY_PROCESSES_FROM = 20_000
+"""Customers from which ``verify`` shares its work between processes by default."""
 
 
 def _derived_counts(
