@@ -68,6 +68,8 @@ MODES: dict[str, dict[str, Any]] = {
         "lookup_samples": 2_000,
         "lookup_rounds": 2,
         "rebuild_sizes": [(5_000, 20), (10_000, 20)],
+        "as_of_customers": 1_000,
+        "as_of_calls": 100,
     },
     "full": {
         "lookup_customers": 10_000,
@@ -76,6 +78,8 @@ MODES: dict[str, dict[str, Any]] = {
         "lookup_samples": 5_000,
         "lookup_rounds": 3,
         "rebuild_sizes": [(5_000, 40), (10_000, 40)],
+        "as_of_customers": 2_000,
+        "as_of_calls": 400,
     },
 }
 
@@ -84,8 +88,11 @@ TARGETS = {
     "ingest_postgres_events_per_s": (">=", 10_000),
     "lookup_id_vs_raw": ("<=", 1.5),
     "lookup_identifier_vs_id": ("<=", 2.0),
-    "rebuild_events_per_s": (">=", 50_000),
+    "rebuild_events_per_s": (">=", 60_000),
+    "refresh_events_per_s": (">=", 60_000),
     "rebuild_rss_larger_vs_smaller": ("<=", 1.3),
+    "verify_customers_per_s": (">=", 5_000),
+    "as_of_p50_ms": ("<=", 5.0),
 }
 
 
@@ -511,8 +518,40 @@ class PeakAnonymous(Sampler):
         self.peak_mb = max(self.peak_mb, memory_status().get("RssAnon", 0.0))
 
 
+def log_order_rebuild(store: ProfileStore) -> float:
+    """The rebuild as it was before it read streams: pages in log order, sections kept
+    in the bounded cache, written, loaded and written again as customers come back.
+    The natural alternative to the stream-order rebuild, measured in the same run."""
+    from profilestore.projector import RebuildHandler, _RebuildPass
+
+    class LogOrderPass(_RebuildPass):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.load_stored = True
+            self.read_all = True
+
+        def pages(self, high_water: int) -> None:
+            return None
+
+    class LogOrderRebuild(RebuildHandler):
+        def opened(self, runs: Any) -> LogOrderPass:
+            return LogOrderPass(self, runs)
+
+    names = store._folded(store.datasets())
+    store._leases.acquire(names, required=True, kind="rebuild")
+    try:
+        started = time.perf_counter()
+        store._consumer.run(
+            store._handler(LogOrderRebuild), names, trigger="rebuild", required=True
+        )
+        return time.perf_counter() - started
+    finally:
+        store._leases.release(names, kind="rebuild")
+
+
 def rebuild_child(home: str) -> None:
-    """Runs in a subprocess: open the store, rebuild every dataset, report on stdout."""
+    """Runs in a subprocess: open the store, rebuild every dataset (streams), then again
+    in log order (the alternative), report on stdout."""
     store = open_store(sqlite_settings(Path(home)))
     try:
         events = store._log.head()
@@ -523,19 +562,69 @@ def rebuild_child(home: str) -> None:
             report = store.rebuild()
             seconds = time.perf_counter() - started
         after = memory_status()
+        gc.collect()
+        with PeakAnonymous() as log_order_anonymous:
+            log_order_seconds = log_order_rebuild(store)
         print(
             json.dumps(
                 {
                     "events": events,
                     "events_read": report.events_read,
                     "seconds": seconds,
+                    "log_order_seconds": log_order_seconds,
                     "baseline_rss_mb": baseline["VmRSS"],
                     "peak_rss_mb": after["VmHWM"],
                     "peak_anon_mb": anonymous.peak_mb,
+                    "log_order_peak_anon_mb": log_order_anonymous.peak_mb,
                     "sections_written": sum(report.sections_written.values()),
                 }
             )
         )
+    finally:
+        store.close()
+
+
+def bench_verify(store: ProfileStore) -> dict[str, Any]:
+    """verify over every customer with every core, and in one process (the alternative)."""
+    runs = {}
+    for name, workers in (("every_core", os.cpu_count()), ("one_process", 1)):
+        gc.collect()
+        with stage(f"verify every customer, {name}"):
+            started = time.perf_counter()
+            report = store.verify(workers=workers)
+            seconds = time.perf_counter() - started
+        assert report.ok, f"verify found drift: {report.drift_by_dataset}"
+        runs[name] = {
+            "customers": report.customers_checked,
+            "seconds": round(seconds, 3),
+            "customers_per_s": round(report.customers_checked / seconds),
+        }
+    runs["workers"] = os.cpu_count()
+    return runs
+
+
+def bench_as_of_customer(work: Path, mode: dict[str, Any]) -> dict[str, Any]:
+    """profile(as_of=T) of a customer with 500 events (bench/audit.py's), against reading
+    and decoding all its events (what as-of started with before it read only the cut)."""
+    from bench.audit import (
+        START,
+        TICK,
+        BenchClock,
+        as_of_customer_events,
+        bench_as_of,
+        planned_batches,
+    )
+
+    population = events_for(mode["as_of_customers"], 20)
+    customer, mine = as_of_customer_events()
+    clock = BenchClock(START)
+    store = open_store(sqlite_settings(work / "as-of-home"), clock=clock)
+    try:
+        with stage(f"ingest {len(population)} + {len(mine)} events for as-of"):
+            for i, batch in enumerate(planned_batches(population, mine)):
+                clock.now = START + i * TICK
+                store.append(batch)
+        return bench_as_of(store, customer, mode["as_of_calls"])
     finally:
         store.close()
 
@@ -598,6 +687,7 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
         "mode": mode_name,
         "batch_size": BATCH,
         "seed": SEED,
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
     result["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
     url = postgres_url()
@@ -629,7 +719,11 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
             refresh_seconds = time.perf_counter() - started_refresh
         with stage("lookups"):
             lookups = bench_lookups(store, home / "documents.sqlite", events, mode)
+        verify = bench_verify(store)
+        info(f"verify: {verify}")
         store.close()
+        as_of = bench_as_of_customer(work, mode)
+        info(f"as of: {as_of['as_of_ms']}")
 
         # --- ingest into PostgreSQL -----------------------------------------------------
         n = min(mode["postgres_events"], len(events))
@@ -654,6 +748,9 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
                     "events": child["events"],
                     "seconds": round(child["seconds"], 3),
                     "events_per_s": round(child["events"] / child["seconds"]),
+                    "log_order_seconds": round(child["log_order_seconds"], 3),
+                    "log_order_events_per_s": round(child["events"] / child["log_order_seconds"]),
+                    "log_order_peak_anon_mb": round(child["log_order_peak_anon_mb"], 1),
                     "peak_rss_mb": round(child["peak_rss_mb"], 1),
                     "peak_anon_mb": round(child["peak_anon_mb"], 1),
                     "baseline_rss_mb": round(child["baseline_rss_mb"], 1),
@@ -690,6 +787,15 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
         ),
         "refresh_events_per_s": round(len(events) / refresh_seconds),
         "rebuild_events_per_s": larger["events_per_s"],
+        "rebuild_log_order_events_per_s": larger["log_order_events_per_s"],
+        "rebuild_vs_log_order": ratio(larger["events_per_s"], larger["log_order_events_per_s"]),
+        "verify_customers_per_s": verify["every_core"]["customers_per_s"],
+        "verify_one_process_customers_per_s": verify["one_process"]["customers_per_s"],
+        "verify_every_core_vs_one": ratio(
+            verify["every_core"]["customers_per_s"], verify["one_process"]["customers_per_s"]
+        ),
+        "as_of_p50_ms": as_of["as_of_ms"]["p50"],
+        "as_of_read_decode_all_p50_ms": as_of["read_decode_ms"]["p50"],
         "rebuild_peak_rss_mb": larger["peak_rss_mb"],
         "rebuild_peak_anon_mb": larger["peak_anon_mb"],
         "rebuild_rss_larger_vs_smaller": ratio(larger["peak_anon_mb"], smaller["peak_anon_mb"]),
@@ -705,8 +811,11 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
         "ingest_postgres": postgres,
         "refresh": {"events": len(events), "seconds": round(refresh_seconds, 3)},
         "lookups": lookups,
+        "verify": verify,
+        "as_of": as_of,
     }
     result["rebuild"] = rebuilds
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     return result

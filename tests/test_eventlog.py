@@ -23,7 +23,7 @@ from log_history import read_log
 
 from profilestore.config import load_settings
 from profilestore.errors import ConfigError, LogUnavailable, StoreClosed
-from profilestore.eventlog import EVENTS_TABLE, EventLog, open_log, stream_id
+from profilestore.eventlog import EVENTS_TABLE, EventLog, Notified, open_log, stream_id
 from profilestore.events import Event, PageViewed
 from profilestore.mapper import EventMapper, lenient_type, topic_for
 from profilestore.sqlite_log import open_sqlite_log
@@ -425,6 +425,51 @@ def test_stored_history_is_upcast_when_an_event_changes_shape(event_log: EventLo
     topics = [s.topic for s in event_log.recorder.select_events(stream_id("ann"))]
     assert topics == ["browse.page_viewed", "browse.page_viewed#v2"]
     assert event_log.stream("ann")[1] == new
+
+
+def test_stream_pages_hold_whole_streams_in_stream_order(event_log: EventLog) -> None:
+    # ann has more events than a page holds; the others fewer, in interleaved batches.
+    counts = {"ann": 12, "bob": 3, "cid": 1, "dan": 4, "eve": 2, "fay": 5}
+    events = [page_view(f"{c}{i}", c, i) for i in range(12) for c, n in counts.items() if i < n]
+    event_log.append(events[:15])
+    event_log.append(events[15:])
+    until = event_log.head() - 1  # the newest event (ann's twelfth) is past the cut
+    pages = list(event_log.stream_pages(5, until=until))
+    streams = [[n.stream_id for n in page] for page in pages]
+    flat = [n for page in pages for n in page]
+    assert sorted(n.notification_id for n in flat) == list(range(1, until + 1))
+    # Every stream lies whole in one page; streams come in their id order, each in order.
+    for customer in counts:
+        assert sum(stream_id(customer) in page for page in streams) == 1
+        mine = [n for n in flat if n.event.customer_id == customer]
+        assert as_stored(event_log, mine) == as_stored(
+            event_log, event_log.customer_changes(customer, until=until)
+        )
+    order = [n.stream_id for n in flat]
+    assert order == sorted(order, key=lambda s: s.hex)
+    assert [stream_id("ann")] * 11 in streams  # longer than a page: alone in one
+    assert all(len(page) <= 5 for page in streams if stream_id("ann") not in page)
+    skipped = list(event_log.stream_pages(5, until=until, skip={stream_id("ann")}))
+    assert {n.event.customer_id for page in skipped for n in page} == set(counts) - {"ann"}
+    none = list(event_log.stream_pages(5, until=until, topics=["cart.item_added"]))
+    assert none == []
+
+
+def test_streams_changes_reads_several_customers_as_each_alone(event_log: EventLog) -> None:
+    event_log.append([page_view(f"e{i}", f"c{i % 4}", i) for i in range(20)])
+    customers = ["c2", "c0", "nobody", "c3"]
+    found = event_log.streams_changes(customers, until=15)
+    assert list(found) == customers
+    for customer in customers:
+        alone = event_log.customer_changes(customer, until=15)
+        assert as_stored(event_log, found[customer]) == as_stored(event_log, alone)
+    assert found["nobody"] == []
+
+
+def as_stored(log: EventLog, logged: list[Notified]) -> list[tuple[int, str, bytes]]:
+    """Events as their position, topic and stored JSON: what tells them apart (a fold's
+    reading decodes lenient twins, equal in everything but their class)."""
+    return [(n.notification_id, n.topic, log.mapper.encode_state(n.event)) for n in logged]
 
 
 def test_stored_events_outside_todays_bounds_still_read_back(event_log: EventLog) -> None:

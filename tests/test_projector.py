@@ -198,6 +198,42 @@ def test_rebuild_keeps_lookups_answering_from_the_old_documents(store: ProfileSt
     }
 
 
+def test_rebuild_in_stream_order_equals_refreshes_in_log_order(store: ProfileStore) -> None:
+    # Pages shorter than a customer's stream, a cache smaller than the customers: the
+    # refresh writes sections many times over, the rebuild reads streams cut by pages.
+    store._consumer.page_size = 7
+    store._cache_sections = 5
+    store.refresh()
+    refreshed = snapshot(store._documents)
+    report = store.rebuild()
+    assert report.events_read == store.head()
+    assert snapshot(store._documents) == refreshed
+
+
+def test_a_rebuild_stopped_part_way_leaves_the_documents_and_no_staging_position(
+    store: ProfileStore,
+) -> None:
+    store.refresh()
+    before = snapshot(store._documents)
+    store._consumer.page_size = 50
+    store._cache_sections = 10  # sections are written to staging before the stop
+
+    def stop(done: int, total: int) -> None:
+        if done > total // 2:
+            raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        store.rebuild(progress=stop)
+    # Staging is complete only when every stream was read: nothing says otherwise, so
+    # no promotion can take a half-built staging area for a built one.
+    assert all(
+        store._documents.tracking(n, staging=True) is None for n in tracked(store._documents)
+    )
+    assert snapshot(store._documents) == before
+    store.rebuild()
+    assert snapshot(store._documents) == before
+
+
 def test_rebuild_after_a_fold_change_replaces_the_dataset(
     store: ProfileStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

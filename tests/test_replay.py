@@ -120,6 +120,27 @@ def test_verify_reports_drift_with_the_first_differing_path(
     assert (missing.customer_id, missing.stored) == ("cust-0000004", None)
 
 
+def test_verify_in_worker_processes_reports_what_one_process_does(
+    store: ProfileStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import profilestore.store
+    import profilestore.verification
+
+    # Tasks of 4 customers: 15 customers make 4 tasks for 2 processes.
+    monkeypatch.setattr(profilestore.verification, "TASK", 4)
+    monkeypatch.setattr(profilestore.store, "VERIFY_TASK", 4)
+    with sqlite3.connect(Path(settings.home) / "documents.sqlite") as conn:
+        conn.execute(
+            "DELETE FROM sections WHERE dataset = 'browsing' AND customer_id = 'cust-0000004'"
+        )
+    done: list[int] = []
+    shared = store.verify(workers=2, progress=lambda n, total: done.append(n))
+    alone = store.verify(workers=1)
+    assert shared == alone
+    assert shared.drift_by_dataset == {"browsing": 1}
+    assert done[-1] == 15 and len(done) == 4
+
+
 def test_a_dataset_not_refreshed_yet_is_not_drift(settings: Settings) -> None:
     with open_store(settings) as opened:
         opened.append(population(3, customers=6))

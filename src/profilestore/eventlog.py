@@ -37,7 +37,7 @@ import re
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, Protocol, cast
 from uuid import UUID, uuid5
@@ -209,6 +209,22 @@ class EventRecorder(ABC):
         """Stored events after ``after``, oldest first: the library's notification query
         without building a Notification per row, which costs more than decoding the
         event (the projector's hot path)."""
+
+    @abstractmethod
+    def select_states_by_stream(
+        self, after: UUID | None, limit: int, until: int | None, topics: Sequence[str]
+    ) -> list[StateRow]:
+        """Stored events of the streams after stream ``after`` (from the first: None), in
+        stream id order, each stream's in version order, with positions up to ``until``
+        (of ``topics``, or all): the first ``limit``. Many customers' whole streams in one
+        query, read along the stream key; the last stream may be cut at ``limit``."""
+
+    @abstractmethod
+    def select_streams_states(
+        self, streams: Sequence[UUID], until: int | None, topics: Sequence[str]
+    ) -> list[StateRow]:
+        """:meth:`select_stream_states` of several streams in one query: stream by
+        stream, each in version order."""
 
     @abstractmethod
     def subscribe_states(self, after: int, topics: Sequence[str]) -> StateSubscription | None:
@@ -524,12 +540,82 @@ class EventLog:
         *,
         until: int | None = None,
         topics: Sequence[str] = (),
+        checked: bool = True,
     ) -> list[Notified]:
         """Events with notification ids in ``(after, until]`` (of ``topics``, or all),
-        oldest first: what folding needs and nothing else."""
+        oldest first: what folding needs and nothing else. ``checked=False`` (the
+        consumer loop) decodes them without the catalogue's checks (see
+        :meth:`~profilestore.mapper.EventMapper.decode_unchecked`)."""
         with self.translated("read events"):
             rows = self.recorder.select_states(after, limit, until, topics)
-        return self._decoded(rows)
+        return self._decoded(rows, checked=checked)
+
+    def stream_pages(
+        self,
+        size: int,
+        *,
+        until: int,
+        topics: Sequence[str] = (),
+        skip: Collection[UUID] = (),
+    ) -> Iterator[list[Notified]]:
+        """Every stream's events with positions up to ``until`` (of ``topics``, or all),
+        whole streams in stream id order, about ``size`` events per page, one query each;
+        the streams in ``skip`` are left out (their rows are not decoded). What a rebuild
+        folds: each customer's events together, so each section is folded at once and
+        written once, where pages in log order touch every customer again and again.
+        Events are decoded without the catalogue's checks (see
+        :meth:`~profilestore.mapper.EventMapper.decode_unchecked`); a forgotten
+        customer's read back as :class:`~profilestore.mapper.Forgotten`."""
+        recorder = self.recorder
+        after: UUID | None = None
+        while True:
+            with self.translated("read events"):
+                rows = recorder.select_states_by_stream(after, size, until, topics)
+                last = len(rows) < size
+                if not last:
+                    # The page may end inside a stream: leave that stream to the next
+                    # page (read again there), unless it fills the page on its own.
+                    tail = rows[-1][1]
+                    cut = len(rows)
+                    while cut and rows[cut - 1][1] == tail:
+                        cut -= 1
+                    if cut:
+                        rows = rows[:cut]
+                    else:
+                        rows = recorder.select_stream_states(tail, 0, until, topics)
+            if not rows:
+                return
+            after = rows[-1][1]
+            page = [row for row in rows if row[1] not in skip] if skip else rows
+            if page:
+                yield self._decoded(page, checked=False)
+            if last:
+                return
+
+    def streams_changes(
+        self,
+        customer_ids: Sequence[str],
+        *,
+        until: int | None = None,
+        topics: Sequence[str] = (),
+        recorded_by: dt.datetime | None = None,
+    ) -> dict[str, list[Notified]]:
+        """Several customers' events with positions up to ``until``, each customer's in
+        order, read in one query per few hundred customers (not one each); forgotten
+        customers' events are left out. Decoded without the catalogue's checks, for a
+        fold (see :meth:`~profilestore.mapper.EventMapper.decode_unchecked`).
+
+        ``recorded_by``: only the events recorded at or before that time (a profile as
+        of then); the others are not decoded past their ``recorded_at``.
+        """
+        streams = {self._stream_id(c): c for c in customer_ids}
+        with self.translated("read the customers' events"):
+            rows = self.recorder.select_streams_states(list(streams), until, topics)
+        found: dict[str, list[Notified]] = {c: [] for c in customer_ids}
+        for logged in self._decoded(rows, checked=False, recorded_by=recorded_by):
+            if type(logged.event) is not Forgotten:
+                found[streams[logged.stream_id]].append(logged)
+        return found
 
     def page(
         self,
@@ -539,6 +625,7 @@ class EventLog:
         until: int | None = None,
         topics: Sequence[str] = (),
         keep: Callable[[UUID], bool] | None = None,
+        checked: bool = True,
     ) -> Page:
         """Like :meth:`changes`, decoding only the events of the streams ``keep`` accepts
         (a partition's customers), and saying how far it read: the rows of other streams
@@ -546,7 +633,7 @@ class EventLog:
         with self.translated("read events"):
             rows = self.recorder.select_states(after, limit, until, topics)
         kept = rows if keep is None else [row for row in rows if keep(row[1])]
-        return Page(self._decoded(kept), len(rows), rows[-1][0] if rows else None)
+        return Page(self._decoded(kept, checked=checked), len(rows), rows[-1][0] if rows else None)
 
     def customer_changes(
         self,
@@ -565,19 +652,38 @@ class EventLog:
             )
         return [n for n in self._decoded(rows) if type(n.event) is not Forgotten]
 
-    def _decoded(self, rows: Sequence[StateRow]) -> list[Notified]:
-        decode = self.mapper.decode
-        if self.keyring is None:
+    def _decoded(
+        self,
+        rows: Sequence[StateRow],
+        *,
+        checked: bool = True,
+        recorded_by: dt.datetime | None = None,
+    ) -> list[Notified]:
+        """Rows as events: as the catalogue's classes (``checked``), or as their lenient
+        twins without the checks for a fold (see :meth:`EventMapper.decode_unchecked`).
+        With ``recorded_by``, only those recorded by then (the others, and forgotten
+        ones, which say nothing of when, are left out after reading ``recorded_at``)."""
+        decode = self.mapper.decode if checked else self.mapper.decode_unchecked
+        if self.keyring is None and recorded_by is None:
             return [
                 Notified(nid, stream, topic, decode(topic, state))
                 for nid, stream, _, topic, state in rows
             ]
-        with self.translated("read the customers' keys"):
-            ciphers = self.keyring.ciphers({row[1] for row in rows})
+        ciphers: dict[UUID, Any] = {}
+        if self.keyring is not None:
+            with self.translated("read the customers' keys"):
+                ciphers = self.keyring.ciphers({row[1] for row in rows})
         unseal = self.mapper.unseal
+        peek = _RECORDED.decode
         decoded: list[Notified] = []
         for nid, stream, version, topic, state in rows:
             plain = unseal(ciphers.get(stream), stream, version, topic, state)
+            if recorded_by is not None:
+                if isinstance(plain, Forgotten):
+                    continue
+                recorded = peek(plain).recorded_at
+                if recorded is None or recorded > recorded_by:
+                    continue
             event = plain if isinstance(plain, Forgotten) else decode(topic, plain)
             decoded.append(Notified(nid, stream, topic, event))
         return decoded
@@ -807,6 +913,15 @@ def attach_keys(log: EventLog, options: LogOptions) -> None:
 
 
 _EVENT_ENCODER = msgspec.json.Encoder(decimal_format="string")
+
+
+class _Recorded(msgspec.Struct):
+    """An event's ``recorded_at`` alone: decoding it skips the rest of the JSON."""
+
+    recorded_at: dt.datetime | None = None
+
+
+_RECORDED = msgspec.json.Decoder(_Recorded)
 
 
 def event_json(event: Event) -> bytes:

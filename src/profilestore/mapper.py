@@ -93,12 +93,20 @@ def lenient_type(cls: type[S]) -> type[S]:
     return typing.cast(type[S], _lenient_type(cls))
 
 
+def unchecked_type(cls: type[S]) -> type[S]:
+    """``cls`` as a fold reads it (:meth:`EventMapper.decode_unchecked`): a subclass whose
+    own fields drop their bounds and whose ``__post_init__`` checks nothing, while nested
+    Structs (an order's lines, a location) stay the catalogue's classes, so that what a
+    fold copies from an event into a section is the class the section declares."""
+    return typing.cast(type[S], _lenient_type(cls, nested=False))
+
+
 @functools.cache
-def _lenient_type(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
+def _lenient_type(cls: type[msgspec.Struct], *, nested: bool = True) -> type[msgspec.Struct]:
     hints = typing.get_type_hints(cls, include_extras=True)
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for info in msgspec.structs.fields(cls):
-        annotation = _unbounded(hints[info.name])
+        annotation = _unbounded(hints[info.name], nested=nested)
         if info.default is not msgspec.NODEFAULT:
             fields.append((info.name, annotation, info.default))
         elif info.default_factory is not msgspec.NODEFAULT:
@@ -108,7 +116,7 @@ def _lenient_type(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
             fields.append((info.name, annotation))
     config = cls.__struct_config__
     return msgspec.defstruct(
-        f"Lenient{cls.__name__}",
+        f"{'Lenient' if nested else 'Unchecked'}{cls.__name__}",
         fields,
         bases=(cls,),
         module=cls.__module__,
@@ -126,19 +134,20 @@ def _no_checks(self: msgspec.Struct) -> None:
     """Stored events were checked when appended: reading them checks nothing again."""
 
 
-def _unbounded(annotation: Any) -> Any:
+def _unbounded(annotation: Any, *, nested: bool = True) -> Any:
+    """``annotation`` without its bounds; with ``nested``, Structs inside it too."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is Annotated:
-        return _unbounded(args[0])
+        return _unbounded(args[0], nested=nested)
     if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
-        return lenient_type(annotation)
+        return lenient_type(annotation) if nested else annotation
     if origin in (Union, types.UnionType):
-        return Union[tuple(_unbounded(a) for a in args)]  # noqa: UP007 - built from a tuple
+        return Union[tuple(_unbounded(a, nested=nested) for a in args)]  # noqa: UP007 - built from a tuple
     if origin is tuple:
-        return tuple[tuple(a if a is Ellipsis else _unbounded(a) for a in args)]  # type: ignore[misc]
+        return tuple[tuple(a if a is Ellipsis else _unbounded(a, nested=nested) for a in args)]  # type: ignore[misc]
     if origin in (list, dict):
-        return origin[tuple(_unbounded(a) for a in args)]
+        return origin[tuple(_unbounded(a, nested=nested) for a in args)]
     return annotation
 
 
@@ -158,6 +167,7 @@ class EventMapper(Mapper[UUID]):
         self._encoder = msgspec.json.Encoder(decimal_format="string")
         self._decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
         self._lenient: dict[type[Event], msgspec.json.Decoder[Any]] = {}
+        self._unchecked: dict[str, msgspec.json.Decoder[Any]] = {}
         self._any_decoder = msgspec.json.Decoder()
         # Topics whose stored version is current: decode straight into the Struct.
         self._topics: dict[str, tuple[type[Event], msgspec.json.Decoder[Any]]] = {}
@@ -277,6 +287,30 @@ class EventMapper(Mapper[UUID]):
         except msgspec.ValidationError:
             upcast = msgspec.convert(document, lenient_type(cls))
         return upcast
+
+    def decode_unchecked(self, topic: str, state: bytes) -> Event:
+        """The event stored under ``topic``, decoded into its class's unchecked twin
+        (:func:`unchecked_type`).
+
+        For the readers that fold (the consumer loop, rebuilds, verify, as-of): an event
+        was checked when it was appended, and checking it again on every read cost four
+        to ten times the decoding itself (an identifier's check validates it, a key's
+        runs a pattern). The twin is an instance of the catalogue class with the same
+        fields and JSON; only ``type(event) is Class`` tells them apart. An event whose
+        nested values break today's bounds is read as :meth:`decode` reads it.
+        """
+        decoder = self._unchecked.get(topic)
+        if decoder is None or self.cipher or self.compressor:
+            tag, version = _split_topic(topic)
+            cls = self.event_types.get(tag)
+            if cls is None or version != cls.class_version or self.cipher or self.compressor:
+                return self.decode(topic, state)  # an upcast, or the library's hooks
+            decoder = self._unchecked[topic] = msgspec.json.Decoder(unchecked_type(cls))
+        try:
+            event: Event = decoder.decode(state)
+        except msgspec.ValidationError:
+            return self.decode(topic, state)
+        return event
 
     def _decode_lenient(self, cls: type[Event], state: bytes) -> Event:
         """An event stored before a bound it breaks: decoded without the bounds."""

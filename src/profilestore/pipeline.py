@@ -5,7 +5,9 @@ log the same way, through :class:`Consumer`:
 
 1. take the leases of the targets (datasets), named by :func:`lease_name` only;
 2. read pages of events after the handler's tracked position, up to a high-water mark
-   fixed when the run starts (so a run has a defined end);
+   fixed when the run starts (so a run has a defined end), decoded without the
+   catalogue's checks (they ran at append; see ``EventMapper.decode_unchecked``); a pass
+   may read pages of its own instead (a rebuild reads whole streams, a retry one);
 3. hand each page to the handler's :class:`Pass`, which folds and buffers;
 4. let the pass write what it buffered and advance its tracked position (when its buffer
    is full, and at the end);
@@ -290,6 +292,9 @@ class Consumer:
             if time.monotonic() - renewed > self.leases.ttl.total_seconds() / 3:
                 self.leases.renew(targets, kind=handler.lease_kind)
                 renewed = time.monotonic()
+            if own and progress:
+                # Pages of its own (streams) are not in log order: count the events.
+                progress(min(report.events_read, high_water - start), high_water - start)
         opened.commit(high_water)
         opened.finish(high_water)
         return opened.report(report)
@@ -301,7 +306,12 @@ class Consumer:
         topics = opened.topics
         while topics and after < high_water:
             page = self.log.page(
-                after, self.page_size, until=high_water, topics=topics, keep=opened.keep
+                after,
+                self.page_size,
+                until=high_water,
+                topics=topics,
+                keep=opened.keep,
+                checked=False,
             )
             if page.through is None:
                 return
@@ -408,7 +418,12 @@ class Live:
             return None
         opened.resume()
         read = log.page(
-            self.position, self.batch, until=head, topics=opened.topics, keep=opened.keep
+            self.position,
+            self.batch,
+            until=head,
+            topics=opened.topics,
+            keep=opened.keep,
+            checked=False,
         )
         page = read.events
         through = head if read.rows < self.batch or read.through is None else read.through

@@ -22,7 +22,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.errors import DuplicateObject
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier, Literal
+from psycopg.sql import SQL, Composed, Identifier, Literal
 
 from profilestore.errors import LogUrlError, OutdatedLog, StoreMissing
 from profilestore.eventlog import (
@@ -132,6 +132,22 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             "AND notification_id <= %s AND (cardinality(%s::text[]) = 0 OR topic = ANY(%s)) "
             "ORDER BY notification_id LIMIT %s"
         ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
+        # Along the primary key (originator_id, originator_version): many whole streams.
+        by_stream = (
+            "SELECT notification_id, originator_id, originator_version, topic, state FROM {0}.{1} "
+            "WHERE %s AND notification_id <= %%s "
+            "AND (cardinality(%%s::text[]) = 0 OR topic = ANY(%%s)) "
+            "ORDER BY originator_id, originator_version"
+        )
+        self._select_states_by_stream = {
+            first: SQL(
+                by_stream % ("TRUE" if first else "originator_id > %s") + " LIMIT %s"
+            ).format(Identifier(self.datastore.schema), Identifier(EVENTS_TABLE))
+            for first in (True, False)
+        }
+        self._select_streams_states = SQL(by_stream % "originator_id = ANY(%s::uuid[])").format(
+            Identifier(self.datastore.schema), Identifier(EVENTS_TABLE)
+        )
         self._select_stream_states = SQL(
             "SELECT notification_id, originator_id, originator_version, topic, state FROM {0}.{1} "
             "WHERE originator_id = %s "
@@ -283,6 +299,38 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
         stop = until if until is not None else 2**63 - 1
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self._select_states, (after, stop, list(topics), list(topics), limit))
+            rows: list[DictRow] = curs.fetchall()
+            return [
+                (
+                    r["notification_id"],
+                    r["originator_id"],
+                    r["originator_version"],
+                    r["topic"],
+                    bytes(r["state"]),
+                )
+                for r in rows
+            ]
+
+    def select_states_by_stream(
+        self, after: UUID | None, limit: int, until: int | None, topics: Sequence[str]
+    ) -> list[StateRow]:
+        stop = until if until is not None else 2**63 - 1
+        first = after is None
+        params: list[Any] = [] if first else [after]
+        params += [stop, list(topics), list(topics), limit]
+        return self._rows(self._select_states_by_stream[first], params)
+
+    def select_streams_states(
+        self, streams: Sequence[UUID], until: int | None, topics: Sequence[str]
+    ) -> list[StateRow]:
+        stop = until if until is not None else 2**63 - 1
+        return self._rows(
+            self._select_streams_states, [list(streams), stop, list(topics), list(topics)]
+        )
+
+    def _rows(self, statement: SQL | Composed, params: Sequence[Any]) -> list[StateRow]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, params)
             rows: list[DictRow] = curs.fetchall()
             return [
                 (

@@ -97,6 +97,7 @@ class ProjectionHandler(Handler):
         cache_sections: int = 50_000,
         routing: Routing | None = None,
         partition: Partition | None = None,
+        page_size: int = 5000,
     ) -> None:
         self.partition = partition
         """Only this partition's profiles, tracked per partition (None: every profile)."""
@@ -111,6 +112,8 @@ class ProjectionHandler(Handler):
         self.projections = projections
         self.clock = clock
         self.cache_sections = cache_sections
+        self.page_size = page_size
+        """Events per page where a pass reads pages of its own (a rebuild's streams)."""
         self.routing = routing or Routing()
         """Where customer keys' events go; a store shares one between its passes."""
 
@@ -253,6 +256,9 @@ class _ProjectionPass(Pass):
         self.membership: Membership
         """The partition's streams and profiles (a partitioned pass only)."""
         """Customer key -> the profile its events fold into, for keys not alone."""
+        self.load_stored = True
+        """Whether a profile first met in a page may have a stored section to fold onto
+        (a pass in stream order knows it has none, see :class:`_StagingPass`)."""
         self._regroup_all()
 
     # --- identity ---------------------------------------------------------------------
@@ -385,7 +391,7 @@ class _ProjectionPass(Pass):
                 by_customer.setdefault(profile, []).append(logged)
         for run, by_customer in grouped.values():
             name = run.projection.dataset
-            missing = [c for c in by_customer if c not in run.cache]
+            missing = [c for c in by_customer if c not in run.cache] if self.load_stored else []
             if missing:
                 run.cache.update(handler.documents.load(name, missing, staging=handler.staging))
             empty = run.projection.empty
@@ -476,6 +482,62 @@ class _ProjectionPass(Pass):
 
 
 class _StagingPass(_ProjectionPass):
+    """A whole refold into an empty staging area, read in stream order, not log order.
+
+    Pages hold whole streams (many customers' per query, see
+    :meth:`~profilestore.eventlog.EventLog.stream_pages`), so each profile is folded at
+    once from its events in order and its section written once: in log order, at more
+    customers than the section cache holds, sections were written, loaded and written
+    again all along, and each load was a query. The profiles of several keys come first,
+    each from its keys' streams merged in log order (as any refold reads them); their
+    keys' streams are then skipped.
+
+    The staging area is complete only once every stream was read, so its tracking moves
+    only then (commits before that write sections and advance nothing): a crash leaves it
+    where it was, and the next rebuild starts it again.
+    """
+
+    def __init__(self, handler: ProjectionHandler, runs: dict[str, _DatasetRun]) -> None:
+        super().__init__(handler, runs)
+        # Nothing is stored in a new staging area: a profile first met in a page has no
+        # section to load (until a regroup in the middle of the pass writes some).
+        self.load_stored = False
+        self.read_all = False
+
+    def pages(self, high_water: int) -> Iterable[Sequence[Notified]]:
+        handler = self.handler
+        log = handler.log
+        if not self.topics:
+            self.read_all = True
+            return
+        members: dict[str, list[str]] = {}
+        for key, profile in self.profiles.items():
+            members.setdefault(profile, []).append(key)
+        page: list[Notified] = []
+        for profile in sorted(members):
+            page.extend(merged_changes(log, sorted(members[profile]), until=high_water))
+            if len(page) >= handler.page_size:
+                yield page
+                page = []
+        if page:
+            yield page
+        skip = {log.stream_of(key) for key in self.profiles}
+        yield from log.stream_pages(
+            handler.page_size, until=high_water, topics=self.topics, skip=skip
+        )
+        self.read_all = True
+
+    def handle(self, page: Sequence[Notified]) -> None:
+        if self.pending():
+            if any(r.dirty for r in self.runs.values()):
+                self.commit(0)
+            self._regroup_all()
+            self.load_stored = True  # the regroup wrote sections that later pages extend
+        self._fold(page, skip_applied=True)
+
+    def commit(self, through: int) -> None:
+        super().commit(through if self.read_all else 0)
+
     def finish(self, through: int) -> None:
         handler = self.handler
         for name in self.runs:

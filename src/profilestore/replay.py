@@ -30,7 +30,6 @@ import msgspec
 from profilestore.documents import Profile, SectionMeta
 from profilestore.errors import FoldFailed
 from profilestore.eventlog import EventLog, Notified
-from profilestore.identity import merged_changes
 from profilestore.projection import Projection
 
 
@@ -139,15 +138,18 @@ def profile_as_of(
     as_of: dt.datetime,
 ) -> Profile | None:
     """The profile from the events of ``members`` (the keys of the profile as it was then)
-    recorded at or before ``as_of``, in log order."""
-    known = [
-        n
-        for n in merged_changes(log, members)
-        if n.event.recorded_at is not None and n.event.recorded_at <= as_of
-    ]
+    recorded at or before ``as_of``, in log order.
+
+    Only what the cut needs is read: the events of the topics these projections fold
+    (filtered by the query), and of those only the ones recorded by ``as_of`` decoded in
+    full; all the keys' streams in one query, so one snapshot of the log.
+    """
+    routes = routes_for(projections)
+    streams = log.streams_changes(members, topics=sorted(routes), recorded_by=as_of)
+    known = _merged([streams[key] for key in members])
     customer_id = members[0]
     failures: list[FoldFailure] = []
-    folded = fold_stream(projections, known, failures=failures)
+    folded = fold_stream(projections, known, routes=routes, failures=failures)
     if failures:
         raise FoldFailed(failures[0])
     if not folded:
@@ -197,15 +199,23 @@ def verify_profiles(
     none for a key merged into another profile, which should hold no section)."""
     tracked = {name: (t.position if (t := documents.tracking(name)) else 0) for name in projections}
     routes = routes_for(projections)
+    topics = sorted(routes)
     drift: list[Drift] = []
     failures: list[FoldFailure] = []
     sections = 0
     for start in range(0, len(customer_ids), chunk):
         ids = customer_ids[start : start + chunk]
         stored = {name: documents.load(name, ids) for name in projections}
+        members = {c: tuple(members_of(c)) if members_of else (c,) for c in ids}
+        # Every key of the chunk in one query per few hundred, as of one cut: a merged
+        # profile's keys must be read at the same moment (see merged_changes).
+        streams = log.streams_changes(
+            sorted({key for keys in members.values() for key in keys}),
+            until=log.head(),
+            topics=topics,
+        )
         for customer_id in ids:
-            members = members_of(customer_id) if members_of else (customer_id,)
-            events = merged_changes(log, members) if members else []
+            events = _merged([streams[key] for key in members[customer_id]])
             limits = {
                 name: (
                     stored[name][customer_id].position
@@ -277,6 +287,13 @@ def verify_profiles(
         drift_by_dataset=counts,
         failures=failures,
     )
+
+
+def _merged(streams: Sequence[list[Notified]]) -> list[Notified]:
+    """Several keys' events as one profile's: in log order."""
+    if len(streams) == 1:
+        return streams[0]
+    return sorted((n for stream in streams for n in stream), key=lambda n: n.notification_id)
 
 
 def choose_customers(

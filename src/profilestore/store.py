@@ -22,6 +22,7 @@ import datetime as dt
 import functools
 import hashlib
 import logging
+import os
 import re
 import threading
 import time
@@ -169,6 +170,8 @@ from profilestore.scorer import ScoreHandler, current_fit, fit_of, summaries
 from profilestore.scoring import ScoreFit, Summary
 from profilestore.tally import Tally
 from profilestore.trigger import EnabledTrigger, check_needs, load_trigger, settings_of
+from profilestore.verification import TASK as VERIFY_TASK
+from profilestore.verification import verify_in_processes
 
 log = logging.getLogger(__name__)
 OUTBOX_TARGET = "outbox"
@@ -581,6 +584,7 @@ class ProfileStore:
             cache_sections=self._cache_sections,
             routing=self._routing,
             partition=partition,
+            page_size=self._consumer.page_size,
         )
 
     # --- partitions ---------------------------------------------------------------------
@@ -1782,13 +1786,33 @@ class ProfileStore:
         sample: int | None = None,
         customer_ids: Sequence[str] | None = None,
         progress: Progress | None = None,
+        workers: int | None = None,
     ) -> VerifyReport:
-        """Refold customers from the log and diff them with the stored documents."""
+        """Refold customers from the log and diff them with the stored documents.
+
+        The work is shared by ``workers`` processes (see :mod:`profilestore.verification`),
+        each opening the stores read-only; by default one per core from
+        ``VERIFY_PROCESSES_FROM`` customers, where their start (seconds each, to import
+        and open the stores) is paid back. A store whose projections are not its
+        settings' (replaced in this process) checks in this process, as workers would
+        load the settings' ones.
+        """
         chosen = (
             [self.resolve(c) for c in customer_ids]
             if customer_ids is not None
             else choose_customers(self._log, self._documents, self._folded_projections(), sample)
         )
+        if workers is None:
+            workers = (os.cpu_count() or 1) if len(chosen) >= VERIFY_PROCESSES_FROM else 1
+        if (
+            workers > 1
+            and len(chosen) >= 2 * VERIFY_TASK
+            and self._projections == load_projections(self.settings)
+        ):
+            return verify_in_processes(self.settings, chosen, workers, progress)
+        return self._verify(chosen, progress)
+
+    def _verify(self, chosen: Sequence[str], progress: Progress | None = None) -> VerifyReport:
         graph = self._graph()
         return verify_profiles(
             self._log,
@@ -2051,6 +2075,10 @@ def _merged(first: PassReport, then: PassReport) -> PassReport:
     first.datasets = list(dict.fromkeys([*first.datasets, *then.datasets]))
     first.skipped_locked.extend(then.skipped_locked)
     return first
+
+
+VERIFY_PROCESSES_FROM = 20_000
+"""Customers from which ``verify`` shares its work between processes by default."""
 
 
 def _derived_counts(
