@@ -276,40 +276,16 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
         limit: int | None = None,
     ) -> list[StateRow]:
         stop = until if until is not None else 2**63 - 1
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(
-                self._select_stream_states,
-                (originator_id, after, stop, list(topics), list(topics), limit),
-            )
-            rows: list[DictRow] = curs.fetchall()
-            return [
-                (
-                    r["notification_id"],
-                    r["originator_id"],
-                    r["originator_version"],
-                    r["topic"],
-                    bytes(r["state"]),
-                )
-                for r in rows
-            ]
+        return self._rows(
+            self._select_stream_states,
+            (originator_id, after, stop, list(topics), list(topics), limit),
+        )
 
     def select_states(
         self, after: int, limit: int, until: int | None, topics: Sequence[str]
     ) -> list[StateRow]:
         stop = until if until is not None else 2**63 - 1
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self._select_states, (after, stop, list(topics), list(topics), limit))
-            rows: list[DictRow] = curs.fetchall()
-            return [
-                (
-                    r["notification_id"],
-                    r["originator_id"],
-                    r["originator_version"],
-                    r["topic"],
-                    bytes(r["state"]),
-                )
-                for r in rows
-            ]
+        return self._rows(self._select_states, (after, stop, list(topics), list(topics), limit))
 
     def select_states_by_stream(
         self, after: UUID | None, limit: int, until: int | None, topics: Sequence[str]
