@@ -117,6 +117,89 @@ def test_a_sealed_payload_moved_to_another_position_does_not_decrypt(tmp_path: P
         log.close()
 
 
+def _encrypted_log(log_backend: dict[str, Any]) -> EventLog:
+    return open_log(
+        log_backend["url"],
+        postgres_schema=log_backend["schema"],
+        encryption=True,
+        kek=kek("a"),
+    )
+
+
+def test_event_ids_are_keyed_per_customer_and_retries_are_still_duplicates(
+    log_backend: dict[str, Any],
+) -> None:
+    from profilestore.store import EventValidator
+
+    def view(event_id: str, customer: str) -> dict[str, Any]:
+        return {
+            "type": "browse.page_viewed",
+            "event_id": event_id,
+            "customer_id": customer,
+            "occurred_at": "2026-03-01T10:00:00Z",
+            "url": "/home",
+        }
+
+    validate = EventValidator().validate
+    log = _encrypted_log(log_backend)
+    try:
+        assert log.keyring is not None and log.keyring.per_stream_event_keys
+        # One id under two customer keys: two events (a source's id names an event of
+        # its customer); the same id twice for one customer in a batch: the first wins.
+        batch = [view("shared-1", KEY), view("shared-1", NEIGHBOUR), view("shared-1", KEY)]
+        first = log.append(validate(batch, NOW))
+        assert (first.appended, first.duplicates) == (2, 1)
+        retried = log.append(validate(batch, NOW))
+        assert (retried.appended, retried.duplicates) == (0, 3)
+        assert sorted(retried.duplicate_event_ids) == ["shared-1"] * 3
+        assert [len(list(log.stream(c))) for c in (KEY, NEIGHBOUR)] == [1, 1]
+        # What the event-id table holds: the stream's prefix and a keyed hash, never the id.
+        keyring = log.keyring
+        key = keyring.event_key("shared-1", log.stream_of(KEY).bytes)
+        assert key.startswith(log.stream_of(KEY).hex[:8]) and len(key) == 24
+        assert key != keyring.event_key("shared-1", log.stream_of(NEIGHBOUR).bytes)
+        assert log.recorder.existing_event_ids([key, "shared-1"]) == {key}
+    finally:
+        log.close()
+    # Opened again (another process, a restart): the same keys, so retries stay duplicates.
+    log = _encrypted_log(log_backend)
+    try:
+        again = log.append(validate([view("shared-1", KEY), view("new-1", KEY)], NOW))
+        assert (again.appended, again.duplicates) == (1, 1)
+    finally:
+        log.close()
+
+
+def test_a_store_keyed_before_per_customer_event_ids_keeps_its_store_wide_keys(
+    tmp_path: Path,
+) -> None:
+    """A key store made before the per-stream format has its naming secret and no format
+    value: its event-id table holds store-wide hashes, so it keeps making them."""
+    from profilestore.keys import EVENT_KEYS, NAMING, Keyring, SQLiteKeyStore, load_kek
+
+    path = str(tmp_path / "events.sqlite.keys")
+    store = SQLiteKeyStore(path)
+    key = load_kek(kek("a"), setting="test")
+    older = Keyring(store, key)
+    assert older.per_stream_event_keys
+    with sqlite3.connect(path) as conn:  # as an older version left it: no format value
+        conn.execute("DELETE FROM profilestore_key_values WHERE name = ?", (EVENT_KEYS,))
+    reopened = Keyring(store, key)
+    try:
+        assert not reopened.per_stream_event_keys
+        assert store.value(NAMING) is not None and store.value(EVENT_KEYS) is None
+        a, b = stream_id(KEY).bytes, stream_id(NEIGHBOUR).bytes
+        assert reopened.event_key("x-1", a) == reopened.event_key("x-1", b)
+        assert len(reopened.event_key("x-1", a)) == 32
+        # A new store writes the format before the secret: whoever sees one sees both.
+        fresh = Keyring(SQLiteKeyStore(str(tmp_path / "new.keys")), key)
+        assert fresh.per_stream_event_keys
+        assert fresh.event_key("x-1", a) != fresh.event_key("x-1", b)
+        fresh.close()
+    finally:
+        reopened.close()
+
+
 def test_a_plain_log_stays_plain_and_readable(tmp_path: Path) -> None:
     from profilestore.store import EventValidator
 

@@ -340,7 +340,9 @@ class EventLog:
         """Per-customer encryption (None: a plain log, written before encryption)."""
         self._closed = False
         self._stream_id = keyring.stream_id if keyring else stream_id
-        self._event_key: Callable[[str], str] = keyring.event_key if keyring else str
+        self._event_key: Callable[[str, bytes], str] = (
+            keyring.event_key if keyring else _plain_event_key
+        )
         self._sealed_names: dict[UUID, str] = {}
 
     def use_keys(self, keyring: Keyring) -> None:
@@ -408,23 +410,32 @@ class EventLog:
     def _append_once(
         self, events: Sequence[Event], attempt: int, skip_erased: bool = False
     ) -> AppendResult:
+        # Each event's stored id (on an encrypted log a keyed hash of its id and stream),
+        # made once; each customer's stream once (a keyed hash too).
+        event_key, stream_of = self._event_key, self._stream_id
+        every_stream: dict[str, UUID] = {}
+        stream_bytes: dict[str, bytes] = {}
         unique: dict[str, Event] = {}
         in_batch_duplicates: list[str] = []
         for event in events:
-            if event.event_id in unique:
+            customer = event.customer_id
+            named = stream_bytes.get(customer)
+            if named is None:
+                stream = every_stream[customer] = stream_of(customer)
+                named = stream_bytes[customer] = stream.bytes
+            key = event_key(event.event_id, named)
+            if key in unique:
                 in_batch_duplicates.append(event.event_id)
             else:
-                unique[event.event_id] = event
-        event_key = self._event_key
-        keys = {e: event_key(e) for e in unique}  # each event id's stored form, made once
-        keyed = {k: e for e, k in keys.items()}
-        stored_ids = {keyed[k] for k in self.recorder.existing_event_ids(list(keyed))}
-        new_events = [e for e in unique.values() if e.event_id not in stored_ids]
-        duplicates = [e for e in unique if e in stored_ids] + in_batch_duplicates
+                unique[key] = event
+        stored_keys = self.recorder.existing_event_ids(list(unique))
+        keys = {id(e): k for k, e in unique.items() if k not in stored_keys}
+        new_events = [e for k, e in unique.items() if k not in stored_keys]
+        duplicates = [e.event_id for k, e in unique.items() if k in stored_keys]
+        duplicates += in_batch_duplicates
         if not new_events:
             return AppendResult(0, len(duplicates), duplicates, [], attempt)
-        # Once per customer, not per event: on an encrypted log a stream id is a keyed hash.
-        streams = {c: self._stream_id(c) for c in {e.customer_id for e in new_events}}
+        streams = {e.customer_id: every_stream[e.customer_id] for e in new_events}
         erased: list[str] = []
         ciphers: dict[UUID, Any] = {}
         new_keys: dict[UUID, Wrapped] | None = None
@@ -434,7 +445,9 @@ class EventLog:
             if any(c is None for c in ciphers.values()):
                 if not skip_erased:
                     index = next(
-                        i for i, e in enumerate(events) if ciphers[streams[e.customer_id]] is None
+                        i
+                        for i, e in enumerate(events)
+                        if e.customer_id in streams and ciphers[streams[e.customer_id]] is None
                     )
                     raise CustomerErased(index)
                 erased = [e.event_id for e in new_events if ciphers[streams[e.customer_id]] is None]
@@ -481,7 +494,7 @@ class EventLog:
             link = sha256(previous + stream_bytes + version_b + topic_b + b"\0" + state).digest()
             step[4], step[5] = version, link
             stored_events.append(StoredEvent(originator_id, version, topic, state))
-            event_ids.append((keys[event.event_id], originator_id, version, link))
+            event_ids.append((keys[id(event)], originator_id, version, link))
         touched = sorted(
             (plan[customer] + [customer] for customer in {e.customer_id for e in new_events}),
             key=lambda step: step[1],  # the stream's bytes
@@ -878,6 +891,11 @@ def open_log(
 
 
 KEK_SETTING = "privacy.key_encryption_key"
+
+
+def _plain_event_key(event_id: str, stream: bytes) -> str:
+    """A plain log's event-id table holds the id itself: unique across the log."""
+    return event_id
 
 
 def attach_keys(log: EventLog, options: LogOptions) -> None:
