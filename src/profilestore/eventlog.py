@@ -340,8 +340,8 @@ class EventLog:
         """Per-customer encryption (None: a plain log, written before encryption)."""
         self._closed = False
         self._stream_id = keyring.stream_id if keyring else stream_id
-        self._event_key: Callable[[str, bytes], str] = (
-            keyring.event_key if keyring else _plain_event_key
+        self._event_keyer: Callable[[bytes], Callable[[str], str]] = (
+            keyring.event_keyer if keyring else _plain_event_keyer
         )
         self._sealed_names: dict[UUID, str] = {}
 
@@ -349,7 +349,7 @@ class EventLog:
         """Encrypt per customer from now on (done once, when the log is opened)."""
         self.keyring = keyring
         self._stream_id = keyring.stream_id
-        self._event_key = keyring.event_key
+        self._event_keyer = keyring.event_keyer
 
     @property
     def encrypted(self) -> bool:
@@ -412,18 +412,18 @@ class EventLog:
     ) -> AppendResult:
         # Each event's stored id (on an encrypted log a keyed hash of its id and stream),
         # made once; each customer's stream once (a keyed hash too).
-        event_key, stream_of = self._event_key, self._stream_id
+        event_keyer, stream_of = self._event_keyer, self._stream_id
         every_stream: dict[str, UUID] = {}
-        stream_bytes: dict[str, bytes] = {}
+        keyers: dict[str, Callable[[str], str]] = {}
         unique: dict[str, Event] = {}
         in_batch_duplicates: list[str] = []
         for event in events:
             customer = event.customer_id
-            named = stream_bytes.get(customer)
-            if named is None:
+            event_key = keyers.get(customer)
+            if event_key is None:
                 stream = every_stream[customer] = stream_of(customer)
-                named = stream_bytes[customer] = stream.bytes
-            key = event_key(event.event_id, named)
+                event_key = keyers[customer] = event_keyer(stream.bytes)
+            key = event_key(event.event_id)
             if key in unique:
                 in_batch_duplicates.append(event.event_id)
             else:
@@ -893,9 +893,13 @@ def open_log(
 KEK_SETTING = "privacy.key_encryption_key"
 
 
-def _plain_event_key(event_id: str, stream: bytes) -> str:
-    """A plain log's event-id table holds the id itself: unique across the log."""
+def _same(event_id: str) -> str:
     return event_id
+
+
+def _plain_event_keyer(stream: bytes) -> Callable[[str], str]:
+    """A plain log's event-id table holds the id itself: unique across the log."""
+    return _same
 
 
 def attach_keys(log: EventLog, options: LogOptions) -> None:

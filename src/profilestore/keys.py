@@ -37,7 +37,7 @@ import secrets
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
 from pathlib import Path
@@ -433,21 +433,36 @@ class Keyring:
 
     def event_key(self, event_id: str, stream: bytes) -> str:
         """What the event-id table stores for an event id of a stream (the stream id's
-        16 bytes): the first 8 hex digits of the stream id, then a keyed hash (BLAKE2b
-        with the naming secret, 64 bits) of both. An event id is then unique per
-        customer key, and one customer's entries sit together in the table's indexes, as
-        most sources' ids (a customer's, in order) do in a plain log: a keyed hash alone
-        put each event on a random page of two indexes, which cost encrypted ingest a
-        third of its speed on SQLite (bench/README.md, Privacy). The prefix reveals
-        nothing the stream id does not (itself a keyed hash). Two events of a stream are
-        taken for one another only if their 64-bit hashes collide (about 3e-8 for a
-        customer with a million events). A store made before this keeps its store-wide
+        16 bytes); :meth:`event_keyer` makes it."""
+        return self.event_keyer(stream)(event_id)
+
+    def event_keyer(self, stream: bytes) -> Callable[[str], str]:
+        """What makes the event-id table's entry of each event id of a stream (the
+        stream id's 16 bytes), made once per stream and batch: the first 8 hex digits of
+        the stream id, then a keyed hash (BLAKE2b with the naming secret, 64 bits) of
+        both. An event id is then unique per customer key, and one customer's entries
+        sit together in the table's indexes, as most sources' ids (a customer's, in
+        order) do in a plain log: a keyed hash alone put each event on a random page of
+        two indexes, which cost encrypted ingest a third of its speed on SQLite
+        (bench/README.md, Privacy). The prefix reveals nothing the stream id does not
+        (itself a keyed hash). Two events of a stream are taken for one another only if
+        their 64-bit hashes collide (about 3e-8 for a customer with a million events). A
+        store made before this keeps its store-wide
         keys (:attr:`per_stream_event_keys`), so its duplicates are still found."""
-        if self.per_stream_event_keys:
-            digest = blake2b(
-                stream + event_id.encode(), digest_size=8, key=self._naming, person=b"event"
-            ).hexdigest()
-            return stream[:4].hex() + digest
+        if not self.per_stream_event_keys:
+            return self._store_wide_event_key
+        prefix = stream[:4].hex()
+        keyed = blake2b(digest_size=8, key=self._naming, person=b"event")
+        keyed.update(stream)
+
+        def event_key(event_id: str) -> str:
+            digest = keyed.copy()  # the key and the stream already absorbed
+            digest.update(event_id.encode())
+            return prefix + digest.hexdigest()
+
+        return event_key
+
+    def _store_wide_event_key(self, event_id: str) -> str:
         return hmac.digest(self._naming, b"event\0" + event_id.encode(), "sha256").hex()[:32]
 
     # --- ciphers --------------------------------------------------------------------
