@@ -77,8 +77,9 @@ MODES: dict[str, dict[str, Any]] = {
         "postgres_events": 200_000,
         "lookup_samples": 5_000,
         "lookup_rounds": 3,
-        # The larger size is the throughput issue's: rebuild at 100k customers.
-        "rebuild_sizes": [(10_000, 40), (100_000, 20)],
+        # Memory is judged on the first two (the same customers, twice the events: flat in
+        # events); throughput on the last, the throughput issue's 100k customers.
+        "rebuild_sizes": [(10_000, 20), (10_000, 40), (100_000, 20)],
         "as_of_customers": 2_000,
         "as_of_calls": 400,
     },
@@ -768,7 +769,8 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
     library_sqlite_rate = sqlite_ingest["library_events_per_s"]
     pg_rate = postgres["events_per_s"]
     library_pg_rate = postgres["library_events_per_s"]
-    smaller, larger = rebuilds[0], rebuilds[-1]
+    larger = rebuilds[-1]  # throughput: the largest size
+    fewer, more = rebuilds[0], rebuilds[1]  # memory: more events (and customers, in quick)
     figures: dict[str, Any] = {
         "ingest_sqlite_events_per_s": round(sqlite_rate),
         "library_save_sqlite_events_per_s": round(library_sqlite_rate),
@@ -801,7 +803,7 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
         "as_of_read_decode_all_p50_ms": as_of["read_decode_ms"]["p50"],
         "rebuild_peak_rss_mb": larger["peak_rss_mb"],
         "rebuild_peak_anon_mb": larger["peak_anon_mb"],
-        "rebuild_rss_larger_vs_smaller": ratio(larger["peak_anon_mb"], smaller["peak_anon_mb"]),
+        "rebuild_rss_larger_vs_smaller": ratio(more["peak_anon_mb"], fewer["peak_anon_mb"]),
     }
     result.update(figures)
     result["targets"] = judge(figures)

@@ -10,10 +10,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,22 @@ def unavailable(message: str) -> None:
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
+
+
+def run_bench_quick(
+    main: Callable[[list[str]], int], tmp_path: Path, name: str, *extra: str
+) -> dict[str, Any]:
+    """Run a benchmark's ``main`` in its quick mode, writing into ``tmp_path``; its JSON
+    report (``main`` works from the repository root: the working directory is restored)."""
+    output = tmp_path / f"{name}.json"
+    args = ["--quick", "--output", str(output), "--workdir", str(tmp_path / "work"), *extra]
+    cwd = Path.cwd()
+    try:
+        assert main(args) == 0
+    finally:
+        os.chdir(cwd)
+    report: dict[str, Any] = json.loads(output.read_text(encoding="utf-8"))
+    return report
 
 
 @pytest.fixture(autouse=True)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_bench_quick
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -22,15 +21,7 @@ def test_the_bench_compares_secure_delete_settings_and_times_erasures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(document_erasure.MODES, "quick", TINY)
-    output = tmp_path / "document_erasure.json"
-    args = ["--quick", "--output", str(output), "--workdir", str(tmp_path / "work")]
-    cwd = Path.cwd()
-    try:
-        assert document_erasure.main(args) == 0
-    finally:
-        os.chdir(cwd)  # main() works from the repository root
-
-    written = json.loads(output.read_text(encoding="utf-8"))
+    written = run_bench_quick(document_erasure.main, tmp_path, "document_erasure")
     assert set(written["targets"]) == set(document_erasure.TARGETS)
     assert all(isinstance(t["pass"], bool) for t in written["targets"].values())
     writes = written["writes"]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import run_bench_quick
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -44,15 +43,7 @@ def test_the_bench_measures_merges_lookups_and_a_resolved_population(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(identity.MODES, "quick", TINY)
-    output = tmp_path / "identity.json"
-    args = ["--quick", "--output", str(output), "--workdir", str(tmp_path / "work")]
-    cwd = Path.cwd()
-    try:
-        assert identity.main(args) == 0
-    finally:
-        os.chdir(cwd)  # main() works from the repository root
-
-    written = json.loads(output.read_text(encoding="utf-8"))
+    written = run_bench_quick(identity.main, tmp_path, "identity")
     assert set(written["targets"]) == set(identity.TARGETS)
     assert all(isinstance(t["pass"], bool) for t in written["targets"].values())
     for figure in ("merge_link_p99_ms", "merge_follower_p99_ms", "merge_refold_floor_p50_ms"):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_bench_quick
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -34,15 +33,7 @@ def test_the_bench_compares_privacy_with_its_alternatives(
 ) -> None:
     monkeypatch.setitem(privacy.MODES, "quick", TINY)
     monkeypatch.setattr(privacy, "WHALE_EVENTS", 60)
-    output = tmp_path / "privacy.json"
-    args = ["--quick", "--output", str(output), "--workdir", str(tmp_path / "work")]
-    cwd = Path.cwd()
-    try:
-        assert privacy.main(args) == 0
-    finally:
-        os.chdir(cwd)  # main() works from the repository root
-
-    written = json.loads(output.read_text(encoding="utf-8"))
+    written = run_bench_quick(privacy.main, tmp_path, "privacy")
     assert set(written["targets"]) == set(privacy.TARGETS)
     assert all(t["pass"] in (True, False, None) for t in written["targets"].values())
     ingest = written["ingest_sqlite"]

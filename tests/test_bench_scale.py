@@ -3,8 +3,6 @@ count rebuilds and follows every event, and the failover trial reports its figur
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conftest import ENABLE_POSTGRES, POSTGRES_URL, unavailable
+from conftest import ENABLE_POSTGRES, POSTGRES_URL, run_bench_quick, unavailable
 
 from bench import scale
 
@@ -27,15 +25,7 @@ def test_the_bench_measures_rebuild_real_time_and_failover_per_worker_count(
     if not POSTGRES_URL:
         unavailable(ENABLE_POSTGRES)
     monkeypatch.setitem(scale.MODES, "quick", TINY)
-    output = tmp_path / "scale.json"
-    args = ["--quick", "--output", str(output), "--workdir", str(tmp_path / "work")]
-    cwd = Path.cwd()
-    try:
-        assert scale.main(args) == 0
-    finally:
-        os.chdir(cwd)  # main() works from the repository root
-
-    written = json.loads(output.read_text(encoding="utf-8"))
+    written = run_bench_quick(scale.main, tmp_path, "scale")
     rebuilt, backlog = written["events_rebuilt"], written["events_backlog"]
     assert rebuilt > 0 and backlog > 0
     assert [r["processes"] for r in written["rebuild"]] == list(scale.PROCESSES)

@@ -3,12 +3,11 @@ deliveries are counted, and a chaos trial finds nothing lost, doubled or sent ou
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_bench_quick
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -30,15 +29,7 @@ def test_the_bench_measures_the_real_time_path_deliveries_and_chaos(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(triggers.MODES, "quick", TINY)
-    output = tmp_path / "trigger_engine.json"
-    args = ["--quick", "--output", str(output), "--workdir", str(tmp_path / "work")]
-    cwd = Path.cwd()
-    try:
-        assert triggers.main(args) == 0
-    finally:
-        os.chdir(cwd)  # main() works from the repository root
-
-    written = json.loads(output.read_text(encoding="utf-8"))
+    written = run_bench_quick(triggers.main, tmp_path, "trigger_engine")
     assert set(written["targets"]) == set(triggers.TARGETS)
     realtime = written["realtime"]
     # Every probe order's receipt was queued, and timed against the documents' latency.

@@ -141,6 +141,20 @@ def test_verify_in_worker_processes_reports_what_one_process_does(
     assert done[-1] == 15 and len(done) == 4
 
 
+def test_verify_cuts_every_worker_several_tasks_so_none_ends_alone() -> None:
+    from profilestore.verification import SMALLEST_TASK, TASK, task_size
+
+    # 10,000 customers on 2 workers: 16 tasks of 625, not 5 of 2,000 (3 for one, 2 for
+    # the other: the last task ran alone on one core).
+    assert task_size(10_000, 2) == 625
+    assert task_size(1_000_000, 2) == TASK  # large runs: tasks of at most TASK
+    assert task_size(500, 2) == SMALLEST_TASK  # small runs: a task's start stays noise
+    for customers, workers in ((10_000, 2), (12_345, 3), (999, 8)):
+        size = task_size(customers, workers)
+        tasks = -(-customers // size)
+        assert tasks >= min(workers * 8, customers // SMALLEST_TASK)
+
+
 def test_a_dataset_not_refreshed_yet_is_not_drift(settings: Settings) -> None:
     with open_store(settings) as opened:
         opened.append(population(3, customers=6))

@@ -689,8 +689,14 @@ class EventLog:
         unseal = self.mapper.unseal
         peek = _RECORDED.decode
         decoded: list[Notified] = []
+        # Rows come a stream at a time: its cipher and associated-data prefix, once.
+        last: UUID | None = None
+        cipher: Any = None
+        prefix = b""
         for nid, stream, version, topic, state in rows:
-            plain = unseal(ciphers.get(stream), stream, version, topic, state)
+            if stream is not last:
+                last, cipher, prefix = stream, ciphers.get(stream), aad_prefix(stream)
+            plain = unseal(cipher, stream, version, topic, state, prefix)
             if recorded_by is not None:
                 if isinstance(plain, Forgotten):
                     continue

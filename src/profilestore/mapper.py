@@ -221,9 +221,16 @@ class EventMapper(Mapper[UUID]):
         return topic, state
 
     def unseal(
-        self, cipher: AESGCM | None, stream: UUID, version: int, topic: str, state: bytes
+        self,
+        cipher: AESGCM | None,
+        stream: UUID,
+        version: int,
+        topic: str,
+        state: bytes,
+        prefix: bytes | None = None,
     ) -> bytes | Forgotten:
-        """The plain bytes of a sealed event, or :class:`Forgotten` without its key."""
+        """The plain bytes of a sealed event, or :class:`Forgotten` without its key
+        (``prefix``: the stream's :func:`aad_prefix`, when the caller made it once)."""
         if not state or state[0] != SEALED:
             return state  # stored before the log was encrypted
         header = state[:_HEADER]
@@ -236,7 +243,9 @@ class EventMapper(Mapper[UUID]):
                 stored_topic=topic,
             )
         nonce = state[_HEADER : _HEADER + NONCE_BYTES]
-        aad = aad_prefix(stream) + version.to_bytes(8, "big") + header + topic.encode()
+        if prefix is None:
+            prefix = aad_prefix(stream)
+        aad = prefix + version.to_bytes(8, "big") + header + topic.encode()
         try:
             return cipher.decrypt(nonce, state[_HEADER + NONCE_BYTES :], aad)
         except InvalidTag:

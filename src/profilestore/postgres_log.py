@@ -79,21 +79,21 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
         )
         self._insert_event_ids = SQL(
             "INSERT INTO {0}.{1} (event_id, originator_id, originator_version, hash) "
-            "SELECT * FROM unnest(%s::text[], %s::uuid[], %s::bigint[], %s::bytea[])"
+            "SELECT * FROM unnest(%b::text[], %b::uuid[], %b::bigint[], %b::bytea[])"
         ).format(*table)
         self._insert_keys = SQL(
             "INSERT INTO {0}.{1} (stream, kek_id, sealed) "
-            "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bytea[])"
+            "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::bytea[])"
         ).format(Identifier(self.datastore.schema), Identifier(KEYS_TABLE))
         self._upsert_streams = SQL(
             "INSERT INTO {0}.{1} (originator_id, customer_id, head_version, head_hash) "
-            "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::bytea[]) "
+            "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::bigint[], %b::bytea[]) "
             "ON CONFLICT (originator_id) DO UPDATE SET head_version = EXCLUDED.head_version, "
             "head_hash = EXCLUDED.head_hash"
         ).format(*streams)
         self._select_stream_heads = SQL(
             "SELECT originator_id, head_version, head_hash FROM {0}.{1} "
-            "WHERE originator_id = ANY(%s::uuid[])"
+            "WHERE originator_id = ANY(%b::uuid[])"
         ).format(*streams)
         self._scan_chain = SQL(
             "SELECT e.notification_id, e.originator_id, e.originator_version, e.topic, "
@@ -124,7 +124,7 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             "AND table_name = %s AND column_name = 'hash'"
         )
         self._select_event_ids = SQL(
-            "SELECT event_id FROM {0}.{1} WHERE event_id = ANY(%s::text[])"
+            "SELECT event_id FROM {0}.{1} WHERE event_id = ANY(%b::text[])"
         ).format(*table)
         self._select_states = SQL(
             "SELECT notification_id, originator_id, originator_version, topic, state FROM {0}.{1} "

@@ -24,7 +24,18 @@ if TYPE_CHECKING:
     from profilestore.store import ProfileStore
 
 TASK = 2_000
-"""Customers per task: enough that a task's start is noise, few enough to balance."""
+"""Most customers per task: enough that a task's start is noise."""
+TASKS_PER_WORKER = 8
+"""At least this many tasks per worker (down to :data:`SMALLEST_TASK` customers), so no
+worker is left with one more large task than the others at the end."""
+SMALLEST_TASK = 200
+
+
+def task_size(customers: int, workers: int) -> int:
+    """Customers per task for ``customers`` over ``workers``."""
+    wanted = -(-customers // (max(1, workers) * TASKS_PER_WORKER))
+    return min(TASK, max(SMALLEST_TASK, wanted))
+
 
 _store: ProfileStore | None = None
 
@@ -51,7 +62,8 @@ def verify_in_processes(
     """Check ``customer_ids`` (profile ids) in ``workers`` processes; one merged report."""
     from profilestore.replay import VerifyReport
 
-    tasks = [customer_ids[i : i + TASK] for i in range(0, len(customer_ids), TASK)]
+    size = task_size(len(customer_ids), workers)
+    tasks = [customer_ids[i : i + size] for i in range(0, len(customer_ids), size)]
     context = multiprocessing.get_context("spawn")
     done = 0
     with ProcessPoolExecutor(
