@@ -76,7 +76,7 @@ APPEND_BATCH = 500
 
 MODES: dict[str, dict[str, Any]] = {
     "quick": {"customers": 1_500, "events_per_customer": 40, "failover_s": 14.0},
-    "full": {"customers": 4_000, "events_per_customer": 40, "failover_s": 20.0},
+    "full": {"customers": 20_000, "events_per_customer": 40, "failover_s": 20.0},
 }
 LOAD_BATCH = 20
 LOAD_PERIOD_S = 0.05
