@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,48 @@ def test_serve_stopped_during_ingest_exits_cleanly_and_keeps_every_acknowledged_
     # An event whose answer the stop cut off may be stored too (the client would retry
     # it, and the retry is a duplicate); every acknowledged one must be.
     assert acknowledged <= stored
+
+
+def test_serve_role_worker_processes_share_the_partitions(tmp_path: Path) -> None:
+    """With `schedule.partitions` above 1, `serve --role worker` processes share them (what
+    the deployment's M worker replicas rely on), as `worker --partitions auto` does."""
+    from profilestore.config import load_settings
+    from profilestore.store import open_store
+
+    home = tmp_path / "home"
+    env = {
+        **os.environ,
+        "PROFILESTORE_HOME": str(home),
+        "PROFILESTORE_SCHEDULE__PARTITIONS": "4",
+        "PROFILESTORE_SCHEDULE__HEARTBEAT_S": "1",
+        "PROFILESTORE_SCHEDULE__REBUILD_OUTDATED": "false",
+    }
+    settings = load_settings(environ={k: v for k, v in env.items() if k.startswith("PROF")})
+    with open_store(settings):
+        pass  # the stores exist before two processes open them
+    command = [str(Path(sys.executable).parent / "profilestore"), "serve", "--role", "worker"]
+    workers = [
+        subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    try:
+        pids = {str(w.pid) for w in workers}
+        deadline = time.monotonic() + 60
+        holders: list[str | None] = []
+        with open_store(settings) as store:
+            while time.monotonic() < deadline:
+                holders = [row.holder for row in store.partition_status()]
+                held_by = {h.split(":")[1] for h in holders if h is not None}
+                # Every partition held, by both workers (2 each: ceil(4 / 2)).
+                if len(holders) == 4 and None not in holders and held_by == pids:
+                    break
+                time.sleep(0.2)
+            else:
+                raise AssertionError(f"partitions not shared: {holders}")
+            assert sorted(Counter(h.split(":")[1] for h in holders if h).values()) == [2, 2]
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            _, err = worker.communicate(timeout=60)
+            assert worker.returncode == 0, err.decode(errors="replace")[-2000:]

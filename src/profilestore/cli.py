@@ -527,9 +527,12 @@ def _wait_for_signal(stop: threading.Event | None = None) -> None:
 def serve(obj: _Context, role: str, host: str | None, port: int | None) -> None:
     """Serve the HTTP API (and keep the datasets fresh) until stopped.
 
-    Several `--role api` processes can share the stores; run one `--role worker` (a second
-    one waits on standby: datasets are locked by whoever refreshes them). On TERM or
-    Ctrl-C, requests in flight finish and the follower stops at a batch boundary.
+    Several `--role api` processes can share the stores. Workers: with
+    `schedule.partitions` above 1, every `--role worker` (or `all`) process shares the
+    partitions with the others, as `worker --partitions auto` does; with one partition,
+    run one (a second one waits on standby: datasets are locked by whoever refreshes
+    them). On TERM or Ctrl-C, requests in flight finish and the follower stops at a batch
+    boundary.
     """
     import signal
 
@@ -541,12 +544,13 @@ def serve(obj: _Context, role: str, host: str | None, port: int | None) -> None:
 
     configure_logging()
     with _errors(), obj.open() as store:
+        partitioned = store.settings.schedule.partitions > 1
         if role == "worker":
-            with Worker(store) as running:
+            with Worker(store, partitioned=partitioned) as running:
                 _announce(store, running, serving=True)
                 _wait_for_signal()
             return
-        background = Worker(store) if role == "all" else None
+        background = Worker(store, partitioned=partitioned) if role == "all" else None
         config = uvicorn.Config(
             create_app(store),
             host=host or store.settings.api.host,
