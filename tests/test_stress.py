@@ -45,12 +45,13 @@ def environ(target: dict[str, str]) -> dict[str, str]:
 
 
 def batch(trial: int, worker: int, number: int) -> list[dict[str, Any]]:
-    """Events on shared customers; half of their ids are shared by every process too."""
+    """Events on shared customers; half of them are sent by every process too (the same
+    event id for the same customer: on an encrypted log an id is unique per customer)."""
     return [
         {
             "type": "browse.page_viewed",
             "event_id": f"t{trial}-b{number}-{i}" if i % 2 else f"t{trial}-w{worker}-b{number}-{i}",
-            "customer_id": f"c{(worker + i) % CUSTOMERS}",
+            "customer_id": f"c{i % CUSTOMERS}" if i % 2 else f"c{(worker + i) % CUSTOMERS}",
             "occurred_at": (T0 + dt.timedelta(seconds=i)).isoformat(),
             "url": "https://shop.example/",
         }
