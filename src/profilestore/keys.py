@@ -447,8 +447,8 @@ class Keyring:
         (bench/README.md, Privacy). The prefix reveals nothing the stream id does not
         (itself a keyed hash). Two events of a stream are taken for one another only if
         their 64-bit hashes collide (about 3e-8 for a customer with a million events). A
-        store made before this keeps its store-wide
-        keys (:attr:`per_stream_event_keys`), so its duplicates are still found."""
+        store made before this keeps its store-wide keys (:attr:`per_stream_event_keys`),
+        so its duplicates are still found."""
         if not self.per_stream_event_keys:
             return self._store_wide_event_key
         prefix = stream[:4].hex()
