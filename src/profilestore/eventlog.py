@@ -429,13 +429,12 @@ class EventLog:
             else:
                 unique[key] = event
         stored_keys = self.recorder.existing_event_ids(list(unique))
-        keys = {id(e): k for k, e in unique.items() if k not in stored_keys}
-        new_events = [e for k, e in unique.items() if k not in stored_keys]
+        new = [(k, e) for k, e in unique.items() if k not in stored_keys]  # (stored id, event)
         duplicates = [e.event_id for k, e in unique.items() if k in stored_keys]
         duplicates += in_batch_duplicates
-        if not new_events:
+        if not new:
             return AppendResult(0, len(duplicates), duplicates, [], attempt)
-        streams = {e.customer_id: every_stream[e.customer_id] for e in new_events}
+        streams = {e.customer_id: every_stream[e.customer_id] for _, e in new}
         erased: list[str] = []
         ciphers: dict[UUID, Any] = {}
         new_keys: dict[UUID, Wrapped] | None = None
@@ -450,9 +449,9 @@ class EventLog:
                         if e.customer_id in streams and ciphers[streams[e.customer_id]] is None
                     )
                     raise CustomerErased(index)
-                erased = [e.event_id for e in new_events if ciphers[streams[e.customer_id]] is None]
-                new_events = [e for e in new_events if ciphers[streams[e.customer_id]] is not None]
-                if not new_events:
+                erased = [e.event_id for _, e in new if ciphers[streams[e.customer_id]] is None]
+                new = [(k, e) for k, e in new if ciphers[streams[e.customer_id]] is not None]
+                if not new:
                     return AppendResult(0, len(duplicates), duplicates, [], attempt, erased)
         heads = self.recorder.stream_heads(list(set(streams.values())))
         stored_events: list[StoredEvent] = []
@@ -466,11 +465,11 @@ class EventLog:
             prefix = aad_prefix(originator_id) if cipher is not None else b""
             plan[customer] = [originator_id, originator_id.bytes, cipher, prefix, version, previous]
         # One read of the system's random source for every nonce of the batch.
-        nonces = secrets.token_bytes(NONCE_BYTES * len(new_events)) if ciphers else b""
+        nonces = secrets.token_bytes(NONCE_BYTES * len(new)) if ciphers else b""
         stored_state = self.mapper.stored_state
         topic_bytes: dict[str, bytes] = {}
         sha256 = hashlib.sha256
-        for n, event in enumerate(new_events):
+        for n, (key, event) in enumerate(new):
             step = plan[event.customer_id]
             originator_id, stream_bytes, cipher, prefix, version, previous = step
             version += 1
@@ -494,9 +493,9 @@ class EventLog:
             link = sha256(previous + stream_bytes + version_b + topic_b + b"\0" + state).digest()
             step[4], step[5] = version, link
             stored_events.append(StoredEvent(originator_id, version, topic, state))
-            event_ids.append((keys[id(event)], originator_id, version, link))
+            event_ids.append((key, originator_id, version, link))
         touched = sorted(
-            (plan[customer] + [customer] for customer in {e.customer_id for e in new_events}),
+            (plan[customer] + [customer] for customer in {e.customer_id for _, e in new}),
             key=lambda step: step[1],  # the stream's bytes
         )
         # Sorted: concurrent batches lock directory rows in one order, so cannot deadlock.
