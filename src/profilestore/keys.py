@@ -408,6 +408,7 @@ class Keyring:
         self._naming = self._unwrap(naming, _NAMING_AAD)
         self.per_stream_event_keys = store.value(EVENT_KEYS) is not None
         """Event ids keyed per stream (every store made since), else store-wide."""
+        self._event_keyers: dict[bytes, Callable[[str], str]] = {}
         self.stream_id = functools.lru_cache(maxsize=65_536)(self._stream_id)
         """The stream of a customer key: a keyed hash, so the id reveals nothing."""
 
@@ -451,6 +452,9 @@ class Keyring:
         so its duplicates are still found."""
         if not self.per_stream_event_keys:
             return self._store_wide_event_key
+        made = self._event_keyers.get(stream)
+        if made is not None:
+            return made  # kept from an earlier batch: a keyed hash's start costs a block
         prefix = stream[:4].hex()
         keyed = blake2b(digest_size=8, key=self._naming, person=b"event")
         keyed.update(stream)
@@ -460,6 +464,9 @@ class Keyring:
             digest.update(event_id.encode())
             return prefix + digest.hexdigest()
 
+        if len(self._event_keyers) >= _CACHE_LIMIT:
+            self._event_keyers.clear()
+        self._event_keyers[stream] = event_key
         return event_key
 
     def _store_wide_event_key(self, event_id: str) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import secrets
+import struct
 import types
 import typing
 from collections.abc import Mapping
@@ -339,10 +340,13 @@ def aad_prefix(stream: UUID) -> bytes:
     return _AAD + stream.bytes
 
 
+_PACK_HEADER = struct.Struct(">Bq").pack
+
+
 def sealed_header(occurred_at: dt.datetime) -> bytes:
-    """The clear header of a sealed event: the marker byte and the occurrence time."""
-    micros = (occurred_at - _EPOCH) // _MICROSECOND
-    return _MARKER + micros.to_bytes(8, "big", signed=True)
+    """The clear header of a sealed event: the marker byte and the occurrence time (the
+    microseconds since the epoch, 8 bytes, big-endian, signed)."""
+    return _PACK_HEADER(SEALED, (occurred_at - _EPOCH) // _MICROSECOND)
 
 
 def sealed(
@@ -357,7 +361,8 @@ def sealed(
     """The stored form of a sealed event (see the module doc): ``header | nonce |
     ciphertext``, the associated data being the stream's ``prefix`` (:func:`aad_prefix`),
     the version (8 bytes, big-endian), the header and the topic (UTF-8)."""
-    return header + nonce + cipher.encrypt(nonce, state, prefix + version + header + topic)
+    aad = b"".join((prefix, version, header, topic))
+    return b"".join((header, nonce, cipher.encrypt(nonce, state, aad)))
 
 
 class _NoTranscoder(Transcoder):
