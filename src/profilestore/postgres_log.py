@@ -386,15 +386,22 @@ class PostgresKeyStore(KeyStore):
                 ).format(*self._values)
             )
 
-    def load(self, streams: Sequence[UUID]) -> dict[UUID, Wrapped | None]:
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(
-                SQL("SELECT stream, kek_id, sealed FROM {0}.{1} WHERE stream = ANY(%s)").format(
-                    *self._keys
-                ),
-                (list(streams),),
-            )
+    def _read(self, statement: Composed, params: Sequence[Any] = ()) -> list[DictRow]:
+        """The rows of one read statement, on an autocommit connection: one round trip
+        (a read in ``transaction()`` costs three: BEGIN, the statement, ROLLBACK). The
+        append path reads the key store on every batch."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, params)
             rows: list[DictRow] = curs.fetchall()
+            return rows
+
+    def load(self, streams: Sequence[UUID]) -> dict[UUID, Wrapped | None]:
+        rows = self._read(
+            SQL("SELECT stream, kek_id, sealed FROM {0}.{1} WHERE stream = ANY(%s)").format(
+                *self._keys
+            ),
+            (list(streams),),
+        )
         return {
             r["stream"]: None if r["sealed"] is None else Wrapped(r["kek_id"], bytes(r["sealed"]))
             for r in rows
@@ -443,24 +450,20 @@ class PostgresKeyStore(KeyStore):
         return int(destroyed)
 
     def generation(self) -> int:
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(
-                SQL("SELECT counter FROM {0}.{1} WHERE name = %s").format(*self._values),
-                (GENERATION,),
-            )
-            row = curs.fetchone()
-        return int(row["counter"]) if row else 0
+        rows = self._read(
+            SQL("SELECT counter FROM {0}.{1} WHERE name = %s").format(*self._values),
+            (GENERATION,),
+        )
+        return int(rows[0]["counter"]) if rows else 0
 
     def value(self, name: str) -> Wrapped | None:
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(
-                SQL(
-                    "SELECT kek_id, sealed FROM {0}.{1} WHERE name = %s AND sealed IS NOT NULL"
-                ).format(*self._values),
-                (name,),
-            )
-            row = curs.fetchone()
-        return Wrapped(row["kek_id"], bytes(row["sealed"])) if row else None
+        rows = self._read(
+            SQL("SELECT kek_id, sealed FROM {0}.{1} WHERE name = %s AND sealed IS NOT NULL").format(
+                *self._values
+            ),
+            (name,),
+        )
+        return Wrapped(rows[0]["kek_id"], bytes(rows[0]["sealed"])) if rows else None
 
     def put_value_if_absent(self, name: str, value: Wrapped) -> Wrapped:
         with self.datastore.transaction(commit=True) as curs:
@@ -477,13 +480,11 @@ class PostgresKeyStore(KeyStore):
         return stored
 
     def all_keys(self) -> Iterator[tuple[UUID, Wrapped]]:
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(
-                SQL("SELECT stream, kek_id, sealed FROM {0}.{1} WHERE sealed IS NOT NULL").format(
-                    *self._keys
-                )
+        rows = self._read(
+            SQL("SELECT stream, kek_id, sealed FROM {0}.{1} WHERE sealed IS NOT NULL").format(
+                *self._keys
             )
-            rows: list[DictRow] = curs.fetchall()
+        )
         for r in rows:
             yield r["stream"], Wrapped(r["kek_id"], bytes(r["sealed"]))
 
@@ -506,14 +507,11 @@ class PostgresKeyStore(KeyStore):
                 )
 
     def counts(self) -> tuple[int, int]:
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(
-                SQL(
-                    "SELECT COUNT(sealed) AS live, COUNT(*) - COUNT(sealed) AS dead FROM {0}.{1}"
-                ).format(*self._keys)
-            )
-            row = curs.fetchone()
-        assert row is not None
+        (row,) = self._read(
+            SQL(
+                "SELECT COUNT(sealed) AS live, COUNT(*) - COUNT(sealed) AS dead FROM {0}.{1}"
+            ).format(*self._keys)
+        )
         return int(row["live"]), int(row["dead"])
 
     def scrub(self) -> None:
