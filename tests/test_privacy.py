@@ -231,22 +231,27 @@ def test_a_sealed_log_without_its_key_store_is_refused(tmp_path: Path) -> None:
         open_log(f"sqlite:///{path}", encryption=True, kek=kek("a"))
 
 
-def test_rotating_the_kek_rewraps_keys_without_touching_events(tmp_path: Path) -> None:
+def test_rotating_the_kek_rewraps_keys_without_touching_events(
+    log_backend: dict[str, Any],
+) -> None:
     from profilestore.store import EventValidator
 
-    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
-    log = open_log(url, encryption=True, kek=kek("old"))
+    url, schema = log_backend["url"], log_backend["schema"]
+    log = open_log(url, postgres_schema=schema, encryption=True, kek=kek("old"))
     log.append(EventValidator().validate(history(KEY, EMAIL, PHONE, NAME), NOW))
     before = [row[4] for row in log.recorder.select_states(0, 100, None, ())]
     log.close()
     with pytest.raises(KeyStoreError, match="not configured"):
-        open_log(url, encryption=True, kek=kek("new"))
-    log = open_log(url, encryption=True, kek=kek("new"), previous_keks=[kek("old")])
+        open_log(url, postgres_schema=schema, encryption=True, kek=kek("new"))
+    log = open_log(
+        url, postgres_schema=schema, encryption=True, kek=kek("new"), previous_keks=[kek("old")]
+    )
     assert log.keyring is not None
+    assert log.keyring.store.counts() == (1, 0)
     assert log.keyring.rotate() == 2  # the customer's data key and the naming secret
     assert log.keyring.rotate() == 0
     log.close()
-    log = open_log(url, encryption=True, kek=kek("new"))
+    log = open_log(url, postgres_schema=schema, encryption=True, kek=kek("new"))
     try:
         assert len(log.stream(KEY)) == 7
         assert [row[4] for row in log.recorder.select_states(0, 100, None, ())] == before
