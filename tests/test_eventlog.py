@@ -366,6 +366,28 @@ def test_a_failing_read_raises_log_unavailable_not_a_driver_error(tmp_path: Path
         log.close()
 
 
+def test_the_erased_check_of_every_read_raises_log_unavailable_or_store_closed(
+    tmp_path: Path,
+) -> None:
+    # EventLog.erased guards itself inline (it runs before every profile read).
+    path = tmp_path / "events.sqlite"
+    log = open_log(f"sqlite:///{path}", encryption=True, kek="base64:" + "a" * 43 + "=")
+    try:
+        log.append([page_view("e1", "ann")])
+        assert log.erased(["ann", "bob"]) == set()
+        with sqlite3.connect(f"{path}.keys") as conn:  # the key store breaks under it
+            conn.execute("DROP TABLE profilestore_key_values")
+        with pytest.raises(LogUnavailable) as raised:
+            log.erased(["ann"])
+        assert isinstance(raised.value.driver_error, sqlite3.OperationalError)
+        assert "read the customers' keys" in str(raised.value)
+        assert "ann" not in str(raised.value)
+    finally:
+        log.close()
+    with pytest.raises(StoreClosed):
+        log.erased(["ann"])
+
+
 def test_a_closed_log_refuses_every_call_and_closing_again_does_nothing(
     event_log: EventLog,
 ) -> None:

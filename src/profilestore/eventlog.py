@@ -309,15 +309,15 @@ def database_errors(
 ) -> Iterator[None]:
     """Turn the library's and the driver's database errors into :class:`LogUnavailable`:
     the adapters' factories and :class:`EventLog` use it, so none escapes the log."""
-    caught: tuple[type[Exception], ...] = (
-        PersistenceError,
-        ConnectionPoolClosedError,
-        *driver_errors,
-    )
     try:
         yield
-    except caught as error:
+    except _caught(driver_errors) as error:
         raise LogUnavailable(backend, operation, error, where=where) from error
+
+
+def _caught(driver_errors: tuple[type[Exception], ...]) -> tuple[type[Exception], ...]:
+    """The errors :func:`database_errors` turns into :class:`LogUnavailable`."""
+    return (PersistenceError, ConnectionPoolClosedError, *driver_errors)
 
 
 class EventLog:
@@ -338,6 +338,7 @@ class EventLog:
         self.keyring = keyring
         """Per-customer encryption (None: a plain log, written before encryption)."""
         self._closed = False
+        self._database_errors = _caught(recorder.driver_errors)
         self._stream_id = keyring.stream_id if keyring else stream_id
         self._event_keyer: Callable[[bytes], Callable[[str], str]] = (
             keyring.event_keyer if keyring else _plain_event_keyer
@@ -710,9 +711,19 @@ class EventLog:
         """The customers among ``customer_ids`` who were forgotten (their keys destroyed)."""
         if self.keyring is None or not customer_ids:
             return set()
+        # translated(), inline: every read of a profile asks, and the two context
+        # managers cost as much as the key store's read itself.
+        if self._closed:
+            raise StoreClosed("the event log")
         streams = {self._stream_id(c): c for c in customer_ids}
-        with self.translated("read the customers' keys"):
-            return {streams[s] for s in self.keyring.destroyed(streams)}
+        try:
+            gone = self.keyring.destroyed(streams)
+        except self._database_errors as error:
+            recorder = self.recorder
+            raise LogUnavailable(
+                recorder.backend, "read the customers' keys", error, where=recorder.location
+            ) from error
+        return {streams[s] for s in gone}
 
     def destroy_keys(self, customer_ids: Sequence[str], at: dt.datetime) -> int:
         """Destroy the data keys of these customers' streams (crypto-shredding): their

@@ -320,9 +320,13 @@ class SQLiteKeyStore(KeyStore):
                 raise
         return destroyed
 
+    _GENERATION_SQL = f"SELECT counter FROM {KEY_VALUES_TABLE} WHERE name = '{GENERATION}'"
+
     def generation(self) -> int:
-        rows = self._rows(f"SELECT counter FROM {KEY_VALUES_TABLE} WHERE name = ?", (GENERATION,))
-        return int(rows[0][0]) if rows else 0
+        # Read before every profile read (Keyring.destroyed): one statement, no list.
+        with self._lock:
+            row = self._conn.execute(self._GENERATION_SQL).fetchone()
+        return int(row[0]) if row else 0
 
     def value(self, name: str) -> Wrapped | None:
         rows = self._rows(

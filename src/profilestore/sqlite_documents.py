@@ -327,9 +327,10 @@ class SQLiteDocumentStore(DocumentStore):
             return []  # no dataset named: nothing to read
         rows = self._connection().execute(sql, (customer_id, *named)).fetchall()
         # In the order configured (or asked for); a dataset no longer configured is left out.
-        kept: list[tuple[str, int, str, bytes]] = [row for row in rows if row[0] in rank]
-        kept.sort(key=lambda row: rank[row[0]])
-        return kept
+        if len(rows) > 1:
+            by_name = {row[0]: row for row in rows}
+            return [by_name[name] for name in rank if name in by_name]
+        return [row for row in rows if row[0] in rank]
 
     def _profile_plan(self, names: tuple[str, ...] | None) -> _Plan:
         sql = "SELECT dataset, position, refreshed_at, body FROM sections WHERE customer_id = ?1"

@@ -473,7 +473,9 @@ class _Gate:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Condition()
+        # A plain lock under the condition (its default is reentrant, and slower): enter
+        # and exit hold it for one counter update each, never nested.
+        self._lock = threading.Condition(threading.Lock())
         self._active = 0
         self._closed = False
 
