@@ -53,7 +53,10 @@ def test_append_gives_each_customer_gap_free_versions_in_batch_order(event_log: 
         [page_view("a1", "ann"), page_view("b1", "bob"), page_view("a2", "ann", 1)]
     )
     assert (result.appended, result.duplicates) == (3, 0)
-    assert len(result.notification_ids) == 3
+    # Each appended event's position in the log, in batch order.
+    stored = {e.event.event_id: e.notification_id for e in read_log(event_log, 0, 100)}
+    assert result.notification_ids == [stored["a1"], stored["b1"], stored["a2"]]
+    assert result.notification_ids == sorted(result.notification_ids)
     event_log.append([page_view("a3", "ann", 2)])
     assert versions_by_customer(event_log) == {"ann": [1, 2, 3], "bob": [1]}
     assert [e.event_id for e in event_log.stream("ann")] == ["a1", "a2", "a3"]
