@@ -69,6 +69,7 @@ from profilestore.mapper import (
     EventMapper,
     Forgotten,
     aad_prefix,
+    sealed,
     sealed_header,
 )
 
@@ -478,12 +479,17 @@ class EventLog:
             if topic_b is None:
                 topic_b = topic_bytes[topic] = topic.encode()
             version_b = version.to_bytes(8, "big")
-            if cipher is not None:  # sealed(...), inline: this loop runs once per event
-                header = sealed_header(event.occurred_at)
+            if cipher is not None:
                 at = n * NONCE_BYTES
-                nonce = nonces[at : at + NONCE_BYTES]
-                aad = b"".join((prefix, version_b, header, topic_b))
-                state = b"".join((header, nonce, cipher.encrypt(nonce, state, aad)))
+                state = sealed(
+                    cipher,
+                    prefix,
+                    version_b,
+                    topic_b,
+                    sealed_header(event.occurred_at),
+                    nonces[at : at + NONCE_BYTES],
+                    state,
+                )
             # chain_hash(previous, originator_id, version, topic, state), in one call
             link = sha256(previous + stream_bytes + version_b + topic_b + b"\0" + state).digest()
             step[4], step[5] = version, link
