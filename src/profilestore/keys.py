@@ -390,6 +390,7 @@ def sqlite_key_path(log_path: str) -> str:
 
 
 _CACHE_LIMIT = 200_000
+_KEYER_CACHE_LIMIT = 16_384
 
 
 class Keyring:
@@ -468,7 +469,7 @@ class Keyring:
             digest.update(event_id.encode())
             return prefix + digest.hexdigest()
 
-        if len(self._event_keyers) >= _CACHE_LIMIT:
+        if len(self._event_keyers) >= _KEYER_CACHE_LIMIT:  # ~0.7 KB each
             self._event_keyers.clear()
         self._event_keyers[stream] = event_key
         return event_key
