@@ -54,7 +54,6 @@ _HEADER = 1 + 8
 NONCE_BYTES = 12
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
-_MARKER = bytes([SEALED])
 
 
 class Forgotten(Event, tag="forgotten", frozen=True, kw_only=True):
