@@ -8,6 +8,7 @@ import datetime as dt
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from profilestore.errors import (
 )
 from profilestore.eventlog import EventLog, open_log, stream_id
 from profilestore.events import PageViewed
+from profilestore.keys import FIRST_SEEN, STORE_WIDE, SQLiteKeyStore
 from profilestore.mapper import SEALED, Forgotten
 from profilestore.store import ProfileStore, load_projections, open_store
 
@@ -143,7 +145,8 @@ def test_event_ids_are_keyed_per_customer_and_retries_are_still_duplicates(
     validate = EventValidator().validate
     log = _encrypted_log(log_backend)
     try:
-        assert log.keyring is not None and log.keyring.per_stream_event_keys
+        assert log.keyring is not None and log.keyring.event_key_format == FIRST_SEEN
+        before = time.time_ns() // 1_000_000
         # One id under two customer keys: two events (a source's id names an event of
         # its customer); the same id twice for one customer in a batch: the first wins.
         batch = [view("shared-1", KEY), view("shared-1", NEIGHBOUR), view("shared-1", KEY)]
@@ -153,11 +156,17 @@ def test_event_ids_are_keyed_per_customer_and_retries_are_still_duplicates(
         assert (retried.appended, retried.duplicates) == (0, 3)
         assert sorted(retried.duplicate_event_ids) == ["shared-1"] * 3
         assert [len(list(log.stream(c))) for c in (KEY, NEIGHBOUR)] == [1, 1]
-        # What the event-id table holds: the stream's prefix and a keyed hash, never the id.
-        keyring = log.keyring
-        key = keyring.event_key("shared-1", log.stream_of(KEY).bytes)
-        assert key.startswith(log.stream_of(KEY).hex[:8]) and len(key) == 24
-        assert key != keyring.event_key("shared-1", log.stream_of(NEIGHBOUR).bytes)
+        # What the event-id table holds: when the stream was first seen (milliseconds, as
+        # the directory keeps it), its first 2 bytes and a keyed hash; never the id.
+        keyring, stream = log.keyring, log.stream_of(KEY)
+        first_seen = log.recorder.append_heads([stream])[stream][2]
+        assert before <= first_seen <= time.time_ns() // 1_000_000
+        key = keyring.event_key("shared-1", stream.bytes, first_seen)
+        raw = base64.urlsafe_b64decode(key)
+        assert len(key) == 20 and raw[:5] == (first_seen % 2**40).to_bytes(5, "big")
+        assert raw[5:7] == stream.bytes[:2] and b"shared" not in raw
+        neighbour = log.stream_of(NEIGHBOUR)
+        assert key != keyring.event_key("shared-1", neighbour.bytes, first_seen)
         assert log.recorder.existing_event_ids([key, "shared-1"]) == {key}
     finally:
         log.close()
@@ -175,29 +184,134 @@ def test_a_store_keyed_before_per_customer_event_ids_keeps_its_store_wide_keys(
 ) -> None:
     """A key store made before the per-stream format has its naming secret and no format
     value: its event-id table holds store-wide hashes, so it keeps making them."""
-    from profilestore.keys import EVENT_KEYS, NAMING, Keyring, SQLiteKeyStore, load_kek
+    from profilestore.keys import EVENT_KEYS, NAMING, Keyring, load_kek
 
     path = str(tmp_path / "events.sqlite.keys")
     store = SQLiteKeyStore(path)
     key = load_kek(kek("a"), setting="test")
     older = Keyring(store, key)
-    assert older.per_stream_event_keys
+    assert older.event_key_format == FIRST_SEEN
     with sqlite3.connect(path) as conn:  # as an older version left it: no format value
         conn.execute("DELETE FROM profilestore_key_values WHERE name = ?", (EVENT_KEYS,))
     reopened = Keyring(store, key)
     try:
-        assert not reopened.per_stream_event_keys
+        assert reopened.event_key_format == STORE_WIDE
         assert store.value(NAMING) is not None and store.value(EVENT_KEYS) is None
         a, b = stream_id(KEY).bytes, stream_id(NEIGHBOUR).bytes
-        assert reopened.event_key("x-1", a) == reopened.event_key("x-1", b)
+        assert reopened.event_key("x-1", a, 1) == reopened.event_key("x-1", b, 2)
         assert len(reopened.event_key("x-1", a)) == 32
         # A new store writes the format before the secret: whoever sees one sees both.
         fresh = Keyring(SQLiteKeyStore(str(tmp_path / "new.keys")), key)
-        assert fresh.per_stream_event_keys
+        assert fresh.event_key_format == FIRST_SEEN
         assert fresh.event_key("x-1", a) != fresh.event_key("x-1", b)
         fresh.close()
     finally:
         reopened.close()
+
+
+def test_a_store_keyed_per_stream_keeps_its_keys_and_an_unknown_format_is_refused(
+    log_backend: dict[str, Any],
+) -> None:
+    """A store made with the per-stream format (before first-seen prefixes) keeps making
+    its keys, so a retried event is still a duplicate; a format from a newer version is
+    refused rather than read as another."""
+    from profilestore.keys import EVENT_KEYS, PER_STREAM, Keyring
+    from profilestore.store import EventValidator
+
+    def view(event_id: str) -> dict[str, Any]:
+        return {
+            "type": "browse.page_viewed",
+            "event_id": event_id,
+            "customer_id": KEY,
+            "occurred_at": "2026-03-01T10:00:00Z",
+            "url": "/home",
+        }
+
+    def set_format(log: EventLog, value: bytes) -> None:
+        assert log.keyring is not None
+        store = log.keyring.store
+        if isinstance(store, SQLiteKeyStore):
+            with sqlite3.connect(store.location) as conn:
+                conn.execute(
+                    "UPDATE profilestore_key_values SET sealed = ? WHERE name = ?",
+                    (value, EVENT_KEYS),
+                )
+        else:
+            with store.datastore.transaction(commit=True) as curs:  # type: ignore[attr-defined]
+                curs.execute(
+                    f"UPDATE {log_backend['schema']}.profilestore_key_values "
+                    "SET sealed = %s WHERE name = %s",
+                    (value, EVENT_KEYS),
+                )
+
+    validate = EventValidator().validate
+    log = _encrypted_log(log_backend)
+    set_format(log, PER_STREAM.encode())  # as a store made before left it, still empty
+    log.close()
+    log = _encrypted_log(log_backend)
+    try:
+        assert log.keyring is not None and log.keyring.event_key_format == PER_STREAM
+        assert log.append(validate([view("a-1"), view("a-2")], NOW)).appended == 2
+        stream = log.stream_of(KEY)
+        key = log.keyring.event_key("a-1", stream.bytes)
+        assert key.startswith(stream.hex[:8]) and len(key) == 24
+        assert log.recorder.existing_event_ids([key]) == {key}
+    finally:
+        log.close()
+    log = _encrypted_log(log_backend)
+    try:
+        again = log.append(validate([view("a-1"), view("a-3")], NOW))
+        assert (again.appended, again.duplicates) == (1, 1)
+        set_format(log, b"sorted-by-moon/9")
+        assert log.keyring is not None
+        with pytest.raises(KeyStoreError, match=r"sorted-by-moon/9.*upgrade"):
+            Keyring(log.keyring.store, log.keyring.kek)
+    finally:
+        log.close()
+
+
+def test_a_directory_from_before_first_seen_gets_the_column_and_keeps_its_rows(
+    log_backend: dict[str, Any],
+) -> None:
+    """Opening a log whose stream directory has no ``first_seen`` column (an older
+    version's) adds it; the rows already there read as first seen at 0, the next new
+    stream's as now."""
+    from profilestore.store import EventValidator
+
+    def view(event_id: str, customer: str) -> dict[str, Any]:
+        return {
+            "type": "browse.page_viewed",
+            "event_id": event_id,
+            "customer_id": customer,
+            "occurred_at": "2026-03-01T10:00:00Z",
+            "url": "/home",
+        }
+
+    validate = EventValidator().validate
+    log = log_backend["open"]()
+    try:
+        log.append(validate([view("a-1", KEY)], NOW))
+    finally:
+        log.close()
+    drop = "ALTER TABLE {}profilestore_streams DROP COLUMN first_seen"
+    if log_backend["name"] == "sqlite":
+        with sqlite3.connect(log_backend["url"].removeprefix("sqlite:///")) as conn:
+            conn.execute(drop.format(""))
+    else:
+        import psycopg
+
+        with psycopg.connect(log_backend["url"], autocommit=True) as conn:
+            conn.execute(drop.format(log_backend["schema"] + "."))  # type: ignore[arg-type]
+    log = log_backend["open"]()
+    try:
+        old, new = log.stream_of(KEY), log.stream_of(NEIGHBOUR)
+        again = log.append(validate([view("a-1", KEY), view("b-1", NEIGHBOUR)], NOW))
+        assert (again.appended, again.duplicates) == (1, 1)
+        heads = log.recorder.append_heads([old, new])
+        assert heads[old][:2] == (1, heads[old][1]) and heads[old][2] == 0
+        assert heads[new][0] == 1 and heads[new][2] > 0
+    finally:
+        log.close()
 
 
 def test_a_plain_log_stays_plain_and_readable(tmp_path: Path) -> None:
@@ -503,6 +617,46 @@ def test_a_copy_left_where_secure_delete_never_looked_is_compacted_away(
         assert not store.forget("cust-zz-0001", request_id="DSR-9").plaintext.compacted
 
 
+def test_a_writer_that_saw_a_customer_new_too_late_plans_again_with_the_stored_start(
+    log_backend: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers find a customer new; the second commits first. The first's batch,
+    keyed with its own "first seen", conflicts and is planned again with the stored one,
+    so each event has one key whichever writer sends it again."""
+    from profilestore import eventlog
+
+    clock = iter(range(10**18, 2 * 10**18, 7 * 10**9))  # each call 7 s later
+    monkeypatch.setattr(eventlog.time, "time_ns", lambda: next(clock))
+    early, late = _encrypted_log(log_backend), _encrypted_log(log_backend)
+    t0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+
+    def view(event_id: str) -> PageViewed:
+        return PageViewed(event_id=event_id, customer_id=KEY, occurred_at=t0, url="/")
+
+    planned = early.recorder.append_heads
+    calls = 0
+
+    def heads_then_late_writer(streams: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        found = planned(streams)
+        if calls == 1:  # after early read the customer as new, late writes it first
+            assert late.append([view("late-1")]).appended == 1
+        return found
+
+    monkeypatch.setattr(early.recorder, "append_heads", heads_then_late_writer)
+    try:
+        result = early.append([view("early-1")])
+        assert (result.appended, result.attempts, calls) == (1, 2, 2)
+        for log in (early, late):
+            again = log.append([view("early-1"), view("late-1")])
+            assert (again.appended, again.duplicates) == (0, 2)
+        assert sorted(e.event_id for e in late.stream(KEY)) == ["early-1", "late-1"]
+    finally:
+        early.close()
+        late.close()
+
+
 @pytest.mark.parametrize(
     "log_kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
@@ -524,21 +678,22 @@ def test_writers_racing_to_key_the_same_new_customers_all_read_back(
     t0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
     together = threading.Barrier(4, timeout=60)
 
+    def views(worker: int, batch: int) -> list[PageViewed]:
+        return [
+            PageViewed(
+                event_id=f"w{worker}-{batch}-{c}",
+                customer_id=f"new-{batch}-{c}",
+                occurred_at=t0,
+                url="https://shop.example/",
+            )
+            for c in range(8)
+        ]
+
     def writer(worker: int) -> None:
         try:
             for batch in range(6):
                 together.wait()  # every writer finds these customers new
-                logs[worker].append(
-                    [
-                        PageViewed(
-                            event_id=f"w{worker}-{batch}-{c}",
-                            customer_id=f"new-{batch}-{c}",
-                            occurred_at=t0,
-                            url="https://shop.example/",
-                        )
-                        for c in range(8)
-                    ]
-                )
+                logs[worker].append(views(worker, batch))
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -559,6 +714,12 @@ def test_writers_racing_to_key_the_same_new_customers_all_read_back(
                     ]
         finally:
             reader.close()
+        # Retried by each writer: every event is found again, whichever writer saw its
+        # customer first (event-id keys begin with when the directory first saw a stream).
+        for worker, log in enumerate(logs):
+            for batch in range(6):
+                retried = log.append(views(worker, batch))
+                assert (retried.appended, retried.duplicates) == (0, 8)
     finally:
         for log in logs:
             log.close()

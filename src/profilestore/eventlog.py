@@ -168,8 +168,13 @@ class EventRecorder(ABC):
     def existing_event_ids(self, event_ids: Sequence[str]) -> set[str]: ...
 
     @abstractmethod
+    def append_heads(self, originator_ids: Sequence[UUID]) -> dict[UUID, tuple[int, bytes, int]]:
+        """Each existing stream's head version, chain hash and when it was first seen (in
+        milliseconds; 0 if the directory does not know): one query, no replay."""
+
     def stream_heads(self, originator_ids: Sequence[UUID]) -> dict[UUID, tuple[int, bytes]]:
         """Each existing stream's head version and chain hash (one query, no replay)."""
+        return {s: (v, h) for s, (v, h, _) in self.append_heads(originator_ids).items()}
 
     @abstractmethod
     def insert_events(
@@ -341,7 +346,7 @@ class EventLog:
         self._closed = False
         self._database_errors = _caught(recorder.driver_errors)
         self._stream_id = keyring.stream_id if keyring else stream_id
-        self._event_keyer: Callable[[bytes], Callable[[str], str]] = (
+        self._event_keyer: Callable[[bytes, int], Callable[[str], str]] = (
             keyring.event_keyer if keyring else _plain_event_keyer
         )
         self._sealed_names: dict[UUID, str] = {}
@@ -411,10 +416,18 @@ class EventLog:
     def _append_once(
         self, events: Sequence[Event], attempt: int, skip_erased: bool = False
     ) -> AppendResult:
-        # Each event's stored id (on an encrypted log a keyed hash of its id and stream),
-        # made once; each customer's stream once (a keyed hash too).
-        event_keyer, stream_of = self._event_keyer, self._stream_id
+        # Each customer's stream once (a keyed hash on an encrypted log), and its head:
+        # the version and link to follow, and when the stream was first seen, which
+        # an encrypted log's event-id keys begin with (a new stream's is now).
+        stream_of = self._stream_id
         every_stream: dict[str, UUID] = {}
+        for event in events:
+            if event.customer_id not in every_stream:
+                every_stream[event.customer_id] = stream_of(event.customer_id)
+        heads = self.recorder.append_heads(list(every_stream.values()))
+        now = time.time_ns() // 1_000_000
+        # Each event's stored id (on an encrypted log a keyed hash of its id and stream).
+        event_keyer = self._event_keyer
         keyers: dict[str, Callable[[str], str]] = {}
         unique: dict[str, Event] = {}
         in_batch_duplicates: list[str] = []
@@ -422,8 +435,10 @@ class EventLog:
             customer = event.customer_id
             event_key = keyers.get(customer)
             if event_key is None:
-                stream = every_stream[customer] = stream_of(customer)
-                event_key = keyers[customer] = event_keyer(stream.bytes)
+                stream = every_stream[customer]
+                head = heads.get(stream)
+                first_seen = now if head is None else head[2]
+                event_key = keyers[customer] = event_keyer(stream.bytes, first_seen)
             key = event_key(event.event_id)
             if key in unique:
                 in_batch_duplicates.append(event.event_id)
@@ -454,14 +469,13 @@ class EventLog:
                 new = [(k, e) for k, e in new if ciphers[streams[e.customer_id]] is not None]
                 if not new:
                     return AppendResult(0, len(duplicates), duplicates, [], attempt, erased)
-        heads = self.recorder.stream_heads(list(set(streams.values())))
         stored_events: list[StoredEvent] = []
         event_ids: list[tuple[str, UUID, int, bytes]] = []
         # Per customer of the batch, made once: its stream (and the stream's bytes), its
         # cipher and the constant part of its events' associated data, and its head.
         plan: dict[str, list[Any]] = {}
         for customer, originator_id in streams.items():
-            version, previous = heads.get(originator_id, (0, GENESIS))
+            version, previous, _ = heads.get(originator_id, (0, GENESIS, now))
             cipher = ciphers.get(originator_id)
             prefix = aad_prefix(originator_id) if cipher is not None else b""
             plan[customer] = [originator_id, originator_id.bytes, cipher, prefix, version, previous]
@@ -500,8 +514,9 @@ class EventLog:
             key=lambda step: step[1],  # the stream's bytes
         )
         # Sorted: concurrent batches lock directory rows in one order, so cannot deadlock.
+        # A new stream's row is first seen now; an existing row keeps its own.
         stream_rows = [
-            (o, self._directory_name(o, customer, cipher), version, link)
+            (o, self._directory_name(o, customer, cipher), version, link, now)
             for o, _, cipher, _, version, link, customer in touched
         ]
         keys_rows = sorted(new_keys.items(), key=lambda item: item[0].bytes) if new_keys else []
@@ -913,7 +928,7 @@ def _same(event_id: str) -> str:
     return event_id
 
 
-def _plain_event_keyer(stream: bytes) -> Callable[[str], str]:
+def _plain_event_keyer(stream: bytes, first_seen: int = 0) -> Callable[[str], str]:
     """A plain log's event-id table holds the id itself: unique across the log."""
     return _same
 

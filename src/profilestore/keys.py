@@ -56,9 +56,9 @@ NAMING = "naming"
 GENERATION = "generation"
 """The named value counting key destructions: a changed count empties every cache."""
 EVENT_KEYS = "event-keys"
-"""The named value saying event ids are keyed per stream (see :meth:`Keyring.event_key`).
-A new store writes it before its naming secret, so whoever sees the secret sees it too;
-a store from before it has none, and keeps its one keyed hash per event id."""
+"""The named value saying how event ids are keyed (see :meth:`Keyring.event_keyer`). A
+new store writes it before its naming secret, so whoever sees the secret sees it too; a
+store from before it has none, and keeps its one keyed hash per event id."""
 
 _WRAP_AAD = b"profilestore/data-key/1"
 _NAMING_AAD = b"profilestore/naming-key/1"
@@ -94,8 +94,9 @@ class Kek:
         return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], aad)
 
 
-_PER_STREAM = Wrapped("", b"per-stream/1")
-"""The value of :data:`EVENT_KEYS` (not a secret: nothing is wrapped)."""
+STORE_WIDE, PER_STREAM, FIRST_SEEN = "store-wide", "per-stream/1", "first-seen/2"
+"""The formats of the event-id table's keys (:meth:`Keyring.event_keyer`): a new store's is
+the last; the value of :data:`EVENT_KEYS` names it (not a secret: nothing is wrapped)."""
 
 
 def default_kek_path() -> Path:
@@ -406,14 +407,23 @@ class Keyring:
         naming = store.value(NAMING)
         if naming is None:
             # A new store: its format first, then the secret (first writer wins each).
-            store.put_value_if_absent(EVENT_KEYS, _PER_STREAM)
+            store.put_value_if_absent(EVENT_KEYS, Wrapped("", FIRST_SEEN.encode()))
             naming = store.put_value_if_absent(
                 NAMING, kek.wrap(secrets.token_bytes(32), _NAMING_AAD)
             )
         self._naming = self._unwrap(naming, _NAMING_AAD)
-        self.per_stream_event_keys = store.value(EVENT_KEYS) is not None
-        """Event ids keyed per stream (every store made since), else store-wide."""
-        self._event_keyers: dict[bytes, Callable[[str], str]] = {}
+        stored_format = store.value(EVENT_KEYS)
+        self.event_key_format = (
+            STORE_WIDE if stored_format is None else stored_format.sealed.decode()
+        )
+        """How this store keys event ids: :data:`FIRST_SEEN` (every store made since),
+        :data:`PER_STREAM` or :data:`STORE_WIDE` (stores made before each)."""
+        if self.event_key_format not in (STORE_WIDE, PER_STREAM, FIRST_SEEN):
+            raise KeyStoreError(
+                f"the key store keys event ids as {self.event_key_format!r}, which this "
+                "version does not know: upgrade profilestore"
+            )
+        self._event_keyers: dict[tuple[bytes, int], Callable[[str], str]] = {}
         self.stream_id = functools.lru_cache(maxsize=65_536)(self._stream_id)
         """The stream of a customer key: a keyed hash, so the id reveals nothing."""
 
@@ -437,41 +447,64 @@ class Keyring:
         digest = hmac.digest(self._naming, b"stream\0" + customer_id.encode(), "sha256")
         return UUID(bytes=digest[:16])
 
-    def event_key(self, event_id: str, stream: bytes) -> str:
+    def event_key(self, event_id: str, stream: bytes, first_seen: int = 0) -> str:
         """What the event-id table stores for an event id of a stream (the stream id's
-        16 bytes); :meth:`event_keyer` makes it."""
-        return self.event_keyer(stream)(event_id)
+        16 bytes, first seen at ``first_seen``); :meth:`event_keyer` makes it."""
+        return self.event_keyer(stream, first_seen)(event_id)
 
-    def event_keyer(self, stream: bytes) -> Callable[[str], str]:
+    def event_keyer(self, stream: bytes, first_seen: int = 0) -> Callable[[str], str]:
         """What makes the event-id table's entry of each event id of a stream (the
-        stream id's 16 bytes), made once per stream and batch: the first 8 hex digits of
-        the stream id, then a keyed hash (BLAKE2b with the naming secret, 64 bits) of
-        both. An event id is then unique per customer key, and one customer's entries
-        sit together in the table's indexes, as most sources' ids (a customer's, in
-        order) do in a plain log: a keyed hash alone put each event on a random page of
-        two indexes, which cost encrypted ingest a third of its speed on SQLite
-        (bench/README.md, Privacy). The prefix reveals nothing the stream id does not
-        (itself a keyed hash). Two events of a stream are taken for one another only if
-        their 64-bit hashes collide (about 3e-8 for a customer with a million events). A
-        store made before this keeps its store-wide keys (:attr:`per_stream_event_keys`),
-        so its duplicates are still found."""
-        if not self.per_stream_event_keys:
+        stream id's 16 bytes), made once per stream and batch.
+
+        The entry is a keyed hash (BLAKE2b with the naming secret, 64 bits) of the stream
+        and the event id, after a prefix that puts entries written together side by side
+        in the table's indexes, as a plain log's are when its sources' ids follow their
+        customers (``cust-42-7``): a keyed hash alone puts each event on a random page of
+        two indexes, and every page a batch touches is written to the WAL whole.
+
+        - :data:`FIRST_SEEN` (stores made since): the stream's ``first_seen`` (when the
+          log first appended to it, in milliseconds, kept in the stream directory; 40
+          bits, so it wraps every 35 years) and the stream id's first 2 bytes, then the
+          hash: 15 bytes as 20 characters of URL-safe base64. Customers first seen
+          together are written together, as the events of a batch mostly are; against
+          the per-stream prefix, encrypted ingest gained 2-3% on SQLite
+          (bench/README.md, Privacy). The prefix reveals when the customer was first
+          seen, which the log's positions and sealed headers already show. Two events
+          are taken for one another only if they share a prefix and their 64-bit hashes
+          collide (about 3e-8 for a customer with a million events).
+        - :data:`PER_STREAM`: the stream id's first 8 hex digits, then the hash in hex.
+        - :data:`STORE_WIDE` (the first stores): a keyed hash of the event id alone, the
+          same for every stream.
+        """
+        keyer_format = self.event_key_format
+        if keyer_format == STORE_WIDE:
             return self._store_wide_event_key
-        made = self._event_keyers.get(stream)
+        cached = (stream, first_seen)
+        made = self._event_keyers.get(cached)
         if made is not None:
             return made  # kept from an earlier batch: a keyed hash's start costs a block
-        prefix = stream[:4].hex()
         keyed = blake2b(digest_size=8, key=self._naming, person=b"event")
         keyed.update(stream)
+        if keyer_format == FIRST_SEEN:
+            head = (first_seen & 0xFF_FFFF_FFFF).to_bytes(5, "big") + stream[:2]
+            encode = base64.urlsafe_b64encode
 
-        def event_key(event_id: str) -> str:
-            digest = keyed.copy()  # the key and the stream already absorbed
-            digest.update(event_id.encode())
-            return prefix + digest.hexdigest()
+            def event_key(event_id: str) -> str:
+                digest = keyed.copy()  # the key and the stream already absorbed
+                digest.update(event_id.encode())
+                return encode(head + digest.digest()).decode()
+
+        else:
+            prefix = stream[:4].hex()
+
+            def event_key(event_id: str) -> str:
+                digest = keyed.copy()
+                digest.update(event_id.encode())
+                return prefix + digest.hexdigest()
 
         if len(self._event_keyers) >= _KEYER_CACHE_LIMIT:  # ~0.7 KB each
             self._event_keyers.clear()
-        self._event_keyers[stream] = event_key
+        self._event_keyers[cached] = event_key
         return event_key
 
     def _store_wide_event_key(self, event_id: str) -> str:

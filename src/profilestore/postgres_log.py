@@ -74,9 +74,14 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             SQL(
                 "CREATE TABLE IF NOT EXISTS {0}.{1} (originator_id uuid PRIMARY KEY, "
                 "customer_id text NOT NULL, head_version bigint NOT NULL, "
-                "head_hash bytea NOT NULL)"
+                "head_hash bytea NOT NULL, first_seen bigint)"
             ).format(*streams)
         )
+        # A directory from before the column: its rows stay without one (read as 0).
+        self._add_first_seen = SQL(
+            "ALTER TABLE {0}.{1} ADD COLUMN IF NOT EXISTS first_seen bigint"
+        ).format(*streams)
+        self.sql_create_statements.append(self._add_first_seen)
         self._insert_event_ids = SQL(
             "INSERT INTO {0}.{1} (event_id, originator_id, originator_version, hash) "
             "SELECT * FROM unnest(%b::text[], %b::uuid[], %b::bigint[], %b::bytea[])"
@@ -91,13 +96,14 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::bytea[])"
         ).format(Identifier(self.datastore.schema), Identifier(KEYS_TABLE))
         self._upsert_streams = SQL(
-            "INSERT INTO {0}.{1} (originator_id, customer_id, head_version, head_hash) "
-            "SELECT * FROM unnest(%b::uuid[], %b::text[], %b::bigint[], %b::bytea[]) "
+            "INSERT INTO {0}.{1} (originator_id, customer_id, head_version, head_hash, "
+            "first_seen) SELECT * FROM unnest(%b::uuid[], %b::text[], %b::bigint[], "
+            "%b::bytea[], %b::bigint[]) "
             "ON CONFLICT (originator_id) DO UPDATE SET head_version = EXCLUDED.head_version, "
             "head_hash = EXCLUDED.head_hash"
         ).format(*streams)
         self._select_stream_heads = SQL(
-            "SELECT originator_id, head_version, head_hash FROM {0}.{1} "
+            "SELECT originator_id, head_version, head_hash, first_seen FROM {0}.{1} "
             "WHERE originator_id = ANY(%b::uuid[])"
         ).format(*streams)
         self._scan_chain = SQL(
@@ -118,11 +124,20 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             "SELECT to_regclass({streams}) IS NOT NULL AND to_regclass({index}) IS NOT NULL "
             "AND to_regtype({event_type}) IS NOT NULL AND EXISTS (SELECT 1 FROM "
             "information_schema.columns WHERE table_schema = %s AND table_name = %s "
-            "AND column_name = 'hash') AS complete"
+            "AND column_name = 'hash') AS complete, EXISTS (SELECT 1 FROM "
+            "information_schema.columns WHERE table_schema = %s AND table_name = %s "
+            "AND column_name = 'first_seen') AS current"
         ).format(
             streams=Literal(qualified + STREAMS_TABLE),
             index=Literal(f"{qualified}{EVENT_IDS_TABLE}_stream"),
             event_type=Literal(qualified + self.stored_event_type_name),
+        )
+        # complete: readable (a read-only open needs no more); current: nothing to add.
+        self._schema_tables = (
+            self.datastore.schema,
+            EVENT_IDS_TABLE,
+            self.datastore.schema,
+            STREAMS_TABLE,
         )
         self._has_hash_column = SQL(
             "SELECT 1 FROM information_schema.columns WHERE table_schema = %s "
@@ -164,7 +179,7 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
     def check_table(self) -> None:
         """For a read-only open: raise unless the log's tables are complete; no DDL."""
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self._schema_complete, (self.datastore.schema, EVENT_IDS_TABLE))
+            curs.execute(self._schema_complete, self._schema_tables)
             row = curs.fetchone()
         if row is None or not row["complete"]:
             raise StoreMissing("PostgreSQL event log", self.location)
@@ -175,9 +190,9 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
         # deadlocks against writers holding row locks: when the schema is complete (a
         # lock-free catalog read), there is nothing to run.
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self._schema_complete, (self.datastore.schema, EVENT_IDS_TABLE))
+            curs.execute(self._schema_complete, self._schema_tables)
             row = curs.fetchone()
-        if row is not None and row["complete"]:
+        if row is not None and row["complete"] and row["current"]:
             self.datastore.register_type_adapters()
             return
         # The library's DDL, serialised: processes starting together would otherwise race
@@ -191,7 +206,7 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             # Checked again under the lock: a process that waited for another's DDL must
             # not run it again, as its table locks would deadlock against that process's
             # first appends (seen: "deadlock detected" with 4 processes starting at once).
-            curs.execute(self._schema_complete, (self.datastore.schema, EVENT_IDS_TABLE))
+            curs.execute(self._schema_complete, self._schema_tables)
             row = curs.fetchone()
             if row is None or not row["complete"]:
                 for statement in self.sql_create_statements:
@@ -199,6 +214,8 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
                         with contextlib.suppress(DuplicateObject), curs.connection.transaction():
                             curs.execute(statement, prepare=False)
                 self._create_table(curs)
+            elif not row["current"]:
+                curs.execute(self._add_first_seen)
             curs.execute(self._has_hash_column, (self.datastore.schema, EVENT_IDS_TABLE))
             if curs.fetchone() is None:
                 raise OutdatedLog(f"schema {self.datastore.schema}")
@@ -285,11 +302,18 @@ class PostgresEventRecorder(PostgresApplicationRecorder, EventRecorder):
             rows: list[DictRow] = curs.fetchall()
             return [(r["originator_id"], r["customer_id"]) for r in rows]
 
-    def stream_heads(self, originator_ids: Sequence[UUID]) -> dict[UUID, tuple[int, bytes]]:
+    def append_heads(self, originator_ids: Sequence[UUID]) -> dict[UUID, tuple[int, bytes, int]]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self._select_stream_heads, (list(originator_ids),))
             rows: list[DictRow] = curs.fetchall()
-            return {r["originator_id"]: (r["head_version"], bytes(r["head_hash"])) for r in rows}
+            return {
+                r["originator_id"]: (
+                    r["head_version"],
+                    bytes(r["head_hash"]),
+                    r["first_seen"] or 0,
+                )
+                for r in rows
+            }
 
     def select_stream_states(
         self,

@@ -73,7 +73,7 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
         statements.append(
             f"CREATE TABLE IF NOT EXISTS {STREAMS_TABLE} ("
             "originator_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, "
-            "head_version INTEGER NOT NULL, head_hash BLOB NOT NULL)"
+            "head_version INTEGER NOT NULL, head_hash BLOB NOT NULL, first_seen INTEGER)"
         )
         return statements
 
@@ -116,6 +116,11 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
     def create_table(self) -> None:
         super().create_table()
         self.check_table()
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(f"PRAGMA table_info({STREAMS_TABLE})")
+            if "first_seen" not in {row[1] for row in c.fetchall()}:
+                # A directory from before the column: its rows stay without one (0).
+                c.execute(f"ALTER TABLE {STREAMS_TABLE} ADD COLUMN first_seen INTEGER")
 
     def check_table(self) -> None:
         """Raise unless the log's tables are there, with the chain's hash column."""
@@ -138,9 +143,13 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
             [(e, o.hex, v, h) for e, o, v, h in kwargs.get("event_ids", ())],
         )
         c.executemany(
-            f"INSERT INTO {STREAMS_TABLE} VALUES (?,?,?,?) ON CONFLICT (originator_id) "
+            f"INSERT INTO {STREAMS_TABLE} (originator_id, customer_id, head_version, "
+            "head_hash, first_seen) VALUES (?,?,?,?,?) ON CONFLICT (originator_id) "
             "DO UPDATE SET head_version = excluded.head_version, head_hash = excluded.head_hash",
-            [(o.hex, customer, v, h) for o, customer, v, h in kwargs.get("streams", ())],
+            [
+                (o.hex, customer, v, h, seen)
+                for o, customer, v, h, seen in kwargs.get("streams", ())
+            ],
         )
         ids: Sequence[int] | None = super()._insert_events(c, stored_events)
         return ids
@@ -157,16 +166,17 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
                 found.update(row[0] for row in c.fetchall())
         return found
 
-    def stream_heads(self, originator_ids: Sequence[UUID]) -> dict[UUID, tuple[int, bytes]]:
-        heads: dict[UUID, tuple[int, bytes]] = {}
+    def append_heads(self, originator_ids: Sequence[UUID]) -> dict[UUID, tuple[int, bytes, int]]:
+        heads: dict[UUID, tuple[int, bytes, int]] = {}
         with self.datastore.transaction(commit=False) as c:
             for chunk in _chunks(originator_ids, 500):
                 c.execute(
-                    f"SELECT originator_id, head_version, head_hash FROM {STREAMS_TABLE} "
+                    "SELECT originator_id, head_version, head_hash, first_seen "
+                    f"FROM {STREAMS_TABLE} "
                     f"WHERE originator_id IN ({','.join('?' * len(chunk))})",
                     [o.hex for o in chunk],
                 )
-                heads.update((UUID(row[0]), (row[1], row[2])) for row in c.fetchall())
+                heads.update((UUID(row[0]), (row[1], row[2], row[3] or 0)) for row in c.fetchall())
         return heads
 
     def select_stream_states(
