@@ -162,7 +162,7 @@ def test_event_ids_are_keyed_per_customer_and_retries_are_still_duplicates(
         first_seen = log.recorder.append_heads([stream])[stream][2]
         assert before <= first_seen <= time.time_ns() // 1_000_000
         key = keyring.event_key("shared-1", stream.bytes, first_seen)
-        raw = base64.urlsafe_b64decode(key)
+        raw = base64.b64decode(key, validate=True)
         assert len(key) == 20 and raw[:5] == (first_seen % 2**40).to_bytes(5, "big")
         assert raw[5:7] == stream.bytes[:2] and b"shared" not in raw
         neighbour = log.stream_of(NEIGHBOUR)
@@ -502,6 +502,35 @@ def test_events_for_a_forgotten_customer_are_refused_not_stored(erasable: Profil
     )
     assert partial.appended == 1
     assert [(r.index, r.path) for r in partial.rejected] == [(0, "$.customer_id")]
+
+
+def test_a_key_destroyed_by_another_process_is_refused_whether_cached_or_not(
+    log_backend: dict[str, Any],
+) -> None:
+    """Two logs on one store (two processes, two key caches). Keys the second has cached
+    are destroyed by the first: the second's next append to them is refused, whether the
+    batch also has a new customer (the erasure generation read with the new keys) or not
+    (read alone)."""
+    t0 = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+
+    def view(event_id: str, customer: str) -> PageViewed:
+        return PageViewed(event_id=event_id, customer_id=customer, occurred_at=t0, url="/")
+
+    first, second = _encrypted_log(log_backend), _encrypted_log(log_backend)
+    try:
+        assert second.append([view("a-1", KEY), view("b-1", NEIGHBOUR)]).appended == 2
+        assert first.destroy_keys([KEY], t0) == 1
+        with pytest.raises(CustomerErased) as refused:  # a new customer, then the cached
+            second.append([view("c-1", "cust-new-0001"), view("a-2", KEY)])
+        assert refused.value.index == 1
+        assert first.destroy_keys([NEIGHBOUR], t0) == 1
+        with pytest.raises(CustomerErased):  # only a cached customer: nothing to load
+            second.append([view("b-2", NEIGHBOUR)])
+        assert second.append([view("c-1", "cust-new-0001")]).appended == 1
+        assert second.erased([KEY, NEIGHBOUR, "cust-new-0001"]) == {KEY, NEIGHBOUR}
+    finally:
+        first.close()
+        second.close()
 
 
 def test_forget_of_a_merged_profile_forgets_every_key(erasable: ProfileStore) -> None:

@@ -37,6 +37,7 @@ import secrets
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
+from binascii import b2a_base64
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -175,6 +176,13 @@ class KeyStore(ABC):
     @abstractmethod
     def load(self, streams: Sequence[UUID]) -> dict[UUID, Wrapped | None]:
         """Each known stream's wrapped key, or None where it was destroyed."""
+
+    def load_with_generation(
+        self, streams: Sequence[UUID]
+    ) -> tuple[int, dict[UUID, Wrapped | None]]:
+        """:meth:`generation`, then :meth:`load` of ``streams``: in one read where the
+        backend can (the append path reads both for every batch with new customers)."""
+        return self.generation(), self.load(streams)
 
     @abstractmethod
     def create(self, keys: Mapping[UUID, Wrapped]) -> dict[UUID, Wrapped | None]:
@@ -391,6 +399,7 @@ def sqlite_key_path(log_path: str) -> str:
 
 
 _CACHE_LIMIT = 200_000
+_UNKNOWN: Any = object()
 _KEYER_CACHE_LIMIT = 16_384
 
 
@@ -465,7 +474,7 @@ class Keyring:
         - :data:`FIRST_SEEN` (stores made since): the stream's ``first_seen`` (when the
           log first appended to it, in milliseconds, kept in the stream directory; 40
           bits, so it wraps every 35 years) and the stream id's first 2 bytes, then the
-          hash: 15 bytes as 20 characters of URL-safe base64. Customers first seen
+          hash: 15 bytes as 20 characters of base64 (no padding). Customers first seen
           together are written together, as the events of a batch mostly are; against
           the per-stream prefix, encrypted ingest gained 2-3% on SQLite
           (bench/README.md, Privacy). The prefix reveals when the customer was first
@@ -487,12 +496,11 @@ class Keyring:
         keyed.update(stream)
         if keyer_format == FIRST_SEEN:
             head = (first_seen & 0xFF_FFFF_FFFF).to_bytes(5, "big") + stream[:2]
-            encode = base64.urlsafe_b64encode
 
             def event_key(event_id: str) -> str:
                 digest = keyed.copy()  # the key and the stream already absorbed
                 digest.update(event_id.encode())
-                return encode(head + digest.digest()).decode()
+                return b2a_base64(head + digest.digest(), newline=False).decode()
 
         else:
             prefix = stream[:4].hex()
@@ -530,13 +538,29 @@ class Keyring:
     ) -> dict[UUID, AESGCM | None]:
         """The cipher of each stream; None where the key was destroyed or never made
         (those never made are added to ``absent``, if given)."""
-        self._fresh()
-        wanted = set(streams)
         cache = self._ciphers
-        known = {s: cache[s] for s in wanted if s in cache}
-        missing = [s for s in wanted if s not in known]
+        known: dict[UUID, AESGCM | None] = {}
+        missing: list[UUID] = []
+        for stream in set(streams):
+            cipher = cache.get(stream, _UNKNOWN)
+            if cipher is _UNKNOWN:
+                missing.append(stream)
+            else:
+                known[stream] = cipher
+        if missing:  # the erasure generation and the keys, in one read where it can
+            generation, loaded = self.store.load_with_generation(missing)
+        else:
+            generation, loaded = self.store.generation(), {}
+        if generation != self._generation:
+            # A key was destroyed since the cache was filled: what it holds may be stale.
+            with self._lock:
+                cache.clear()
+                self._generation = generation
+            if known:
+                loaded.update(self.store.load(list(known)))
+                missing += known
+                known = {}
         if missing:
-            loaded = self.store.load(missing)
             found = {
                 s: (None if w is None else AESGCM(self._unwrap(w, _WRAP_AAD + s.bytes)))
                 for s, w in loaded.items()
@@ -555,8 +579,9 @@ class Keyring:
         """The cipher of each stream, creating keys for new streams; None where the key was
         destroyed (the customer was forgotten: appending is refused).
 
-        A batch costs one read of the erasure generation, one read of the keys not cached
-        and, when some streams are new, one write transaction creating all their keys. A
+        A batch costs one read of the erasure generation and the keys not cached (one
+        statement on PostgreSQL) and, when some streams are new, one write transaction
+        creating all their keys (on PostgreSQL, in the append's own, see ``deferred``). A
         key created for a batch that then fails stays, unused by any event: harmless.
 
         With ``deferred`` (a log whose key store is in its own database), the new keys are

@@ -405,6 +405,16 @@ class PostgresKeyStore(KeyStore):
         self._keys = schema, Identifier(KEYS_TABLE)
         self._values = schema, Identifier(KEY_VALUES_TABLE)
         self.location = f"schema {datastore.schema}"
+        # Composed once: the append path reads these for every batch.
+        self._generation = SQL("SELECT counter FROM {0}.{1} WHERE name = %b").format(*self._values)
+        self._load = SQL(
+            "SELECT stream, kek_id, sealed FROM {0}.{1} WHERE stream = ANY(%b::uuid[])"
+        ).format(*self._keys)
+        self._load_with_generation = SQL(
+            "SELECT NULL::uuid AS stream, NULL::text AS kek_id, NULL::bytea AS sealed, "
+            "counter FROM {2}.{3} WHERE name = %b UNION ALL "
+            "SELECT stream, kek_id, sealed, NULL FROM {0}.{1} WHERE stream = ANY(%b::uuid[])"
+        ).format(*self._keys, *self._values)
 
     def exists(self) -> bool:
         with self.datastore.transaction(commit=False) as curs:
@@ -444,16 +454,26 @@ class PostgresKeyStore(KeyStore):
             return rows
 
     def load(self, streams: Sequence[UUID]) -> dict[UUID, Wrapped | None]:
-        rows = self._read(
-            SQL("SELECT stream, kek_id, sealed FROM {0}.{1} WHERE stream = ANY(%s)").format(
-                *self._keys
-            ),
-            (list(streams),),
-        )
+        rows = self._read(self._load, (list(streams),))
         return {
             r["stream"]: None if r["sealed"] is None else Wrapped(r["kek_id"], bytes(r["sealed"]))
             for r in rows
         }
+
+    def load_with_generation(
+        self, streams: Sequence[UUID]
+    ) -> tuple[int, dict[UUID, Wrapped | None]]:
+        # One statement, so one snapshot: the generation and the keys as of one moment.
+        rows = self._read(self._load_with_generation, (GENERATION, list(streams)))
+        generation = 0
+        found: dict[UUID, Wrapped | None] = {}
+        for r in rows:
+            if r["stream"] is None:
+                generation = int(r["counter"])
+            else:
+                sealed = r["sealed"]
+                found[r["stream"]] = None if sealed is None else Wrapped(r["kek_id"], bytes(sealed))
+        return generation, found
 
     def create(self, keys: Mapping[UUID, Wrapped]) -> dict[UUID, Wrapped | None]:
         with self.datastore.transaction(commit=True) as curs:
@@ -498,10 +518,7 @@ class PostgresKeyStore(KeyStore):
         return int(destroyed)
 
     def generation(self) -> int:
-        rows = self._read(
-            SQL("SELECT counter FROM {0}.{1} WHERE name = %s").format(*self._values),
-            (GENERATION,),
-        )
+        rows = self._read(self._generation, (GENERATION,))
         return int(rows[0]["counter"]) if rows else 0
 
     def value(self, name: str) -> Wrapped | None:
