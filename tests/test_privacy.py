@@ -314,6 +314,41 @@ def test_a_directory_from_before_first_seen_gets_the_column_and_keeps_its_rows(
         log.close()
 
 
+def test_processes_opening_an_old_directory_at_once_all_open_it(tmp_path: Path) -> None:
+    """Eight writers open a log whose directory has no ``first_seen`` column at the same
+    moment: one adds it, and the others, finding it added under them, open as well."""
+    from profilestore.sqlite_log import open_sqlite_log
+
+    path = str(tmp_path / "events.sqlite")
+
+    def opener(together: threading.Barrier, logs: list[EventLog], errors: list[Any]) -> None:
+        try:
+            together.wait()
+            logs.append(open_sqlite_log(path))
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    for round_ in range(3):
+        open_sqlite_log(path).close()
+        with sqlite3.connect(path) as conn:
+            conn.execute("ALTER TABLE profilestore_streams DROP COLUMN first_seen")
+        together = threading.Barrier(8, timeout=60)
+        errors: list[BaseException] = []
+        logs: list[EventLog] = []
+        threads = [threading.Thread(target=opener, args=(together, logs, errors)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for log in logs:
+            log.close()
+        assert errors == [], f"round {round_}"
+        assert len(logs) == 8
+        with sqlite3.connect(path) as conn:
+            columns = [row[1] for row in conn.execute("PRAGMA table_info(profilestore_streams)")]
+        assert columns.count("first_seen") == 1
+
+
 def test_a_plain_log_stays_plain_and_readable(tmp_path: Path) -> None:
     from profilestore.store import EventValidator
 

@@ -479,8 +479,9 @@ class Keyring:
           the per-stream prefix, encrypted ingest gained 2-3% on SQLite
           (bench/README.md, Privacy). The prefix reveals when the customer was first
           seen, which the log's positions and sealed headers already show. Two events
-          are taken for one another only if they share a prefix and their 64-bit hashes
-          collide (about 3e-8 for a customer with a million events).
+          are taken for one another only if they share a prefix (one customer's events,
+          rarely two customers' first seen in one batch) and their 64-bit hashes collide
+          (about 3e-8 for a million events under one prefix).
         - :data:`PER_STREAM`: the stream id's first 8 hex digits, then the hash in hex.
         - :data:`STORE_WIDE` (the first stores): a keyed hash of the event id alone, the
           same for every stream.
@@ -488,7 +489,7 @@ class Keyring:
         keyer_format = self.event_key_format
         if keyer_format == STORE_WIDE:
             return self._store_wide_event_key
-        cached = (stream, first_seen)
+        cached = (stream, first_seen if keyer_format == FIRST_SEEN else 0)
         made = self._event_keyers.get(cached)
         if made is not None:
             return made  # kept from an earlier batch: a keyed hash's start costs a block

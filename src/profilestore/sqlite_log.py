@@ -116,11 +116,17 @@ class SQLiteEventRecorder(SQLiteApplicationRecorder, EventRecorder):
     def create_table(self) -> None:
         super().create_table()
         self.check_table()
-        with self.datastore.transaction(commit=True) as c:
+        with self.datastore.transaction(commit=False) as c:
             c.execute(f"PRAGMA table_info({STREAMS_TABLE})")
-            if "first_seen" not in {row[1] for row in c.fetchall()}:
-                # A directory from before the column: its rows stay without one (0).
-                c.execute(f"ALTER TABLE {STREAMS_TABLE} ADD COLUMN first_seen INTEGER")
+            current = "first_seen" in {row[1] for row in c.fetchall()}
+        if not current:
+            # A directory from before the column: its rows stay without one (read as 0).
+            try:
+                with self.datastore.transaction(commit=True) as c:
+                    c.execute(f"ALTER TABLE {STREAMS_TABLE} ADD COLUMN first_seen INTEGER")
+            except (sqlite3.OperationalError, OperationalError) as error:
+                if "duplicate column" not in str(error):
+                    raise  # else another process opening it at once added it first
 
     def check_table(self) -> None:
         """Raise unless the log's tables are there, with the chain's hash column."""
