@@ -128,19 +128,21 @@ def _encrypted_log(log_backend: dict[str, Any]) -> EventLog:
     )
 
 
+def _page_view(event_id: str, customer: str = KEY) -> dict[str, Any]:
+    """A page view as a source sends it (validated before it is appended)."""
+    return {
+        "type": "browse.page_viewed",
+        "event_id": event_id,
+        "customer_id": customer,
+        "occurred_at": "2026-03-01T10:00:00Z",
+        "url": "/home",
+    }
+
+
 def test_event_ids_are_keyed_per_customer_and_retries_are_still_duplicates(
     log_backend: dict[str, Any],
 ) -> None:
     from profilestore.store import EventValidator
-
-    def view(event_id: str, customer: str) -> dict[str, Any]:
-        return {
-            "type": "browse.page_viewed",
-            "event_id": event_id,
-            "customer_id": customer,
-            "occurred_at": "2026-03-01T10:00:00Z",
-            "url": "/home",
-        }
 
     validate = EventValidator().validate
     log = _encrypted_log(log_backend)
@@ -149,7 +151,11 @@ def test_event_ids_are_keyed_per_customer_and_retries_are_still_duplicates(
         before = time.time_ns() // 1_000_000
         # One id under two customer keys: two events (a source's id names an event of
         # its customer); the same id twice for one customer in a batch: the first wins.
-        batch = [view("shared-1", KEY), view("shared-1", NEIGHBOUR), view("shared-1", KEY)]
+        batch = [
+            _page_view("shared-1", KEY),
+            _page_view("shared-1", NEIGHBOUR),
+            _page_view("shared-1", KEY),
+        ]
         first = log.append(validate(batch, NOW))
         assert (first.appended, first.duplicates) == (2, 1)
         retried = log.append(validate(batch, NOW))
@@ -173,7 +179,7 @@ def test_event_ids_are_keyed_per_customer_and_retries_are_still_duplicates(
     # Opened again (another process, a restart): the same keys, so retries stay duplicates.
     log = _encrypted_log(log_backend)
     try:
-        again = log.append(validate([view("shared-1", KEY), view("new-1", KEY)], NOW))
+        again = log.append(validate([_page_view("shared-1", KEY), _page_view("new-1", KEY)], NOW))
         assert (again.appended, again.duplicates) == (1, 1)
     finally:
         log.close()
@@ -218,15 +224,6 @@ def test_a_store_keyed_per_stream_keeps_its_keys_and_an_unknown_format_is_refuse
     from profilestore.keys import EVENT_KEYS, PER_STREAM, Keyring
     from profilestore.store import EventValidator
 
-    def view(event_id: str) -> dict[str, Any]:
-        return {
-            "type": "browse.page_viewed",
-            "event_id": event_id,
-            "customer_id": KEY,
-            "occurred_at": "2026-03-01T10:00:00Z",
-            "url": "/home",
-        }
-
     def set_format(log: EventLog, value: bytes) -> None:
         assert log.keyring is not None
         store = log.keyring.store
@@ -251,7 +248,7 @@ def test_a_store_keyed_per_stream_keeps_its_keys_and_an_unknown_format_is_refuse
     log = _encrypted_log(log_backend)
     try:
         assert log.keyring is not None and log.keyring.event_key_format == PER_STREAM
-        assert log.append(validate([view("a-1"), view("a-2")], NOW)).appended == 2
+        assert log.append(validate([_page_view("a-1"), _page_view("a-2")], NOW)).appended == 2
         stream = log.stream_of(KEY)
         key = log.keyring.event_key("a-1", stream.bytes)
         assert key.startswith(stream.hex[:8]) and len(key) == 24
@@ -260,7 +257,7 @@ def test_a_store_keyed_per_stream_keeps_its_keys_and_an_unknown_format_is_refuse
         log.close()
     log = _encrypted_log(log_backend)
     try:
-        again = log.append(validate([view("a-1"), view("a-3")], NOW))
+        again = log.append(validate([_page_view("a-1"), _page_view("a-3")], NOW))
         assert (again.appended, again.duplicates) == (1, 1)
         set_format(log, b"sorted-by-moon/9")
         assert log.keyring is not None
@@ -278,19 +275,10 @@ def test_a_directory_from_before_first_seen_gets_the_column_and_keeps_its_rows(
     stream's as now."""
     from profilestore.store import EventValidator
 
-    def view(event_id: str, customer: str) -> dict[str, Any]:
-        return {
-            "type": "browse.page_viewed",
-            "event_id": event_id,
-            "customer_id": customer,
-            "occurred_at": "2026-03-01T10:00:00Z",
-            "url": "/home",
-        }
-
     validate = EventValidator().validate
     log = log_backend["open"]()
     try:
-        log.append(validate([view("a-1", KEY)], NOW))
+        log.append(validate([_page_view("a-1", KEY)], NOW))
     finally:
         log.close()
     drop = "ALTER TABLE {}profilestore_streams DROP COLUMN first_seen"
@@ -305,7 +293,7 @@ def test_a_directory_from_before_first_seen_gets_the_column_and_keeps_its_rows(
     log = log_backend["open"]()
     try:
         old, new = log.stream_of(KEY), log.stream_of(NEIGHBOUR)
-        again = log.append(validate([view("a-1", KEY), view("b-1", NEIGHBOUR)], NOW))
+        again = log.append(validate([_page_view("a-1", KEY), _page_view("b-1", NEIGHBOUR)], NOW))
         assert (again.appended, again.duplicates) == (1, 1)
         heads = log.recorder.append_heads([old, new])
         assert heads[old][:2] == (1, heads[old][1]) and heads[old][2] == 0
