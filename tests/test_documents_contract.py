@@ -888,6 +888,76 @@ def test_promote_twice_raises_the_second_time(document_store: DocumentStore) -> 
     assert s.load("carts", ["c1"]) == {"c1": StoredSection(carts(), 5)}
 
 
+def stage_rebuilt(s: DocumentStore, c1_email: str) -> None:
+    """Staging areas of carts (c2 only), identities (keyed: c1 under a new address) and
+    scores (derived: c1), each with its tracking: what a rebuild of the three leaves."""
+    s.start_staging("carts")
+    s.write("carts", [SectionWrite("c2", carts("rebuilt"), 6)], refreshed_at=T1, staging=True)
+    s.advance("carts", 6, refreshed_at=T1, staging=True)
+    s.start_staging("identities")
+    s.write("identities", [identity_write("c1", 6, c1_email)], refreshed_at=T1, staging=True)
+    s.advance("identities", 6, refreshed_at=T1, staging=True)
+    s.start_staging("scores", reuse=True)
+    s.regroup("scores", [SectionWrite("c1", scores("gold"), 1)], (), refreshed_at=T1, staging=True)
+    s.advance("scores", 1, refreshed_at=T1, staging=True)
+
+
+def test_promote_several_datasets_in_one_call(document_store: DocumentStore) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite(c, carts("live"), 5) for c in ("c1", "c2")], refreshed_at=T0)
+    s.write("orders", [SectionWrite(c, orders(c), 5) for c in ("c1", "c2")], refreshed_at=T0)
+    s.write("identities", [identity_write("c1", 5, "email:ann@example.com")], refreshed_at=T0)
+    stage_rebuilt(s, "email:ann.new@example.com")
+
+    s.promote_staging("carts", "identities", "scores", "carts")  # a repeat counts once
+
+    c1, c2 = s.get("c1"), s.get("c2")
+    assert c1 is not None and c2 is not None
+    assert c1.sections == {
+        "orders": orders("c1"),
+        "identities": identities("email:ann.new@example.com"),
+        "scores": scores("gold"),
+    }
+    assert c2.sections == {"carts": carts("rebuilt"), "orders": orders("c2")}
+    assert {name: meta.position for name, meta in c1.freshness.items()} == {
+        "orders": 5,
+        "identities": 6,
+        "scores": 1,
+    }
+    assert s.find("email:ann@example.com") == []
+    assert s.find("email:ann.new@example.com") == ["c1"]
+    for name, position in (("carts", 6), ("identities", 6), ("scores", 1)):
+        live, staged = s.tracking(name), s.tracking(name, staging=True)
+        assert live is not None and live.position == position
+        assert staged is None
+    assert sorted(s.customer_ids("orders")) == ["c1", "c2"]
+
+
+def test_promote_of_several_promotes_none_when_one_has_no_staging_area(
+    document_store: DocumentStore,
+) -> None:
+    s = document_store
+    s.write("carts", [SectionWrite("c1", carts("live"), 5)], refreshed_at=T0)
+    s.write("identities", [identity_write("c1", 5, "email:ann@example.com")], refreshed_at=T0)
+    stage_rebuilt(s, "email:ann.new@example.com")
+
+    with pytest.raises(RuntimeError, match="'orders'"):
+        s.promote_staging("carts", "identities", "orders", "scores")
+
+    c1 = s.get("c1")
+    assert c1 is not None
+    assert c1.sections == {
+        "carts": carts("live"),
+        "identities": identities("email:ann@example.com"),
+    }
+    assert s.find("email:ann@example.com") == ["c1"]
+    staged = s.tracking("identities", staging=True)
+    assert staged is not None and staged.position == 6
+    s.promote_staging("carts", "identities", "scores")  # the areas are still whole
+    assert s.find("email:ann.new@example.com") == ["c1"]
+    assert sorted(s.customer_ids("carts")) == ["c2"]
+
+
 # --- a derived dataset (the scores): rewritten whole, swapped in at once -----------------------
 
 

@@ -243,14 +243,16 @@ class SectionStore(ABC):
         (:meth:`customer_ids` with ``staging``). Keys and tracking are emptied."""
 
     @abstractmethod
-    def promote_staging(self, dataset: str) -> None:
-        """Make the staging sections, keys and tracking live, replacing the old ones (live
-        sections the rebuild did not produce are dropped) and emptying staging (for a
-        derived dataset the replaced sections may stay there, for ``reuse``).
-        ``RuntimeError`` if no staging tracking was recorded since :meth:`start_staging`.
+    def promote_staging(self, *datasets: str) -> None:
+        """Make each dataset's staging sections, keys and tracking live, replacing the old
+        ones (live sections the rebuild did not produce are dropped) and emptying staging
+        (for a derived dataset the replaced sections may stay there, for ``reuse``).
+        ``RuntimeError`` if one has no staging tracking recorded since
+        :meth:`start_staging` (then none is promoted where the database allows it).
 
-        All together where the database allows it: on SQLite one transaction (for a
-        derived dataset, table renames: no row is copied); see each adapter."""
+        All together where the database allows it: on SQLite one transaction for every
+        dataset given (for a derived dataset, table renames: no row is copied; the others
+        share one table, rewritten once for all of them); see each adapter."""
 
     @abstractmethod
     def customer_ids(self, dataset: str, *, staging: bool = False) -> Iterator[str]:

@@ -800,11 +800,20 @@ class MongoDocumentStore(DocumentStore):
             self._release_all(_holder(dataset, staging=True))
         self.tracking_records.delete_one({"_id": _tracking_id(dataset, True)})
 
-    def promote_staging(self, dataset: str) -> None:
-        self.check_dataset(dataset)
-        staged = self.tracking_records.find_one({"_id": _tracking_id(dataset, True)})
-        if staged is None:
-            raise RuntimeError(f"no staging area to promote for dataset {dataset!r}")
+    def promote_staging(self, *datasets: str) -> None:
+        # One dataset after another: each is its own sequence of multi-document writes
+        # (no transaction spans them on a sharded cluster), ordered to be safe to crash in.
+        staged: dict[str, Mapping[str, Any]] = {}
+        for dataset in datasets:
+            self.check_dataset(dataset)
+            found = self.tracking_records.find_one({"_id": _tracking_id(dataset, True)})
+            if found is None:
+                raise RuntimeError(f"no staging area to promote for dataset {dataset!r}")
+            staged[dataset] = found
+        for dataset, tracking in staged.items():
+            self._promote(dataset, tracking)
+
+    def _promote(self, dataset: str, staged: Mapping[str, Any]) -> None:
         if dataset in self._derived:
             # The swap: one document written, whatever the number of customers.
             self.tracking_records.replace_one(

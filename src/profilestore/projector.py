@@ -204,21 +204,31 @@ class PromoteHandler(ProjectionHandler):
         for name in targets:
             if self.documents.tracking(name, staging=True) is None:
                 raise StagingMissing(name)
-            promote(self, name)
+        promote(self, targets)
         return super().begin(targets)
 
 
-def promote(handler: ProjectionHandler, dataset: str) -> None:
-    """Swap the staging area in with its dead letters (they replace the live ones), and
-    record the projection version that built it."""
+def promote(handler: ProjectionHandler, datasets: Sequence[str]) -> None:
+    """Swap the datasets' staging areas in, together where the documents allow it (see
+    :meth:`~profilestore.documents.DocumentStore.promote_staging`), with their dead
+    letters (they replace the live ones), and record the projection version that built
+    each."""
     documents = handler.documents
-    staged = documents.get_records_for(APPLIED, [applied_key(dataset, True)])
+    staged = documents.get_records_for(APPLIED, [applied_key(name, True) for name in datasets])
     if staged:
         # Set before the swap: a crash after it leaves the live mark at or behind what the
         # promoted sections hold, and applying a change again is harmless.
-        documents.put_records([(APPLIED, dataset, next(iter(staged.values())))])
-    handler.journal.promote_letters(dataset, lambda: documents.promote_staging(dataset))
-    handler.journal.built_by(dataset, handler.projections[dataset].version, handler.clock())
+        documents.put_records(
+            [
+                (APPLIED, name, staged[applied_key(name, True)])
+                for name in datasets
+                if applied_key(name, True) in staged
+            ]
+        )
+    handler.journal.promote_letters(datasets, lambda: documents.promote_staging(*datasets))
+    now = handler.clock()
+    for name in datasets:
+        handler.journal.built_by(name, handler.projections[name].version, now)
 
 
 class RegroupHandler(ProjectionHandler):
@@ -548,8 +558,7 @@ class _StagingPass(_ProjectionPass):
 class _RebuildPass(_StagingPass):
     def finish(self, through: int) -> None:
         super().finish(through)
-        for name in self.runs:
-            promote(self.handler, name)
+        promote(self.handler, list(self.runs))
 
 
 class _RegroupPass(_ProjectionPass):

@@ -210,23 +210,28 @@ class Journal:
         for letter in self.dead_letters(dataset, staged=True):
             self.release(dataset, letter.customer_id, staged=True)
 
-    def promote_letters(self, dataset: str, swap: Callable[[], None]) -> None:
-        """Make the staging area's letters the live ones around ``swap`` (the promotion).
+    def promote_letters(self, datasets: Sequence[str], swap: Callable[[], None]) -> None:
+        """Make the staging areas' letters the live ones around ``swap`` (the promotion
+        of ``datasets``).
 
         The staged letters are added to the live ones first, then the documents are
         swapped, then the live letters the rebuild did not confirm are released (its
         documents folded those events). A crash in between leaves extra customers parked,
         which waits (a retry releases them), never a parked customer unparked.
         """
-        staged = self.dead_letters(dataset, staged=True)
-        for letter in staged:
-            self.documents.put_record(
-                DEAD_LETTERS, f"{dataset}/{letter.customer_id}", msgspec.to_builtins(letter)
-            )
+        staged = {name: self.dead_letters(name, staged=True) for name in datasets}
+        self.documents.put_records(
+            [
+                (DEAD_LETTERS, f"{name}/{letter.customer_id}", msgspec.to_builtins(letter))
+                for name, letters in staged.items()
+                for letter in letters
+            ]
+        )
         swap()
-        kept = {letter.customer_id for letter in staged}
-        for letter in self.dead_letters(dataset):
-            if letter.customer_id not in kept:
-                self.release(dataset, letter.customer_id)
-        for letter in staged:
-            self.release(dataset, letter.customer_id, staged=True)
+        for name, letters in staged.items():
+            kept = {letter.customer_id for letter in letters}
+            for letter in self.dead_letters(name):
+                if letter.customer_id not in kept:
+                    self.release(name, letter.customer_id)
+            for letter in letters:
+                self.release(name, letter.customer_id, staged=True)
