@@ -49,6 +49,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from profilestore.collection import bulk_collection
 from profilestore.documents import DocumentStore
 from profilestore.errors import LeaseHeld
 from profilestore.eventlog import EventLog, Notified, Page
@@ -251,7 +252,8 @@ class Consumer:
         recorded = held if handler.records_runs else []
         runs = self.journal.started(recorded, trigger, self.leases.holder, self.clock())
         try:
-            report = self._run(handler, held, until, progress)
+            with bulk_collection():
+                report = self._run(handler, held, until, progress)
         except Exception as error:
             self.journal.failed(runs, error, self.clock())
             raise
