@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from profilestore import pipeline
+from profilestore import store as store_module
 from profilestore.collection import BULK_THRESHOLD, bulk_collection
 from profilestore.config import Settings
 from profilestore.population import generate
@@ -119,4 +120,26 @@ def test_every_run_of_the_consumer_loop_is_a_relaxed_pass(
     assert seen
     assert {threshold for _, threshold in seen} == {BULK_THRESHOLD}
     assert {"ProjectionHandler", "RebuildHandler"} <= {name for name, _ in seen}
+    assert gc.get_threshold() == (700, 10, 10)
+
+
+def test_verify_refolds_in_a_relaxed_pass(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+    verify_profiles = store_module.verify_profiles
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.get_threshold()[0])
+        return verify_profiles(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "verify_profiles", recording)
+    with open_store(settings) as store:
+        store.append(list(generate(5, seed=4, events_per_customer=5)))
+        store.refresh()
+        report = store.verify(workers=1)
+
+    assert report.ok
+    assert report.customers_checked == 5
+    assert seen == [BULK_THRESHOLD]
     assert gc.get_threshold() == (700, 10, 10)

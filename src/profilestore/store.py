@@ -35,6 +35,7 @@ import msgspec
 
 from profilestore import segment
 from profilestore.audit import Auditor
+from profilestore.collection import bulk_collection
 from profilestore.config import Settings
 from profilestore.contact import ContactPolicy, latest_grant
 from profilestore.documents import (
@@ -1816,14 +1817,15 @@ class ProfileStore:
 
     def _verify(self, chosen: Sequence[str], progress: Progress | None = None) -> VerifyReport:
         graph = self._graph()
-        return verify_profiles(
-            self._log,
-            self._documents,
-            self._folded_projections(),
-            chosen,
-            members_of=graph.members,
-            progress=progress,
-        )
+        with bulk_collection():  # a refold of every dataset, as in a rebuild
+            return verify_profiles(
+                self._log,
+                self._documents,
+                self._folded_projections(),
+                chosen,
+                members_of=graph.members,
+                progress=progress,
+            )
 
     def auditor(self) -> Auditor:
         return Auditor(self._log, clock=self.clock)
