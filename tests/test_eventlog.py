@@ -378,17 +378,21 @@ def test_the_erased_check_of_every_read_raises_log_unavailable_or_store_closed(
     try:
         log.append([page_view("e1", "ann")])
         assert log.erased(["ann", "bob"]) == set()
+        assert not log.is_erased("ann") and not log.is_erased("bob")
         with sqlite3.connect(f"{path}.keys") as conn:  # the key store breaks under it
             conn.execute("DROP TABLE profilestore_key_values")
-        with pytest.raises(LogUnavailable) as raised:
-            log.erased(["ann"])
-        assert isinstance(raised.value.driver_error, sqlite3.OperationalError)
-        assert "read the customers' keys" in str(raised.value)
-        assert "ann" not in str(raised.value)
+        for check in (lambda: log.erased(["ann"]), lambda: log.is_erased("ann")):
+            with pytest.raises(LogUnavailable) as raised:
+                check()
+            assert isinstance(raised.value.driver_error, sqlite3.OperationalError)
+            assert "read the customers' keys" in str(raised.value)
+            assert "ann" not in str(raised.value)
     finally:
         log.close()
     with pytest.raises(StoreClosed):
         log.erased(["ann"])
+    with pytest.raises(StoreClosed):
+        log.is_erased("ann")
 
 
 def test_a_closed_log_refuses_every_call_and_closing_again_does_nothing(

@@ -551,6 +551,16 @@ def test_a_key_destroyed_by_another_process_is_refused_whether_cached_or_not(
             second.append([view("b-2", NEIGHBOUR)])
         assert second.append([view("c-1", "cust-new-0001")]).appended == 1
         assert second.erased([KEY, NEIGHBOUR, "cust-new-0001"]) == {KEY, NEIGHBOUR}
+        # The one-customer check of every read agrees, cached or not, and for a key never
+        # made (a customer the log has not seen is not erased).
+        fresh = _encrypted_log(log_backend)
+        try:
+            for log in (second, fresh):
+                assert log.is_erased(KEY) and log.is_erased(NEIGHBOUR)
+                assert not log.is_erased("cust-new-0001")
+                assert not log.is_erased("cust-never-seen")
+        finally:
+            fresh.close()
     finally:
         first.close()
         second.close()

@@ -746,6 +746,21 @@ class EventLog:
             ) from error
         return {streams[s] for s in gone}
 
+    def is_erased(self, customer_id: str) -> bool:
+        """:meth:`erased` of one customer: the check of every profile read, kept short."""
+        keyring = self.keyring
+        if keyring is None:
+            return False
+        if self._closed:
+            raise StoreClosed("the event log")
+        try:
+            return keyring.is_destroyed(self._stream_id(customer_id))
+        except self._database_errors as error:
+            recorder = self.recorder
+            raise LogUnavailable(
+                recorder.backend, "read the customers' keys", error, where=recorder.location
+            ) from error
+
     def destroy_keys(self, customer_ids: Sequence[str], at: dt.datetime) -> int:
         """Destroy the data keys of these customers' streams (crypto-shredding): their
         events read back as :class:`~profilestore.mapper.Forgotten` from now on, in every

@@ -623,6 +623,16 @@ class Keyring:
                 self._ciphers[stream] = None
         return destroyed
 
+    def is_destroyed(self, stream: UUID) -> bool:
+        """:meth:`destroyed` of one stream, without its sets: every profile read asks."""
+        self._fresh()
+        cache = self._ciphers
+        cipher = cache.get(stream, _UNKNOWN)
+        if cipher is _UNKNOWN:
+            self.ciphers((stream,))  # caches a live key or a tombstone; never made: neither
+            cipher = cache.get(stream, _UNKNOWN)
+        return cipher is None
+
     def destroyed(self, streams: Iterable[UUID]) -> set[UUID]:
         """The streams whose keys were destroyed (their customers were forgotten)."""
         self._fresh()

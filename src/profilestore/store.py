@@ -737,13 +737,13 @@ class ProfileStore:
         Every read goes through here (or :meth:`aresolve`, its twin for an event loop):
         identity redirects apply in this one place.
         """
-        if self._log.erased([customer_id]):
+        if self._log.is_erased(customer_id):
             raise CustomerErased()
         return profile_of(self._documents, customer_id)
 
     async def aresolve(self, customer_id: str) -> str:
         """:meth:`resolve` for an event loop (the redirect read through the async client)."""
-        if self._log.erased([customer_id]):
+        if self._log.is_erased(customer_id):
             raise CustomerErased()
         return await aprofile_of(self._documents, customer_id)
 
@@ -1749,7 +1749,7 @@ class ProfileStore:
         """Everything the store holds on a customer, for a data subject access request. A
         forgotten customer's export says so (``erasure``) and holds nothing else."""
         asked = customer_id
-        if self._log.erased([customer_id]):
+        if self._log.is_erased(customer_id):
             return SubjectExport(
                 customer_id=asked,
                 canonical_id=asked,
