@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +133,29 @@ def test_verify_in_worker_processes_reports_what_one_process_does(
         conn.execute(
             "DELETE FROM sections WHERE dataset = 'browsing' AND customer_id = 'cust-0000004'"
         )
+    # The calling process is one of the two: it checks tasks from the end while the
+    # worker process starts (about a second) and takes them from the front.
+    here: list[str] = []
+    verify_here = store._verify
+
+    def recording(chosen: Sequence[str], progress: Any = None) -> Any:
+        here.extend(chosen)
+        return verify_here(chosen, progress)
+
+    monkeypatch.setattr(store, "_verify", recording)
     done: list[int] = []
     shared = store.verify(workers=2, progress=lambda n, total: done.append(n))
+    checked_here = list(here)
     alone = store.verify(workers=1)
     assert shared == alone
     assert shared.drift_by_dataset == {"browsing": 1}
     assert done[-1] == 15 and len(done) == 4
+    everyone = here[len(checked_here) :]  # what the one-process check covered, in order
+    assert len(everyone) == 15
+    # The last task at least is checked here (the worker takes none for its first half
+    # second); how many more depends on when the worker's first task is queued.
+    assert len(checked_here) > 0
+    assert set(checked_here) == set(everyone[-len(checked_here) :])
 
 
 def test_verify_cuts_every_worker_several_tasks_so_none_ends_alone() -> None:

@@ -1812,7 +1812,7 @@ class ProfileStore:
             and len(chosen) >= 2 * VERIFY_TASK
             and self._projections == load_projections(self.settings)
         ):
-            return verify_in_processes(self.settings, chosen, workers, progress)
+            return verify_in_processes(self.settings, chosen, workers, progress, local=self._verify)
         return self._verify(chosen, progress)
 
     def _verify(self, chosen: Sequence[str], progress: Progress | None = None) -> VerifyReport:

@@ -5,7 +5,9 @@ A refold is pure Python, so one process checks customers on one core. Over many 
 worker process opens the stores read-only (its own connections, as an auditor opens a
 copy) once, and checks its tasks with the same code as a check in one process
 (:meth:`ProfileStore.verify` on the task's customers). The reports are merged in the
-order of the tasks, so drift is listed as one process would list it.
+order of the tasks, so drift is listed as one process would list it. The calling process
+is one of the workers (``local``): it checks tasks from the end of the list from the
+start, while the others are still starting.
 
 Workers are started with ``spawn``: the calling process may hold threads and open
 connections, which a forked child must not inherit.
@@ -58,35 +60,56 @@ def verify_in_processes(
     customer_ids: Sequence[str],
     workers: int,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    local: Callable[[Sequence[str]], VerifyReport] | None = None,
 ) -> VerifyReport:
-    """Check ``customer_ids`` (profile ids) in ``workers`` processes; one merged report."""
+    """Check ``customer_ids`` (profile ids) in ``workers`` processes; one merged report.
+
+    With ``local`` (the caller's own check, in this process), this process is one of the
+    ``workers``: it starts one fewer and checks tasks from the end of the list while the
+    others start (a second or so each, to import and open the stores) and work from the
+    front, until they meet: a task a worker has not taken is cancelled and checked here.
+    """
     from profilestore.replay import VerifyReport
 
     size = task_size(len(customer_ids), workers)
     tasks = [customer_ids[i : i + size] for i in range(0, len(customer_ids), size)]
     context = multiprocessing.get_context("spawn")
+    started = max(1, workers - 1) if local is not None else workers
+    reports: dict[int, VerifyReport] = {}
     done = 0
+
+    def record(index: int, report: VerifyReport) -> None:
+        nonlocal done
+        reports[index] = report
+        done += report.customers_checked
+        if progress:
+            progress(done, len(customer_ids))
+
     with ProcessPoolExecutor(
-        max_workers=min(workers, len(tasks)),
+        max_workers=min(started, len(tasks)),
         mp_context=context,
         initializer=_open,
         initargs=(settings,),
     ) as pool:
         futures: list[Future[VerifyReport]] = [pool.submit(_check, task) for task in tasks]
-        reports = []
-        for future in futures:
-            reports.append(future.result())
-            done += reports[-1].customers_checked
-            if progress:
-                progress(done, len(customer_ids))
+        if local is not None:
+            for index in reversed(range(len(tasks))):
+                if not futures[index].cancel():
+                    break  # a worker has it: the workers have reached this far
+                record(index, local(tasks[index]))
+        for index, future in enumerate(futures):
+            if index not in reports:
+                record(index, future.result())
+    ordered = [reports[index] for index in range(len(tasks))]
     counts: dict[str, int] = {}
-    for report in reports:
+    for report in ordered:
         for name, count in report.drift_by_dataset.items():
             counts[name] = counts.get(name, 0) + count
     return VerifyReport(
-        customers_checked=sum(r.customers_checked for r in reports),
-        sections_checked=sum(r.sections_checked for r in reports),
-        drift=[d for r in reports for d in r.drift],
+        customers_checked=sum(r.customers_checked for r in ordered),
+        sections_checked=sum(r.sections_checked for r in ordered),
+        drift=[d for r in ordered for d in r.drift],
         drift_by_dataset=counts,
-        failures=[f for r in reports for f in r.failures],
+        failures=[f for r in ordered for f in r.failures],
     )
