@@ -9,7 +9,9 @@ lookup keys in ``k_<dataset>``.
 
 A rebuild writes ``s_<dataset>__staging`` / ``k_<dataset>__staging``; promotion replaces
 the dataset's live rows with them in one transaction, so readers see the old or the new
-dataset, never a mix.
+dataset, never a mix. A rebuild of several datasets promotes them all in one transaction
+and rewrites ``sections`` once, in key order: its rows of one customer share pages, so a
+promotion per dataset rewrote every page once per dataset.
 
 A **derived** dataset (the scores: rewritten whole by its job every run, never folded)
 keeps its live sections in a table of its own, ``d_<dataset>``, shaped like its staging
