@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from profilestore.documents import DatasetSchema
 from profilestore.sqlite_documents import SQLiteDocumentStore
@@ -197,3 +198,43 @@ def test_scores_kept_in_the_sections_table_move_to_their_own_and_read_the_same(
         left = conn.execute("SELECT COUNT(*) FROM sections WHERE dataset = 'scores'").fetchone()
         (inline,) = conn.execute("SELECT COUNT(*) FROM d_scores").fetchone()
     assert left == (0,) and inline == 1
+
+
+def test_a_write_ahead_log_grown_by_a_large_transaction_is_cut_back_once_checkpointed(
+    tmp_path: Path, schemas: dict[str, DatasetSchema], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from profilestore import sqlite_documents
+    from profilestore.documents import SectionWrite
+    from projections.consents import Consent, Consents
+
+    monkeypatch.setattr(sqlite_documents, "WAL_LIMIT_BYTES", 256 << 10)
+    path = tmp_path / "documents.sqlite"
+    store = SQLiteDocumentStore(str(path), schemas)
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    try:
+        big = [  # one transaction of ~4 MB, as a promotion writes
+            SectionWrite(
+                f"cust-{i:05d}",
+                Consents(
+                    consents=(
+                        Consent(
+                            channel="email",
+                            purpose="x" * 400,
+                            granted=True,
+                            changed_at=at,
+                            source="test",
+                        ),
+                    )
+                ),
+                1,
+            )
+            for i in range(8_000)
+        ]
+        store.write("consents", big, refreshed_at=at)
+        wal = Path(f"{path}-wal")
+        assert wal.stat().st_size > 2 << 20
+        store._connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        store.write("consents", [SectionWrite("cust-00000", Consents(), 2)], refreshed_at=at)
+        assert wal.stat().st_size <= 256 << 10
+    finally:
+        store.close()

@@ -84,6 +84,8 @@ _STAGING = "__staging"
 _Plan = tuple[str, dict[str, int], tuple[str, ...]]
 """A profile read: its SQL, each dataset's place in the answer, the datasets bound."""
 _CHUNK = 500
+WAL_LIMIT_BYTES = 64 << 20
+"""The size a write-ahead log larger than this is cut back to once it is checkpointed."""
 
 
 def _staging_tables(dataset: str) -> tuple[str, str]:
@@ -211,6 +213,9 @@ class SQLiteDocumentStore(DocumentStore):
                 # Freed space is zeroed: an erased (or merely overwritten) section leaves
                 # no readable copy in a page or on the freelist (see erase and scrub).
                 conn.execute("PRAGMA secure_delete=ON")
+                # A rebuild's promotion rewrites the sections table in one transaction,
+                # which the WAL holds whole; once checkpointed, the file is cut back.
+                conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             conn.execute(f"PRAGMA mmap_size={self.mmap_bytes}")
         except BaseException:
             conn.close()
