@@ -732,18 +732,13 @@ class EventLog:
         """The customers among ``customer_ids`` who were forgotten (their keys destroyed)."""
         if self.keyring is None or not customer_ids:
             return set()
-        # translated(), inline: every read of a profile asks, and the two context
-        # managers cost as much as the key store's read itself.
         if self._closed:
             raise StoreClosed("the event log")
         streams = {self._stream_id(c): c for c in customer_ids}
         try:
             gone = self.keyring.destroyed(streams)
         except self._database_errors as error:
-            recorder = self.recorder
-            raise LogUnavailable(
-                recorder.backend, "read the customers' keys", error, where=recorder.location
-            ) from error
+            raise self._keys_unreadable(error) from error
         return {streams[s] for s in gone}
 
     def is_erased(self, customer_id: str) -> bool:
@@ -751,15 +746,22 @@ class EventLog:
         keyring = self.keyring
         if keyring is None:
             return False
+        # translated(), inline: every read of a profile asks, and its two context
+        # managers cost as much as the key store's read itself.
         if self._closed:
             raise StoreClosed("the event log")
         try:
             return keyring.is_destroyed(self._stream_id(customer_id))
         except self._database_errors as error:
-            recorder = self.recorder
-            raise LogUnavailable(
-                recorder.backend, "read the customers' keys", error, where=recorder.location
-            ) from error
+            raise self._keys_unreadable(error) from error
+
+    def _keys_unreadable(self, error: Exception) -> LogUnavailable:
+        """What a key-store error in :meth:`erased` or :meth:`is_erased` becomes (they
+        translate inline: :meth:`translated` costs as much as their read)."""
+        recorder = self.recorder
+        return LogUnavailable(
+            recorder.backend, "read the customers' keys", error, where=recorder.location
+        )
 
     def destroy_keys(self, customer_ids: Sequence[str], at: dt.datetime) -> int:
         """Destroy the data keys of these customers' streams (crypto-shredding): their
