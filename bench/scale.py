@@ -28,6 +28,10 @@ process (``spawn``); they agree on time through ``CLOCK_MONOTONIC``.
    partition is held again (``lease_ttl_s`` = 5 s, the least allowed, plus a heartbeat),
    and how long until the lag is back under its level before the kill.
 
+The full run times each worker count three times (rounds in alternating order; each
+round of real time from a copy of the same documents) and reports the median round; a
+speed-up is the median of each round's own ratio, measured seconds apart.
+
 After each append the log's tables are vacuumed and analysed (as autovacuum would some
 time later), so the configuration timed first does not pay alone for reading rows no one
 has read yet (PostgreSQL sets their hint bits on that first read).
@@ -43,7 +47,9 @@ import argparse
 import datetime as dt
 import multiprocessing
 import os
+import shutil
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -79,9 +85,12 @@ WAIT_S = 600.0
 APPEND_BATCH = 500
 
 MODES: dict[str, dict[str, Any]] = {
-    "quick": {"customers": 1_500, "events_per_customer": 40, "failover_s": 14.0},
-    "full": {"customers": 20_000, "events_per_customer": 40, "failover_s": 20.0},
+    "quick": {"customers": 1_500, "events_per_customer": 40, "failover_s": 14.0, "rounds": 1},
+    "full": {"customers": 20_000, "events_per_customer": 40, "failover_s": 20.0, "rounds": 3},
 }
+"""``rounds``: how many times each worker count is timed, in alternating order; a speed-up
+is the median of each round's own ratio (k processes over one, seconds apart), as the
+machine's speed drifts by more than a single run can tell from a change."""
 LOAD_BATCH = 20
 LOAD_PERIOD_S = 0.05
 """The failover load: 20 events every 50 ms (400 events/s offered)."""
@@ -191,6 +200,29 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 # --- the measures -------------------------------------------------------------------------
+
+
+def summary(rounds: list[dict[str, Any]], events: int) -> dict[str, Any]:
+    """One worker count's rounds: the last round's row, timed by the median round."""
+    seconds = [r["seconds"] for r in rounds]
+    middle = statistics.median(seconds)
+    return {
+        **rounds[-1],
+        "seconds": round(middle, 3),
+        "events_per_s": round(events / middle),
+        "rounds_seconds": seconds,
+    }
+
+
+def copied(where: tuple[str, str, str, str, int], name: str) -> tuple[str, str, str, str, int]:
+    """``where`` with a copy of its documents file (closed: no process has it open)."""
+    documents = Path(where[3])
+    target = documents.with_name(f"documents-{name}.sqlite")
+    for suffix in ("", "-wal"):
+        source = Path(f"{documents}{suffix}")
+        if source.exists():
+            shutil.copyfile(source, f"{target}{suffix}")
+    return (*where[:3], str(target), where[4])
 
 
 def rebuild(where: tuple[str, str, str, str, int], events: int) -> dict[str, Any]:
@@ -375,13 +407,19 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
             append_all(store, first)
         schemas.settle(schema)
 
-        where = {k: (home, url, schema, str(work / f"documents-{k}.sqlite"), k) for k in PROCESSES}
-        rebuilds = []
-        for k in PROCESSES:
-            with stage(f"rebuild with {k} process(es)"):
-                rebuilds.append(rebuild(where[k], len(first)))
-                info(f"{rebuilds[-1]}")
-        result["rebuild"] = rebuilds
+        rounds = mode["rounds"]
+
+        def where_of(k: int, name: str) -> tuple[str, str, str, str, int]:
+            return (home, url, schema, str(work / f"documents-{name}.sqlite"), k)
+
+        timed: dict[int, list[dict[str, Any]]] = {k: [] for k in PROCESSES}
+        for n in range(rounds):
+            for k in PROCESSES if n % 2 == 0 else PROCESSES[::-1]:
+                with stage(f"rebuild with {k} process(es), round {n + 1} of {rounds}"):
+                    timed[k].append(rebuild(where_of(k, f"{k}-{n}"), len(first)))
+                    info(f"{timed[k][-1]}")
+        result["rebuild"] = [summary(timed[k], len(first)) for k in PROCESSES]
+        built = {k: where_of(k, f"{k}-{rounds - 1}") for k in PROCESSES}  # the first half
 
         with (
             stage(f"append a backlog of {len(backlog)} events"),
@@ -389,22 +427,27 @@ def run(mode_name: str, work: Path) -> dict[str, Any]:
         ):
             append_all(store, backlog)
         schemas.settle(schema)
-        follows = []
-        for k in PROCESSES:
-            with stage(f"real time with {k} worker(s)"):
-                follows.append(realtime(where[k], len(backlog)))
-                info(f"{follows[-1]}")
-        result["realtime"] = follows
+        timed = {k: [] for k in PROCESSES}
+        for n in range(rounds):
+            for k in PROCESSES if n % 2 == 0 else PROCESSES[::-1]:
+                # Every round from the same documents: a copy of those the first half built.
+                where = copied(built[k], f"{k}-{n}-rt")
+                with stage(f"real time with {k} worker(s), round {n + 1} of {rounds}"):
+                    timed[k].append(realtime(where, len(backlog)))
+                    info(f"{timed[k][-1]}")
+        result["realtime"] = [summary(timed[k], len(backlog)) for k in PROCESSES]
 
         with stage("failover: 4 workers, one killed"):
-            result["failover"] = failover(where[4], mode["failover_s"])
+            result["failover"] = failover(copied(built[4], "4-failover"), mode["failover_s"])
             info(f"{result['failover']}")
     finally:
         schemas.close()
 
     def speedup(rows: list[dict[str, Any]], k: int) -> float:
-        base = next(r for r in rows if r["processes"] == 1)["events_per_s"]
-        return round(next(r for r in rows if r["processes"] == k)["events_per_s"] / base, 2)
+        """The median over rounds of k processes' rate over one process's, same round."""
+        base = next(r for r in rows if r["processes"] == 1)["rounds_seconds"]
+        mine = next(r for r in rows if r["processes"] == k)["rounds_seconds"]
+        return round(statistics.median(b / m for b, m in zip(base, mine, strict=True)), 2)
 
     result["rebuild_speedup_2"] = speedup(result["rebuild"], 2)
     result["rebuild_speedup_4"] = speedup(result["rebuild"], 4)

@@ -16,7 +16,7 @@ from bench import scale
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-TINY = {"customers": 60, "events_per_customer": 10, "failover_s": 7.0}
+TINY = {"customers": 60, "events_per_customer": 10, "failover_s": 7.0, "rounds": 2}
 
 
 def test_the_bench_measures_rebuild_real_time_and_failover_per_worker_count(
@@ -36,8 +36,10 @@ def test_the_bench_measures_rebuild_real_time_and_failover_per_worker_count(
         # twice (a partition applies only its own customers' events).
         assert row["events_applied"] == single
         assert row["events_per_s"] > 0
+        assert len(row["rounds_seconds"]) == TINY["rounds"]
     for row in written["realtime"]:
         assert row["events_per_s"] > 0
+        assert len(row["rounds_seconds"]) == TINY["rounds"]
         # Every partition was held by some worker from the start.
         assert sum(row["partitions_per_worker_at_start"]) == row["partitions"]
     failover = written["failover"]
