@@ -44,6 +44,7 @@ def test_the_bench_measures_rebuild_real_time_and_failover_per_worker_count(
         assert sum(row["partitions_per_worker_at_start"]) == row["partitions"]
     failover = written["failover"]
     assert failover["workers"] == 4 and failover["appended_events"] > 0
+    assert failover["events_behind_at_start"] == 0  # started from caught-up documents
     assert failover["lag_max_s_after_kill"] >= 0
     assert set(written["targets"]) == {"rebuild_speedup_2", "realtime_speedup_2"}
     assert all(t["pass"] in (True, False) for t in written["targets"].values())
